@@ -1,0 +1,145 @@
+"""qumrand: the management daemon (the libvirtd role)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from qumran.config.paths import default_socket_path, runtime_dir, state_dir
+from qumran.drivers.base import Driver
+from qumran.errors import QumranError
+
+log = logging.getLogger("qumran.daemon")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="qumrand", description="The Qumran management daemon.")
+    parser.add_argument("--socket", default=None, help="API socket (default: %(default)s)")
+    parser.add_argument("--state-dir", type=Path, default=None, help="where the database lives")
+    parser.add_argument("--run-dir", type=Path, default=None, help="runtime files of VMs")
+    parser.add_argument(
+        "--driver",
+        choices=("real", "fake"),
+        default="real",
+        help="'fake' runs stand-in VM processes instead of hypervisors (for tests)",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return parser.parse_args(argv)
+
+
+def make_drivers(kind: str) -> dict[str, Driver]:
+    if kind == "fake":
+        from qumran.drivers.fake import FakeDriver
+
+        fake = FakeDriver()
+        return {"qemu": fake, "native": fake}
+    from qumran.drivers.qemu import QemuDriver
+
+    drivers: dict[str, Driver] = {"qemu": QemuDriver()}
+    with contextlib.suppress(ImportError):
+        from qumran.drivers.native import NativeDriver
+
+        drivers["native"] = NativeDriver()
+    return drivers
+
+
+def bind_socket(path: str) -> socket.socket:
+    """Bind the API socket; refuse if another daemon answers on it, else clear a stale one."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    else:
+        raise QumranError(f"another qumrand is already listening on {path}")
+    finally:
+        probe.close()
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o666)  # anyone may connect; SO_PEERCRED decides what they may do
+    sock.listen(128)
+    return sock
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server without its signal capture: qumrand handles SIGTERM itself
+        (uvicorn would re-raise the signal on the way out, killing the daemon before it
+        has let go of its VMs)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server
+
+
+async def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from qumran.daemon.api import build_app
+    from qumran.daemon.manager import Manager
+    from qumran.daemon.peer import PeerCredProtocol
+    from qumran.daemon.store import Store
+
+    socket_path = args.socket or default_socket_path()
+    run = args.run_dir or runtime_dir()
+    state = args.state_dir or state_dir()
+    run.mkdir(parents=True, exist_ok=True, mode=0o755)
+    store = Store(state / "qumran.db")
+    manager = Manager(store, make_drivers(args.driver), run)
+    sock = bind_socket(socket_path)
+    await manager.restore()
+    config = uvicorn.Config(
+        build_app(manager),
+        http=PeerCredProtocol,
+        ws="websockets",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        ws_ping_interval=None,
+    )
+    server = _server_class()(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    log.info("qumrand listening on %s (run dir %s, state %s)", socket_path, run, state)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await manager.close()
+        store.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)
+        log.info("qumrand stopped; running VMs keep running")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(args))
+    except QumranError as exc:
+        print(f"qumrand: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The domain manager: definitions, ownership, lifecycle — the heart of qumrand.
+
+Every operation on a VM takes that VM's lock, so concurrent requests on one VM are
+serialised while different VMs proceed in parallel. State changes are made on the event
+loop, and each one is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qumran.config.validate import validate_spec
+from qumran.daemon import supervisor
+from qumran.daemon.console import ConsoleBroker, read_log_tail
+from qumran.daemon.domain import Domain, Running, State
+from qumran.daemon.events import EventBus
+from qumran.daemon.store import RuntimeRecord, Store, VmRecord
+from qumran.drivers.base import Driver, GuestEvent, Owner, RunPaths
+from qumran.drivers.process import ProcState, Spawned, proc_state
+from qumran.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+    QumranError,
+    Timeout,
+)
+
+log = logging.getLogger(__name__)
+
+DESTROY_GRACE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, as the kernel vouches for it (SO_PEERCRED)."""
+
+    uid: int
+    gid: int
+    pid: int = 0
+
+
+class Manager:
+    def __init__(self, store: Store, drivers: dict[str, Driver], run_dir: Path) -> None:
+        self.store = store
+        self.drivers = drivers
+        self.run_dir = run_dir
+        self.events = EventBus(store)
+        self.domains: dict[str, Domain] = {}
+        self._admin_uid = os.geteuid()  # root, or the user a per-user daemon runs as
+
+    # ownership
+    def _may_manage(self, caller: Caller, dom: Domain) -> bool:
+        return caller.uid in (0, self._admin_uid) or caller.uid == dom.owner
+
+    def visible(self, caller: Caller) -> list[Domain]:
+        return [d for d in self.domains.values() if self._may_manage(caller, d)]
+
+    def get(self, caller: Caller, name: str) -> Domain:
+        dom = self.domains.get(name)
+        if dom is None:
+            raise NotFound(f"no VM named {name!r} (see `qumran list --all`)")
+        if not self._may_manage(caller, dom):
+            raise PermissionDenied(f"VM {name!r} belongs to another user")
+        return dom
+
+    def _driver(self, dom: Domain) -> Driver:
+        driver = self.drivers.get(dom.spec.hypervisor)
+        if driver is None:
+            raise InvalidArgument(
+                f"VM {dom.name!r} uses hypervisor {dom.spec.hypervisor!r}, "
+                f"which this daemon does not offer (it has: {', '.join(self.drivers)})"
+            )
+        return driver
+
+    # definitions
+    async def define(self, caller: Caller, doc: Any) -> Domain:
+        spec = validate_spec(doc)
+        driver = self.drivers.get(spec.hypervisor)
+        if driver is None:
+            raise InvalidArgument(f"hypervisor: {spec.hypervisor!r} is not available here")
+        driver.check(spec)
+        if spec.name in self.domains:
+            raise AlreadyExists(f"a VM named {spec.name!r} already exists; pick another name")
+        record = VmRecord(
+            uuid=str(uuidlib.uuid4()),
+            name=spec.name,
+            owner=caller.uid,
+            owner_gid=caller.gid,
+            definition=spec.model_dump(mode="json"),
+            autostart=False,
+        )
+        self.store.add_vm(record)
+        dom = Domain(record, spec)
+        dom.reason = "defined"
+        self.domains[spec.name] = dom
+        self._changed(dom, "defined", State.SHUTOFF, "defined", "")
+        return dom
+
+    async def undefine(self, caller: Caller, name: str) -> None:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            if dom.active:
+                raise InvalidState(f"VM {name!r} is {dom.state.value}; destroy it first")
+            self.store.remove_vm(dom.uuid)
+            del self.domains[name]
+            self._changed(dom, "undefined", State.SHUTOFF, "undefined", "")
+
+    async def set_autostart(self, caller: Caller, name: str, enabled: bool) -> Domain:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            self.store.set_autostart(dom.uuid, enabled)
+            dom.autostart = enabled
+        return dom
+
+    # lifecycle
+    async def start(self, caller: Caller, name: str, reason: str = "booted") -> Domain:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            if dom.active:
+                raise InvalidState(f"VM {name!r} is already {dom.state.value}")
+            await self._launch(dom, reason)
+        return dom
+
+    async def _launch(self, dom: Domain, reason: str) -> None:
+        driver = self._driver(dom)
+        driver.check(dom.spec)
+        paths = self._prepare_run_dir(dom)
+        owner = Owner(dom.owner, dom.record.owner_gid)
+        instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom))
+        process: Spawned = instance.process  # type: ignore[attr-defined]
+        console = ConsoleBroker(paths.console)
+        try:
+            await console.open()
+        except OSError as exc:
+            os.kill(process.pid, signal.SIGKILL)
+            await instance.close()
+            raise InvalidState(f"VM {dom.name!r}: cannot attach its console: {exc}") from None
+        run = Running(instance, process, paths, console, started_at=time.time())
+        self.store.set_runtime(
+            RuntimeRecord(
+                dom.uuid,
+                driver.name,
+                process.pid,
+                process.start_time,
+                str(paths.root),
+                run.started_at,
+            )
+        )
+        self._adopt(dom, run)
+        self._changed(dom, "started", State.RUNNING, reason, f"pid {process.pid}")
+
+    def _prepare_run_dir(self, dom: Domain) -> RunPaths:
+        root = self.run_dir / "vms" / dom.uuid[:13]
+        shutil.rmtree(root, ignore_errors=True)  # stale sockets of an earlier run
+        root.mkdir(parents=True, mode=0o700)
+        if os.geteuid() == 0 and dom.owner != 0:
+            os.chown(root, dom.owner, dom.record.owner_gid)
+        return RunPaths(root)
+
+    def _adopt(self, dom: Domain, run: Running) -> None:
+        dom.run = run
+        dom.exited.clear()
+        run.watcher = asyncio.create_task(
+            supervisor.watch(dom, run, self._changed), name=f"watch {dom.name}"
+        )
+
+    async def shutdown(self, caller: Caller, name: str) -> Domain:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            run = self._running(dom)
+            if dom.state is State.PAUSED:
+                raise InvalidState(f"VM {name!r} is paused; resume it before shutting it down")
+            await _bounded(run.instance.powerdown(), dom)
+            self._changed(dom, "shutdown", State.SHUTDOWN, "user", "ACPI power button pressed")
+        return dom
+
+    async def destroy(self, caller: Caller, name: str) -> Domain:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            run = self._running(dom)
+            run.exit_reason = "destroyed"
+            await self._kill(dom, run)
+        return dom
+
+    async def _kill(self, dom: Domain, run: Running) -> None:
+        pid = run.process.pid
+        if run.process.state() is ProcState.RUNNING:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)  # let the hypervisor flush its disks
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DESTROY_GRACE_SECONDS):
+                    await dom.exited.wait()
+        if not dom.exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            async with asyncio.timeout(10):
+                await dom.exited.wait()
+
+    async def reboot(self, caller: Caller, name: str) -> Domain:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            run = self._running(dom)
+            if run.stopped_by_signal:
+                raise InvalidState(f"VM {name!r} is stopped by a signal; resume it first")
+            await _bounded(run.instance.reset(), dom)
+            self._changed(dom, "rebooted", dom.state, "user", "reset")
+        return dom
+
+    async def suspend(self, caller: Caller, name: str) -> Domain:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            run = self._running(dom)
+            if dom.state is State.PAUSED:
+                raise InvalidState(f"VM {name!r} is already paused")
+            await _bounded(run.instance.pause(), dom)
+            run.paused_by_user = True
+            self._changed(dom, "suspended", State.PAUSED, "user", "")
+        return dom
+
+    async def resume(self, caller: Caller, name: str) -> Domain:
+        dom = self.get(caller, name)
+        async with dom.lock:
+            run = self._running(dom)
+            if dom.state is not State.PAUSED:
+                raise InvalidState(f"VM {name!r} is {dom.state.value}, not paused")
+            if run.stopped_by_signal:
+                os.kill(run.process.pid, signal.SIGCONT)
+                run.stopped_by_signal = False
+            if run.paused_by_user or await _bounded(run.instance.is_paused(), dom):
+                await _bounded(run.instance.resume(), dom)
+                run.paused_by_user = False
+            self._changed(dom, "resumed", State.RUNNING, "user", "")
+        return dom
+
+    def _running(self, dom: Domain) -> Running:
+        if dom.run is None or not dom.active:
+            raise InvalidState(f"VM {dom.name!r} is not running")
+        return dom.run
+
+    # state changes, from operations, the supervisor and the hypervisor
+    def _changed(self, dom: Domain, event: str, state: State, reason: str, detail: str) -> None:
+        dom.state, dom.reason = state, reason
+        if state is State.SHUTOFF and dom.run is not None:
+            run, dom.run = dom.run, None
+            self.store.clear_runtime(dom.uuid)
+            asyncio.get_running_loop().create_task(_release(run))
+            dom.exited.set()
+        self.events.emit(dom.uuid, dom.name, dom.owner, event, state.value, reason, detail)
+
+    def _guest_events(self, dom: Domain) -> Any:
+        def on_event(event: GuestEvent, detail: str) -> None:
+            run = dom.run
+            if run is None:
+                return
+            match event:
+                case GuestEvent.SHUTDOWN:
+                    run.guest_shutdown = True
+                    if dom.state is not State.SHUTDOWN:
+                        self._changed(dom, "shutdown", State.SHUTDOWN, "guest", detail)
+                case GuestEvent.RESET:
+                    self.events.emit(
+                        dom.uuid, dom.name, dom.owner, "reset", dom.state.value, "guest", detail
+                    )
+                case GuestEvent.CRASH:
+                    self._changed(dom, "crashed", State.CRASHED, "crashed", detail)
+                case GuestEvent.STOP | GuestEvent.RESUME:
+                    pass  # our own suspend/resume; SIGSTOP is seen by the supervisor
+
+        return on_event
+
+    # daemon start and stop
+    async def restore(self) -> None:
+        """Load definitions; re-attach to VMs that kept running; then autostart."""
+        runtimes = self.store.runtimes()
+        for record in self.store.vms():
+            try:
+                spec = validate_spec(record.definition)
+            except QumranError as exc:
+                log.error("definition of %s no longer validates: %s", record.name, exc)
+                continue
+            dom = Domain(record, spec)
+            dom.reason = "daemon-start"
+            self.domains[record.name] = dom
+            rt = runtimes.get(record.uuid)
+            if rt is not None:
+                await self._reattach(dom, rt)
+        for dom in list(self.domains.values()):
+            if dom.autostart and not dom.active:
+                try:
+                    async with dom.lock:
+                        await self._launch(dom, "autostart")
+                except QumranError as exc:
+                    log.error("autostart of %s failed: %s", dom.name, exc)
+
+    async def _reattach(self, dom: Domain, rt: RuntimeRecord) -> None:
+        if proc_state(rt.pid, rt.start_time) is ProcState.GONE:
+            self.store.clear_runtime(dom.uuid)
+            dom.reason = "gone"
+            self.events.emit(
+                dom.uuid,
+                dom.name,
+                dom.owner,
+                "stopped",
+                "shutoff",
+                "gone",
+                "the process ended while the daemon was away",
+            )
+            return
+        driver = self.drivers[rt.driver]
+        paths = RunPaths(Path(rt.run_dir))
+        try:
+            instance = await driver.attach(dom.spec, paths, rt.pid, self._guest_events(dom))
+            console = ConsoleBroker(paths.console, seed=read_log_tail(paths.console_log))
+            await console.open(timeout=2.0)
+        except (QumranError, OSError) as exc:
+            log.error("cannot re-attach to %s (pid %d): %s", dom.name, rt.pid, exc)
+            return
+        process: Spawned = instance.process  # type: ignore[attr-defined]
+        run = Running(instance, process, paths, console, started_at=rt.started_at)
+        self._adopt(dom, run)
+        paused = await _bounded(instance.is_paused(), dom)
+        run.paused_by_user = paused
+        state = State.PAUSED if paused else State.RUNNING
+        self._changed(dom, "reattached", state, "daemon-restart", f"pid {rt.pid}")
+
+    async def close(self) -> None:
+        """Let go of every VM without stopping it (the VMs outlive the daemon)."""
+        for dom in self.domains.values():
+            run = dom.run
+            if run is None:
+                continue
+            if run.watcher is not None:
+                run.watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run.watcher
+            await _release(run)
+
+
+async def _release(run: Running) -> None:
+    """Close our connections to a hypervisor process (not the process itself)."""
+    await run.console.close()
+    with contextlib.suppress(Exception):
+        await run.instance.close()
+
+
+async def _bounded(aw: Any, dom: Domain, seconds: float = 10.0) -> Any:
+    """Await a monitor call; a stopped or hung hypervisor must not hang the daemon."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await aw
+    except TimeoutError:
+        raise Timeout(
+            f"VM {dom.name!r}: the hypervisor did not answer within {seconds:.0f} s"
+        ) from None
