@@ -1,0 +1,279 @@
+"""The commands of `qumran`: each one parses nothing, makes one client call, prints.
+
+Heavy modules are imported inside the commands that need them: the definition reader
+(YAML) in ``define``, websockets in ``console``, the image builder in ``image demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from qumran.cli import output
+from qumran.client import Client, VmInfo
+from qumran.errors import InvalidArgument, Timeout
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.socket)
+
+
+def _name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+
+
+def _nothing(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _done(args: argparse.Namespace, vm: VmInfo, message: str) -> int:
+    if args.json:
+        output.print_json(vm)
+    else:
+        print(message)
+    return 0
+
+
+# --- listing and inspecting ---------------------------------------------------------
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true", help="include VMs that are shut off")
+
+
+def do_list(args: argparse.Namespace) -> int:
+    vms = _client(args).list_vms(all=args.all)
+    if args.json:
+        output.print_json(vms)
+    else:
+        sys.stdout.write(output.vm_table(vms))
+    return 0
+
+
+def do_dominfo(args: argparse.Namespace) -> int:
+    vm = _client(args).get_vm(args.name)
+    if args.json:
+        output.print_json(vm)
+    else:
+        sys.stdout.write(output.dominfo(vm))
+    return 0
+
+
+def _domstate_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--reason", action="store_true", help="also say why it is in that state")
+
+
+def do_domstate(args: argparse.Namespace) -> int:
+    vm = _client(args).get_vm(args.name)
+    if args.json:
+        output.print_json({"state": vm["state"], "reason": vm.get("reason")})
+    elif args.reason and vm.get("reason"):
+        print(f"{output.state_word(vm['state'])} ({vm['reason']})")
+    else:
+        print(output.state_word(vm["state"]))
+    return 0
+
+
+def do_host(args: argparse.Namespace) -> int:
+    info = _client(args).host()
+    if args.json:
+        output.print_json(info)
+    else:
+        sys.stdout.write(output.host(info))
+    return 0
+
+
+# --- defining -----------------------------------------------------------------------
+
+
+def _define_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a definition file (.yaml, .yml or .toml)")
+
+
+def do_define(args: argparse.Namespace) -> int:
+    from qumran.config.files import read_definition
+
+    vm = _client(args).define(read_definition(args.file))
+    return _done(args, vm, f"VM '{vm['name']}' defined from {args.file}")
+
+
+def do_undefine(args: argparse.Namespace) -> int:
+    _client(args).undefine(args.name)
+    if not args.json:
+        print(f"VM '{args.name}' undefined")
+    return 0
+
+
+def _autostart_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--disable", action="store_true", help="do not start it with qumrand")
+
+
+def do_autostart(args: argparse.Namespace) -> int:
+    vm = _client(args).set_autostart(args.name, not args.disable)
+    word = "unmarked" if args.disable else "marked"
+    return _done(args, vm, f"VM '{args.name}' {word} as autostarted")
+
+
+# --- lifecycle ------------------------------------------------------------------------
+
+
+def _start_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--console", action="store_true", help="attach to its console once started")
+
+
+def do_start(args: argparse.Namespace) -> int:
+    client = _client(args)
+    vm = client.start(args.name)
+    _done(args, vm, f"VM '{args.name}' started")
+    if args.console:
+        from qumran.client.console import attach_console
+
+        sys.stdout.flush()
+        attach_console(client.socket_path, args.name)
+    return 0
+
+
+def _lifecycle(action: str, message: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        vm = getattr(_client(args), action)(args.name)
+        return _done(args, vm, message.format(name=args.name))
+
+    return handler
+
+
+# --- console and events ---------------------------------------------------------------
+
+
+def _console_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument(
+        "--until",
+        metavar="TEXT",
+        help="leave once the guest has printed TEXT (for scripts; stdin may be a pipe)",
+    )
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        help="leave after SECONDS (an error when --until's TEXT has not appeared by then)",
+    )
+
+
+def do_console(args: argparse.Namespace) -> int:
+    from qumran.client.console import ConsoleExit, attach_console
+
+    if args.timeout is not None and args.timeout < 0:
+        raise InvalidArgument("--timeout must be zero or more seconds")
+    until = args.until.encode() if args.until else None
+    sys.stdout.flush()
+    why = attach_console(
+        Client(args.socket).socket_path, args.name, until=until, timeout=args.timeout
+    )
+    if why is ConsoleExit.TIMEOUT and until is not None:
+        raise Timeout(f"{args.name}'s console did not print {args.until!r} in {args.timeout}s")
+    return 0
+
+
+def _events_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--since", metavar="ID", type=int, help="only events after this id")
+
+
+def do_events(args: argparse.Namespace) -> int:
+    client = _client(args)
+    events = client.events(since=args.since)
+    if args.json and not args.follow:
+        output.print_json(events)
+        return 0
+    last = args.since if args.since is not None else -1
+    while True:
+        for ev in events:
+            if ev["id"] <= last:
+                continue  # whether `since` is inclusive or not, print each event once
+            last = ev["id"]
+            if args.json:  # one JSON document per line while following
+                import json
+
+                sys.stdout.write(json.dumps(ev) + "\n")
+            else:
+                sys.stdout.write(output.event_line(ev))
+        if not args.follow:
+            return 0
+        sys.stdout.flush()
+        time.sleep(1)
+        events = client.events(since=last if last >= 0 else None)
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def _image_args(p: argparse.ArgumentParser) -> None:
+    kinds = p.add_subparsers(dest="image", metavar="IMAGE", required=True)
+    demo = kinds.add_parser("demo", help="build the demo guest (kernel + initramfs)")
+    demo.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+
+def do_image(args: argparse.Namespace) -> int:
+    from qumran.images import build_demo
+
+    image = build_demo(force=args.force)
+    definition = getattr(image, "definition", None) or image.kernel.parent / "demo.yaml"
+    doc: dict[str, Any] = {
+        "kernel": str(image.kernel),
+        "initrd": str(image.initrd),
+        "cmdline": image.cmdline,
+        "ready_line": image.ready_line,
+        "definition": str(definition),
+    }
+    if args.json:
+        output.print_json(doc)
+    else:
+        pairs = [(k.replace("_", " ").capitalize(), str(v)) for k, v in doc.items()]
+        sys.stdout.write(output.key_values(pairs))
+        print(f"\nDefine it with:  qumran define {definition}")
+    return 0
+
+
+COMMANDS = [
+    Command("list", "list VMs (running and paused; --all for every one)", _list_args, do_list),
+    Command("define", "define a VM from a YAML or TOML file", _define_args, do_define),
+    Command("undefine", "remove a shut-off VM's definition", _name, do_undefine),
+    Command("start", "start a VM", _start_args, do_start),
+    Command(
+        "shutdown",
+        "ask the guest to power off (ACPI)",
+        _name,
+        _lifecycle("shutdown", "VM '{name}' is being shut down"),
+    ),
+    Command(
+        "destroy",
+        "stop a VM at once (kill its process)",
+        _name,
+        _lifecycle("destroy", "VM '{name}' destroyed"),
+    ),
+    Command("reboot", "reboot a VM", _name, _lifecycle("reboot", "VM '{name}' is being rebooted")),
+    Command("suspend", "pause a VM's vCPUs", _name, _lifecycle("suspend", "VM '{name}' suspended")),
+    Command("resume", "resume a paused VM", _name, _lifecycle("resume", "VM '{name}' resumed")),
+    Command("dominfo", "show a VM's details", _name, do_dominfo),
+    Command("domstate", "show a VM's state", _domstate_args, do_domstate),
+    Command("autostart", "start a VM whenever qumrand starts", _autostart_args, do_autostart),
+    Command(
+        "console", "attach to a VM's serial console (leave with Ctrl-])", _console_args, do_console
+    ),
+    Command("host", "show the host and its hypervisor drivers", _nothing, do_host),
+    Command("events", "show VM lifecycle events", _events_args, do_events),
+    Command("image", "build guest images", _image_args, do_image),
+]

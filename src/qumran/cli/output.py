@@ -1,0 +1,103 @@
+"""Formatting for people (virsh-like tables and key: value lines) and for scripts (JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from qumran.client.schema import Event, HostInfo, VmInfo
+
+# virsh's words for the states whose API names read oddly in a table.
+_STATE_WORDS = {"shutoff": "shut off", "shutdown": "in shutdown"}
+
+
+def print_json(doc: object) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def state_word(state: str) -> str:
+    return _STATE_WORDS.get(state, state)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table in virsh's layout: a leading space, 3 spaces between columns, a rule."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return " " + "   ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    rule = "-" * (sum(widths) + 3 * (len(widths) - 1) + 2)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
+
+
+def vm_table(vms: Sequence[VmInfo]) -> str:
+    rows = [
+        ["-" if vm.get("pid") is None else str(vm["pid"]), vm["name"], state_word(vm["state"])]
+        for vm in vms
+    ]
+    return table(["Id", "Name", "State"], rows)
+
+
+def key_values(pairs: Sequence[tuple[str, str]]) -> str:
+    return "".join(f"{(key + ':').ljust(15)} {value}\n" for key, value in pairs)
+
+
+def dominfo(vm: VmInfo) -> str:
+    cpu_time = vm.get("cpu_time")
+    return key_values(
+        [
+            ("Name", vm["name"]),
+            ("UUID", vm.get("uuid", "-")),
+            ("Owner", user_label(vm["owner"])),
+            ("Hypervisor", vm.get("hypervisor", "-")),
+            ("State", state_word(vm["state"])),
+            ("Reason", vm.get("reason") or "-"),
+            ("PID", "-" if vm.get("pid") is None else str(vm["pid"])),
+            ("CPU(s)", str(vm.get("vcpus", "-"))),
+            ("Max memory", f"{vm['memory_mib']} MiB" if "memory_mib" in vm else "-"),
+            ("CPU time", "-" if cpu_time is None else f"{cpu_time:.1f}s"),
+            ("Autostart", "enable" if vm.get("autostart") else "disable"),
+        ]
+    )
+
+
+def host(info: HostInfo) -> str:
+    head = key_values(
+        [
+            ("Hostname", info.get("hostname", "-")),
+            ("Version", info.get("version", "-")),
+            ("UID", user_label(info["uid"]) if "uid" in info else "-"),
+        ]
+    )
+    rows = [
+        [
+            d.get("driver", "?"),
+            d.get("accelerator", "-"),
+            "yes" if d.get("available", True) else "no",
+            d.get("version", "-") or "-",
+            d.get("reason", ""),
+        ]
+        for d in info.get("drivers", [])
+    ]
+    return head + "\n" + table(["Driver", "Accelerator", "Available", "Version", "Reason"], rows)
+
+
+def event_line(ev: Event) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.get("time", 0)))
+    state = state_word(ev.get("state", ""))
+    reason = ev.get("reason")
+    text = f"{stamp}  {ev.get('vm', '-')}  {ev.get('event', '?')}  {state}"
+    text += f" ({reason})" if reason else ""
+    detail = ev.get("detail")
+    return text + (f"  {detail}" if detail else "") + "\n"
+
+
+def user_label(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{uid} ({pwd.getpwuid(uid).pw_name})"
+    except (KeyError, TypeError, OverflowError):
+        return str(uid)

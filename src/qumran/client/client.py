@@ -1,0 +1,143 @@
+"""The synchronous qumrand client: one method per API endpoint (docs/api.md).
+
+Lean on purpose (stdlib json + socket only) because the CLI imports it on every run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from qumran.client.errors import ProtocolError
+from qumran.client.paths import default_socket_path
+from qumran.client.schema import Event, HostInfo, VmInfo
+from qumran.client.wire import quote, request
+from qumran.errors import (
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+    QumranError,
+    Timeout,
+    from_code,
+)
+
+# For error bodies without our {"error": {...}} envelope (say, from the web framework).
+_BY_STATUS: dict[int, type[QumranError]] = {
+    400: InvalidArgument,
+    403: PermissionDenied,
+    404: NotFound,
+    409: InvalidState,
+    422: InvalidArgument,
+    504: Timeout,
+}
+
+
+class Client:
+    """Talks to one qumrand over its UNIX socket; every call is one short connection."""
+
+    def __init__(self, socket_path: str | None = None, *, timeout: float | None = 60.0) -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout
+
+    def host(self) -> HostInfo:
+        return cast(HostInfo, self._call("GET", "/v1/host"))
+
+    def list_vms(self, all: bool = False) -> list[VmInfo]:
+        return cast(list[VmInfo], self._call("GET", "/v1/vms?all=true" if all else "/v1/vms"))
+
+    def get_vm(self, name: str) -> VmInfo:
+        return cast(VmInfo, self._call("GET", _vm(name)))
+
+    def define(self, doc: dict[str, Any]) -> VmInfo:
+        return cast(VmInfo, self._call("POST", "/v1/vms", doc))
+
+    def undefine(self, name: str) -> None:
+        self._call("DELETE", _vm(name))
+
+    def start(self, name: str) -> VmInfo:
+        return self._action(name, "start")
+
+    def shutdown(self, name: str) -> VmInfo:
+        return self._action(name, "shutdown")
+
+    def destroy(self, name: str) -> VmInfo:
+        return self._action(name, "destroy")
+
+    def reboot(self, name: str) -> VmInfo:
+        return self._action(name, "reboot")
+
+    def suspend(self, name: str) -> VmInfo:
+        return self._action(name, "suspend")
+
+    def resume(self, name: str) -> VmInfo:
+        return self._action(name, "resume")
+
+    def set_autostart(self, name: str, enabled: bool) -> VmInfo:
+        doc = {"enabled": enabled}
+        return cast(VmInfo, self._call("PUT", _vm(name) + "/autostart", doc))
+
+    def events(self, since: int | None = None) -> list[Event]:
+        target = "/v1/events" if since is None else f"/v1/events?since={int(since)}"
+        return cast(list[Event], self._call("GET", target))
+
+    def _action(self, name: str, action: str) -> VmInfo:
+        return cast(VmInfo, self._call("POST", f"{_vm(name)}/{action}"))
+
+    def _call(self, method: str, target: str, doc: object = None) -> Any:
+        body = None if doc is None else json.dumps(doc).encode()
+        if body is None and method in ("POST", "PUT"):
+            body = b""
+        resp = request(self.socket_path, method, target, body, timeout=self.timeout)
+        if resp.status >= 400:
+            raise error_from_response(resp.status, resp.reason, resp.body)
+        if not resp.body:
+            return None
+        try:
+            return json.loads(resp.body)
+        except ValueError:
+            raise ProtocolError(f"qumrand answered {method} {target} with invalid JSON") from None
+
+
+def _vm(name: str) -> str:
+    if not name:
+        raise InvalidArgument("a VM name cannot be empty")
+    return "/v1/vms/" + quote(name)
+
+
+def error_from_response(status: int, reason: str, body: bytes) -> QumranError:
+    """Rebuild the daemon's error from a non-2xx answer."""
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    message = ""
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if isinstance(err, dict) and isinstance(err.get("code"), str):
+            return from_code(err["code"], str(err.get("message") or err["code"]))
+        if "detail" in doc:
+            message = _detail_text(doc["detail"])
+    elif body:
+        message = body.decode("utf-8", "replace").strip()[:500]
+    return error_for_status(status, message or f"qumrand answered HTTP {status} {reason}".rstrip())
+
+
+def error_for_status(status: int, message: str) -> QumranError:
+    """The error class that matches an HTTP status (when no error code came with it)."""
+    return _BY_STATUS.get(status, QumranError)(message)
+
+
+def _detail_text(detail: object) -> str:
+    """Flatten a framework error detail, e.g. a list of {"loc": [...], "msg": ...}."""
+    if not isinstance(detail, list):
+        return str(detail)
+    parts = []
+    for item in detail:
+        if isinstance(item, dict):
+            loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+            msg = str(item.get("msg", item))
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        else:
+            parts.append(str(item))
+    return "; ".join(parts)
