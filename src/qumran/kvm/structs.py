@@ -141,7 +141,7 @@ KVM_APIC_REG_SIZE = 0x400
 class kvm_lapic_state(ctypes.Structure):
     """asm/kvm.h: the local APIC register page."""
 
-    _fields_ = [("regs", c_char * KVM_APIC_REG_SIZE)]
+    _fields_ = [("regs", c_uint8 * KVM_APIC_REG_SIZE)]  # char[] in the header
 
 
 class kvm_irqchip(ctypes.Structure):

@@ -192,6 +192,11 @@ class Vcpu(_Fd):
         assert run is not None
         return decode_exit(run, self._map)
 
+    def complete_mmio_read(self, data: bytes) -> None:
+        """Answer a KVM_EXIT_MMIO read; KVM copies ``data`` into the guest on the next run."""
+        if self.run_struct is not None:
+            ctypes.memmove(self.run_struct.mmio.data, data, min(len(data), 8))
+
     def set_immediate_exit(self, value: bool) -> None:
         """Make the next (or current) KVM_RUN return at once (KVM_CAP_IMMEDIATE_EXIT)."""
         if self.run_struct is not None:

@@ -1,0 +1,23 @@
+"""What the guest asks of the VMM process: the events that end or restart a boot."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class GuestEvent(enum.Enum):
+    POWEROFF = "poweroff"  # ACPI S5: the process ends with status 0
+    REBOOT = "reboot"  # reset line / ACPI reset register: boot again in this process
+    CRASH = "crash"  # triple fault or KVM error: the process ends non-zero
+
+
+@dataclass(frozen=True)
+class GuestEventNotice:
+    event: GuestEvent
+    detail: str
+    vcpu: int | None = None
+
+
+EventSink = Callable[[GuestEventNotice], None]

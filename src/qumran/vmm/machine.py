@@ -1,0 +1,212 @@
+"""A running machine: guest memory and the host side that outlive a reboot, plus the
+current boot (VM fd, vCPU threads, devices), which a guest reboot replaces."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qumran.errors import InvalidState
+from qumran.kvm import Kvm, Vm
+from qumran.vmm.devices import PioBus
+from qumran.vmm.memory import GuestMemory
+from qumran.vmm.vcpu import VcpuThread
+
+log = logging.getLogger(__name__)
+
+PAUSE_TIMEOUT = 5.0
+
+
+class MachineState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"  # the guest was asked to power off and is shutting down
+    STOPPED = "stopped"
+
+
+class ConsoleInput(Protocol):
+    def feed(self, data: bytes) -> object: ...
+
+
+class PowerButton(Protocol):
+    def press_power_button(self) -> None: ...
+
+
+@dataclass
+class Boot:
+    """Everything that belongs to one boot of the guest."""
+
+    vm: Vm
+    bus: PioBus
+    vcpus: list[VcpuThread]
+    serial: ConsoleInput
+    pm: PowerButton | None
+    started: float = field(default_factory=time.monotonic)
+
+    def stop(self) -> None:
+        for v in self.vcpus:
+            v.stop()
+        for v in self.vcpus:
+            v.join()
+        for v in self.vcpus:
+            v.vcpu.close()
+        self.vm.close()
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    name: str
+    memory: int
+    vcpus: int
+    cmdline: str
+
+
+class Machine:
+    """Lifecycle of one VM inside the qumran-vmm process.
+
+    ``booter`` builds a fresh :class:`Boot` (see :mod:`qumran.vmm.builder`); a reboot stops
+    the vCPUs, drops the VM fd, zeroes memory and calls it again.
+    """
+
+    def __init__(
+        self,
+        config: MachineConfig,
+        kvm: Kvm,
+        memory: GuestMemory,
+        booter: Callable[[Machine], Boot],
+    ) -> None:
+        self.config = config
+        self.kvm = kvm
+        self.memory = memory
+        self._booter = booter
+        self._lock = threading.Lock()
+        self.state = MachineState.STOPPED
+        self.boot: Boot | None = None
+        self.reboots = 0
+        self.created = time.monotonic()
+        self._paused_total = 0.0
+        self._paused_since: float | None = None
+        self._exits_before: Counter[str] = Counter()
+
+    # --- lifecycle (main thread) ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.boot = self._booter(self)
+        for v in self.boot.vcpus:
+            v.start()
+        self.state = MachineState.RUNNING
+
+    def reboot(self) -> None:
+        was_paused = self.state is MachineState.PAUSED
+        self._teardown()
+        self.memory.discard()
+        self.reboots += 1
+        self.start()
+        if was_paused:
+            self.pause()
+
+    def shutdown_now(self) -> None:
+        """Stop every vCPU and release the VM (memory stays until :meth:`close`)."""
+        self._teardown()
+        self.state = MachineState.STOPPED
+
+    def close(self) -> None:
+        self.shutdown_now()
+        self.memory.close()
+        self.kvm.close()
+
+    def _teardown(self) -> None:
+        if self.boot is not None:
+            boot, self.boot = self.boot, None
+            for v in boot.vcpus:
+                self._exits_before.update(v.exits)
+            boot.stop()
+
+    # --- control requests -------------------------------------------------------------------
+
+    def pause(self) -> None:
+        with self._lock:
+            boot = self._require_boot()
+            if self.state is MachineState.PAUSED:
+                return
+            for v in boot.vcpus:
+                v.pause()
+            for v in boot.vcpus:
+                if not v.wait_held(PAUSE_TIMEOUT):
+                    raise InvalidState(f"vCPU {v.vcpu.id} did not stop within {PAUSE_TIMEOUT}s")
+            self.state = MachineState.PAUSED
+            self._paused_since = time.monotonic()
+
+    def resume(self) -> None:
+        with self._lock:
+            boot = self._require_boot()
+            if self.state is not MachineState.PAUSED:
+                return
+            for v in boot.vcpus:
+                v.resume()
+            self.state = MachineState.RUNNING
+            if self._paused_since is not None:
+                self._paused_total += time.monotonic() - self._paused_since
+                self._paused_since = None
+
+    def power_button(self) -> None:
+        boot = self._require_boot()
+        if boot.pm is None:
+            raise InvalidState("this machine has no ACPI power button")
+        if self.state is MachineState.PAUSED:
+            raise InvalidState("the guest is paused; resume it before asking it to shut down")
+        boot.pm.press_power_button()
+        self.state = MachineState.SHUTDOWN
+
+    def feed_console(self, data: bytes) -> None:
+        if self.boot is not None:
+            self.boot.serial.feed(data)
+
+    def _require_boot(self) -> Boot:
+        if self.boot is None:
+            raise InvalidState("the guest is not running")
+        return self.boot
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "state": self.state.value,
+            "vcpus": self.config.vcpus,
+            "memory": self.config.memory,
+            "reboots": self.reboots,
+            "uptime": round(time.monotonic() - self.created, 3),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        boot = self.boot
+        vcpus = boot.vcpus if boot is not None else []
+        exits = Counter(self._exits_before)
+        for v in vcpus:
+            exits.update(v.exits)
+        paused = self._paused_total
+        if self._paused_since is not None:
+            paused += time.monotonic() - self._paused_since
+        uptime = time.monotonic() - self.created
+        return {
+            "uptime": round(uptime, 3),
+            "run_time": round(uptime - paused, 3),
+            "boot_time": round(time.monotonic() - boot.started, 3) if boot else 0.0,
+            "exits": dict(exits),
+            "vcpus": [
+                {
+                    "id": v.vcpu.id,
+                    "state": v.state.value,
+                    "exits": dict(v.exits),
+                    "cpu_time": round(v.cpu_seconds(), 3),
+                }
+                for v in vcpus
+            ],
+        }

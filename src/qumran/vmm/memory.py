@@ -1,0 +1,64 @@
+"""Guest RAM: one anonymous private mapping, registered with KVM as one or two slots
+(below the 3 GiB MMIO gap, and from 4 GiB up)."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+
+from qumran.kvm import Vm
+from qumran.vmm.arch import layout
+from qumran.vmm.errors import GuestTooLarge, VmmError
+
+MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # linux/mman.h; absent in 3.11
+
+
+class GuestMemory:
+    """Guest-physical RAM backed by process memory, addressed by guest-physical address."""
+
+    def __init__(self, size: int) -> None:
+        if size < layout.MiB or size % layout.PAGE_SIZE:
+            raise GuestTooLarge(f"memory size {size} must be a whole number of pages >= 1 MiB")
+        self.size = size
+        self.ranges = layout.ram_ranges(size)
+        try:
+            # MAP_NORESERVE: pages are only allocated when the guest touches them.
+            self._map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
+        except OSError as exc:
+            raise VmmError(f"cannot allocate {size >> 20} MiB of guest memory: {exc}") from None
+        self._view: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * size).from_buffer(
+            self._map
+        )
+        self.host_addr = ctypes.addressof(self._view)
+
+    def register(self, vm: Vm) -> None:
+        offset = 0
+        for slot, (gpa, length) in enumerate(self.ranges):
+            vm.set_user_memory_region(slot, gpa, length, self.host_addr + offset)
+            offset += length
+
+    def _offset(self, gpa: int, length: int) -> int:
+        offset = 0
+        for start, size in self.ranges:
+            if start <= gpa and gpa + length <= start + size:
+                return offset + gpa - start
+            offset += size
+        raise GuestTooLarge(f"guest range {gpa:#x}+{length:#x} is not RAM")
+
+    def write(self, gpa: int, data: bytes) -> None:
+        start = self._offset(gpa, len(data))
+        self._map[start : start + len(data)] = data
+
+    def read(self, gpa: int, length: int) -> bytes:
+        start = self._offset(gpa, length)
+        return self._map[start : start + length]
+
+    def discard(self) -> None:
+        """Give every page back (reads as zeros again): a cold start for a reboot."""
+        self._map.madvise(MADV_DONTNEED)
+
+    def close(self) -> None:
+        self._view = None
+        if not self._map.closed:
+            self._map.close()

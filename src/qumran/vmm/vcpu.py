@@ -1,0 +1,242 @@
+"""One thread per vCPU, with an explicit run state.
+
+``pause`` kicks the thread out of KVM_RUN (``immediate_exit`` plus a signal, so there is
+no window in which the kick is lost) and holds it; ``resume`` releases it; ``stop`` makes
+it return. Exits are typed values (:mod:`qumran.kvm.exits`) dispatched with ``match``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import logging
+import os
+import signal
+import threading
+import time
+
+from qumran.kvm import KvmError, Vcpu
+from qumran.kvm.constants import InternalError, SystemEvent
+from qumran.kvm.exits import (
+    FailEntry,
+    Halted,
+    InternalErrorExit,
+    Interrupted,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    SystemEventExit,
+    TripleFault,
+    Unhandled,
+)
+from qumran.vmm.devices import PioBus
+from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice
+
+log = logging.getLogger(__name__)
+
+KICK_SIGNAL = signal.SIGUSR1
+# Process-wide signals are for the main thread; a vCPU thread only takes the kick.
+BLOCKED_IN_VCPU = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE}
+
+
+def install_kick_handler() -> None:
+    """The kick needs a handler (the default action of SIGUSR1 would kill the process);
+    main thread only. An ignored signal would not interrupt KVM_RUN."""
+    signal.signal(KICK_SIGNAL, lambda _signum, _frame: None)
+
+
+class RunState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+_ALLOWED = {
+    RunState.CREATED: {RunState.RUNNING, RunState.PAUSED, RunState.STOPPING},
+    RunState.RUNNING: {RunState.PAUSED, RunState.STOPPING},
+    RunState.PAUSED: {RunState.RUNNING, RunState.STOPPING},
+    RunState.STOPPING: {RunState.STOPPED},
+    RunState.STOPPED: set(),
+}
+
+
+class VcpuThread:
+    """Runs one vCPU on its own thread and handles its exits."""
+
+    def __init__(self, vcpu: Vcpu, bus: PioBus, events: EventSink) -> None:
+        self.vcpu = vcpu
+        self._bus = bus
+        self._events = events
+        self._cond = threading.Condition()
+        self._state = RunState.CREATED
+        self._held = False  # the thread is parked in _wait_runnable
+        self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.id}", daemon=True)
+        self.exits: collections.Counter[str] = collections.Counter()
+        self.native_id: int | None = None
+
+    @property
+    def state(self) -> RunState:
+        return self._state
+
+    def _move(self, new: RunState) -> bool:
+        """Guarded transition (caller holds the lock); False if ``new`` is not reachable."""
+        if new not in _ALLOWED[self._state]:
+            return False
+        self._state = new
+        self._cond.notify_all()
+        return True
+
+    # --- control, from other threads ------------------------------------------------------
+
+    def start(self, paused: bool = False) -> None:
+        with self._cond:
+            if not self._move(RunState.PAUSED if paused else RunState.RUNNING):
+                raise RuntimeError(f"vCPU {self.vcpu.id}: cannot start from {self._state}")
+        self._thread.start()
+
+    def pause(self) -> None:
+        with self._cond:
+            if not self._move(RunState.PAUSED):
+                return
+        self._kick()
+
+    def wait_held(self, timeout: float = 5.0) -> bool:
+        """Wait until the thread is out of KVM_RUN and parked (after ``pause``)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._held or self._state is RunState.STOPPED, timeout
+            )
+
+    def resume(self) -> None:
+        with self._cond:
+            if self._state is RunState.PAUSED:
+                self._move(RunState.RUNNING)
+
+    def stop(self) -> None:
+        with self._cond:
+            if not self._move(RunState.STOPPING):
+                return
+        self._kick()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def _kick(self) -> None:
+        self.vcpu.set_immediate_exit(True)
+        ident = self._thread.ident
+        if ident is not None and self._thread.is_alive():
+            with contextlib.suppress(ProcessLookupError):  # it just ended
+                signal.pthread_kill(ident, KICK_SIGNAL)
+
+    # --- the thread -----------------------------------------------------------------------
+
+    def _main(self) -> None:
+        self.native_id = threading.get_native_id()
+        signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_IN_VCPU)
+        try:
+            self._loop()
+        except KvmError as exc:
+            self._report(GuestEvent.CRASH, str(exc))
+        except Exception as exc:
+            log.debug("vCPU %d failed", self.vcpu.id, exc_info=True)
+            self._report(GuestEvent.CRASH, f"internal error: {exc!r}")
+        finally:
+            with self._cond:
+                if self._state is not RunState.STOPPING:
+                    self._state = RunState.STOPPING
+                self._move(RunState.STOPPED)
+
+    def _wait_runnable(self) -> bool:
+        """Park while paused; False once the thread must stop."""
+        with self._cond:
+            while self._state is RunState.PAUSED:
+                self._held = True
+                self._cond.notify_all()
+                self._cond.wait()
+            self._held = False
+            return self._state is RunState.RUNNING
+
+    def _loop(self) -> None:
+        vcpu, bus, page, exits = self.vcpu, self._bus, self.vcpu.run_page, self.exits
+        while self._wait_runnable():
+            exit_ = vcpu.run()
+            match exit_:
+                case IoOut(port, size, count, data):
+                    exits["io"] += 1
+                    for i in range(0, size * count, size):
+                        bus.write(port, size, int.from_bytes(data[i : i + size], "little"))
+                case IoIn(port, size, count, offset):
+                    exits["io"] += 1
+                    for i in range(offset, offset + size * count, size):
+                        page[i : i + size] = bus.read(port, size).to_bytes(size, "little")
+                case Interrupted():
+                    exits["intr"] += 1
+                    vcpu.set_immediate_exit(False)
+                case MmioRead(_, length):
+                    exits["mmio"] += 1
+                    vcpu.complete_mmio_read(b"\xff" * length)  # nothing is mapped there
+                case MmioWrite():
+                    exits["mmio"] += 1
+                case SystemEventExit(type_):
+                    exits["system-event"] += 1
+                    self._system_event(type_)
+                case TripleFault():
+                    exits["shutdown"] += 1
+                    self._report(GuestEvent.CRASH, self._describe("triple fault"))
+                    return
+                case InternalErrorExit(suberror, data):
+                    exits["internal-error"] += 1
+                    self._report(GuestEvent.CRASH, self._internal_error(suberror, data))
+                    return
+                case FailEntry(reason, cpu):
+                    self._report(GuestEvent.CRASH, f"VM entry failed: reason {reason:#x} on {cpu}")
+                    return
+                case Halted():
+                    exits["hlt"] += 1
+                    time.sleep(0.001)  # only without an in-kernel LAPIC
+                case Unhandled(reason):
+                    self._report(GuestEvent.CRASH, f"unhandled KVM exit reason {reason}")
+                    return
+
+    def _system_event(self, type_: int) -> None:
+        match type_:
+            case SystemEvent.SHUTDOWN:
+                self._report(GuestEvent.POWEROFF, "system event: shutdown")
+            case SystemEvent.RESET:
+                self._report(GuestEvent.REBOOT, "system event: reset")
+            case _:
+                self._report(GuestEvent.CRASH, f"system event {type_}")
+
+    def _internal_error(self, suberror: int, data: tuple[int, ...]) -> str:
+        try:
+            what = InternalError(suberror).name.lower().replace("_", " ")
+        except ValueError:
+            what = f"suberror {suberror}"
+        words = " ".join(f"{d:#x}" for d in data[:4])
+        return self._describe(f"KVM internal error ({what}; {words})")
+
+    def _describe(self, what: str) -> str:
+        try:
+            regs = self.vcpu.get_regs()
+            return f"{what} on vCPU {self.vcpu.id} at rip={regs.rip:#x}"
+        except KvmError:
+            return f"{what} on vCPU {self.vcpu.id}"
+
+    def _report(self, event: GuestEvent, detail: str) -> None:
+        self._events(GuestEventNotice(event, detail, self.vcpu.id))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of this vCPU's thread (/proc/self/task/TID/stat)."""
+        if self.native_id is None:
+            return 0.0
+        try:
+            with open(f"/proc/self/task/{self.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
