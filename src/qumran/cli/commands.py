@@ -10,18 +10,27 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from qumran.cli import output
 from qumran.client import Client, VmInfo
 from qumran.errors import InvalidArgument, Timeout
 
 
-class Command(NamedTuple):
-    name: str
-    help: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-    handler: Callable[[argparse.Namespace], int]
+class Command:
+    __slots__ = ("arguments", "handler", "help", "name")
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        arguments: Callable[[argparse.ArgumentParser], None],
+        handler: Callable[[argparse.Namespace], int],
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.arguments = arguments
+        self.handler = handler
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -277,3 +286,5 @@ COMMANDS = [
     Command("events", "show VM lifecycle events", _events_args, do_events),
     Command("image", "build guest images", _image_args, do_image),
 ]
+
+NAMES = frozenset(c.name for c in COMMANDS)

@@ -11,38 +11,69 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from qumran.cli import commands
 from qumran.errors import QumranError
 
+_DESCRIPTION = "Manage Qumran virtual machines (through qumrand)."
+_JSON = "print the API's JSON (for scripts)"
+_SOCKET = "qumrand's socket (default: $QUMRAN_SOCKET, else the per-user or system one)"
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, minus its `import shutil` (2 ms of start-up) for the width."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+        except (ValueError, OSError):
+            width = 80
+        super().__init__(prog, width=max(width - 2, 40))
+
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(formatter_class=_Formatter, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's subparser is built (start-up)."""
     # Global options are accepted before or after the command: the subcommands get them
     # too, with SUPPRESS so an absent option does not undo one given before the command.
     common = _Parser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS)
-    parser = _Parser(prog="qumran", description="Manage Qumran virtual machines (via qumrand).")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
-    parser.add_argument(
-        "--socket", metavar="PATH", help="qumrand's socket (default: $QUMRAN_SOCKET or per-user)"
-    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON)
+    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS, help=_SOCKET)
+    parser = _Parser(prog="qumran", description=_DESCRIPTION)
+    parser.add_argument("--json", action="store_true", help=_JSON)
+    parser.add_argument("--socket", metavar="PATH", help=_SOCKET)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for spec in commands.COMMANDS:
+        if command is not None and spec.name != command:
+            continue
         p = sub.add_parser(spec.name, help=spec.help, description=spec.help, parents=[common])
         spec.arguments(p)
         p.set_defaults(handler=spec.handler)
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The command named in ``argv``, if it is one we know (else None: build them all)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--socket":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in commands.NAMES else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     try:
         return int(args.handler(args))
     except QumranError as exc:

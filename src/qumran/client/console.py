@@ -80,26 +80,27 @@ def attach_console(
     banner: bool = True,
 ) -> ConsoleExit:
     """Run a console session until escape, ``until``, ``timeout`` or the stream's end."""
-    ws = _connect(socket_path, name)
     session = _Session(until)
-    saved = _enter_raw(stdin_fd)
+    saved = None
     try:
-        if banner:
-            _say(f"Connected to {name} (escape character is ^])\n", raw=saved is not None)
-        pump = threading.Thread(
-            target=_pump_output, args=(ws, stdout_fd, session), name="console-out", daemon=True
-        )
-        pump.start()
-        why = _forward_input(ws, stdin_fd, session, timeout)
-        ws.close()
-        pump.join(timeout=2)
+        with _connect(socket_path, name) as ws:  # closed on every way out
+            saved = _enter_raw(stdin_fd)
+            raw = saved is not None
+            if banner:
+                _say(f"Connected to {name} (escape character is ^])\n", raw=raw)
+            pump = threading.Thread(
+                target=_pump_output, args=(ws, stdout_fd, session), name="console-out", daemon=True
+            )
+            pump.start()
+            why = _forward_input(ws, stdin_fd, session, timeout)
+            ws.close()
+            pump.join(timeout=2)
         if session.error is not None:
             raise session.error
         if why is ConsoleExit.CLOSED and banner:
-            _say(f"\nConnection to {name} closed\n", raw=saved is not None)
+            _say(f"\nConnection to {name} closed\n", raw=raw)
         return why
     finally:
-        ws.close()
         _leave_raw(stdin_fd, saved)
         session.close()
 

@@ -9,7 +9,7 @@ Content-Length, else the body runs until the peer closes.
 from __future__ import annotations
 
 import socket
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 from qumran.client.errors import DaemonNotRunning, ProtocolError
 from qumran.errors import ConnectionFailed, Timeout
@@ -20,11 +20,17 @@ _HEXDIGITS = b"0123456789abcdefABCDEF"
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
-class Response(NamedTuple):
-    status: int
-    reason: str
-    headers: dict[str, str]  # names lower-cased; repeated fields joined with ", "
-    body: bytes
+class Response:
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # names lower-cased; repeated fields joined with ", "
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Response({self.status} {self.reason!r}, {len(self.body)} bytes)"
 
 
 def quote(segment: str) -> str:
