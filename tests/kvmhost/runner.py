@@ -1,0 +1,229 @@
+"""Run a command inside the KVM test host and get back its output and exit status.
+
+The runner writes a small job directory (``job.sh``: cwd, environment, command; ``shares``:
+writable directories), boots QEMU TCG with ``-cpu max`` (AMD SVM emulated) sharing ``/``
+read-only, and reads the serial console. The guest's init prints ``KVMHOST-START-<nonce>``
+before the job and ``KVMHOST-EXIT-<nonce> <status>`` after it; the nonce is random per run,
+so a job that prints these words itself (the runner's own tests) cannot fool it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .image import build_image
+
+# Environment variables passed through from the caller, when set.
+PASSTHROUGH = (
+    "LANG", "LC_ALL", "TERM", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
+    "PYTEST_ADDOPTS", "CI", "VIRTUAL_ENV", "NO_COLOR", "FORCE_COLOR",
+)  # fmt: skip
+PASSTHROUGH_PREFIXES = ("QUMRAN_",)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TIMEOUT_STATUS = 124  # what timeout(1) returns
+BOOT_FAILED_STATUS = 125
+# Files keep the host's owners and modes as they are; `multidevs=remap` keeps inode numbers
+# unique across the several host file systems under one export.
+_VIRTFS_OPTS = "security_model=none,multidevs=remap"
+
+
+@dataclass(frozen=True)
+class Job:
+    argv: Sequence[str]
+    cwd: Path
+    env: dict[str, str]
+    shares: Sequence[Path] = ()
+    memory_mib: int = 2048
+    cpus: int = 2
+    timeout: float = 600.0
+    on_output: Callable[[bytes], None] | None = field(default=None, compare=False)
+
+
+def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """PATH, HOME=/tmp and the pass-through variables of this process, plus ``extra``."""
+    env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "HOME": "/tmp"}
+    for key, value in os.environ.items():
+        if key in PASSTHROUGH or key.startswith(PASSTHROUGH_PREFIXES):
+            env[key] = value
+    env.update(extra or {})
+    return env
+
+
+def job_script(job: Job) -> str:
+    """The script the guest runs in the chroot (POSIX sh, all values quoted)."""
+    lines = [f"cd {shlex.quote(str(job.cwd))} || exit {BOOT_FAILED_STATUS}"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in job.env.items()]
+    lines.append("exec " + " ".join(shlex.quote(a) for a in job.argv))
+    return "\n".join(lines) + "\n"
+
+
+def qemu_argv(kernel: Path, initrd: Path, cmdline: str, job: Job) -> list[str]:
+    argv = [
+        "qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-cpu", "max",
+        "-smp", str(job.cpus), "-m", str(job.memory_mib),
+        "-nodefaults", "-display", "none", "-no-reboot",
+        "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+        "-virtfs", f"local,path=/,mount_tag=hostroot,{_VIRTFS_OPTS},readonly=on",
+    ]  # fmt: skip
+    for index, share in enumerate(job.shares):
+        argv += ["-virtfs", f"local,path={share},mount_tag=share{index},{_VIRTFS_OPTS}"]
+    return argv
+
+
+def run_job(job: Job) -> tuple[int, bytes]:
+    """Boot the test host, run ``job`` in it; return (exit status, output)."""
+    image = build_image()
+    nonce = secrets.token_hex(6)
+    with tempfile.TemporaryDirectory(prefix="qumran-kvmhost-") as tmp:
+        jobdir = Path(tmp)
+        (jobdir / "job.sh").write_text(job_script(job))
+        (jobdir / "shares").write_text("".join(f"share{i} {p}\n" for i, p in enumerate(job.shares)))
+        cmdline = (
+            "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off "
+            f"kvmhost.job={jobdir} kvmhost.nonce={nonce}"
+        )
+        argv = qemu_argv(image.kernel, image.initrd, cmdline, job)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        try:
+            result = _collect(proc, nonce, job)
+        except BaseException:
+            _stop(proc, grace=0)
+            raise
+        # After the exit marker the guest powers off at once; after a timeout it is killed.
+        _stop(proc, grace=10 if result[0] != TIMEOUT_STATUS else 0)
+        return result
+
+
+def _collect(proc: subprocess.Popen[bytes], nonce: str, job: Job) -> tuple[int, bytes]:
+    """Read the console: drop what precedes the start marker, stream the job's output."""
+    assert proc.stdout is not None
+    stream = ConsoleStream(nonce, job.on_output)
+    deadline = time.monotonic() + job.timeout
+    fd = proc.stdout.fileno()
+    while stream.status is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            stream.note(f"\nkvmhost: timed out after {job.timeout:g} s\n")
+            return TIMEOUT_STATUS, bytes(stream.output)
+        ready, _, _ = select.select([fd], [], [], left)
+        chunk = os.read(fd, 65536) if ready else b""
+        if ready and not chunk:
+            stream.note(f"\nkvmhost: guest stopped without a status:\n{stream.preamble()}\n")
+            return BOOT_FAILED_STATUS, bytes(stream.output)
+        stream.feed(chunk)
+    return stream.status, bytes(stream.output)
+
+
+class ConsoleStream:
+    """Splits the console into boot noise, job output and the exit marker."""
+
+    def __init__(self, nonce: str, on_output: Callable[[bytes], None] | None) -> None:
+        self.start = f"KVMHOST-START-{nonce}\n".encode()
+        self.exit = f"KVMHOST-EXIT-{nonce} ".encode()
+        self.on_output = on_output
+        self.before = bytearray()  # console text before the job started
+        self.pending = bytearray()  # job output held back: it may begin the exit marker
+        self.output = bytearray()
+        self.started = False
+        self.status: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.started:
+            self.before += chunk
+            index = self.before.find(self.start)
+            if index < 0:
+                return
+            self.started = True
+            chunk = bytes(self.before[index + len(self.start) :])
+            del self.before[index:]
+        self.pending += chunk
+        index = self.pending.find(self.exit)
+        if index >= 0:
+            tail = self.pending[index + len(self.exit) :]
+            if b"\n" not in tail:
+                return  # the status digits have not all arrived yet
+            self._emit(bytes(self.pending[:index]))
+            self.status = int(tail.split(b"\n")[0].strip())
+            return
+        keep = _marker_prefix_len(self.pending, self.exit)
+        self._emit(bytes(self.pending[: len(self.pending) - keep]))
+        del self.pending[: len(self.pending) - keep]
+
+    def note(self, text: str) -> None:
+        self._emit(text.encode())
+
+    def preamble(self) -> str:
+        return self.before.decode(errors="replace")
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.output += data
+            if self.on_output is not None:
+                self.on_output(data)
+
+
+def _marker_prefix_len(data: bytearray, marker: bytes) -> int:
+    """Length of the longest suffix of ``data`` that is a proper prefix of ``marker``."""
+    for length in range(min(len(marker) - 1, len(data)), 0, -1):
+        if data.endswith(marker[:length]):
+            return length
+    return 0
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Give the guest ``grace`` seconds to power off, then make sure QEMU is gone."""
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def run_in_kvmhost(
+    cmd: Sequence[str],
+    timeout: float = 600.0,
+    cwd: str | Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    shares: Sequence[str | Path] = (),
+    memory_mib: int = 2048,
+    on_output: Callable[[bytes], None] | None = None,
+) -> tuple[int, str]:
+    """Run ``cmd`` inside the KVM test host; return (exit status, combined output).
+
+    ``cwd`` defaults to the current directory (the host's whole file system is visible).
+    ``shares`` are host directories made writable inside, at the same paths. ``env`` adds
+    to the default environment (see :func:`job_env`). 124 means the timeout expired.
+    """
+    if shutil.which("qemu-system-x86_64") is None:
+        raise RuntimeError("qemu-system-x86_64 is not installed")
+    job = Job(
+        argv=list(cmd),
+        cwd=Path(cwd if cwd is not None else os.getcwd()).absolute(),
+        env=job_env(env),
+        shares=[Path(s).absolute() for s in shares],
+        memory_mib=memory_mib,
+        timeout=timeout,
+        on_output=on_output,
+    )
+    status, output = run_job(job)
+    return status, output.decode(errors="replace")
+
+
+def stream_to_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
