@@ -28,7 +28,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def line(cells: Sequence[str]) -> str:
         return " " + "   ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    rule = "-" * (sum(widths) + 3 * (len(widths) - 1) + 2)
+    rule = "-" * (1 + sum(widths) + 3 * (len(widths) - 1) + 2)  # as long as virsh's
     return "\n".join([line(headers), rule, *(line(r) for r in rows)]) + "\n"
 
 
