@@ -6,9 +6,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qumran.vmm.devices import PioBus
-from qumran.vmm.devices.legacy import I8042, AcpiPm, CmosRtc, Serial16550
+from qumran.vmm.devices.legacy import I8042, AcpiPm, CmosRtc, PciConfigStub, Serial16550
 
-INTERESTING = [*range(0x3F8, 0x400), 0x60, 0x64, 0x70, 0x71, *range(0x600, 0x60A), 0x80, 0xCF8]
+INTERESTING = [
+    *range(0x3F8, 0x400),
+    0x60,
+    0x64,
+    0x70,
+    0x71,
+    *range(0x600, 0x60A),
+    0x80,
+    *range(0xCF8, 0xD00),
+]
 port = st.one_of(st.sampled_from(INTERESTING), st.integers(0, 0xFFFF))
 access = st.tuples(st.booleans(), port, st.sampled_from([1, 2, 4]), st.integers(0, 0xFFFF_FFFF))
 
@@ -33,6 +42,7 @@ def machine() -> tuple[PioBus, Line, Line, Serial16550, AcpiPm]:
     bus.register(0x60, 1, kbc)
     bus.register(0x64, 1, kbc)
     bus.register(0x600, 9, pm)
+    bus.register(0xCF8, 8, PciConfigStub(on_reset=lambda: None))
     return bus, com1, sci, uart, pm
 
 
