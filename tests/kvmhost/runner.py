@@ -140,6 +140,8 @@ class ConsoleStream:
         self.status: int | None = None
 
     def feed(self, chunk: bytes) -> None:
+        if self.status is not None:
+            return  # the job is over: what follows is the guest shutting down
         if not self.started:
             self.before += chunk
             index = self.before.find(self.start)

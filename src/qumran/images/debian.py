@@ -42,7 +42,10 @@ class DebCache:
         found = self._cached_deb(package)
         if found is not None:
             return found
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PackageError(f"cannot create the package cache {self.root}: {exc}") from exc
         if not self._download(package):
             # An unknown package usually means the apt lists are stale or absent.
             self._apt_update()
