@@ -109,20 +109,26 @@ class Serial16550:
 
     def pio_read(self, offset: int, size: int) -> int:
         with self._lock:
-            value = 0
-            for i in range(size):
-                reg = offset + i
-                byte = self._read(reg) if 0 <= reg < UART_PORTS else 0xFF
-                value |= byte << (8 * i)
+            if size == 1 and 0 <= offset < UART_PORTS:  # the only access Linux makes
+                value = self._read(offset)
+            else:
+                value = 0
+                for i in range(size):
+                    reg = offset + i
+                    byte = self._read(reg) if 0 <= reg < UART_PORTS else 0xFF
+                    value |= byte << (8 * i)
             self._update_irq()
             return value
 
     def pio_write(self, offset: int, size: int, value: int) -> None:
         with self._lock:
-            for i in range(size):
-                reg = offset + i
-                if 0 <= reg < UART_PORTS:
-                    self._write(reg, (value >> (8 * i)) & 0xFF)
+            if size == 1 and 0 <= offset < UART_PORTS:
+                self._write(offset, value & 0xFF)
+            else:
+                for i in range(size):
+                    reg = offset + i
+                    if 0 <= reg < UART_PORTS:
+                        self._write(reg, (value >> (8 * i)) & 0xFF)
             self._update_irq()
 
     # -- registers (called with the lock held) --------------------------------------
