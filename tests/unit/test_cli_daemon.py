@@ -1,0 +1,132 @@
+"""`qumran`, the real process, against a real qumrand running the fake driver.
+
+The fake driver's stand-in VM is a real process with a console that prints
+``FAKE-VM READY`` at boot and echoes its input, so the console is tested end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon_harness import Daemon
+
+READY = "FAKE-VM READY"
+
+
+def qumran(
+    daemon: Daemon, *argv: str, stdin: bytes = b"", timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qumran.cli.main", *argv],
+        input=stdin.decode("latin-1"), capture_output=True, text=True,
+        env=daemon.env, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def ok(daemon: Daemon, *argv: str, stdin: bytes = b"") -> str:
+    proc = qumran(daemon, *argv, stdin=stdin)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def define(daemon: Daemon, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nmemory: 64M\nboot:\n  kernel: /bin/sh\n")
+    assert ok(daemon, "define", str(path)) == f"VM '{name}' defined from {path}\n"
+
+
+def as_json(daemon: Daemon, *argv: str) -> Any:
+    return json.loads(ok(daemon, "--json", *argv))
+
+
+def test_a_vms_life_through_the_cli(fake_daemon: Daemon, tmp_path: Path) -> None:
+    define(fake_daemon, tmp_path, "web")
+    assert ok(fake_daemon, "list").splitlines()[2:] == []
+    assert ok(fake_daemon, "list", "--all").splitlines()[2] == " -    web    shut off"
+    assert ok(fake_daemon, "start", "web") == "VM 'web' started\n"
+    pid = as_json(fake_daemon, "dominfo", "web")["pid"]
+    assert f" {pid}   web    running" in ok(fake_daemon, "list")
+    assert f"PID:            {pid}\n" in ok(fake_daemon, "dominfo", "web")
+    ok(fake_daemon, "suspend", "web")
+    assert ok(fake_daemon, "domstate", "web") == "paused\n"
+    ok(fake_daemon, "resume", "web")
+    assert ok(fake_daemon, "domstate", "web") == "running\n"
+    assert ok(fake_daemon, "destroy", "web") == "VM 'web' destroyed\n"
+    assert ok(fake_daemon, "domstate", "web") == "shut off\n"
+    assert ok(fake_daemon, "autostart", "web") == "VM 'web' marked as autostarted\n"
+    assert "Autostart:      enable\n" in ok(fake_daemon, "dominfo", "web")
+    assert ok(fake_daemon, "undefine", "web") == "VM 'web' undefined\n"
+    assert as_json(fake_daemon, "list", "--all") == []
+    events = [e["event"] for e in as_json(fake_daemon, "events")]
+    assert events[0] == "defined" and "started" in events
+
+
+def test_errors_from_the_daemon(fake_daemon: Daemon, tmp_path: Path) -> None:
+    define(fake_daemon, tmp_path, "web")
+    again = qumran(fake_daemon, "define", str(tmp_path / "web.yaml"))
+    assert again.returncode == 1
+    assert again.stderr.startswith("error: ") and again.stderr.count("\n") == 1
+    missing = qumran(fake_daemon, "start", "nope")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert "nope" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmemory: lots\nboot:\n  kernel: /bin/sh\n")
+    invalid = qumran(fake_daemon, "define", str(bad))
+    assert invalid.returncode == 1 and "memory" in invalid.stderr
+
+
+def test_host(fake_daemon: Daemon) -> None:
+    info = as_json(fake_daemon, "host")
+    assert info["drivers"]
+    assert "Hostname:" in ok(fake_daemon, "host")
+
+
+def test_console_until_the_ready_line(fake_daemon: Daemon, tmp_path: Path) -> None:
+    define(fake_daemon, tmp_path, "c1")
+    ok(fake_daemon, "start", "c1")
+    proc = qumran(fake_daemon, "console", "c1", "--until", READY, "--timeout", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert READY in proc.stdout
+    assert proc.stderr == "Connected to c1 (escape character is ^])\n"
+
+
+def test_console_keys_from_a_pipe_are_echoed(fake_daemon: Daemon, tmp_path: Path) -> None:
+    define(fake_daemon, tmp_path, "c2")
+    ok(fake_daemon, "start", "c2")
+    proc = qumran(
+        fake_daemon, "console", "c2", "--until", "xyzzy-42", "--timeout", "20",
+        stdin=b"echo xyzzy-42\n",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "xyzzy-42" in proc.stdout
+
+
+def test_console_escape_leaves_at_once(fake_daemon: Daemon, tmp_path: Path) -> None:
+    define(fake_daemon, tmp_path, "c3")
+    proc = qumran(fake_daemon, "start", "c3", "--console", stdin=b"\x1d", timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("VM 'c3' started\n")
+
+
+def test_console_timeout_waiting_for_text_is_an_error(fake_daemon: Daemon, tmp_path: Path) -> None:
+    define(fake_daemon, tmp_path, "c4")
+    ok(fake_daemon, "start", "c4")
+    proc = qumran(fake_daemon, "console", "c4", "--until", "never printed", "--timeout", "0.5")
+    assert proc.returncode == 1
+    assert "did not print 'never printed'" in proc.stderr
+
+
+@pytest.mark.parametrize(("name", "complaint"), [("idle", "not running"), ("ghost", "ghost")])
+def test_console_refused(fake_daemon: Daemon, tmp_path: Path, name: str, complaint: str) -> None:
+    define(fake_daemon, tmp_path, "idle")
+    proc = qumran(fake_daemon, "console", name)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and complaint in proc.stderr
