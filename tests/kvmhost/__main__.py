@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         env=env,
         shares=args.share,
         memory_mib=args.memory,
+        tty=sys.stdout.isatty(),
         on_output=stream_to_stdout,
     )
     return status

@@ -20,7 +20,7 @@ KERNEL_METAPACKAGE = "linux-image-amd64"
 # virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it.
 MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd")
 # Bump when init changes, so cached images are rebuilt.
-IMAGE_VERSION = "2"
+IMAGE_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,14 @@ mount -t tmpfs -o mode=1777 shm $R/dev/shm
 # Raw output: no \n -> \r\n translation, so the job's bytes reach the runner unchanged.
 stty -opost 2>/dev/null
 echo "KVMHOST-START-$nonce"
-chroot $R /bin/sh "$job/job.sh" </dev/null
-status=$?
+if [ "$(arg tty)" = 1 ]; then
+    chroot $R /bin/sh "$job/job.sh" </dev/null
+    status=$?
+else
+    # Through a pipe the job sees no terminal, as when the runner's output is a pipe.
+    { chroot $R /bin/sh "$job/job.sh" </dev/null; echo $? >/job-status; } 2>&1 | cat
+    status=$(cat /job-status)
+fi
 echo "KVMHOST-EXIT-$nonce $status"
 sync
 poweroff -f

@@ -47,6 +47,7 @@ class Job:
     memory_mib: int = 2048
     cpus: int = 2
     timeout: float = 600.0
+    tty: bool = False  # whether the job's stdout/stderr are a terminal inside
     on_output: Callable[[bytes], None] | None = field(default=None, compare=False)
 
 
@@ -92,7 +93,7 @@ def run_job(job: Job) -> tuple[int, bytes]:
         (jobdir / "shares").write_text("".join(f"share{i} {p}\n" for i, p in enumerate(job.shares)))
         cmdline = (
             "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off "
-            f"kvmhost.job={jobdir} kvmhost.nonce={nonce}"
+            f"kvmhost.job={jobdir} kvmhost.nonce={nonce} kvmhost.tty={int(job.tty)}"
         )
         argv = qemu_argv(image.kernel, image.initrd, cmdline, job)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
@@ -203,13 +204,17 @@ def run_in_kvmhost(
     env: dict[str, str] | None = None,
     shares: Sequence[str | Path] = (),
     memory_mib: int = 2048,
+    tty: bool = False,
     on_output: Callable[[bytes], None] | None = None,
 ) -> tuple[int, str]:
     """Run ``cmd`` inside the KVM test host; return (exit status, combined output).
 
     ``cwd`` defaults to the current directory (the host's whole file system is visible).
     ``shares`` are host directories made writable inside, at the same paths. ``env`` adds
-    to the default environment (see :func:`job_env`). 124 means the timeout expired.
+    to the default environment (see :func:`job_env`). ``tty`` gives the command a terminal
+    for its output (colours, line buffering); otherwise it writes to a pipe. ``on_output``
+    receives the output as it arrives. Status 124 means the timeout expired, 125 that the
+    guest failed before running the command (or the cwd is missing).
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise RuntimeError("qemu-system-x86_64 is not installed")
@@ -220,6 +225,7 @@ def run_in_kvmhost(
         shares=[Path(s).absolute() for s in shares],
         memory_mib=memory_mib,
         timeout=timeout,
+        tty=tty,
         on_output=on_output,
     )
     status, output = run_job(job)
