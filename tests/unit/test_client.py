@@ -6,6 +6,7 @@ bytes, sent in pieces, so framing is tested as the client really receives it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qumran.client import Client, DaemonNotRunning, ProtocolError, default_socket_path
 from qumran.client.wire import quote, read_response, request
@@ -351,3 +354,27 @@ def test_socket_path_defaults_to_the_effective_user(monkeypatch: pytest.MonkeyPa
     assert Client().socket_path == default_socket_path()
     assert Client("/a/b.sock").socket_path == "/a/b.sock"
     assert Path(default_socket_path()).name == "qumrand.sock"
+
+
+# --- hostile input ---------------------------------------------------------------------
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_give_a_response_or_a_protocol_error(raw: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        read_response(io.BytesIO(raw))
+
+
+@given(
+    st.binary(max_size=200).map(lambda b: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + b)
+)
+def test_any_chunked_body_gives_a_response_or_a_protocol_error(raw: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        read_response(io.BytesIO(raw))
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=8))
+def test_chunked_bodies_reassemble_exactly(chunks: list[bytes]) -> None:
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + framed
+    assert read_response(io.BytesIO(raw)).body == b"".join(chunks)
