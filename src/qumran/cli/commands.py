@@ -197,7 +197,12 @@ def do_console(args: argparse.Namespace) -> int:
 
 
 def _events_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new events until Ctrl-C (with --json: one document per line)",
+    )
     p.add_argument("--since", metavar="ID", type=int, help="only events after this id")
 
 
