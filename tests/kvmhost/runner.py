@@ -218,6 +218,8 @@ def run_in_kvmhost(
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise RuntimeError("qemu-system-x86_64 is not installed")
+    for share in shares:
+        Path(share).mkdir(parents=True, exist_ok=True)  # e.g. a results dir not made yet
     job = Job(
         argv=list(cmd),
         cwd=Path(cwd if cwd is not None else os.getcwd()).absolute(),
