@@ -8,7 +8,10 @@ what went wrong, where, and how to fix it. Lower layers raise their own subclass
 
 from __future__ import annotations
 
-from typing import ClassVar
+# Not `from typing import TYPE_CHECKING`: the CLI's fast path must not import typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class QumranError(Exception):

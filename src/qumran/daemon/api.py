@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from qumran import __version__
 from qumran.daemon.manager import Caller, Manager
-from qumran.errors import NotFound, PermissionDenied, QumranError
+from qumran.errors import InvalidState, PermissionDenied, QumranError
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +131,15 @@ def _add_action(app: FastAPI, manager: Manager, action: str) -> None:
 
 
 async def _console_session(manager: Manager, websocket: WebSocket, name: str) -> None:
+    await websocket.accept()  # accept first, so a refusal can carry its reason
     try:
         dom = manager.get(caller_of(websocket), name)
         if dom.run is None:
-            raise NotFound(f"VM {name!r} is not running; start it first")
+            raise InvalidState(f"VM {name!r} is not running; start it first")
     except QumranError as exc:
         await websocket.close(code=4000 + exc.http_status, reason=exc.message[:120])
         return
     broker = dom.run.console
-    await websocket.accept()
     history, queue = broker.subscribe()
 
     async def to_client() -> None:

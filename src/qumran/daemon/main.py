@@ -105,7 +105,7 @@ async def serve(args: argparse.Namespace) -> None:
     config = uvicorn.Config(
         build_app(manager),
         http=PeerCredProtocol,
-        ws="websockets",
+        ws="websockets-sansio",
         lifespan="off",
         log_level="warning",
         access_log=False,

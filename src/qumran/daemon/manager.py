@@ -151,7 +151,7 @@ class Manager:
         self.store.set_runtime(
             RuntimeRecord(
                 dom.uuid,
-                driver.name,
+                dom.spec.hypervisor,
                 process.pid,
                 process.start_time,
                 str(paths.root),
@@ -318,7 +318,10 @@ class Manager:
                 "the process ended while the daemon was away",
             )
             return
-        driver = self.drivers[rt.driver]
+        driver = self.drivers.get(rt.driver)
+        if driver is None:
+            log.error("cannot re-attach to %s: no %r driver in this daemon", dom.name, rt.driver)
+            return
         paths = RunPaths(Path(rt.run_dir))
         try:
             instance = await driver.attach(dom.spec, paths, rt.pid, self._guest_events(dom))

@@ -1,0 +1,113 @@
+"""A real qumrand in a subprocess, for tests: start, stop, kill -9, restart.
+
+One fixture to build the daemon every test talks to (like a microvm factory): its
+socket, state and runtime folders live in one short temporary folder (UNIX socket paths
+are limited to 108 bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DAEMON_START_TIMEOUT = 20.0
+
+
+class Daemon:
+    def __init__(self, root: Path, driver: str = "fake") -> None:
+        self.root = root
+        self.driver = driver
+        self.socket = str(root / "qumrand.sock")
+        self.log = root / "qumrand.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "QUMRAN_SOCKET": self.socket}
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "qumran.daemon.main",
+            "--socket", self.socket,
+            "--state-dir", str(self.root / "state"),
+            "--run-dir", str(self.root / "run"),
+            "--driver", self.driver,
+            "--log-level", "debug",
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"qumrand exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(self.socket)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"qumrand did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        status = self.proc.wait(timeout=30)
+        self.proc = None
+        return status
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def client(self) -> httpx.Client:
+        transport = httpx.HTTPTransport(uds=self.socket)
+        return httpx.Client(transport=transport, base_url="http://qumrand", timeout=60)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self.client() as c:
+            return c.request(method, path, **kwargs)
+
+    def vm(self, name: str) -> dict[str, Any]:
+        response = self.call("GET", f"/v1/vms/{name}")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait_state(self, name: str, state: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.vm(name)
+            if info["state"] == state or time.monotonic() > deadline:
+                assert info["state"] == state, f"{name}: {info['state']} ({info['reason']})"
+                return info
+            time.sleep(0.05)
+
+    def cleanup(self) -> None:
+        """Stop the daemon and every VM process it left behind."""
+        if self.proc is not None:
+            self.stop(signal.SIGKILL)
+        for pidfile in (self.root / "run").glob("vms/*/pid"):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", str(self.root)], check=False)
+
+
+def short_tmpdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="q", dir="/tmp"))
+    path.chmod(0o755)  # other test users must reach the socket
+    return path
+
+
+def remove_tmpdir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,199 @@
+"""qumrand's lifecycle, ownership of state and truthfulness, against the fake driver.
+
+The fake driver runs a real stand-in process per VM, so kill -9, SIGSTOP and SIGCONT
+are real; only the hypervisor is pretend.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon_harness import Daemon
+
+
+def define(daemon: Daemon, name: str, **extra: Any) -> dict[str, Any]:
+    doc = {"name": name, "memory": 64, "boot": {"kernel": "/bin/sh"}, **extra}
+    response = daemon.call("POST", "/v1/vms", json=doc)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def action(daemon: Daemon, name: str, verb: str) -> dict[str, Any]:
+    response = daemon.call("POST", f"/v1/vms/{name}/{verb}")
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def error(daemon: Daemon, method: str, path: str, **kwargs: Any) -> tuple[int, str, str]:
+    response = daemon.call(method, path, **kwargs)
+    body = response.json()["error"]
+    return response.status_code, body["code"], body["message"]
+
+
+def test_define_list_and_info(fake_daemon: Daemon) -> None:
+    info = define(fake_daemon, "web1", vcpus=2)
+    assert (info["state"], info["vcpus"], info["memory_mib"]) == ("shutoff", 2, 64)
+    assert info["owner"] == os.getuid()
+    listed = fake_daemon.call("GET", "/v1/vms?all=true").json()
+    assert [v["name"] for v in listed] == ["web1"]
+    assert fake_daemon.call("GET", "/v1/vms").json() == []  # only active ones
+
+
+def test_openapi_description_is_served(fake_daemon: Daemon) -> None:
+    spec = fake_daemon.call("GET", "/openapi.json").json()
+    assert "/v1/vms/{name}/start" in spec["paths"]
+
+
+def test_start_destroy_and_the_real_process(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "a")
+    info = action(fake_daemon, "a", "start")
+    assert info["state"] == "running" and info["pid"] > 0
+    os.kill(info["pid"], 0)  # a real process
+    assert error(fake_daemon, "POST", "/v1/vms/a/start")[:2] == (409, "invalid-state")
+    info = action(fake_daemon, "a", "destroy")
+    assert (info["state"], info["reason"], info["pid"]) == ("shutoff", "destroyed", None)
+    assert error(fake_daemon, "POST", "/v1/vms/a/destroy")[1] == "invalid-state"
+
+
+def test_kill_9_shows_as_shutoff_killed_within_a_second(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "k")
+    pid = action(fake_daemon, "k", "start")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    info = fake_daemon.wait_state("k", "shutoff", timeout=1.0)
+    assert info["reason"] == "killed"
+    assert time.monotonic() - started < 1.0
+
+
+def test_sigstop_and_sigcont_show_as_paused_and_running(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "s")
+    pid = action(fake_daemon, "s", "start")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    assert fake_daemon.wait_state("s", "paused", timeout=1.0)["reason"] == "signal"
+    os.kill(pid, signal.SIGCONT)
+    assert fake_daemon.wait_state("s", "running", timeout=1.0)["reason"] == "signal"
+
+
+def test_resume_continues_a_stopped_process(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "s2")
+    pid = action(fake_daemon, "s2", "start")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    fake_daemon.wait_state("s2", "paused", timeout=1.0)
+    assert action(fake_daemon, "s2", "resume")["state"] == "running"
+    time.sleep(0.5)
+    assert fake_daemon.vm("s2")["state"] == "running"
+
+
+def test_suspend_resume_and_shutdown(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "p")
+    action(fake_daemon, "p", "start")
+    assert action(fake_daemon, "p", "suspend")["state"] == "paused"
+    assert error(fake_daemon, "POST", "/v1/vms/p/suspend")[1] == "invalid-state"
+    assert action(fake_daemon, "p", "resume")["state"] == "running"
+    action(fake_daemon, "p", "shutdown")
+    info = fake_daemon.wait_state("p", "shutoff", timeout=10)
+    assert info["reason"] == "shutdown"
+
+
+def test_unknown_names_and_bad_definitions_change_nothing(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "keep")
+    assert error(fake_daemon, "GET", "/v1/vms/nope")[:2] == (404, "not-found")
+    assert error(fake_daemon, "POST", "/v1/vms/nope/start")[1] == "not-found"
+    status, code, message = error(
+        fake_daemon, "POST", "/v1/vms", json={"name": "bad/name", "memory": 64}
+    )
+    assert (status, code) == (400, "invalid-argument")
+    assert "name:" in message and "boot: required field is missing" in message
+    status, code, _ = error(
+        fake_daemon, "POST", "/v1/vms",
+        json={"name": "keep", "memory": 128, "boot": {"kernel": "/bin/sh"}},
+    )  # fmt: skip
+    assert (status, code) == (409, "already-exists")
+    assert error(fake_daemon, "POST", "/v1/vms", content=b"{not json")[1] == "invalid-argument"
+    [vm] = fake_daemon.call("GET", "/v1/vms?all=true").json()
+    assert (vm["name"], vm["memory_mib"]) == ("keep", 64)
+
+
+def test_missing_kernel_is_refused_at_define(fake_daemon: Daemon, tmp_path: Path) -> None:
+    doc = {"name": "nokernel", "memory": 64, "boot": {"kernel": str(tmp_path / "vmlinuz")}}
+    status, code, message = error(fake_daemon, "POST", "/v1/vms", json=doc)
+    assert (status, code) == (400, "invalid-argument")
+    assert "boot.kernel" in message and "vmlinuz" in message
+
+
+def test_undefine(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "u")
+    action(fake_daemon, "u", "start")
+    assert error(fake_daemon, "DELETE", "/v1/vms/u")[1] == "invalid-state"
+    action(fake_daemon, "u", "destroy")
+    assert fake_daemon.call("DELETE", "/v1/vms/u").status_code == 204
+    assert error(fake_daemon, "GET", "/v1/vms/u")[1] == "not-found"
+
+
+def test_concurrent_starts_of_one_vm_are_serialised(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "c")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda _: fake_daemon.call("POST", "/v1/vms/c/start").status_code,
+                              range(4)))  # fmt: skip
+    assert sorted(codes) == [200, 409, 409, 409]
+
+
+def test_different_vms_start_in_parallel(fake_daemon: Daemon) -> None:
+    names = [f"par{i}" for i in range(4)]
+    for name in names:
+        define(fake_daemon, name)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda n: fake_daemon.call("POST", f"/v1/vms/{n}/start"), names))
+    assert all(r.status_code == 200 for r in results)
+    assert len({r.json()["pid"] for r in results}) == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["graceful", "kill-9"])
+def test_daemon_restart_keeps_vms_running(fake_daemon: Daemon, sig: int) -> None:
+    define(fake_daemon, "r1")
+    define(fake_daemon, "r2")
+    pid = action(fake_daemon, "r1", "start")["pid"]
+    fake_daemon.restart(sig)
+    info = fake_daemon.vm("r1")
+    assert (info["state"], info["pid"], info["reason"]) == ("running", pid, "daemon-restart")
+    assert fake_daemon.vm("r2")["state"] == "shutoff"
+    os.kill(pid, signal.SIGKILL)  # the new daemon watches the re-attached process
+    assert fake_daemon.wait_state("r1", "shutoff", timeout=3)["reason"] == "killed"
+
+
+def test_vm_that_died_while_the_daemon_was_away(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "gone")
+    pid = action(fake_daemon, "gone", "start")["pid"]
+    fake_daemon.stop(signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    fake_daemon.start()
+    assert fake_daemon.vm("gone")["state"] == "shutoff"
+
+
+def test_autostart_starts_vms_with_the_daemon(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "auto")
+    define(fake_daemon, "manual")
+    response = fake_daemon.call("PUT", "/v1/vms/auto/autostart", json={"enabled": True})
+    assert response.json()["autostart"] is True
+    fake_daemon.restart()
+    assert fake_daemon.vm("auto")["state"] == "running"
+    assert fake_daemon.vm("auto")["reason"] == "autostart"
+    assert fake_daemon.vm("manual")["state"] == "shutoff"
+
+
+def test_events_record_transitions(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "ev")
+    action(fake_daemon, "ev", "start")
+    action(fake_daemon, "ev", "destroy")
+    events = [e["event"] for e in fake_daemon.call("GET", "/v1/events").json() if e["vm"] == "ev"]
+    assert events == ["defined", "started", "stopped"]
