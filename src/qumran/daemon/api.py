@@ -131,15 +131,17 @@ def _add_action(app: FastAPI, manager: Manager, action: str) -> None:
 
 
 async def _console_session(manager: Manager, websocket: WebSocket, name: str) -> None:
-    await websocket.accept()  # accept first, so a refusal can carry its reason
     try:
         dom = manager.get(caller_of(websocket), name)
         if dom.run is None:
             raise InvalidState(f"VM {name!r} is not running; start it first")
     except QumranError as exc:
-        await websocket.close(code=4000 + exc.http_status, reason=exc.message[:120])
+        # A refusal is a plain HTTP error with the usual body (WebSocket Denial Response).
+        body = {"error": exc.to_dict()}
+        await websocket.send_denial_response(JSONResponse(body, status_code=exc.http_status))
         return
     broker = dom.run.console
+    await websocket.accept()
     history, queue = broker.subscribe()
 
     async def to_client() -> None:
