@@ -24,8 +24,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# The system's Python, not a per-user one: VM processes (qumran-vmm) and test users run
+# from this virtualenv as other uids, so its interpreter must be reachable by everyone.
 if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+    /usr/bin/python3 -m venv .venv
 fi
 extras=""
 [ "$want_tests" = 1 ] && extras="[test]"
