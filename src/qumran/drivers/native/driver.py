@@ -1,0 +1,129 @@
+"""The native driver: one ``qumran-vmm`` process per VM, Qumran's own VMM on /dev/kvm.
+
+The same pipeline as the QEMU driver: check, build argv, spawn as the owner, wait for
+the control socket while watching the process, and quote its own words if it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from qumran.config.spec import KernelBoot, VmSpec
+from qumran.drivers.base import Driver, EventSink, HostInfo, Instance, Owner, RunPaths
+from qumran.drivers.checks import check_files
+from qumran.drivers.native.control import VmmControl
+from qumran.drivers.process import ProcState, Spawned, spawn
+from qumran.drivers.startup import (
+    ProcessExited,
+    cmdline_mentions,
+    file_size,
+    kill,
+    log_tail,
+    remove_stale,
+    wait_for_socket,
+)
+from qumran.errors import HypervisorError, InvalidArgument, InvalidState, Timeout
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+
+
+def vmm_binary() -> str:
+    return str(Path(sys.executable).parent / "qumran-vmm")
+
+
+def build_argv(spec: VmSpec, paths: RunPaths, binary: str) -> list[str]:
+    assert isinstance(spec.boot, KernelBoot)
+    argv = [
+        binary, "--name", spec.name, "--kernel", str(spec.boot.kernel),
+        "--cmdline", spec.boot.cmdline, "--memory", f"{spec.memory}M",
+        "--vcpus", str(spec.vcpus), "--console", f"socket:{paths.console}",
+        "--control", str(paths.monitor),
+    ]  # fmt: skip
+    if spec.boot.initrd is not None:
+        argv += ["--initrd", str(spec.boot.initrd)]
+    return argv
+
+
+class NativeInstance(Instance):
+    def __init__(self, process: Spawned, paths: RunPaths, control: VmmControl) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.paths = paths
+        self.control = control
+
+    async def powerdown(self) -> None:
+        await self.control.call("shutdown")
+
+    async def reset(self) -> None:
+        raise InvalidState("qumran-vmm VMs cannot be reset from outside yet; reboot the guest")
+
+    async def pause(self) -> None:
+        await self.control.call("pause")
+
+    async def resume(self) -> None:
+        await self.control.call("resume")
+
+    async def is_paused(self) -> bool:
+        return (await self.control.call("status")).get("state") == "paused"
+
+    async def close(self) -> None:
+        await self.control.close()
+
+
+class NativeDriver(Driver):
+    name = "native"
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or vmm_binary()
+
+    def host_info(self) -> HostInfo:
+        from qumran.drivers.qemu.accel import choose_accel
+
+        choice = choose_accel()
+        usable = choice.accel == "kvm"
+        return HostInfo(self.name, "kvm", choice.reason, "qumran-vmm", usable)
+
+    def check(self, spec: VmSpec) -> None:
+        if not isinstance(spec.boot, KernelBoot):
+            raise InvalidArgument("boot: qumran-vmm boots a kernel; disk boot needs QEMU")
+        if spec.disks or spec.nics or spec.graphics:
+            raise InvalidArgument(
+                "disks, nics and graphics are not supported by qumran-vmm yet; use hypervisor: qemu"
+            )
+        check_files(spec)
+
+    async def launch(
+        self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
+    ) -> NativeInstance:
+        self.check(spec)
+        argv = build_argv(spec, paths, self.binary)
+        remove_stale((paths.monitor, paths.console))
+        offset = file_size(paths.log)
+        process = spawn(argv, owner, paths.log)
+        control = VmmControl(spec.name)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await control.connect(await wait_for_socket(process, paths.monitor))
+        except TimeoutError:
+            await kill(process)
+            raise Timeout(f"qumran-vmm for VM {spec.name} did not start in time") from None
+        except ProcessExited:
+            raise HypervisorError(
+                f"qumran-vmm failed to start VM {spec.name}: {log_tail(paths.log, offset)}"
+            ) from None
+        return NativeInstance(process, paths, control)
+
+    async def attach(
+        self, spec: VmSpec, paths: RunPaths, pid: int, events: EventSink
+    ) -> NativeInstance:
+        process = Spawned(pid)
+        if process.state() is ProcState.GONE or not cmdline_mentions(pid, str(paths.monitor)):
+            raise HypervisorError(f"process {pid} is not the qumran-vmm of VM {spec.name}")
+        control = VmmControl(spec.name)
+        await control.connect(str(paths.monitor))
+        return NativeInstance(process, paths, control)
