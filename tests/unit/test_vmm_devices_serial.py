@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from qumran.vmm.devices.legacy import serial as u
@@ -252,3 +254,30 @@ def test_wide_accesses_act_on_consecutive_registers(uart: Uart) -> None:
     assert uart.r(SCR) == 0xEF
     assert uart.dev.pio_read(SCR, 4) == 0xFFFFFFEF
     assert uart.dev.pio_read(LCR, 2) == uart.r(LCR) | uart.r(MCR) << 8
+
+
+def test_vcpus_and_console_thread_share_the_uart() -> None:
+    uart = Uart()
+    uart.w(IER, u.IER_THRI | u.IER_RDI)
+    received: list[int] = []
+
+    def vcpu(ch: int) -> None:
+        for _ in range(2000):
+            uart.w(THR, ch)
+            if uart.r(LSR) & u.LSR_DR:
+                received.append(uart.r(RBR))
+
+    def console() -> None:
+        for _ in range(500):
+            uart.dev.feed(b"k")
+
+    threads = [threading.Thread(target=vcpu, args=(c,)) for c in b"ab"]
+    threads.append(threading.Thread(target=console))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    while uart.r(LSR) & u.LSR_DR:
+        received.append(uart.r(RBR))
+    assert sorted(uart.sent) == sorted(b"a" * 2000 + b"b" * 2000)
+    assert received == [ord("k")] * 500
