@@ -59,6 +59,7 @@ def test_simple_exits() -> None:
         (ExitReason.INTR, Interrupted()),
         (ExitReason.SHUTDOWN, TripleFault()),
         (99, Unhandled(99)),
+        (ExitReason.UNKNOWN, Unhandled(0, 0)),
     ]:
         page, run = _page(reason)
         assert decode_exit(run, page) == expected

@@ -89,9 +89,10 @@ class FailEntry:
 
 @dataclass(frozen=True, slots=True)
 class Unhandled:
-    """Any other exit reason."""
+    """Any other exit reason (for KVM_EXIT_UNKNOWN, ``detail`` is the hardware reason)."""
 
     reason: int
+    detail: int = 0
 
 
 VcpuExit = (
@@ -108,7 +109,7 @@ VcpuExit = (
     | Unhandled
 )
 
-_INTERRUPTED = Interrupted()
+INTERRUPTED = Interrupted()
 _HALTED = Halted()
 _TRIPLE_FAULT = TripleFault()
 
@@ -124,7 +125,7 @@ def decode_exit(run: s.kvm_run, page: mmap.mmap | bytes | bytearray) -> VcpuExit
             return IoOut(io.port, io.size, io.count, data)
         return IoIn(io.port, io.size, io.count, io.data_offset)
     if reason == ExitReason.INTR:
-        return _INTERRUPTED
+        return INTERRUPTED
     if reason == ExitReason.MMIO:
         mmio = run.mmio
         if mmio.is_write:
@@ -143,4 +144,6 @@ def decode_exit(run: s.kvm_run, page: mmap.mmap | bytes | bytearray) -> VcpuExit
     if reason == ExitReason.FAIL_ENTRY:
         fail = run.fail_entry
         return FailEntry(fail.hardware_entry_failure_reason, fail.cpu)
+    if reason == ExitReason.UNKNOWN:
+        return Unhandled(reason, run.hardware_exit_reason)
     return Unhandled(reason)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from qumran.kvm import constants as k
 from qumran.kvm import structs as s
 from qumran.kvm.errors import KvmError, KvmUnavailable
-from qumran.kvm.exits import VcpuExit, decode_exit
+from qumran.kvm.exits import INTERRUPTED, VcpuExit, decode_exit
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
@@ -182,12 +182,20 @@ class Vcpu(_Fd):
         return self._map
 
     def run(self) -> VcpuExit:
-        """KVM_RUN until the next exit; a signal or ``immediate_exit`` gives ``Interrupted``."""
+        """KVM_RUN until the next exit.
+
+        A signal or ``immediate_exit`` (EINTR), or an AP leaving wait-for-SIPI (EAGAIN),
+        gives ``Interrupted``: nothing to handle, run again.
+        """
         try:
             fcntl.ioctl(self.fd, k.KVM_RUN, 0)
         except OSError as exc:
-            if exc.errno not in (errno.EINTR, errno.EAGAIN):
-                raise KvmError(f"KVM_RUN on vCPU {self.id}", exc.errno) from None
+            if exc.errno == errno.EINTR:
+                return INTERRUPTED
+            if exc.errno == errno.EAGAIN:
+                # An AP woke from wait-for-SIPI: no exit to report, run it again.
+                return INTERRUPTED
+            raise KvmError(f"KVM_RUN on vCPU {self.id}", exc.errno) from None
         run = self.run_struct
         assert run is not None
         return decode_exit(run, self._map)

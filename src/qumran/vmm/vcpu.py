@@ -199,8 +199,9 @@ class VcpuThread:
                 case Halted():
                     exits["hlt"] += 1
                     time.sleep(0.001)  # only without an in-kernel LAPIC
-                case Unhandled(reason):
-                    self._report(GuestEvent.CRASH, f"unhandled KVM exit reason {reason}")
+                case Unhandled(reason, detail):
+                    what = f"unhandled KVM exit reason {reason} (detail {detail:#x})"
+                    self._report(GuestEvent.CRASH, self._describe(what))
                     return
 
     def _system_event(self, type_: int) -> None:

@@ -76,7 +76,7 @@ class Bzimage:
 
 def parse_bzimage(image: bytes, name: str = "kernel") -> Bzimage:
     """Check and split a bzImage; raise :class:`BadKernel` with the reason if it is not one."""
-    if len(image) < 0x1000:
+    if len(image) < 1024:  # boot sector + the setup header
         raise BadKernel(f"{name}: not a bzImage (only {len(image)} bytes)")
     (boot_flag,) = struct.unpack_from("<H", image, HDR_BOOT_FLAG)
     if boot_flag != BOOT_FLAG or image[HDR_MAGIC : HDR_MAGIC + 4] != HDRS_MAGIC:

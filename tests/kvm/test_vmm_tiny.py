@@ -1,0 +1,88 @@
+"""The VMM's lifecycle against tiny hand-made bzImages (a few instructions, no Linux):
+power-off, reset, triple fault, pause/resume. Fast; they need a /dev/kvm but not a CPU
+with vmx/svm (``--force-kvm``), so they also run on a host with a software KVM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import tinykernel
+from vmm_harness import Vmm
+
+pytestmark = [
+    pytest.mark.kvm,
+    pytest.mark.tiny,
+    pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no /dev/kvm"),
+]
+MakeVmm = Callable[..., Vmm]
+
+
+def _kernel(workdir: Path, name: str, data: bytes) -> Path:
+    path = workdir / f"{name}.bzImage"
+    path.write_bytes(data)
+    return path
+
+
+def _tiny(vmm_factory: MakeVmm, workdir: Path, name: str, data: bytes) -> Vmm:
+    kernel = _kernel(workdir, name, data)
+    return vmm_factory(kernel, memory="64M", extra=["--force-kvm"]).start()
+
+
+def test_guest_poweroff_exits_zero(vmm_factory: MakeVmm, workdir: Path) -> None:
+    vmm = _tiny(vmm_factory, workdir, "hello", tinykernel.hello_then_poweroff())
+    assert vmm.wait(60) == 0
+    assert "TINY-HELLO" in vmm.console.text
+
+
+def test_triple_fault_is_a_crash(vmm_factory: MakeVmm, workdir: Path) -> None:
+    vmm = _tiny(vmm_factory, workdir, "crash", tinykernel.triple_fault())
+    assert vmm.wait(60) == 2
+    assert "TINY-CRASH" in vmm.console.text
+    assert "guest crashed: triple fault on vCPU 0" in vmm.stderr
+
+
+def test_reset_reboots_in_the_same_process(vmm_factory: MakeVmm, workdir: Path) -> None:
+    vmm = _tiny(vmm_factory, workdir, "reset", tinykernel.hello_then_reset())
+    vmm.console.wait_for(r"(TINY-BOOT\r?\n){3}", 60)
+    status = vmm.control("status")
+    assert status["ok"] and status["reboots"] >= 2
+    assert vmm.control("quit") == {"ok": True}
+    assert vmm.wait(30) == 0
+
+
+def test_pause_holds_the_vcpus_and_resume_releases_them(
+    vmm_factory: MakeVmm, workdir: Path
+) -> None:
+    vmm = _tiny(vmm_factory, workdir, "spin", tinykernel.spin())
+    vmm.console.wait_for("TINY-SPIN", 60)
+    assert vmm.control("pause") == {"ok": True, "state": "paused"}
+    paused = vmm.control("stats")
+    assert [v["state"] for v in paused["vcpus"]] == ["paused"]
+    cpu_before = paused["vcpus"][0]["cpu_time"]
+    time.sleep(1.0)
+    still = vmm.control("stats")
+    assert still["vcpus"][0]["cpu_time"] - cpu_before < 0.2  # held, not spinning
+    assert vmm.control("status")["state"] == "paused"
+    assert vmm.control("resume") == {"ok": True, "state": "running"}
+    time.sleep(1.0)
+    running = vmm.control("stats")
+    assert running["vcpus"][0]["cpu_time"] > still["vcpus"][0]["cpu_time"]
+    assert running["exits"].get("io", 0) >= len("TINY-SPIN\n")
+    vmm.signal(signal.SIGTERM)
+    assert vmm.wait(30) == 0
+    assert not vmm.control_path.exists()
+
+
+def test_control_socket_rejects_bad_requests(vmm_factory: MakeVmm, workdir: Path) -> None:
+    vmm = _tiny(vmm_factory, workdir, "spin", tinykernel.spin())
+    reply = vmm.control("launch-missiles", id=7)
+    assert reply["ok"] is False and reply["id"] == 7
+    assert reply["error"]["code"] == "unknown-command"
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
