@@ -1,0 +1,297 @@
+"""Qumran against libvirt on this machine, side by side in one run.
+
+    .venv/bin/python bench/vs_libvirt.py [--quick] [--write]
+
+Measures, for the same guest (the demo kernel + initramfs, q35, TCG, 256 MiB, 1 vCPU):
+1. ``qumran list --all`` against ``virsh list --all`` with N defined VMs (hyperfine);
+2. ``qumran dominfo`` against ``virsh dominfo`` (hyperfine);
+3. start to the guest's ready line: bare QEMU (Qumran's own argv), ``qumran start``,
+   ``virsh start`` (median of interleaved runs), and what each stack adds to bare QEMU;
+4. the daemons' resident memory, idle, with the N VMs defined and one running.
+The table goes to stdout and, for a full run (or with --write), into BENCHMARKS.md
+between its vs_libvirt markers. Benchmarks measure; they never assert. Everything the
+run starts (daemons, VMs, domains) is removed again, on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from vslib import bare
+from vslib.libvirt_stack import LibvirtStack
+from vslib.measure import BenchError, hyperfine, rss_kib
+from vslib.qumran_stack import QumranStack
+from vslib.report import Results, render, write_section
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = "qbench-"  # every VM and domain this benchmark defines starts with it
+SETTLE = 0.5  # seconds of quiet between two boots
+IDLE = 3.0  # seconds a running VM and its daemon idle before memory is read
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    vms: int
+    runs: int  # hyperfine runs per command
+    warmup: int  # hyperfine warm-up runs
+    boots: int  # measured start-to-ready runs per stack
+    boot_warmup: int  # unmeasured rounds first (page cache, libvirt's caches)
+
+
+FULL = Plan("full run", vms=100, runs=30, warmup=3, boots=5, boot_warmup=1)
+QUICK = Plan("quick run (fewer VMs and runs)", vms=20, runs=5, warmup=1, boots=1, boot_warmup=0)
+
+
+def log(message: str) -> None:
+    print(f"[vs_libvirt {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer VMs and runs (a smoke run)")
+    parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md after --quick")
+    parser.add_argument("--boots", type=int, help="measured boots per stack (default 5)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.boots:
+        plan = dataclasses.replace(plan, boots=args.boots)
+    if os.geteuid() != 0:
+        print("vs_libvirt: run as root (it uses the system libvirtd)", file=sys.stderr)
+        return 2
+    # Ctrl-C and kill both clean up (a background job may even start with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    res = Results()
+    cleanup = contextlib.ExitStack()
+    try:
+        measure_all(plan, res, cleanup)
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        return 130
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not stop the clean-up
+        cleanup.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    section = render(res)
+    print(section)
+    if not args.quick or args.write:
+        write_section(REPO / "BENCHMARKS.md", section)
+        log("wrote BENCHMARKS.md")
+    return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _quietly(what: str, action: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            action()
+        except Exception as exc:  # clean-up goes on with the next step
+            log(f"clean-up: {what} failed: {exc}")
+
+    return run
+
+
+def measure_all(plan: Plan, res: Results, cleanup: contextlib.ExitStack) -> None:
+    root = Path(tempfile.mkdtemp(prefix="qvl", dir="/tmp"))  # short: UNIX socket paths
+    cleanup.callback(_quietly("removing " + str(root), lambda: shutil.rmtree(root)))
+    root.chmod(0o755)  # libvirt's QEMU runs as libvirt-qemu and must reach the images
+    kernel, initrd, cmdline, ready = _demo_image(root / "image")
+    res.meta.update(_machine(plan))
+    lv = LibvirtStack(root / "libvirt", kernel, initrd, cmdline)
+    log("libvirt: checking packages and daemons")
+    lv.ensure_installed()
+    cleanup.callback(_quietly("restoring /dev/kvm", lv.restore_kvm_access))
+    lv.ensure_kvm_access()
+    if lv.kvm_saved is not None:
+        res.notes.append(
+            "/dev/kvm was made 0660 root:kvm for the run (as Debian's udev rule does; "
+            "restored after): without it libvirt 9.0 re-probes QEMU on every call."
+        )
+    cleanup.callback(_quietly("stopping libvirt daemons", lv.stop_daemons))
+    lv.ensure_daemons()
+    lv.remove(PREFIX)  # leftovers of an earlier, killed run
+    cleanup.callback(_quietly("removing libvirt domains", lambda: lv.remove(PREFIX)))
+    q = QumranStack(root / "qumran", REPO / ".venv" / "bin", kernel, initrd, cmdline)
+    cleanup.callback(_quietly("stopping qumrand", q.stop))
+    log("qumran: starting qumrand")
+    q.compile()
+    q.start_daemon()
+    names = [f"{PREFIX}{i:03d}" for i in range(plan.vms)]
+    log(f"defining {plan.vms} VMs in each stack")
+    lv.define_many(names)
+    q.define_many(names)
+    res.versions = _versions(lv, q)
+    _cli_timings(plan, res, lv, q, names[plan.vms // 2])
+    _boot_timings(plan, res, lv, q, names, root / "bare", ready)
+    _memory(res, lv, q, names[-1], ready)
+    res.meta["load"] += f" → {_load()} (before → after)"
+    _method_notes(plan, res)
+
+
+def _demo_image(folder: Path) -> tuple[Path, Path, str, bytes]:
+    """The demo guest, copied where libvirt's unprivileged QEMU can read it."""
+    from qumran.images import build_demo
+
+    image = build_demo()
+    folder.mkdir(mode=0o755)
+    kernel, initrd = folder / "vmlinuz", folder / "initrd.img"
+    for source, target in ((image.kernel, kernel), (image.initrd, initrd)):
+        shutil.copyfile(source, target)
+        target.chmod(0o644)
+    return kernel, initrd, image.cmdline, image.ready_line.encode()
+
+
+def _cli_timings(plan: Plan, res: Results, lv: LibvirtStack, q: QumranStack, one: str) -> None:
+    raw = REPO / "artifacts" / "vs_libvirt"
+    raw.mkdir(parents=True, exist_ok=True)
+    res.meta["raw"] = f"`{raw.relative_to(REPO)}/{{list,dominfo}}.json`"
+    virsh = "virsh -c qemu:///system"
+    for op, args in (("list", "list --all"), ("dominfo", f"dominfo {one}")):
+        log(f"hyperfine: {op}")
+        commands = {"qumran": f"{q.cli} {args}", "libvirt": f"{virsh} {args}"}
+        try:
+            timings = hyperfine(
+                commands, raw / f"{op}.json", runs=plan.runs, warmup=plan.warmup, env=q.env
+            )
+            res.cli[op] = dict(timings)
+        except BenchError as exc:
+            res.cli[op] = {"qumran": str(exc), "libvirt": str(exc)}
+
+
+def _boot_timings(
+    plan: Plan, res: Results, lv: LibvirtStack, q: QumranStack, names: list[str], bare_dir: Path,
+    ready: bytes,
+) -> None:  # fmt: skip
+    definition = {"name": "qbench-bare", "memory": "256M", "vcpus": 1, "boot": {
+        "kernel": str(lv.kernel), "initrd": str(lv.initrd), "cmdline": lv.cmdline}}  # fmt: skip
+    stacks: dict[str, tuple[Callable[[str], float], Callable[[str], None]]] = {
+        "bare": (lambda n: bare.start_to_ready(definition, bare_dir, ready), lambda n: None),
+        "qumran": (lambda n: q.start_to_ready(n, ready), q.destroy),
+        "libvirt": (lambda n: lv.start_to_ready(n, ready), lv.destroy),
+    }
+    res.start = {stack: [] for stack in stacks}
+    order = list(stacks)
+    for round_ in range(plan.boot_warmup + plan.boots):
+        name = names[round_]  # a fresh VM each round: no console output left from before
+        order = order[1:] + order[:1]  # rotate, so no stack always boots first
+        for stack in order:
+            if stack in res.start_errors:
+                continue
+            measure, stop = stacks[stack]
+            try:
+                seconds = measure(name)
+            except Exception as exc:  # record and go on: one broken stack spoils no other
+                res.start_errors[stack] = f"{type(exc).__name__}: {exc}"[:300]
+                log(f"{stack}: start failed: {res.start_errors[stack]}")
+                continue
+            finally:
+                stop(name)
+                time.sleep(SETTLE)
+            log(f"{stack}: {name} ready after {seconds:.3f} s")
+            if round_ >= plan.boot_warmup:
+                res.start[stack].append(seconds)
+
+
+def _memory(res: Results, lv: LibvirtStack, q: QumranStack, name: str, ready: bytes) -> None:
+    log(f"memory: starting {name} in both stacks")
+    try:
+        for start in (q.start_to_ready, lv.start_to_ready):
+            start(name, ready)
+        time.sleep(IDLE)
+        res.rss["qumran"] = {"qumrand": rss_kib(q.pid)}
+        res.rss["libvirt"] = {n: rss_kib(pid) for n, pid in lv.daemon_pids().items()}
+    except Exception as exc:
+        res.rss_errors["qumran"] = res.rss_errors["libvirt"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        q.destroy(name)
+        lv.destroy(name)
+
+
+def _machine(plan: Plan) -> dict[str, str]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    debian = Path("/etc/debian_version")
+    distro = f"Debian {debian.read_text().strip()}" if debian.exists() else platform.platform()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": plan.mode,
+        "vms": str(plan.vms),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "os": f"{distro}, Linux {platform.release()}",
+        "load": _load(),
+        "accel": bare.accelerator().upper(),
+        "command": " ".join([".venv/bin/python", "bench/vs_libvirt.py", *sys.argv[1:]]),
+    }
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _versions(lv: LibvirtStack, q: QumranStack) -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+
+    qemu = first_line(["qemu-system-x86_64", "--version"]).split("version")[-1].strip()
+    return {
+        **q.versions(),
+        **lv.versions(),
+        "QEMU": qemu,
+        "Python": platform.python_version(),
+        "hyperfine": first_line(["hyperfine", "--version"]).split()[-1],
+    }
+
+
+def _method_notes(plan: Plan, res: Results) -> None:
+    n = plan.vms
+    res.notes += [
+        f"`list --all` and `dominfo` (of a shut-off VM): hyperfine without a shell, "
+        f"{plan.warmup} warm-up runs, {plan.runs} runs, {n} VMs defined in each stack "
+        "(`qumran define` from YAML files, `virsh define` from XML with direct kernel boot); "
+        "ratios and the target use the medians, robust to load spikes from other work. "
+        "Qumran's modules are byte-compiled first, as an installed package's are.",
+        f"Start → ready: {plan.boots} measured rounds (after {plan.boot_warmup} unmeasured), "
+        "stacks interleaved in rotating order, a different VM each round, each boot destroyed "
+        "before the next. Ready = the guest printed `QUMRAN-DEMO READY` on its serial console.",
+        "bare QEMU: the argv `qumran.drivers.qemu.cmdline.build_argv` gives for the same "
+        "definition, exec'd directly; ready seen in the console log file QEMU writes (5 ms poll).",
+        "qumran: from running `qumran start` to the ready line arriving on the daemon's console "
+        "WebSocket (what `qumran console` shows a user), connected as soon as `start` returns.",
+        "libvirt: from running `virsh start` to the ready line in the domain's "
+        "`<serial type='file'>` (5 ms poll); domain type `qemu`, q35, `<cpu mode='maximum'/>`, "
+        "ACPI on, no USB controller, no balloon, ISA pvpanic: the machine Qumran runs.",
+        "Added on top of bare QEMU = the stack's median minus bare QEMU's median.",
+        "Memory: VmRSS from /proc/PID/status of qumrand, and of libvirtd + virtlogd (+ virtlockd "
+        f"when running), {IDLE:.0f} s after one VM of each stack reached its ready line, "
+        f"with {n} VMs defined.",
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

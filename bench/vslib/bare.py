@@ -1,0 +1,50 @@
+"""Bare QEMU: the exact argv Qumran's QEMU driver would run, started by hand.
+
+The argv comes from ``qumran.drivers.qemu.cmdline.build_argv`` with the accelerator the
+driver would choose on this host, so the only difference from ``qumran start`` is the
+daemon and the CLI around it. Ready is seen in the console log file QEMU writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from vslib.measure import wait_for_text
+
+
+def bare_argv(definition: dict[str, object], run_dir: Path) -> list[str]:
+    from qumran.config.validate import validate_spec
+    from qumran.drivers.base import RunPaths
+    from qumran.drivers.qemu.accel import choose_accel
+    from qumran.drivers.qemu.cmdline import build_argv
+
+    spec = validate_spec(definition)
+    return build_argv(spec, RunPaths(run_dir), choose_accel().accel)
+
+
+def accelerator() -> str:
+    from qumran.drivers.qemu.accel import choose_accel
+
+    return choose_accel().accel
+
+
+def start_to_ready(
+    definition: dict[str, object], run_dir: Path, ready: bytes, timeout: float = 120
+) -> float:
+    """Seconds from exec of QEMU until ``ready`` is in its console log; QEMU is killed after."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    argv = bare_argv(definition, run_dir)
+    with open(run_dir / "hypervisor.log", "wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        return wait_for_text(run_dir / "console.log", ready, t0 + timeout) - t0
+    finally:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)

@@ -1,0 +1,135 @@
+"""Timing and memory helpers shared by every stack in the comparison.
+
+Ready detection watches a file (a serial log) with a short poll, the same way for every
+stack that writes one, so the poll interval cancels out of the differences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+POLL = 0.005  # seconds between looks at a console file
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One command measured by hyperfine (seconds)."""
+
+    mean: float
+    stddev: float
+    median: float
+    minimum: float
+    maximum: float
+    runs: int
+
+
+class BenchError(Exception):
+    """A measurement could not be taken; the report shows the message instead of a number."""
+
+
+def hyperfine(
+    commands: Mapping[str, str],
+    export: Path,
+    *,
+    runs: int,
+    warmup: int,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Timing]:
+    """Time ``commands`` (label -> command line) in one hyperfine run, without a shell."""
+    argv = ["hyperfine", "-N", "--style", "basic", "--warmup", str(warmup), "--runs", str(runs)]
+    argv += ["--export-json", str(export)]
+    for label, command in commands.items():
+        argv += ["--command-name", label, command]
+    done = subprocess.run(argv, env=dict(env) if env else None, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"hyperfine failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    results = json.loads(export.read_text())["results"]
+    return {
+        r["command"]: Timing(
+            mean=r["mean"],
+            stddev=r["stddev"] or 0.0,
+            median=r["median"],
+            minimum=r["min"],
+            maximum=r["max"],
+            runs=len(r["times"]),
+        )
+        for r in results
+    }
+
+
+def wait_for_text(path: Path, text: bytes, deadline: float) -> float:
+    """The monotonic time at which ``text`` was first seen in the file ``path``.
+
+    The file may not exist yet (the hypervisor creates it). Reads only what was appended
+    since the last look, keeping a tail so a match split across two reads is still found.
+    """
+    offset, tail = 0, b""
+    while time.monotonic() < deadline:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            now = time.monotonic()
+            offset += len(chunk)
+            window = tail + chunk
+            if text in window:
+                return now
+            tail = window[-len(text) :]
+        time.sleep(POLL)
+    raise BenchError(f"{text.decode()!r} did not appear in {path} in time")
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid} (a kernel thread or a zombie?)")
+
+
+def pids_by_comm(comm: str) -> list[int]:
+    """Every live process whose command name is exactly ``comm``.
+
+    Zombies are skipped: pid 1 reaps orphans late here, so a daemon that just exited
+    still shows its name for a second or two.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
+        state = stat[stat.rindex(b")") + 2 :].split()[0]
+        if name == comm and state not in (b"Z", b"X"):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run(argv: list[str], *, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
+    """Run a setup command; its stdout, or BenchError with its stderr."""
+    done = subprocess.run(
+        argv, env=dict(env) if env else None, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip()[-500:]
+        raise BenchError(f"{' '.join(argv[:4])} ...: {message}")
+    return done.stdout

@@ -1,0 +1,170 @@
+"""The Qumran side: a private qumrand (its own socket, state and run folders) and the CLI.
+
+The daemon is started the way a user would run it, with the real QEMU driver; VMs are
+defined with ``qumran define FILE.yaml`` and started with ``qumran start``. Ready is
+seen where a user sees it: on the console WebSocket the daemon serves (the daemon
+replays recent output to a new client, so connecting after ``start`` returns loses nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from vslib.measure import BenchError, run
+
+DEFINE_WORKERS = 4  # `qumran define` processes at once (mostly Python start-up)
+
+
+class QumranStack:
+    def __init__(self, root: Path, bin_dir: Path, kernel: Path, initrd: Path, cmdline: str):
+        self.root = root
+        self.bin_dir = bin_dir
+        self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
+        self.socket = str(root / "qumrand.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        # Measure what an installed tool does: byte-compiled modules, read from cache.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return {**env, "QUMRAN_SOCKET": self.socket}
+
+    def compile(self) -> None:
+        """Write the byte code the CLI and daemon would otherwise compile on every start."""
+        import qumran
+
+        package = Path(qumran.__file__).parent
+        run([str(self.bin_dir / "python"), "-m", "compileall", "-q", str(package)], env=self.env)
+
+    @property
+    def cli(self) -> str:
+        return str(self.bin_dir / "qumran")
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError("qumrand is not running")
+        return self.proc.pid
+
+    # --- the daemon ---------------------------------------------------------------------
+
+    def start_daemon(self, timeout: float = 30) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(self.bin_dir / "qumrand"),
+            "--socket", self.socket,
+            "--state-dir", str(self.root / "state"),
+            "--run-dir", str(self.root / "run"),
+        ]  # fmt: skip
+        with open(self.root / "qumrand.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"qumrand exited: {self._log_tail()}")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(self.socket)
+                return
+            time.sleep(0.05)
+        raise BenchError(f"qumrand did not listen in {timeout}s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.root / "qumrand.log").read_text()[-1500:]
+        return ""
+
+    def stop(self) -> None:
+        """Destroy our VMs, stop the daemon, and kill any VM process it left behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            for name in self._running():
+                subprocess.run([self.cli, "destroy", name], env=self.env, capture_output=True)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self._kill_leftovers()
+
+    def _running(self) -> list[str]:
+        done = subprocess.run(
+            [self.cli, "--json", "list"], env=self.env, capture_output=True, text=True, timeout=30
+        )
+        if done.returncode != 0:
+            return []
+        return [vm["name"] for vm in json.loads(done.stdout)]
+
+    def _kill_leftovers(self) -> None:
+        # A VM process outlives its daemon by design: kill those whose command line
+        # names our run folder (the pid file alone could name a reused pid).
+        for pidfile in (self.root / "run").glob("vms/*/pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if str(self.root).encode() in cmdline:
+                    os.kill(pid, signal.SIGKILL)
+
+    # --- VMs ----------------------------------------------------------------------------
+
+    def definition(self, name: str) -> str:
+        # JSON strings are valid YAML strings: paths and the command line stay quoted.
+        return (
+            f"name: {name}\nmemory: 256M\nvcpus: 1\nboot:\n"
+            f"  kernel: {json.dumps(str(self.kernel))}\n"
+            f"  initrd: {json.dumps(str(self.initrd))}\n"
+            f"  cmdline: {json.dumps(self.cmdline)}\n"
+        )
+
+    def define_many(self, names: list[str]) -> None:
+        folder = self.root / "definitions"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for name in names:
+            path = folder / f"{name}.yaml"
+            path.write_text(self.definition(name))
+            files.append(path)
+        with ThreadPoolExecutor(DEFINE_WORKERS) as pool:
+            for _ in pool.map(lambda p: run([self.cli, "define", str(p)], env=self.env), files):
+                pass
+
+    def start_to_ready(self, name: str, ready: bytes, timeout: float = 120) -> float:
+        """Seconds from running `qumran start` until ``ready`` arrives on the console."""
+        from websockets.sync.client import unix_connect
+
+        t0 = time.monotonic()
+        run([self.cli, "start", name], env=self.env, timeout=timeout)
+        deadline = t0 + timeout
+        uri = f"ws://localhost/v1/vms/{name}/console"
+        with unix_connect(self.socket, uri, compression=None, close_timeout=2) as ws:
+            window = b""
+            while True:
+                data = ws.recv(timeout=max(0.0, deadline - time.monotonic()))
+                window += data.encode() if isinstance(data, str) else data
+                if ready in window:
+                    return time.monotonic() - t0
+                window = window[-len(ready) :]
+
+    def start(self, name: str) -> None:
+        run([self.cli, "start", name], env=self.env)
+
+    def destroy(self, name: str) -> None:
+        subprocess.run([self.cli, "destroy", name], env=self.env, capture_output=True, timeout=60)
+
+    def versions(self) -> dict[str, str]:
+        import qumran
+
+        head = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        )
+        return {"qumran": f"{qumran.__version__} ({head.stdout.strip() or 'no git'})"}

@@ -1,0 +1,164 @@
+"""The markdown section of BENCHMARKS.md: one table, the targets checked, then the details.
+
+Each measurement is either a number or the reason it could not be taken (a string), so a
+stack that fails still yields a report that says what happened.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vslib.measure import Timing, median
+
+BEGIN = "<!-- vs_libvirt:begin -->"
+END = "<!-- vs_libvirt:end -->"
+YES, NO, UNKNOWN = "✓", "✗", "-"
+
+
+@dataclass
+class Results:
+    meta: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    cli: dict[str, dict[str, Timing | str]] = field(default_factory=dict)  # op -> stack -> t
+    start: dict[str, list[float]] = field(default_factory=dict)  # stack -> seconds per run
+    start_errors: dict[str, str] = field(default_factory=dict)
+    rss: dict[str, dict[str, int]] = field(default_factory=dict)  # stack -> process -> KiB
+    rss_errors: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _ms(t: Timing | str) -> str:
+    if isinstance(t, str):
+        return f"n/a ({t})"
+    return f"{t.median * 1000:.1f} ms ({t.mean * 1000:.1f} ± {t.stddev * 1000:.1f})"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else UNKNOWN
+
+
+def _check(ok: bool | None) -> str:
+    return UNKNOWN if ok is None else (YES if ok else NO)
+
+
+def _cli_rows(res: Results) -> list[str]:
+    rows = []
+    vms = res.meta.get("vms", "?")
+    for op, label in (("list", f"`list --all`, {vms} defined"), ("dominfo", "`dominfo NAME`")):
+        times = res.cli.get(op, {})
+        q, v = times.get("qumran", "not run"), times.get("libvirt", "not run")
+        qm = q.median if isinstance(q, Timing) else None
+        vm = v.median if isinstance(v, Timing) else None
+        if op == "list":
+            target = "qumran ≤ virsh"
+            ok = None if qm is None or vm is None else qm <= vm
+        else:
+            target, ok = "", None
+        met = _check(ok) if target else ""
+        ratio = _ratio(qm, vm)
+        cells = f"{_ms(q)} | {_ms(v)} | {ratio} | {target} | {met}"
+        rows.append(f"| {label}: median (mean ± sd) | {cells} |")
+    return rows
+
+
+def start_medians(res: Results) -> dict[str, float]:
+    return {stack: median(runs) for stack, runs in res.start.items() if runs}
+
+
+def _start_rows(res: Results) -> list[str]:
+    med = start_medians(res)
+
+    def cell(stack: str) -> str:
+        if stack in med:
+            return f"{med[stack]:.3f} s"
+        return f"n/a ({res.start_errors.get(stack, 'not run')})"
+
+    bare = med.get("bare")
+    added = {s: med[s] - bare for s in ("qumran", "libvirt") if s in med and bare is not None}
+    q, v = med.get("qumran"), med.get("libvirt")
+    qa, va = added.get("qumran"), added.get("libvirt")
+    ok = None if qa is None or va is None else qa <= 0.5 * va
+    added_ratio = _ratio(qa, va) if va is not None and va > 0 else UNKNOWN
+    return [
+        f"| start → ready line, median | {cell('qumran')} | {cell('libvirt')} "
+        f"| {_ratio(q, v)} | | |",
+        f"| bare QEMU start → ready line, median | {cell('bare')} | {cell('bare')} | | | |",
+        f"| added on top of bare QEMU | {_signed(qa)} | {_signed(va)} | {added_ratio} "
+        f"| qumran ≤ ½ libvirt | {_check(ok)} |",
+    ]
+
+
+def _signed(value: float | None) -> str:
+    return UNKNOWN if value is None else f"{value * 1000:+.0f} ms"
+
+
+def _rss_rows(res: Results) -> list[str]:
+    def total(stack: str) -> int | None:
+        procs = res.rss.get(stack)
+        return sum(procs.values()) if procs else None
+
+    def cell(stack: str) -> str:
+        procs = res.rss.get(stack)
+        if not procs:
+            return f"n/a ({res.rss_errors.get(stack, 'not run')})"
+        parts = " + ".join(f"{name} {kib / 1024:.1f}" for name, kib in procs.items())
+        many = len(procs) > 1
+        return f"{(total(stack) or 0) / 1024:.1f} MiB" + (f" ({parts})" if many else "")
+
+    q, v = total("qumran"), total("libvirt")
+    ok = None if q is None or v is None else q <= 2 * v
+    return [
+        f"| daemon RSS, idle, {res.meta.get('vms', '?')} defined + 1 running "
+        f"| {cell('qumran')} | {cell('libvirt')} "
+        f"| {_ratio(q, v)} | qumran ≤ 2x libvirt | {_check(ok)} |"
+    ]
+
+
+def render(res: Results) -> str:
+    m = res.meta
+    versions = ", ".join(f"{k} {v}" for k, v in res.versions.items())
+    lines = [
+        "## Qumran vs libvirt",
+        "",
+        f"`{m.get('command', '.venv/bin/python bench/vs_libvirt.py')}` — {m.get('date', '?')}, "
+        f"{m.get('mode', '?')}.",
+        f"Machine: {m.get('nproc', '?')} CPUs, {m.get('cpu', '?')}, {m.get('os', '?')}; "
+        f"load average {m.get('load', '?')}. Guests run under {m.get('accel', '?')}.",
+        f"Versions: {versions}.",
+        "",
+        "| measurement | qumran | libvirt | qumran/libvirt | target | met |",
+        "|---|---|---|---|---|---|",
+        *_cli_rows(res),
+        *_start_rows(res),
+        *_rss_rows(res),
+        "",
+        *_details(res),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _details(res: Results) -> list[str]:
+    m = res.meta
+    out = ["Per-run start → ready times (s):", ""]
+    for stack in ("bare", "qumran", "libvirt"):
+        runs = res.start.get(stack, [])
+        out.append(f"- {stack}: " + (", ".join(f"{t:.3f}" for t in runs) or "none"))
+    out += ["", "How each number is taken:", ""]
+    out += [f"- {note}" for note in res.notes]
+    if m.get("raw"):
+        out.append(f"- Raw hyperfine JSON: {m['raw']}.")
+    return out
+
+
+def write_section(path: Path, section: str) -> None:
+    """Put ``section`` between the markers in ``path``, keeping everything else as it is."""
+    block = f"{BEGIN}\n{section}{END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
