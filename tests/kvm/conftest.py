@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from vmm_harness import Vmm
 
 from qumran.images import DemoImage, build_demo
 from qumran.images.demo import default_cache_dir
-from vmm_harness import Vmm
 
 
 def hardware_kvm() -> bool:

@@ -6,9 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from vmm_harness import QUMRAN_VMM
 
 from qumran.images import DemoImage
-from vmm_harness import QUMRAN_VMM
 
 pytestmark = pytest.mark.kvm
 

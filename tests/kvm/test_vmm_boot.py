@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from vmm_harness import ConsoleBuffer, Vmm
 
 from qumran.images import DemoImage
-from vmm_harness import ConsoleBuffer, Vmm
 
 pytestmark = pytest.mark.kvm
 MakeVmm = Callable[..., Vmm]

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 import tinykernel
 from vmm_harness import Vmm
 

@@ -88,7 +88,8 @@ class Vmm:
         self.control_path = workdir / "control.sock"
         self.console_path = workdir / "console.sock" if console == "socket" else None
         self.argv = [QUMRAN_VMM, "--name", name, "--kernel", str(kernel), "--cmdline", cmdline,
-                     "--memory", memory, "--vcpus", str(vcpus), "--control", str(self.control_path)]  # fmt: skip
+                     "--memory", memory, "--vcpus", str(vcpus),
+                     "--control", str(self.control_path)]  # fmt: skip
         if initrd is not None:
             self.argv += ["--initrd", str(initrd)]
         self.argv += ["--console", f"socket:{self.console_path}" if self.console_path else "stdio"]
