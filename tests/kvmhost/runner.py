@@ -52,8 +52,14 @@ class Job:
 
 
 def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """PATH, HOME=/tmp and the pass-through variables of this process, plus ``extra``."""
-    env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "HOME": "/tmp"}
+    """PATH, HOME=/tmp, XDG_CACHE_HOME and this process's pass-through variables, plus
+    ``extra``."""
+    env = {
+        "PATH": os.environ.get("PATH", DEFAULT_PATH),
+        "HOME": "/tmp",
+        # HOME moves, the caches stay: the images built on the host (demo guest) are found.
+        "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"),
+    }
     for key, value in os.environ.items():
         if key in PASSTHROUGH or key.startswith(PASSTHROUGH_PREFIXES):
             env[key] = value

@@ -84,6 +84,8 @@ def test_job_script_reports_a_missing_cwd(tmp_path: Path) -> None:
 def test_environment_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUMRAN_KVM_TEST", "1")
     monkeypatch.setenv("SECRET_TOKEN", "x")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     env = job_env({"EXTRA": "y"})
     assert env["HOME"] == "/tmp" and env["QUMRAN_KVM_TEST"] == "1" and env["EXTRA"] == "y"
     assert "SECRET_TOKEN" not in env and "PATH" in env
+    assert env["XDG_CACHE_HOME"] == str(Path.home() / ".cache")

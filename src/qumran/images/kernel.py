@@ -3,9 +3,9 @@
 A bzImage is a real-mode setup part followed by a compressed ELF ``vmlinux``
 (``Documentation/arch/x86/boot.rst``: ``setup_sects`` at 0x1f1, ``payload_offset`` and
 ``payload_length`` at 0x248/0x24c since protocol 2.08, counted from the start of the
-protected-mode code). Debian compresses it with xz, and unpacking xz under TCG emulation
-costs seconds at every boot; QEMU boots the extracted ELF directly through its PVH entry
-(``CONFIG_PVH``), skipping that work.
+protected-mode code). Debian's generic kernel compresses it with xz, and unpacking xz under
+TCG emulation costs seconds at every boot; QEMU boots the extracted ELF directly through
+its PVH entry (``CONFIG_PVH``), skipping that work.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ _HDRS_MAGIC = b"HdrS"  # boot.rst: "header" field at 0x202
 
 
 def vmlinux_from_bzimage(bzimage: bytes) -> bytes:
-    """The ELF kernel inside ``bzimage`` (only xz payloads, which is what Debian ships)."""
+    """The ELF kernel inside ``bzimage`` (xz payloads only: the cloud kernel's LZ4 is cheap
+    enough to leave to the boot)."""
     if bzimage[0x202:0x206] != _HDRS_MAGIC:
         raise ImageError("not a bzImage: no HdrS signature at 0x202")
     version = struct.unpack_from("<H", bzimage, 0x206)[0]
