@@ -257,7 +257,8 @@ def test_demo_image_is_built_then_reused(fake_debs: DebCache, tmp_path: Path) ->
     image = build_demo(out, debs=fake_debs)
     assert image.kernel.read_bytes() == b"fake kernel"
     assert image.ready_line == READY_LINE == "QUMRAN-DEMO READY"
-    definition = yaml.safe_load((out / "demo.yaml").read_text())
+    assert image.definition == out / "demo.yaml"
+    definition = yaml.safe_load(image.definition.read_text())
     assert definition == {
         "name": "demo", "memory": "256M", "vcpus": 1,
         "boot": {"kernel": str(out / "vmlinuz"), "initrd": str(out / "initrd.img"),

@@ -43,6 +43,11 @@ class DemoImage:
     cmdline: str
     ready_line: str
 
+    @property
+    def definition(self) -> Path:
+        """The VM definition written next to the images (``demo.yaml``)."""
+        return self.kernel.parent / DEFINITION_FILE
+
 
 def default_cache_dir() -> Path:
     return default_cache_root() / "images" / "demo"
@@ -62,7 +67,7 @@ def build_demo(
         cmdline=DEFAULT_CMDLINE,
         ready_line=READY_LINE,
     )
-    definition = target / DEFINITION_FILE
+    definition = image.definition
     if not force and all(p.is_file() for p in (image.kernel, image.initrd, definition)):
         return image
     target.mkdir(parents=True, exist_ok=True)
