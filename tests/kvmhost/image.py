@@ -13,6 +13,7 @@ from pathlib import Path
 
 from qumran.images import initramfs, rootfs
 from qumran.images.debian import DebCache, default_cache_root
+from qumran.images.initramfs import write_atomic
 from qumran.images.kernel import vmlinux_from_bzimage
 from qumran.images.kmod import ModuleTree
 
@@ -46,11 +47,9 @@ def build_image(cache_dir: Path | None = None, force: bool = False) -> HostImage
     debs = DebCache()
     kernel_root = debs.unpack(debs.resolve_kernel(KERNEL_METAPACKAGE))
     vmlinuz = sorted((kernel_root / "boot").glob("vmlinuz-*"))[-1]
-    tmp = image.kernel.with_name(".vmlinux.tmp")
-    tmp.write_bytes(vmlinux_from_bzimage(vmlinuz.read_bytes()))
-    tmp.replace(image.kernel)
+    write_atomic(image.kernel, vmlinux_from_bzimage(vmlinuz.read_bytes()))
     host_archive(kernel_root, debs.unpack(rootfs.BUSYBOX_PACKAGE)).write_gzip(image.initrd)
-    stamp.write_text(IMAGE_VERSION)
+    write_atomic(stamp, IMAGE_VERSION.encode())
     return image
 
 

@@ -10,6 +10,7 @@ import shutil
 import stat
 import struct
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,12 @@ def test_demo_initramfs_contents(fake_debs: DebCache, tmp_path: Path) -> None:
     assert entries["etc/acpi/PWRF/00000080"].mode & 0o111
     assert entries["sbin/acpid"].data == b"/bin/busybox"
     assert entries["dev/console"].rdev == (5, 1)
+
+
+def test_concurrent_builds_do_not_corrupt_the_image(fake_debs: DebCache, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    with ThreadPoolExecutor(4) as pool:
+        images = list(pool.map(lambda _: build_demo(out, force=True, debs=fake_debs), range(4)))
+    assert len(set(images)) == 1
+    assert "init" in {e.path for e in initramfs.parse(images[0].initrd.read_bytes())}
+    assert sorted(p.name for p in out.iterdir()) == ["demo.yaml", "initrd.img", "vmlinuz"]

@@ -66,6 +66,10 @@ class DebCache:
         try:
             _run(["dpkg-deb", "-x", str(deb), str(staging)], f"unpacking {deb.name}")
             staging.rename(tree)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not tree.is_dir():  # else another builder unpacked it first: use theirs
+                raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -17,6 +17,7 @@ from pathlib import Path
 from qumran.images import initramfs, rootfs
 from qumran.images.debian import DebCache, default_cache_root
 from qumran.images.errors import ImageError
+from qumran.images.initramfs import write_atomic
 from qumran.images.kmod import ModuleTree
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ def build_demo(
     debs = debs if debs is not None else DebCache()
     kernel_root = debs.unpack(debs.resolve_kernel(KERNEL_METAPACKAGE))
     log.info("building the demo guest in %s", target)
-    _copy_atomic(_find_vmlinuz(kernel_root), image.kernel)
+    write_atomic(image.kernel, _find_vmlinuz(kernel_root).read_bytes())
     demo_archive(kernel_root, debs.unpack(rootfs.BUSYBOX_PACKAGE)).write_gzip(image.initrd)
-    _write_atomic(definition, definition_yaml(image).encode())
+    write_atomic(definition, definition_yaml(image).encode())
     return image
 
 
@@ -152,13 +153,3 @@ def _find_vmlinuz(kernel_root: Path) -> Path:
     if not found:
         raise ImageError(f"no boot/vmlinuz-* in {kernel_root}")
     return found[-1]
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    _write_atomic(target, source.read_bytes())
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)

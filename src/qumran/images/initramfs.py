@@ -10,8 +10,11 @@ is zero and entries keep the order they were added in.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
 import stat
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +105,22 @@ class Archive:
 
     def write_gzip(self, target: Path) -> None:
         """Write the gzip-compressed archive to ``target`` atomically (temp file + rename)."""
-        tmp = target.with_name(f".{target.name}.tmp")
         # mtime=0 keeps the gzip header, and so the whole image, reproducible.
-        tmp.write_bytes(gzip.compress(self.to_bytes(), compresslevel=6, mtime=0))
-        tmp.replace(target)
+        write_atomic(target, gzip.compress(self.to_bytes(), compresslevel=6, mtime=0))
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so readers, and concurrent builders, never see a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _pad(length: int) -> bytes:
