@@ -184,7 +184,7 @@ def _boot_timings(
 ) -> None:  # fmt: skip
     definition = {"name": "qbench-bare", "memory": "256M", "vcpus": 1, "boot": {
         "kernel": str(lv.kernel), "initrd": str(lv.initrd), "cmdline": lv.cmdline}}  # fmt: skip
-    stacks: dict[str, tuple[Callable[[str], float], Callable[[str], None]]] = {
+    stacks: dict[str, tuple[Callable[[str], dict[str, float]], Callable[[str], None]]] = {
         "bare": (lambda n: bare.start_to_ready(definition, bare_dir, ready), lambda n: None),
         "qumran": (lambda n: q.start_to_ready(n, ready), q.destroy),
         "libvirt": (lambda n: lv.start_to_ready(n, ready), lv.destroy),
@@ -199,7 +199,7 @@ def _boot_timings(
                 continue
             measure, stop = stacks[stack]
             try:
-                seconds = measure(name)
+                times = measure(name)
             except Exception as exc:  # record and go on: one broken stack spoils no other
                 res.start_errors[stack] = f"{type(exc).__name__}: {exc}"[:300]
                 log(f"{stack}: start failed: {res.start_errors[stack]}")
@@ -207,9 +207,9 @@ def _boot_timings(
             finally:
                 stop(name)
                 time.sleep(SETTLE)
-            log(f"{stack}: {name} ready after {seconds:.3f} s")
+            log(f"{stack}: {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()))
             if round_ >= plan.boot_warmup:
-                res.start[stack].append(seconds)
+                res.start[stack].append(times)
 
 
 def _memory(res: Results, lv: LibvirtStack, q: QumranStack, name: str, ready: bytes) -> None:
@@ -286,7 +286,16 @@ def _method_notes(plan: Plan, res: Results) -> None:
         "libvirt: from running `virsh start` to the ready line in the domain's "
         "`<serial type='file'>` (5 ms poll); domain type `qemu`, q35, `<cpu mode='maximum'/>`, "
         "ACPI on, no USB controller, no balloon, ISA pvpanic: the machine Qumran runs.",
-        "Added on top of bare QEMU = the stack's median minus bare QEMU's median.",
+        "Added on top of bare QEMU = the stack's median minus bare QEMU's median. The guest's "
+        "own boot varies by several hundred ms between boots on a loaded machine, more than a "
+        "stack adds, so the ↳ rows also take the start apart, leaving the boot out: when the "
+        "hypervisor process was forked (its /proc/PID/stat start time, to 10 ms), when the "
+        "start command returned, and how long the ready line took from QEMU to the reader "
+        "(qumran: the console WebSocket against the console log file QEMU writes, to ±5 ms). "
+        "Qumran's QEMU runs the guest from exec, like bare QEMU, so qumran adds about forked + "
+        "delivery; libvirt starts QEMU paused (`-S`), works over QMP, and resumes it just "
+        "before `virsh start` returns, so libvirt adds about returned minus bare QEMU's exec → "
+        "QMP greeting (when QEMU's main loop, and the guest, start).",
         "Memory: VmRSS from /proc/PID/status of qumrand, and of libvirtd + virtlogd (+ virtlockd "
         f"when running), {IDLE:.0f} s after one VM of each stack reached its ready line, "
         f"with {n} VMs defined.",

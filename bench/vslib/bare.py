@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
-from vslib.measure import wait_for_text
+from vslib.measure import POLL, BenchError, now, wait_for_text
 
 
 def bare_argv(definition: dict[str, object], run_dir: Path) -> list[str]:
@@ -34,17 +35,38 @@ def accelerator() -> str:
 
 def start_to_ready(
     definition: dict[str, object], run_dir: Path, ready: bytes, timeout: float = 120
-) -> float:
+) -> dict[str, float]:
     """Seconds from exec of QEMU until ``ready`` is in its console log; QEMU is killed after."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     argv = bare_argv(definition, run_dir)
     with open(run_dir / "hypervisor.log", "wb") as log:
-        t0 = time.monotonic()
+        t0 = now()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        return wait_for_text(run_dir / "console.log", ready, t0 + timeout) - t0
+        running = _monitor_greeting(run_dir / "monitor.sock", t0 + timeout) - t0
+        return {"ready": wait_for_text(run_dir / "console.log", ready, t0 + timeout) - t0,
+                "running": running}  # fmt: skip
     finally:
         proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
+
+
+def _monitor_greeting(path: Path, deadline: float) -> float:
+    """When QEMU's QMP greeting arrived (:func:`now`).
+
+    QEMU greets once its main loop runs, which is when the vCPUs start (no ``-S``): the
+    part of a bare start that comes before the guest runs.
+    """
+    while now() < deadline:
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(str(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(POLL)
+                continue
+            sock.settimeout(max(0.1, deadline - now()))
+            if sock.recv(4096):
+                return now()
+    raise BenchError(f"no QMP greeting on {path}")

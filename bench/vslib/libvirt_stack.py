@@ -16,11 +16,12 @@ import pwd
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from vslib.measure import BenchError, pids_by_comm, run, wait_for_text
+from vslib.measure import BenchError, now, pids_by_comm, process_started, run, wait_for_text
 
 URI = "qemu:///system"
 VIRSH = ["virsh", "-c", URI]
@@ -162,21 +163,28 @@ class LibvirtStack:
             if check and done.returncode != 0:
                 raise BenchError(f"virsh {commands[i]} ...: {done.stderr.strip()[-500:]}")
 
-    def start_to_ready(self, name: str, ready: bytes, timeout: float = 120) -> float:
-        """Seconds from running `virsh start` until ``ready`` is in the serial file."""
+    def start_to_ready(self, name: str, ready: bytes, timeout: float = 120) -> dict[str, float]:
+        """Seconds from running `virsh start` until ``ready`` is in the serial file, and
+        until libvirt forked QEMU and `virsh start` returned (the guest runs from then)."""
         serial = self.serial_path(name)
         serial.unlink(missing_ok=True)
-        t0 = time.monotonic()
+        t0 = now()
         proc = subprocess.Popen(
             [*VIRSH, "start", name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        returned: list[float] = []
+        waiter = threading.Thread(target=lambda: returned.append(_wait(proc, timeout)))
+        waiter.start()
         try:
             seen = wait_for_text(serial, ready, t0 + timeout)
         finally:
-            _, err = proc.communicate(timeout=timeout)
+            waiter.join()
         if proc.returncode != 0:
-            raise BenchError(f"virsh start {name}: {err.decode().strip()}")
-        return seen - t0
+            err = proc.stderr.read().decode().strip() if proc.stderr else ""
+            raise BenchError(f"virsh start {name}: {err}")
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+        forked = process_started(pid)
+        return {"ready": seen - t0, "forked": forked - t0, "returned": returned[0] - t0}
 
     def start(self, name: str) -> None:
         run([*VIRSH, "start", name])
@@ -200,3 +208,9 @@ class LibvirtStack:
     def versions(self) -> dict[str, str]:
         libvirtd = subprocess.run(["libvirtd", "--version"], capture_output=True, text=True)
         return {"libvirt": libvirtd.stdout.strip().split()[-1] if libvirtd.stdout else "?"}
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> float:
+    """Wait for ``proc`` and say when it ended (:func:`now`)."""
+    proc.wait(timeout=timeout)
+    return now()

@@ -16,6 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 POLL = 0.005  # seconds between looks at a console file
+TICK = 1 / os.sysconf("SC_CLK_TCK")  # the unit of a process's start time in /proc
+
+
+def now() -> float:
+    """Seconds since boot: the clock /proc/PID/stat's start time is counted in."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def process_started(pid: int) -> float:
+    """When ``pid`` was forked, on the :func:`now` clock (to 1/CLK_TCK, 10 ms here)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[19]) * TICK
 
 
 @dataclass(frozen=True)
@@ -65,13 +78,13 @@ def hyperfine(
 
 
 def wait_for_text(path: Path, text: bytes, deadline: float) -> float:
-    """The monotonic time at which ``text`` was first seen in the file ``path``.
+    """The time (:func:`now`) at which ``text`` was first seen in the file ``path``.
 
     The file may not exist yet (the hypervisor creates it). Reads only what was appended
     since the last look, keeping a tail so a match split across two reads is still found.
     """
     offset, tail = 0, b""
-    while time.monotonic() < deadline:
+    while now() < deadline:
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
@@ -79,11 +92,11 @@ def wait_for_text(path: Path, text: bytes, deadline: float) -> float:
         except FileNotFoundError:
             chunk = b""
         if chunk:
-            now = time.monotonic()
+            seen = now()
             offset += len(chunk)
             window = tail + chunk
             if text in window:
-                return now
+                return seen
             tail = window[-len(text) :]
         time.sleep(POLL)
     raise BenchError(f"{text.decode()!r} did not appear in {path} in time")

@@ -14,11 +14,12 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vslib.measure import BenchError, run
+from vslib.measure import BenchError, now, process_started, run, wait_for_text
 
 DEFINE_WORKERS = 4  # `qumran define` processes at once (mostly Python start-up)
 
@@ -136,21 +137,47 @@ class QumranStack:
             for _ in pool.map(lambda p: run([self.cli, "define", str(p)], env=self.env), files):
                 pass
 
-    def start_to_ready(self, name: str, ready: bytes, timeout: float = 120) -> float:
-        """Seconds from running `qumran start` until ``ready`` arrives on the console."""
+    def start_to_ready(self, name: str, ready: bytes, timeout: float = 120) -> dict[str, float]:
+        """Seconds from running `qumran start` until ``ready`` arrives on the console
+        WebSocket; also until the daemon forked QEMU, until `qumran start` returned, and
+        how much later the line reached the WebSocket than QEMU's console log file."""
+        t0 = now()
+        info = json.loads(run([self.cli, "--json", "start", name], env=self.env, timeout=timeout))
+        returned = now()
+        pid = int(info["pid"])
+        forked = process_started(pid)
+        log = self._console_log(pid)
+        in_file: list[float] = []
+        watcher = threading.Thread(
+            target=lambda: in_file.append(wait_for_text(log, ready, t0 + timeout)), daemon=True
+        )
+        watcher.start()
+        seen = self._read_console(name, ready, t0 + timeout)
+        watcher.join(timeout=5)
+        times = {"ready": seen - t0, "forked": forked - t0, "returned": returned - t0}
+        if in_file:
+            times["delivery"] = seen - in_file[0]
+        return times
+
+    def _console_log(self, pid: int) -> Path:
+        for pidfile in (self.root / "run").glob("vms/*/pid"):
+            with contextlib.suppress(OSError, ValueError):
+                if int(pidfile.read_text().strip()) == pid:
+                    return pidfile.parent / "console.log"
+        raise BenchError(f"no run folder of qumrand holds pid {pid}")
+
+    def _read_console(self, name: str, ready: bytes, deadline: float) -> float:
+        """When ``ready`` arrived on the daemon's console WebSocket (:func:`now`)."""
         from websockets.sync.client import unix_connect
 
-        t0 = time.monotonic()
-        run([self.cli, "start", name], env=self.env, timeout=timeout)
-        deadline = t0 + timeout
         uri = f"ws://localhost/v1/vms/{name}/console"
         with unix_connect(self.socket, uri, compression=None, close_timeout=2) as ws:
             window = b""
             while True:
-                data = ws.recv(timeout=max(0.0, deadline - time.monotonic()))
+                data = ws.recv(timeout=max(0.0, deadline - now()))
                 window += data.encode() if isinstance(data, str) else data
                 if ready in window:
-                    return time.monotonic() - t0
+                    return now()
                 window = window[-len(ready) :]
 
     def start(self, name: str) -> None:
