@@ -1,0 +1,159 @@
+"""The benchmark's own machinery: report markers, verdicts, ready detection, definitions.
+
+Run: .venv/bin/pytest bench/vslib  (no libvirt, QEMU or daemon needed)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vslib.libvirt_stack import LibvirtStack
+from vslib.measure import BenchError, Timing, now, pids_by_comm, process_started, wait_for_text
+from vslib.qumran_stack import QumranStack
+from vslib.report import BEGIN, END, Results, render, write_section
+
+ODD = Path("/tmp/o'dd & <dir>")
+
+
+def timing(ms: float) -> Timing:
+    s = ms / 1000
+    return Timing(mean=s, stddev=0.001, median=s, minimum=s, maximum=s, runs=20)
+
+
+def boots(ready: float, **parts: float) -> list[dict[str, float]]:
+    return [{"ready": ready, **parts}] * 3
+
+
+def sample() -> Results:
+    res = Results(meta={"vms": "100"})
+    res.cli = {"list": {"qumran": timing(25), "libvirt": timing(30)}}
+    res.start = {
+        "bare": boots(2.0, running=0.05),
+        "qumran": boots(2.1, forked=0.03, returned=0.1, delivery=0.002),
+        "libvirt": boots(2.4, forked=0.02, returned=0.3),
+    }
+    res.rss = {"qumran": {"qumrand": 50 * 1024}, "libvirt": {"libvirtd": 30 * 1024}}
+    return res
+
+
+def row(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {start}"))
+
+
+def test_write_section_replaces_only_between_markers(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# B\n\nintro\n\n{BEGIN}\nold\n{END}\n\n## other\nkept\n")
+    write_section(path, "new\n")
+    write_section(path, "newer\n")
+    assert path.read_text() == f"# B\n\nintro\n\n{BEGIN}\nnewer\n{END}\n\n## other\nkept\n"
+
+
+def test_write_section_appends_markers_when_missing(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# B\n")
+    write_section(path, "table\n")
+    assert path.read_text() == f"# B\n\n{BEGIN}\ntable\n{END}\n"
+
+
+def test_verdicts_follow_the_targets() -> None:
+    text = render(sample())
+    assert row(text, "`list --all`").endswith("| 0.83 | qumran ≤ virsh | ✓ |")
+    # 100 ms added against 400 ms: a quarter, within half.
+    assert "| +100 ms | +400 ms | 0.25 | qumran ≤ ½ libvirt | ✓ |" in text
+    # From the parts: 30 + 2 ms against 300 - 50 ms.
+    assert "| +32 ms | +250 ms | 0.13 | qumran ≤ ½ libvirt | ✓ |" in text
+    assert row(text, "daemon RSS").endswith("| 1.67 | qumran ≤ 2x libvirt | ✓ |")
+
+
+def test_a_slower_qumran_fails_its_targets() -> None:
+    res = sample()
+    res.cli["list"]["qumran"] = timing(45)
+    res.rss["qumran"]["qumrand"] = 70 * 1024
+    text = render(res)
+    assert row(text, "`list --all`").endswith("| ✗ |")
+    assert row(text, "daemon RSS").endswith("| ✗ |")
+
+
+def test_boot_noise_gives_no_verdict() -> None:
+    res = sample()
+    res.start["libvirt"] = boots(1.9, forked=0.02, returned=0.3)  # faster than bare: noise
+    assert row(render(res), "added on top").endswith("| - | qumran ≤ ½ libvirt | - |")
+
+
+def test_a_failed_stack_is_reported_not_raised() -> None:
+    res = sample()
+    del res.start["qumran"]
+    res.start_errors["qumran"] = "BenchError: qumrand exited"
+    res.cli["dominfo"] = {"qumran": "hyperfine failed", "libvirt": "hyperfine failed"}
+    text = render(res)
+    assert "n/a (BenchError: qumrand exited)" in text
+    assert "n/a (hyperfine failed)" in row(text, "`dominfo")
+
+
+def test_wait_for_text_finds_a_line_split_across_writes(tmp_path: Path) -> None:
+    path = tmp_path / "serial.log"
+
+    def write() -> None:
+        time.sleep(0.05)
+        with open(path, "ab") as f:
+            f.write(b"boot...\nQUMRAN-DE")
+            f.flush()
+            time.sleep(0.05)
+            f.write(b"MO READY\n")
+
+    writer = threading.Thread(target=write)
+    t0 = now()
+    writer.start()
+    seen = wait_for_text(path, b"QUMRAN-DEMO READY", t0 + 5)
+    writer.join()
+    assert 0.09 < seen - t0 < 1
+
+
+def test_wait_for_text_gives_up_at_the_deadline(tmp_path: Path) -> None:
+    (tmp_path / "serial.log").write_bytes(b"QUMRAN-DEMO\n")
+    with pytest.raises(BenchError):
+        wait_for_text(tmp_path / "serial.log", b"QUMRAN-DEMO READY", now() + 0.1)
+
+
+def test_zombies_are_not_running_daemons() -> None:
+    zombie = subprocess.Popen(["sleep", "0"])
+    live = subprocess.Popen(["sleep", "5"])
+    try:
+        time.sleep(0.3)  # the first has exited and is not reaped: a zombie
+        pids = pids_by_comm("sleep")
+        assert live.pid in pids
+        assert zombie.pid not in pids
+        assert abs(process_started(live.pid) - now()) < 1.5
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
+
+
+def test_domain_xml_is_the_qumran_machine_with_paths_escaped() -> None:
+    lv = LibvirtStack(ODD, ODD / "vmlinuz", ODD / "initrd.img", "console=ttyS0 quiet")
+    dom = ET.fromstring(lv.domain_xml("qbench-000"))
+    assert dom.get("type") == "qemu"
+    assert dom.findtext("os/kernel") == str(ODD / "vmlinuz")
+    assert dom.findtext("os/cmdline") == "console=ttyS0 quiet"
+    assert dom.find("os/type").get("machine") == "q35"  # type: ignore[union-attr]
+    assert dom.find("cpu").get("mode") == "maximum"  # type: ignore[union-attr]
+    assert dom.find("features/acpi") is not None
+    serial = dom.find("devices/serial/source")
+    assert serial is not None and serial.get("path") == str(ODD / "qbench-000.serial")
+
+
+def test_qumran_definition_is_valid_and_the_same_vm() -> None:
+    from qumran.config.validate import validate_spec
+
+    q = QumranStack(ODD, ODD, ODD / "vmlinuz", ODD / "initrd.img", "console=ttyS0 quiet")
+    spec = validate_spec(yaml.safe_load(q.definition("qbench-000")))
+    assert (spec.name, spec.memory, spec.vcpus) == ("qbench-000", 256, 1)
+    assert str(spec.boot.kernel) == str(ODD / "vmlinuz")  # type: ignore[union-attr]
