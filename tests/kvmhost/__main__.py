@@ -32,16 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     if not cmd:
         parser.error("run: missing the command (after --)")
     env = dict(item.split("=", 1) for item in args.env)
-    status, _ = run_in_kvmhost(
-        cmd,
-        timeout=args.timeout,
-        cwd=args.cwd,
-        env=env,
-        shares=args.share,
-        memory_mib=args.memory,
-        tty=sys.stdout.isatty(),
-        on_output=stream_to_stdout,
-    )
+    try:
+        status, _ = run_in_kvmhost(
+            cmd,
+            timeout=args.timeout,
+            cwd=args.cwd,
+            env=env,
+            shares=args.share,
+            memory_mib=args.memory,
+            tty=sys.stdout.isatty(),
+            on_output=stream_to_stdout,
+        )
+    except KeyboardInterrupt:
+        return 130  # the guest is already killed by the runner
     return status
 
 

@@ -122,11 +122,13 @@ def _collect(proc: subprocess.Popen[bytes], nonce: str, job: Job) -> tuple[int, 
     while stream.status is None:
         left = deadline - time.monotonic()
         if left <= 0:
+            stream.flush()
             stream.note(f"\nkvmhost: timed out after {job.timeout:g} s\n")
             return TIMEOUT_STATUS, bytes(stream.output)
         ready, _, _ = select.select([fd], [], [], left)
         chunk = os.read(fd, 65536) if ready else b""
         if ready and not chunk:
+            stream.flush()
             stream.note(f"\nkvmhost: guest stopped without a status:\n{stream.preamble()}\n")
             return BOOT_FAILED_STATUS, bytes(stream.output)
         stream.feed(chunk)
@@ -169,6 +171,11 @@ class ConsoleStream:
         keep = _marker_prefix_len(self.pending, self.exit)
         self._emit(bytes(self.pending[: len(self.pending) - keep]))
         del self.pending[: len(self.pending) - keep]
+
+    def flush(self) -> None:
+        """Emit output held back as a possible marker start (the job is cut short)."""
+        self._emit(bytes(self.pending))
+        self.pending.clear()
 
     def note(self, text: str) -> None:
         self._emit(text.encode())

@@ -55,6 +55,13 @@ def test_no_status_until_the_marker_line_is_complete() -> None:
     assert stream.status == 17
 
 
+def test_flush_gives_back_a_held_partial_marker() -> None:
+    stream, seen = feed_all([START, b"tail KVMHOST-EX"])
+    assert b"".join(seen) == b"tail "
+    stream.flush()
+    assert b"".join(seen) == b"tail KVMHOST-EX" and stream.status is None
+
+
 def test_boot_noise_is_kept_apart() -> None:
     stream, seen = feed_all([b"insmod: cannot load x\n"])
     assert not seen and "cannot load x" in stream.preamble()
