@@ -52,8 +52,18 @@ def test_bad_kernel_is_one_line_and_leaves_no_socket(
     kernel = tmp_path / "kernel"
     kernel.write_bytes(b"\x7fELF" + bytes(4096))
     control = tmp_path / "c.sock"
-    status, err = _run_main(capsys, "--name", "x", "--kernel", str(kernel),
-                            "--control", str(control), "--console", f"socket:{tmp_path}/k.sock")  # fmt: skip
+    console = f"socket:{tmp_path}/k.sock"
+    status, err = _run_main(
+        capsys,
+        "--name",
+        "x",
+        "--kernel",
+        str(kernel),
+        "--control",
+        str(control),
+        "--console",
+        console,
+    )
     assert status == 1
     assert err == f"qumran-vmm: error: {kernel}: not a bzImage (no Linux setup header)\n"
     assert list(tmp_path.glob("*.sock")) == []

@@ -21,10 +21,21 @@ from qumran.vmm.acpi import constants as platform
 from qumran.vmm.arch import bootparams, cpuid, gdt, lapic, layout, msrs, paging, regs
 from qumran.vmm.arch.bootparams import Bzimage
 from qumran.vmm.devices import PioBus
-from qumran.vmm.devices.legacy.i8042 import I8042
-from qumran.vmm.devices.legacy.pm import AcpiPm
-from qumran.vmm.devices.legacy.rtc import CmosRtc
-from qumran.vmm.devices.legacy.serial import Serial16550
+from qumran.vmm.devices.legacy import (
+    COM1_BASE,
+    I8042,
+    I8042_COMMAND_PORT,
+    I8042_DATA_PORT,
+    PCI_CONFIG_BASE,
+    PCI_CONFIG_PORTS,
+    RTC_BASE,
+    RTC_PORTS,
+    UART_PORTS,
+    AcpiPm,
+    CmosRtc,
+    PciConfigStub,
+    Serial16550,
+)
 from qumran.vmm.errors import GuestTooLarge, NoHardwareVirt, VmmError
 from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice
 from qumran.vmm.machine import Boot, Machine, MachineConfig
@@ -33,11 +44,6 @@ from qumran.vmm.vcpu import VcpuThread
 
 log = logging.getLogger(__name__)
 
-COM1_BASE = 0x3F8
-COM1_LEN = 8
-RTC_BASE = 0x70
-I8042_DATA = 0x60
-I8042_CMD = 0x64
 MAX_VCPUS = 64  # APIC ids fit the MADT and the xAPIC's 8-bit id with room to spare
 
 
@@ -222,24 +228,29 @@ def write_zero_page(memory: GuestMemory, source: BootSource, rsdp: int | None) -
 def attach_legacy_devices(
     vm: Vm, console_out: Callable[[bytes], None], events: EventSink
 ) -> tuple[PioBus, Serial16550, AcpiPm]:
-    """COM1, CMOS RTC, i8042 (reset line) and the ACPI PM block on one port bus."""
+    """COM1, CMOS RTC, i8042 (reset line), ACPI PM block and PCI config ports on one bus.
+
+    Every reset path (i8042 0xFE, ACPI reset register, 0xCF9) is a guest reboot.
+    """
 
     def notify(event: GuestEvent, detail: str) -> Callable[[], None]:
         return lambda: events(GuestEventNotice(event, detail))
 
     bus = PioBus()
     serial = Serial16550(KvmIrqLine(vm, platform.COM1_IRQ), console_out)
-    bus.register(COM1_BASE, COM1_LEN, serial)
-    bus.register(RTC_BASE, 2, CmosRtc())
+    bus.register(COM1_BASE, UART_PORTS, serial)
+    bus.register(RTC_BASE, RTC_PORTS, CmosRtc())
     i8042 = I8042(on_reset=notify(GuestEvent.REBOOT, "reset through the i8042"))
-    bus.register(I8042_DATA, 1, i8042)
-    bus.register(I8042_CMD, 1, i8042)
+    bus.register(I8042_DATA_PORT, 1, i8042)
+    bus.register(I8042_COMMAND_PORT, 1, i8042)
     pm = AcpiPm(
         KvmIrqLine(vm, platform.SCI_IRQ),
         on_poweroff=notify(GuestEvent.POWEROFF, "ACPI power-off (S5)"),
         on_reset=notify(GuestEvent.REBOOT, "ACPI reset register"),
     )
     bus.register(platform.PM_BASE, platform.PM_LEN, pm)
+    pci = PciConfigStub(on_reset=notify(GuestEvent.REBOOT, "reset through port 0xCF9"))
+    bus.register(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, pci)
     return bus, serial, pm
 
 

@@ -9,16 +9,18 @@ input is taken from any.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
 import termios
 import tty
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qumran.vmm.sockets import bind_unix_socket
+
+if TYPE_CHECKING:  # asyncio is imported once the guest runs (start-up time)
+    import asyncio
 
 ESCAPE = 0x01  # Ctrl-A
 QUIT_KEY = ord("x")
@@ -59,6 +61,8 @@ class StdioConsole(Console):
                 view = view[os.write(self._out, view) :]
 
     async def start(self) -> None:
+        import asyncio
+
         if os.isatty(self._in):
             self._saved = termios.tcgetattr(self._in)
             tty.setraw(self._in)
@@ -96,6 +100,8 @@ class StdioConsole(Console):
 
     def _stop_reading(self) -> None:
         if self._reading:
+            import asyncio
+
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._in)
             self._reading = False
@@ -137,6 +143,8 @@ class SocketConsole(Console):
             writer.write(data)
 
     async def start(self) -> None:
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_unix_server(self._client, sock=self._sock)
 

@@ -8,17 +8,19 @@ reply ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qumran.errors import InvalidArgument, QumranError
 from qumran.vmm.machine import Machine
 from qumran.vmm.sockets import bind_unix_socket
+
+if TYPE_CHECKING:  # asyncio is imported once the guest runs (start-up time)
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,15 @@ class ControlServer:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
+        import asyncio
+
         self._server = await asyncio.start_unix_server(
             self._client, sock=self._sock, limit=MAX_LINE
         )
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         self._writers.add(writer)
         try:
             while True:

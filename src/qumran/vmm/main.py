@@ -7,19 +7,25 @@ Exit status: 0 when the guest powers off or the VM is told to quit (control ``qu
 SIGTERM, SIGINT, SIGHUP); 1 for bad input or a host that cannot run the VM (one line on
 stderr, nothing left behind); 2 when the guest crashes (triple fault, KVM error).
 A guest reboot restarts the guest inside the same process.
+
+Start-up order: check every input, bind the sockets, start the vCPUs, and only then import
+asyncio and serve the sockets, so the guest boots while the rest of Python loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
 import re
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from qumran.errors import QumranError
 from qumran.vmm.builder import VmSpec, build_machine
@@ -30,12 +36,16 @@ from qumran.vmm.machine import Machine
 from qumran.vmm.proctitle import set_thread_name
 from qumran.vmm.vcpu import install_kick_handler
 
+if TYPE_CHECKING:
+    import asyncio
+
 log = logging.getLogger("qumran.vmm")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CRASHED = 2
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
+QUIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _UNITS = {"": 20, "K": 10, "M": 20, "G": 30, "T": 40}  # a bare number is MiB, as in QEMU
 
 
@@ -62,82 +72,116 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class EventRelay:
+    """Guest events and quit requests, from any thread, to the supervisor.
+
+    Until the event loop runs they are kept; then each is handed to the loop.
+    ``None`` means "quit".
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[GuestEventNotice | None] = []
+        self._deliver: Callable[[GuestEventNotice | None], None] | None = None
+
+    def push(self, notice: GuestEventNotice | None) -> None:
+        with self._lock:
+            if self._deliver is None:
+                self._pending.append(notice)
+                return
+            deliver = self._deliver
+        deliver(notice)
+
+    def quit(self) -> None:
+        self.push(None)
+
+    def attach(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[GuestEventNotice | None]
+    ) -> None:
+        def deliver(notice: GuestEventNotice | None) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed: the process is exiting
+                loop.call_soon_threadsafe(queue.put_nowait, notice)
+
+        with self._lock:
+            self._deliver = deliver
+            pending, self._pending = self._pending, []
+        for notice in pending:
+            queue.put_nowait(notice)
+
+
 class VmmProcess:
     """Owns the machine, the console, the control socket and the signal handling."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.events: asyncio.Queue[GuestEventNotice | None] = asyncio.Queue()
-        self.loop = asyncio.get_running_loop()
+        self.relay = EventRelay()
         self.console: Console | None = None
         self.control: ControlServer | None = None
         self.machine: Machine | None = None
 
-    def notify(self, notice: GuestEventNotice) -> None:
-        """Thread-safe: guest events come from vCPU threads."""
-        with contextlib.suppress(RuntimeError):  # the loop is closing: we are exiting anyway
-            self.loop.call_soon_threadsafe(self.events.put_nowait, notice)
-
-    def quit(self) -> None:
-        self.events.put_nowait(None)
-
-    async def run(self) -> int:
+    def run(self) -> int:
         a = self.args
-        spec = VmSpec(
-            a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm, a.kvm_device
-        )
+        spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm,
+                      a.kvm_device)  # fmt: skip
         try:
             self.console = open_console(a.console)
         except ValueError as exc:
             raise QumranError(str(exc)) from None
+        for sig in QUIT_SIGNALS:
+            signal.signal(sig, self._on_signal)
         try:
-            self.machine = build_machine(spec, self.console.write, self.notify)
+            self.machine = build_machine(spec, self.console.write, self.relay.push)
             if a.control:
-                self.control = ControlServer(a.control, self.machine, self.quit)
-                await self.control.start()
-            await self.console.start()
+                self.control = ControlServer(a.control, self.machine, self.relay.quit)
             self.console.on_input = self.machine.feed_console
-            self.console.on_quit = self.quit
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                self.loop.add_signal_handler(sig, self.quit)
+            self.console.on_quit = self.relay.quit
             self.machine.start()
-            return await self._supervise(self.machine)
+            import asyncio  # deliberately late: see the module docstring
+
+            return asyncio.run(self._serve(self.machine))
         finally:
             self._cleanup()
 
-    async def _supervise(self, machine: Machine) -> int:
-        while True:
-            notice = await self.events.get()
-            if notice is None:
-                log.info("quit requested")
-                return EXIT_OK
-            match notice.event:
-                case GuestEvent.POWEROFF:
-                    log.info("guest powered off")
-                    return EXIT_OK
-                case GuestEvent.REBOOT:
-                    log.info("guest reboot (%s)", notice.detail)
-                    machine.reboot()
-                    self._drain_stale_events()
-                case GuestEvent.CRASH:
-                    print(
-                        f"qumran-vmm: {a_name(self.args)}: guest crashed: {notice.detail}",
-                        file=sys.stderr,
-                    )
-                    return EXIT_CRASHED
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: quitting", signum)
+        self.relay.quit()
 
-    def _drain_stale_events(self) -> None:
-        """Events raised by the boot that was just torn down are void; quits are kept."""
-        keep_quit = False
-        while not self.events.empty():
-            if self.events.get_nowait() is None:
-                keep_quit = True
-        if keep_quit:
-            self.quit()
+    async def _serve(self, machine: Machine) -> int:
+        import asyncio
+
+        queue: asyncio.Queue[GuestEventNotice | None] = asyncio.Queue()
+        self.relay.attach(asyncio.get_running_loop(), queue)
+        if self.control is not None:
+            await self.control.start()
+        assert self.console is not None
+        await self.console.start()
+        while True:
+            notice = await queue.get()
+            status = self._handle(machine, notice)
+            if status is not None:
+                return status
+            if notice is not None and notice.event is GuestEvent.REBOOT:
+                _drain_stale(queue)
+
+    def _handle(self, machine: Machine, notice: GuestEventNotice | None) -> int | None:
+        """The exit status, or None to keep running."""
+        if notice is None:
+            log.info("quit requested")
+            return EXIT_OK
+        match notice.event:
+            case GuestEvent.POWEROFF:
+                log.info("guest powered off")
+                return EXIT_OK
+            case GuestEvent.REBOOT:
+                log.info("guest reboot (%s)", notice.detail)
+                machine.reboot()
+                return None
+            case GuestEvent.CRASH:
+                print(f"qumran-vmm: {self.args.name}: guest crashed: {notice.detail}",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_CRASHED
 
     def _cleanup(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            self.loop.remove_signal_handler(sig)
         if self.machine is not None:
             self.machine.close()
         if self.control is not None:
@@ -146,8 +190,14 @@ class VmmProcess:
             self.console.close()
 
 
-def a_name(args: argparse.Namespace) -> str:
-    return str(args.name)
+def _drain_stale(queue: asyncio.Queue[GuestEventNotice | None]) -> None:
+    """Events raised by the boot that was just torn down are void; a quit is kept."""
+    keep_quit = False
+    while not queue.empty():
+        if queue.get_nowait() is None:
+            keep_quit = True
+    if keep_quit:
+        queue.put_nowait(None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,17 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     set_thread_name(args.name)
     install_kick_handler()
     try:
-        return asyncio.run(_run(args))
+        return VmmProcess(args).run()
     except QumranError as exc:
         print(f"qumran-vmm: error: {exc.message}", file=sys.stderr)
-        log.debug("startup failed", exc_info=True)
+        log.debug("start-up failed", exc_info=True)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        return EXIT_OK
-
-
-async def _run(args: argparse.Namespace) -> int:
-    return await VmmProcess(args).run()
 
 
 if __name__ == "__main__":
