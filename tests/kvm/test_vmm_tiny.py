@@ -60,6 +60,8 @@ def test_pause_holds_the_vcpus_and_resume_releases_them(
 ) -> None:
     vmm = _tiny(vmm_factory, workdir, "spin", tinykernel.spin())
     vmm.console.wait_for("TINY-SPIN", 60)
+    names = {(p / "comm").read_text().strip() for p in Path(f"/proc/{vmm.pid}/task").iterdir()}
+    assert {"testvm", "CPU 0/KVM"} <= names  # process and vCPU thread names, as top shows
     assert vmm.control("pause") == {"ok": True, "state": "paused"}
     paused = vmm.control("stats")
     assert [v["state"] for v in paused["vcpus"]] == ["paused"]
@@ -76,6 +78,28 @@ def test_pause_holds_the_vcpus_and_resume_releases_them(
     vmm.signal(signal.SIGTERM)
     assert vmm.wait(30) == 0
     assert not vmm.control_path.exists()
+
+
+def test_sigstop_and_sigcont_act_on_the_whole_vm(vmm_factory: MakeVmm, workdir: Path) -> None:
+    vmm = _tiny(vmm_factory, workdir, "reset", tinykernel.hello_then_reset())
+    vmm.console.wait_for("TINY-BOOT", 60)
+    vmm.signal(signal.SIGSTOP)
+    time.sleep(0.3)
+    assert _proc_state(vmm.pid) == "T"
+    stopped_at = vmm.console.mark()
+    time.sleep(1.0)
+    assert vmm.console.mark() == stopped_at  # nothing runs while stopped
+    vmm.signal(signal.SIGCONT)
+    vmm.console.wait_for("TINY-BOOT", 30, stopped_at)  # the guest goes on by itself
+    assert vmm.control("status")["state"] == "running"
+    names = {(p / "comm").read_text().strip() for p in Path(f"/proc/{vmm.pid}/task").iterdir()}
+    assert "testvm" in names
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_control_socket_rejects_bad_requests(vmm_factory: MakeVmm, workdir: Path) -> None:

@@ -33,6 +33,7 @@ from qumran.kvm.exits import (
 )
 from qumran.vmm.devices import PioBus
 from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice
+from qumran.vmm.proctitle import set_thread_name
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class VcpuThread:
 
     def _main(self) -> None:
         self.native_id = threading.get_native_id()
+        set_thread_name(f"CPU {self.vcpu.id}/KVM")  # what QEMU calls its vCPU threads
         signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_IN_VCPU)
         try:
             self._loop()
