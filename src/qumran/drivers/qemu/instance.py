@@ -1,0 +1,40 @@
+"""A running QEMU process as the daemon sees it: its process and its QMP monitor."""
+
+from __future__ import annotations
+
+from qumran.drivers.base import Instance, RunPaths
+from qumran.drivers.process import Spawned
+from qumran.drivers.qemu.monitor import QmpMonitor
+
+
+class QemuInstance(Instance):
+    """One QEMU process. ``process`` gives the daemon its pid, real state and exit status."""
+
+    def __init__(self, process: Spawned, paths: RunPaths, monitor: QmpMonitor) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.paths = paths
+        self.monitor = monitor
+
+    async def powerdown(self) -> None:
+        # ACPI power button: the guest decides whether and when to power off.
+        await self.monitor.execute("system_powerdown")
+
+    async def reset(self) -> None:
+        await self.monitor.execute("system_reset")
+
+    async def pause(self) -> None:
+        await self.monitor.execute("stop")
+
+    async def resume(self) -> None:
+        await self.monitor.execute("cont")
+
+    async def is_paused(self) -> bool:
+        return await self.monitor.status() == "paused"
+
+    async def status(self) -> str:
+        """QEMU's own run state ("running", "paused", "internal-error", ...)."""
+        return await self.monitor.status()
+
+    async def close(self) -> None:
+        await self.monitor.close()
