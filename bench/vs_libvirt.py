@@ -34,7 +34,7 @@ from types import FrameType
 
 from vslib import bare
 from vslib.libvirt_stack import LibvirtStack
-from vslib.measure import BenchError, hyperfine, rss_kib
+from vslib.measure import BenchError, ensure_commands, hyperfine, rss_kib
 from vslib.qumran_stack import QumranStack
 from vslib.report import Results, render, write_section
 
@@ -119,6 +119,7 @@ def measure_all(plan: Plan, res: Results, cleanup: contextlib.ExitStack) -> None
     res.meta.update(_machine(plan))
     lv = LibvirtStack(root / "libvirt", kernel, initrd, cmdline)
     log("libvirt: checking packages and daemons")
+    ensure_commands({"hyperfine": "hyperfine", "qemu-system-x86_64": "qemu-system-x86"})
     lv.ensure_installed()
     cleanup.callback(_quietly("restoring /dev/kvm", lv.restore_kvm_access))
     lv.ensure_kvm_access()
@@ -296,6 +297,9 @@ def _method_notes(plan: Plan, res: Results) -> None:
         "delivery; libvirt starts QEMU paused (`-S`), works over QMP, and resumes it just "
         "before `virsh start` returns, so libvirt adds about returned minus bare QEMU's exec → "
         "QMP greeting (when QEMU's main loop, and the guest, start).",
+        "Daemon CPU time (utime + stime from /proc, to 10 ms) is what qumrand, or libvirtd + "
+        "virtlogd, used between the start command and the ready line: on 2 CPUs shared with "
+        "a TCG guest it is time the guest may have waited for, which the ↳ estimate leaves out.",
         "Memory: VmRSS from /proc/PID/status of qumrand, and of libvirtd + virtlogd (+ virtlockd "
         f"when running), {IDLE:.0f} s after one VM of each stack reached its ready line, "
         f"with {n} VMs defined.",

@@ -13,7 +13,6 @@ import contextlib
 import grp
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import threading
@@ -21,11 +20,19 @@ import time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from vslib.measure import BenchError, now, pids_by_comm, process_started, run, wait_for_text
+from vslib.measure import (
+    BenchError,
+    cpu_seconds,
+    ensure_commands,
+    now,
+    pids_by_comm,
+    process_started,
+    run,
+    wait_for_text,
+)
 
 URI = "qemu:///system"
 VIRSH = ["virsh", "-c", URI]
-PACKAGES = ["libvirt-daemon-system", "libvirt-clients"]
 DAEMONS = ("virtlogd", "libvirtd")  # in start order: libvirtd logs through virtlogd
 MEMORY_DAEMONS = ("libvirtd", "virtlogd", "virtlockd")
 QEMU_USER = "libvirt-qemu"  # Debian's build default for qemu.conf's `user`
@@ -77,11 +84,7 @@ class LibvirtStack:
     # --- the daemons --------------------------------------------------------------------
 
     def ensure_installed(self) -> None:
-        if shutil.which("virsh") and Path("/usr/sbin/libvirtd").exists():
-            return
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        argv = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-        run(argv, env=env, timeout=600)
+        ensure_commands({"virsh": "libvirt-clients", "libvirtd": "libvirt-daemon-system"})
 
     def ensure_daemons(self) -> None:
         """Start virtlogd and libvirtd (daemonized) unless they already run."""
@@ -168,6 +171,8 @@ class LibvirtStack:
         until libvirt forked QEMU and `virsh start` returned (the guest runs from then)."""
         serial = self.serial_path(name)
         serial.unlink(missing_ok=True)
+        daemons = list(self.daemon_pids().values())
+        cpu0 = cpu_seconds(daemons)
         t0 = now()
         proc = subprocess.Popen(
             [*VIRSH, "start", name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -184,7 +189,12 @@ class LibvirtStack:
             raise BenchError(f"virsh start {name}: {err}")
         pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
         forked = process_started(pid)
-        return {"ready": seen - t0, "forked": forked - t0, "returned": returned[0] - t0}
+        return {
+            "ready": seen - t0,
+            "forked": forked - t0,
+            "returned": returned[0] - t0,
+            "daemon_cpu": cpu_seconds(daemons) - cpu0,
+        }
 
     def start(self, name: str) -> None:
         run([*VIRSH, "start", name])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import time
@@ -75,6 +76,19 @@ def hyperfine(
         )
         for r in results
     }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes ``pids`` have used so far (gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return total * TICK
 
 
 def wait_for_text(path: Path, text: bytes, deadline: float) -> float:
@@ -146,3 +160,18 @@ def run(argv: list[str], *, env: Mapping[str, str] | None = None, timeout: float
         message = (done.stderr or done.stdout).strip()[-500:]
         raise BenchError(f"{' '.join(argv[:4])} ...: {message}")
     return done.stdout
+
+
+def ensure_commands(packages: Mapping[str, str]) -> None:
+    """Install, with apt-get, the Debian package of each command (command -> package)
+    that is not on PATH; refresh the package lists once if the first try fails."""
+    missing = sorted({pkg for cmd, pkg in packages.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    try:
+        run(argv, env=env, timeout=900)
+    except BenchError:
+        run(["apt-get", "update"], env=env, timeout=600)
+        run(argv, env=env, timeout=900)

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vslib.measure import BenchError, now, process_started, run, wait_for_text
+from vslib.measure import BenchError, cpu_seconds, now, process_started, run, wait_for_text
 
 DEFINE_WORKERS = 4  # `qumran define` processes at once (mostly Python start-up)
 
@@ -141,6 +141,7 @@ class QumranStack:
         """Seconds from running `qumran start` until ``ready`` arrives on the console
         WebSocket; also until the daemon forked QEMU, until `qumran start` returned, and
         how much later the line reached the WebSocket than QEMU's console log file."""
+        cpu0 = cpu_seconds([self.pid])
         t0 = now()
         info = json.loads(run([self.cli, "--json", "start", name], env=self.env, timeout=timeout))
         returned = now()
@@ -154,7 +155,12 @@ class QumranStack:
         watcher.start()
         seen = self._read_console(name, ready, t0 + timeout)
         watcher.join(timeout=5)
-        times = {"ready": seen - t0, "forked": forked - t0, "returned": returned - t0}
+        times = {
+            "ready": seen - t0,
+            "forked": forked - t0,
+            "returned": returned - t0,
+            "daemon_cpu": cpu_seconds([self.pid]) - cpu0,
+        }
         if in_file:
             times["delivery"] = seen - in_file[0]
         return times

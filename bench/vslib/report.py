@@ -106,6 +106,7 @@ def _start_rows(res: Results) -> list[str]:
         row("↳ start command → command returned, median", "returned"),
         f"| ↳ ready line: QEMU wrote it → reader got it, median | {cell('qumran', 'delivery')} "
         "| 0 ms (file read directly) | | | |",
+        row("↳ daemon CPU time from start command to ready line, median", "daemon_cpu"),
         f"| ↳ bare QEMU exec → guest running (QMP greeting), median | {cell('bare', 'running')} "
         f"| {cell('bare', 'running')} | | | |",
         _added_row("added before the guest runs + console delivery (from ↳ rows)", qb, vb),
@@ -116,7 +117,7 @@ def _added_row(label: str, qa: float | None, va: float | None) -> str:
     # A negative "added" is boot noise, not a stack faster than QEMU: no verdict then.
     unresolved = qa is None or va is None or va <= 0
     ok = None if unresolved else (qa or 0.0) <= 0.5 * (va or 0.0)
-    ratio = UNKNOWN if unresolved else _ratio(qa, va)
+    ratio = UNKNOWN if unresolved or (qa or 0.0) < 0 else _ratio(qa, va)
     return (
         f"| {label} | {_signed(qa)} | {_signed(va)} | {ratio} | qumran ≤ ½ libvirt | {_check(ok)} |"
     )
