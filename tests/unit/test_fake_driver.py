@@ -22,7 +22,7 @@ from qumran.drivers.process import ProcState
 from qumran.errors import HypervisorError, InvalidArgument
 
 OWNER = Owner(os.getuid(), os.getgid())
-SPEC = VmSpec.model_validate({"name": "fk", "memory": 64, "boot": {"kernel": "/nonexistent"}})
+SPEC = VmSpec.model_validate({"name": "fk", "memory": 64, "boot": {"kernel": "/bin/sh"}})
 Events = list[tuple[GuestEvent, str]]
 
 
@@ -223,10 +223,15 @@ def test_a_failing_launch_quotes_the_process(paths: RunPaths) -> None:
     assert driver.fail_next is None  # only the next launch fails
 
 
-def test_check_paths(tmp_path: Path) -> None:
-    FakeDriver().check(SPEC)  # by default any kernel path will do
-    with pytest.raises(InvalidArgument, match=r"boot.kernel: /nonexistent does not exist"):
-        FakeDriver(check_paths=True).check(SPEC)
+def test_check_refuses_missing_files_like_the_qemu_driver(tmp_path: Path) -> None:
+    FakeDriver().check(SPEC)
+    missing = {"name": "m", "memory": 64, "boot": {"kernel": "/bin/sh", "initrd": "/no/initrd"}}
+    with pytest.raises(InvalidArgument, match=r"^boot.initrd: /no/initrd does not exist$"):
+        FakeDriver().check(VmSpec.model_validate(missing))
+    disk = {**missing, "boot": {"kernel": "/bin/sh"}, "disks": [{"path": str(tmp_path / "d")}]}
+    with pytest.raises(InvalidArgument, match=r"^disks\[0\].path: .*/d does not exist$"):
+        FakeDriver().check(VmSpec.model_validate(disk))
+    FakeDriver(check_paths=False).check(VmSpec.model_validate(missing))
 
 
 def test_attach_from_a_second_driver(paths: RunPaths) -> None:

@@ -15,6 +15,7 @@ import json
 import logging
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from qumran.config.spec import KernelBoot, VmSpec
@@ -50,9 +51,10 @@ _EVENTS = {event.value: event for event in GuestEvent}
 class FakeDriver(Driver):
     """Launches :mod:`qumran.drivers.fakevm` processes.
 
-    ``check_paths`` makes :meth:`check` insist that boot files exist, as the QEMU driver
-    does; off by default so tests can define VMs with any kernel path. Set
-    ``fail_next`` to make the next launched process fail with that message.
+    :meth:`check` refuses missing boot and disk files, as the QEMU driver does (a test can
+    point ``boot.kernel`` at any existing file, such as /bin/sh); ``check_paths=False``
+    accepts any path. Set ``fail_next`` to make the next launched process fail with that
+    message, as a hypervisor refusing a definition would.
     """
 
     name = "fake"
@@ -60,7 +62,7 @@ class FakeDriver(Driver):
     def __init__(
         self,
         *,
-        check_paths: bool = False,
+        check_paths: bool = True,
         powerdown_delay: float = 0.1,
         python: str = sys.executable,
     ) -> None:
@@ -73,10 +75,14 @@ class FakeDriver(Driver):
         return HostInfo(self.name, "none", "the fake driver runs stand-in processes", "0")
 
     def check(self, spec: VmSpec) -> None:
-        if not self.check_paths or not isinstance(spec.boot, KernelBoot):
+        if not self.check_paths:
             return
-        for field, path in (("boot.kernel", spec.boot.kernel), ("boot.initrd", spec.boot.initrd)):
-            if path is not None and not path.is_file():
+        files: list[tuple[str, Path | None]] = []
+        if isinstance(spec.boot, KernelBoot):
+            files += [("boot.kernel", spec.boot.kernel), ("boot.initrd", spec.boot.initrd)]
+        files += [(f"disks[{i}].path", disk.path) for i, disk in enumerate(spec.disks)]
+        for field, path in files:
+            if path is not None and not path.exists():
                 raise InvalidArgument(f"{field}: {path} does not exist")
 
     def argv(self, spec: VmSpec, paths: RunPaths) -> list[str]:
