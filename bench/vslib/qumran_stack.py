@@ -195,9 +195,13 @@ class QumranStack:
     def versions(self) -> dict[str, str]:
         import qumran
 
-        head = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-        )
-        return {"qumran": f"{qumran.__version__} ({head.stdout.strip() or 'no git'})"}
+        repo = str(Path(__file__).resolve().parents[2])
+
+        def git(*args: str) -> str:
+            done = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True)
+            return done.stdout.strip() if done.returncode == 0 else ""
+
+        head = git("rev-parse", "--short", "HEAD") or "no git"
+        if git("status", "--porcelain", "--", "src"):
+            head += ", with uncommitted changes in src/"
+        return {"qumran": f"{qumran.__version__} ({head})"}
