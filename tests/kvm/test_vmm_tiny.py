@@ -109,3 +109,34 @@ def test_control_socket_rejects_bad_requests(vmm_factory: MakeVmm, workdir: Path
     assert reply["error"]["code"] == "unknown-command"
     vmm.control("quit")
     assert vmm.wait(30) == 0
+
+
+def test_terminal_console_is_raw_and_ctrl_a_x_quits(workdir: Path) -> None:
+    """On a tty, stdio goes raw (keys reach the guest as typed) and is restored at exit."""
+    import subprocess
+    import termios
+
+    from vmm_harness import QUMRAN_VMM
+
+    kernel = _kernel(workdir, "spin", tinykernel.spin())
+    leader, follower = os.openpty()
+    before = termios.tcgetattr(follower)
+    proc = subprocess.Popen(
+        [QUMRAN_VMM, "--name", "tty", "--kernel", str(kernel), "--memory", "64M", "--force-kvm"],
+        stdin=follower, stdout=follower, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        seen = b""
+        while b"TINY-SPIN" not in seen:
+            seen += os.read(leader, 1024)
+        raw = termios.tcgetattr(follower)
+        assert not raw[3] & termios.ICANON and not raw[3] & termios.ECHO
+        os.write(leader, b"\x01x")  # Ctrl-A x
+        assert proc.wait(30) == 0
+        assert termios.tcgetattr(follower) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+        os.close(follower)

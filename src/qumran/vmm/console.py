@@ -38,6 +38,9 @@ class Console:
         """Called on a vCPU thread with bytes the guest sent."""
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Set up what must be in place before the guest runs (e.g. the terminal mode)."""
+
     async def start(self) -> None:
         """Start taking input (event loop running)."""
 
@@ -60,12 +63,14 @@ class StdioConsole(Console):
             while view:
                 view = view[os.write(self._out, view) :]
 
-    async def start(self) -> None:
-        import asyncio
-
+    def prepare(self) -> None:
         if os.isatty(self._in):
             self._saved = termios.tcgetattr(self._in)
             tty.setraw(self._in)
+
+    async def start(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError, ValueError, PermissionError):
             loop.add_reader(self._in, self._readable)

@@ -135,7 +135,9 @@ class VmmProcess:
                 self.control = ControlServer(a.control, self.machine, self.relay.quit)
             self.console.on_input = self.machine.feed_console
             self.console.on_quit = self.relay.quit
+            self.console.prepare()
             self.machine.start()
+            log.info("guest started %.2f s after exec", _since_exec())
             import asyncio  # deliberately late: see the module docstring
 
             return asyncio.run(self._serve(self.machine))
@@ -188,6 +190,16 @@ class VmmProcess:
             self.control.close()
         if self.console is not None:
             self.console.close()
+
+
+def _since_exec() -> float:
+    """Seconds since this process was exec'd (/proc/self/stat start time, in clock ticks)."""
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return uptime - start / os.sysconf("SC_CLK_TCK")
 
 
 def _drain_stale(queue: asyncio.Queue[GuestEventNotice | None]) -> None:
