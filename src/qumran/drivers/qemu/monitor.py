@@ -70,12 +70,18 @@ class QmpMonitor:
 
     async def connect(self, address: str | socket.socket) -> None:
         """Open the session (greeting and capabilities negotiation); start the event pump."""
+        # A failed connect raises to us, and we report it with QEMU's own words; the
+        # library's ERROR lines about the same failure would only repeat it.
+        level = self._qmp.logger.level
+        self._qmp.logger.setLevel(logging.CRITICAL)
         try:
             await self._qmp.connect(address)
         except QMPError as exc:
             raise HypervisorError(
                 f"cannot open the QMP monitor of VM {self.vm_name}: {exc}"
             ) from exc
+        finally:
+            self._qmp.logger.setLevel(level)
         self._start(self._pump(), "events")
         self._start(self._watch(), "watch")
 
