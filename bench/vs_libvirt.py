@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 130
+    except BenchError as exc:
+        log(f"cannot measure: {exc}; cleaning up")
+        return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not stop the clean-up
