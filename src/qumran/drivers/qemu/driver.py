@@ -103,7 +103,7 @@ class QemuDriver(Driver):
             await kill(process)
             raise Timeout(
                 f"QEMU for VM {spec.name} did not open its monitor within "
-                f"{self.start_timeout:.0f} s; it was killed. Its output: "
+                f"{self.start_timeout:g} s; it was killed. Its output: "
                 f"{log_tail(paths.log, log_offset) or '(none)'}"
             ) from None
         except BaseException as exc:
@@ -138,7 +138,7 @@ class QemuDriver(Driver):
                 await monitor.close()
                 raise Timeout(
                     f"the monitor of VM {spec.name} did not answer within "
-                    f"{self.start_timeout:.0f} s (is another client connected to it?)"
+                    f"{self.start_timeout:g} s (is another client connected to it?)"
                 ) from None
         return QemuInstance(process, paths, monitor)
 
