@@ -110,6 +110,21 @@ def test_console_prints_the_ready_line_and_echoes(paths: RunPaths) -> None:
     assert paths.console_log.read_bytes() == f"{READY_LINE}\r\necho hello\n".encode()
 
 
+def test_no_serial_port_means_no_console_socket(paths: RunPaths) -> None:
+    async def main() -> None:
+        instance = await FakeDriver().launch(
+            SPEC.model_copy(update={"serial": False}), paths, OWNER, lambda e, d: None
+        )
+        try:
+            assert not paths.console.exists() and paths.monitor.is_socket()
+            await instance.powerdown()
+            assert await wait_exit(instance) == 0
+        finally:
+            await instance.close()
+
+    asyncio.run(main())
+
+
 def test_pause_holds_console_input_until_resume(paths: RunPaths) -> None:
     async def body(instance: FakeInstance, events: Events) -> None:
         console = await Console.open(paths)

@@ -89,12 +89,13 @@ class FakeDriver(Driver):
         argv = [
             self.python, "-m", "qumran.drivers.fakevm",
             "--name", spec.name,
-            "--console", str(paths.console),
             "--console-log", str(paths.console_log),
             "--monitor", str(paths.monitor),
             "--pidfile", str(paths.pidfile),
             "--powerdown-delay", str(self.powerdown_delay),
         ]  # fmt: skip
+        if spec.serial:  # as with QEMU, no serial port means no console socket
+            argv += ["--console", str(paths.console)]
         if self.fail_next is not None:
             argv += ["--fail", self.fail_next]
             self.fail_next = None

@@ -3,11 +3,11 @@
 It is a real process, so ``kill -9``, ``kill -STOP`` and ``kill -CONT`` behave exactly as
 for a hypervisor, but it starts in a few tens of milliseconds and needs no kernel.
 
-- Console, a UNIX socket at ``--console``: the "guest" prints :data:`READY_LINE` at boot
-  and echoes what it is sent. Everything printed is appended to ``--console-log``. Unlike
-  QEMU, output printed while no client is connected is kept (up to 64 KiB) for the next
-  client, so a test never races the boot. Lines typed ``poweroff``, ``reboot`` or
-  ``panic`` act like those in a guest.
+- Console, a UNIX socket at ``--console`` (none for a VM without a serial port): the
+  "guest" prints :data:`READY_LINE` at boot and echoes what it is sent. Everything
+  printed is appended to ``--console-log``. Unlike QEMU, output printed while no client
+  is connected is kept (up to 64 KiB) for the next client, so a test never races the
+  boot. Lines typed ``poweroff``, ``reboot`` or ``panic`` act like those in a guest.
 - Monitor, a UNIX socket at ``--monitor``: JSON lines. A request is
   ``{"execute": CMD}``; the reply ``{"return": VALUE}`` or ``{"error": MESSAGE}``. Events
   arrive as ``{"event": NAME, "detail": TEXT}`` with NAME one of the values of
@@ -181,21 +181,23 @@ async def run(args: argparse.Namespace) -> int:
     vm = FakeVm(args)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, vm.host_shutdown)
-    paths = [Path(args.console), Path(args.monitor)]
+    paths = [Path(p) for p in (args.console, args.monitor) if p]
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     # The console listens before the monitor, as with QEMU: a monitor that answers
-    # implies a console that accepts.
-    console = await asyncio.start_unix_server(vm.serve_console, args.console)
-    monitor = await asyncio.start_unix_server(vm.serve_monitor, args.monitor)
+    # implies a console that accepts. No --console: a VM without a serial port.
+    servers = []
+    if args.console:
+        servers.append(await asyncio.start_unix_server(vm.serve_console, args.console))
+    servers.append(await asyncio.start_unix_server(vm.serve_monitor, args.monitor))
     vm.boot()
     await vm.exiting.wait()
     for writer in [*vm.monitors, *vm.consoles]:
         with contextlib.suppress(OSError):
             await writer.drain()
-    console.close()
-    monitor.close()
+    for server in servers:
+        server.close()
     if args.pidfile:  # QEMU removes its pid file on exit too
         paths.append(Path(args.pidfile))
     for path in paths:
@@ -214,7 +216,7 @@ def set_process_name(name: str) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fakevm", description=__doc__.split("\n")[0])
     parser.add_argument("--name", required=True)
-    parser.add_argument("--console", required=True)
+    parser.add_argument("--console", help="socket path; none: the VM has no serial port")
     parser.add_argument("--console-log", required=True)
     parser.add_argument("--monitor", required=True)
     parser.add_argument("--pidfile")
