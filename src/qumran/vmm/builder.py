@@ -37,7 +37,7 @@ from qumran.vmm.devices.legacy import (
     Serial16550,
 )
 from qumran.vmm.errors import GuestTooLarge, NoHardwareVirt, VmmError
-from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice
+from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice, for_boot
 from qumran.vmm.machine import Boot, Machine, MachineConfig
 from qumran.vmm.memory import GuestMemory
 from qumran.vmm.vcpu import VcpuThread
@@ -155,13 +155,15 @@ def boot(
     console_out: Callable[[bytes], None],
     events: EventSink,
 ) -> Boot:
+    events = for_boot(events, machine.reboots)
     vm = create_vm(machine.kvm, machine.memory)
     try:
         setup_irqchip(vm)
         vcpus = create_vcpus(vm, machine.config.vcpus)
         load_kernel(machine.memory, source)
+        initrd = load_initrd(machine.memory, source)
         rsdp = write_acpi_tables(machine.memory, machine.config.vcpus)
-        write_zero_page(machine.memory, source, rsdp)
+        write_zero_page(machine.memory, source, initrd, rsdp)
         bus, serial, pm = attach_legacy_devices(vm, console_out, events)
         configure_vcpus(machine.kvm, vcpus, source.kernel)
     except BaseException:
@@ -194,16 +196,22 @@ def create_vcpus(vm: Vm, count: int) -> list[Vcpu]:
 
 
 def load_kernel(memory: GuestMemory, source: BootSource) -> None:
-    """Payload at 1 MiB; initrd at the top of low RAM; command line; GDT, IDT, page tables."""
+    """Payload at 1 MiB; command line; GDT, IDT and page tables for the 64-bit entry."""
     memory.write(layout.HIGH_MEMORY, source.kernel.payload)
-    if source.initrd is not None:
-        addr = bootparams.place_initrd(source.kernel, memory.size, len(source.initrd))
-        memory.write(addr, source.initrd)
     memory.write(layout.CMDLINE_ADDR, bootparams.encode_cmdline(source.kernel, source.cmdline))
     memory.write(layout.GDT_ADDR, gdt.gdt_bytes())
     memory.write(layout.IDT_ADDR, bytes(8))
     pml4, tables = paging.build_page_tables()
     memory.write(pml4, tables)
+
+
+def load_initrd(memory: GuestMemory, source: BootSource) -> tuple[int, int] | None:
+    """The initrd at the top of low RAM; (address, size) for the zero page."""
+    if source.initrd is None:
+        return None
+    addr = bootparams.place_initrd(source.kernel, memory.size, len(source.initrd))
+    memory.write(addr, source.initrd)
+    return addr, len(source.initrd)
 
 
 def write_acpi_tables(memory: GuestMemory, vcpus: int) -> int:
@@ -214,11 +222,9 @@ def write_acpi_tables(memory: GuestMemory, vcpus: int) -> int:
     return blob.rsdp_addr
 
 
-def write_zero_page(memory: GuestMemory, source: BootSource, rsdp: int | None) -> None:
-    initrd = None
-    if source.initrd is not None:
-        size = len(source.initrd)
-        initrd = (bootparams.place_initrd(source.kernel, memory.size, size), size)
+def write_zero_page(
+    memory: GuestMemory, source: BootSource, initrd: tuple[int, int] | None, rsdp: int | None
+) -> None:
     zero_page = bootparams.build_zero_page(
         source.kernel, memory.size, layout.CMDLINE_ADDR, initrd, rsdp
     )

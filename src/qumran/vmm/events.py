@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class GuestEvent(enum.Enum):
@@ -18,6 +18,12 @@ class GuestEventNotice:
     event: GuestEvent
     detail: str
     vcpu: int | None = None
+    boot: int = 0  # which boot of the guest raised it: events of a torn-down boot are void
 
 
 EventSink = Callable[[GuestEventNotice], None]
+
+
+def for_boot(sink: EventSink, boot: int) -> EventSink:
+    """A sink that stamps every notice with the boot it belongs to."""
+    return lambda notice: sink(replace(notice, boot=boot))

@@ -159,11 +159,12 @@ class VmmProcess:
         await self.console.start()
         while True:
             notice = await queue.get()
+            if notice is not None and notice.boot != machine.reboots:
+                log.debug("ignoring %s from an earlier boot", notice.event.value)
+                continue
             status = self._handle(machine, notice)
             if status is not None:
                 return status
-            if notice is not None and notice.event is GuestEvent.REBOOT:
-                _drain_stale(queue)
 
     def _handle(self, machine: Machine, notice: GuestEventNotice | None) -> int | None:
         """The exit status, or None to keep running."""
@@ -200,16 +201,6 @@ def _since_exec() -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     return uptime - start / os.sysconf("SC_CLK_TCK")
-
-
-def _drain_stale(queue: asyncio.Queue[GuestEventNotice | None]) -> None:
-    """Events raised by the boot that was just torn down are void; a quit is kept."""
-    keep_quit = False
-    while not queue.empty():
-        if queue.get_nowait() is None:
-            keep_quit = True
-    if keep_quit:
-        queue.put_nowait(None)
 
 
 def main(argv: list[str] | None = None) -> int:
