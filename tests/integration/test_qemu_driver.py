@@ -130,8 +130,10 @@ def test_boot_console_pause_reset_and_powerdown(demo: DemoImage, paths: RunPaths
             await console.expect(demo.ready_line, BOOT_TIMEOUT)
             await until(lambda: (GuestEvent.RESET, "host-qmp-system-reset") in events)
 
+            powerdown = time.monotonic()
             await instance.powerdown()
             assert await exit_status(instance) == 0
+            print(f"TCG: powerdown-to-exit {time.monotonic() - powerdown:.2f} s")
             await until(lambda: events[-1] == (GuestEvent.SHUTDOWN, "guest-shutdown"))
             assert events[:2] == [(GuestEvent.STOP, ""), (GuestEvent.RESUME, "")]
             with pytest.raises(HypervisorError, match="disconnected"):
