@@ -70,3 +70,14 @@ def triple_fault() -> bytes:
 def spin(text: bytes = b"TINY-SPIN\n") -> bytes:
     """Print, then loop forever in the guest (jmp $): something to pause and resume."""
     return bzimage(print_text(text) + b"\xeb\xfe")
+
+
+def port_loop(count: int, port: int = 0x80) -> bytes:
+    """``count`` OUTs to ``port`` (one exit each), then power off: exit-cost measurements."""
+    loop = (
+        b"\xb9" + struct.pack("<I", count)  # mov ecx, count
+        + b"\xe6" + bytes([port])  # out port, al
+        + b"\xff\xc9"  # dec ecx
+        + b"\x75\xfa"  # jnz back to the out
+    )  # fmt: skip
+    return bzimage(loop + out_word(PM1A_CNT, SLP_S5) + HLT_LOOP)

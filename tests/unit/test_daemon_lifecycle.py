@@ -197,3 +197,20 @@ def test_events_record_transitions(fake_daemon: Daemon) -> None:
     action(fake_daemon, "ev", "destroy")
     events = [e["event"] for e in fake_daemon.call("GET", "/v1/events").json() if e["vm"] == "ev"]
     assert events == ["defined", "started", "stopped"]
+
+
+def test_a_vm_without_serial_console_starts(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "noserial", serial=False)
+    assert action(fake_daemon, "noserial", "start")["state"] == "running"
+
+
+def test_restart_with_a_stopped_vm(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "frozen")
+    pid = action(fake_daemon, "frozen", "start")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    fake_daemon.wait_state("frozen", "paused", timeout=1.0)
+    started = time.monotonic()
+    fake_daemon.restart()
+    assert time.monotonic() - started < 8  # no monitor call hangs on the stopped process
+    assert fake_daemon.wait_state("frozen", "paused", timeout=1.0)["reason"] == "signal"
+    assert action(fake_daemon, "frozen", "resume")["state"] == "running"

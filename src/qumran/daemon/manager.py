@@ -26,7 +26,7 @@ from qumran.daemon.domain import Domain, Running, State
 from qumran.daemon.events import EventBus
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
 from qumran.drivers.base import Driver, GuestEvent, Owner, RunPaths
-from qumran.drivers.process import ProcState, Spawned, proc_state
+from qumran.drivers.process import ProcState, proc_state
 from qumran.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -139,14 +139,17 @@ class Manager:
         paths = self._prepare_run_dir(dom)
         owner = Owner(dom.owner, dom.record.owner_gid)
         instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom))
-        process: Spawned = instance.process  # type: ignore[attr-defined]
+        process = instance.process
         console = ConsoleBroker(paths.console)
-        try:
-            await console.open()
-        except OSError as exc:
-            os.kill(process.pid, signal.SIGKILL)
-            await instance.close()
-            raise InvalidState(f"VM {dom.name!r}: cannot attach its console: {exc}") from None
+        if dom.spec.serial:
+            try:
+                await console.open()
+            except OSError as exc:
+                os.kill(process.pid, signal.SIGKILL)
+                await instance.close()
+                raise InvalidState(f"VM {dom.name!r}: cannot attach its console: {exc}") from None
+        else:
+            console.closed.set()  # no serial console: viewers are told it is closed
         run = Running(instance, process, paths, console, started_at=time.time())
         self.store.set_runtime(
             RuntimeRecord(
@@ -326,16 +329,22 @@ class Manager:
         try:
             instance = await driver.attach(dom.spec, paths, rt.pid, self._guest_events(dom))
             console = ConsoleBroker(paths.console, seed=read_log_tail(paths.console_log))
-            await console.open(timeout=2.0)
+            if dom.spec.serial:
+                await console.open(timeout=2.0)
+            else:
+                console.closed.set()
         except (QumranError, OSError) as exc:
             log.error("cannot re-attach to %s (pid %d): %s", dom.name, rt.pid, exc)
             return
-        process: Spawned = instance.process  # type: ignore[attr-defined]
-        run = Running(instance, process, paths, console, started_at=rt.started_at)
+        run = Running(instance, instance.process, paths, console, started_at=rt.started_at)
         self._adopt(dom, run)
-        paused = await _bounded(instance.is_paused(), dom)
-        run.paused_by_user = paused
-        state = State.PAUSED if paused else State.RUNNING
+        if instance.process.state() is ProcState.STOPPED:
+            # A stopped hypervisor cannot answer its monitor; the supervisor reports
+            # "paused (signal)" and SIGCONT brings it back.
+            self._changed(dom, "reattached", State.RUNNING, "daemon-restart", f"pid {rt.pid}")
+            return
+        run.paused_by_user = await _bounded(instance.is_paused(), dom)
+        state = State.PAUSED if run.paused_by_user else State.RUNNING
         self._changed(dom, "reattached", state, "daemon-restart", f"pid {rt.pid}")
 
     async def close(self) -> None:

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from qumran.config.spec import VmSpec
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qumran.drivers.process import Spawned  # process.py imports this module
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -84,6 +88,7 @@ class Instance(ABC):
 
     pid: int
     paths: RunPaths
+    process: Spawned  # the hypervisor process: pid, real state, exit status
 
     @abstractmethod
     async def powerdown(self) -> None:
