@@ -84,9 +84,11 @@ class NativeDriver(Driver):
     def host_info(self) -> HostInfo:
         from qumran.drivers.qemu.accel import choose_accel
 
-        choice = choose_accel()
-        usable = choice.accel == "kvm"
-        return HostInfo(self.name, "kvm", choice.reason, "qumran-vmm", usable)
+        choice = choose_accel()  # the same host check as QEMU's: vmx/svm and /dev/kvm
+        if choice.accel == "kvm":
+            return HostInfo(self.name, "kvm", choice.reason, "qumran-vmm", True)
+        why = choice.reason.removeprefix("TCG: ")
+        return HostInfo(self.name, "kvm", f"needs a hardware KVM: {why}", "qumran-vmm", False)
 
     def check(self, spec: VmSpec) -> None:
         if not isinstance(spec.boot, KernelBoot):
