@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,17 @@ def test_console_refused(fake_daemon: Daemon, tmp_path: Path, name: str, complai
     proc = qumran(fake_daemon, "console", name)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and complaint in proc.stderr
+
+
+def test_domstats(fake_daemon: Daemon, tmp_path: Path) -> None:
+    define(fake_daemon, tmp_path, "stats")
+    ok(fake_daemon, "start", "stats")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = ok(fake_daemon, "domstats", "stats")
+        if "cpu.percent=" in out:
+            break
+        time.sleep(0.5)
+    assert "Domain: 'stats'" in out and "memory.rss=" in out and "net.rx=-" in out
+    samples = as_json(fake_daemon, "domstats", "stats")["samples"]
+    assert samples and samples[-1]["rss_bytes"] > 0

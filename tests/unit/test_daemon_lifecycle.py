@@ -7,6 +7,7 @@ are real; only the hypervisor is pretend.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import time
@@ -214,3 +215,26 @@ def test_restart_with_a_stopped_vm(fake_daemon: Daemon) -> None:
     assert time.monotonic() - started < 8  # no monitor call hangs on the stopped process
     assert fake_daemon.wait_state("frozen", "paused", timeout=1.0)["reason"] == "signal"
     assert action(fake_daemon, "frozen", "resume")["state"] == "running"
+
+
+def test_stats_are_sampled_for_running_vms(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "st")
+    action(fake_daemon, "st", "start")
+    deadline = time.monotonic() + 10
+    samples: list[dict[str, Any]] = []
+    while len(samples) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        samples = fake_daemon.call("GET", "/v1/vms/st/stats").json()["samples"]
+    assert len(samples) >= 2
+    assert samples[-1]["rss_bytes"] > 0 and samples[-1]["cpu_percent"] >= 0
+    assert samples[-1]["t"] > samples[0]["t"]
+
+
+def test_events_are_pushed_live(fake_daemon: Daemon) -> None:
+    from websockets.sync.client import unix_connect
+
+    define(fake_daemon, "live")
+    with unix_connect(fake_daemon.socket, uri="ws://localhost/v1/events/stream") as ws:
+        action(fake_daemon, "live", "start")
+        event = json.loads(ws.recv(timeout=5))
+    assert (event["vm"], event["event"], event["state"]) == ("live", "started", "running")

@@ -69,6 +69,15 @@ def do_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def do_domstats(args: argparse.Namespace) -> int:
+    stats = _client(args).stats(args.name)
+    if args.json:
+        output.print_json(stats)
+    else:
+        sys.stdout.write(output.domstats(args.name, stats["samples"]))
+    return 0
+
+
 def do_dominfo(args: argparse.Namespace) -> int:
     vm = _client(args).get_vm(args.name)
     if args.json:
@@ -282,6 +291,7 @@ COMMANDS = [
     Command("suspend", "pause a VM's vCPUs", _name, _lifecycle("suspend", "VM '{name}' suspended")),
     Command("resume", "resume a paused VM", _name, _lifecycle("resume", "VM '{name}' resumed")),
     Command("dominfo", "show a VM's details", _name, do_dominfo),
+    Command("domstats", "show a VM's CPU, memory and I/O", _name, do_domstats),
     Command("domstate", "show a VM's state", _domstate_args, do_domstate),
     Command("autostart", "start a VM whenever qumrand starts", _autostart_args, do_autostart),
     Command(

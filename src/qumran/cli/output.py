@@ -101,3 +101,31 @@ def user_label(uid: int) -> str:
         return f"{uid} ({pwd.getpwuid(uid).pw_name})"
     except (KeyError, TypeError, OverflowError):
         return str(uid)
+
+
+def _bytes(value: object) -> str:
+    if not isinstance(value, int):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def domstats(name: str, samples: list[dict[str, object]]) -> str:
+    """The latest sample, in the spirit of `virsh domstats`."""
+    if not samples:
+        return f"{name}: no samples yet (the VM is not running, or has just started)\n"
+    last = samples[-1]
+    rows = [
+        ("cpu.percent", f"{last['cpu_percent']}"),
+        ("memory.rss", _bytes(last["rss_bytes"])),
+        ("block.read", _bytes(last["disk_read_bytes"])),
+        ("block.written", _bytes(last["disk_write_bytes"])),
+        ("net.rx", _bytes(last["net_rx_bytes"])),
+        ("net.tx", _bytes(last["net_tx_bytes"])),
+        ("samples", f"{len(samples)} over {float(last['t']) - float(samples[0]['t']):.0f} s"),  # type: ignore[arg-type]
+    ]
+    return f"Domain: '{name}'\n" + "".join(f"  {k}={v}\n" for k, v in rows)

@@ -77,6 +77,10 @@ class Client:
         doc = {"enabled": enabled}
         return cast(VmInfo, self._call("PUT", _vm(name) + "/autostart", doc))
 
+    def stats(self, name: str) -> dict[str, Any]:
+        """Samples of CPU, memory and I/O for the last 10 minutes, newest last."""
+        return cast(dict[str, Any], self._call("GET", f"{_vm(name)}/stats"))
+
     def events(self, since: int | None = None) -> list[Event]:
         target = "/v1/events" if since is None else f"/v1/events?since={int(since)}"
         return cast(list[Event], self._call("GET", target))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import socket as socketlib
@@ -107,6 +109,15 @@ def build_app(manager: Manager) -> FastAPI:
     for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume"):
         _add_action(app, manager, action)
 
+    @app.get("/v1/vms/{name}/stats")
+    async def stats(request: Request, name: str) -> dict[str, Any]:
+        dom = manager.get(caller_of(request), name)
+        return {"interval": manager.stats.interval, "samples": manager.stats.samples(dom)}
+
+    @app.websocket("/v1/events/stream")
+    async def event_stream(websocket: WebSocket) -> None:
+        await _event_session(manager, websocket)
+
     @app.get("/v1/events")
     async def events(request: Request, since: int = 0) -> list[dict[str, Any]]:
         caller = caller_of(request)
@@ -128,6 +139,38 @@ def _add_action(app: FastAPI, manager: Manager, action: str) -> None:
 
     handler.__name__ = action
     app.post(f"/v1/vms/{{name}}/{action}", name=action, summary=f"{action} a VM")(handler)
+
+
+async def _event_session(manager: Manager, websocket: WebSocket) -> None:
+    """Push each lifecycle event the caller may see, as a JSON text frame."""
+    try:
+        caller = caller_of(websocket)
+    except QumranError as exc:
+        body = {"error": exc.to_dict()}
+        await websocket.send_denial_response(JSONResponse(body, status_code=exc.http_status))
+        return
+    everything = caller.uid in (0, os.geteuid())
+    await websocket.accept()
+    queue = manager.events.subscribe()
+
+    async def push() -> None:
+        while True:
+            event = await queue.get()
+            if everything or event.owner == caller.uid:
+                await websocket.send_text(json.dumps(dataclasses.asdict(event)))
+
+    async def until_closed() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    tasks = {asyncio.create_task(push()), asyncio.create_task(until_closed())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        manager.events.unsubscribe(queue)
 
 
 async def _console_session(manager: Manager, websocket: WebSocket, name: str) -> None:

@@ -24,6 +24,7 @@ from qumran.daemon import supervisor
 from qumran.daemon.console import ConsoleBroker, read_log_tail
 from qumran.daemon.domain import Domain, Running, State
 from qumran.daemon.events import EventBus
+from qumran.daemon.stats import StatsSampler
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
 from qumran.drivers.base import Driver, GuestEvent, Owner, RunPaths
 from qumran.drivers.process import ProcState, proc_state
@@ -58,6 +59,7 @@ class Manager:
         self.run_dir = run_dir
         self.events = EventBus(store)
         self.domains: dict[str, Domain] = {}
+        self.stats = StatsSampler(self.domains)
         self._admin_uid = os.geteuid()  # root, or the user a per-user daemon runs as
 
     # ownership
@@ -299,6 +301,7 @@ class Manager:
             rt = runtimes.get(record.uuid)
             if rt is not None:
                 await self._reattach(dom, rt)
+        self.stats.start()
         for dom in list(self.domains.values()):
             if dom.autostart and not dom.active:
                 try:
@@ -349,6 +352,7 @@ class Manager:
 
     async def close(self) -> None:
         """Let go of every VM without stopping it (the VMs outlive the daemon)."""
+        await self.stats.stop()
         for dom in self.domains.values():
             run = dom.run
             if run is None:

@@ -112,6 +112,10 @@ class Instance(ABC):
     async def close(self) -> None:
         """Drop the monitor connection; leave the process running."""
 
+    async def block_io(self) -> tuple[int, int] | None:
+        """Bytes read and written by the guest's disks, if the hypervisor counts them."""
+        return None
+
 
 class Driver(ABC):
     """Launches and re-attaches hypervisor processes of one kind."""

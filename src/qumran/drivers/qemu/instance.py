@@ -36,5 +36,17 @@ class QemuInstance(Instance):
         """QEMU's own run state ("running", "paused", "internal-error", ...)."""
         return await self.monitor.status()
 
+    async def block_io(self) -> tuple[int, int] | None:
+        """Sum of rd_bytes / wr_bytes over the guest's block devices (query-blockstats)."""
+        reply = await self.monitor.execute("query-blockstats")
+        if not isinstance(reply, list):
+            return None
+        read = written = 0
+        for device in reply:
+            stats = device.get("stats", {}) if isinstance(device, dict) else {}
+            read += int(stats.get("rd_bytes", 0))
+            written += int(stats.get("wr_bytes", 0))
+        return read, written
+
     async def close(self) -> None:
         await self.monitor.close()
