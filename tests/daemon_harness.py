@@ -25,9 +25,10 @@ DAEMON_START_TIMEOUT = 20.0
 
 
 class Daemon:
-    def __init__(self, root: Path, driver: str = "fake") -> None:
+    def __init__(self, root: Path, driver: str = "fake", web: str | None = None) -> None:
         self.root = root
         self.driver = driver
+        self.web = web  # HOST:PORT of the web manager, or None for none
         self.socket = str(root / "qumrand.sock")
         self.log = root / "qumrand.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -45,6 +46,8 @@ class Daemon:
             "--driver", self.driver,
             "--log-level", "debug",
         ]  # fmt: skip
+        if self.web is not None:
+            argv += ["--web", self.web]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + DAEMON_START_TIMEOUT

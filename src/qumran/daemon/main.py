@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from qumran.config.paths import default_socket_path, runtime_dir, state_dir
 from qumran.drivers.base import Driver
@@ -32,6 +33,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="'fake' runs stand-in VM processes instead of hypervisors (for tests)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument(
+        "--web",
+        nargs="?",
+        const="127.0.0.1:8090",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve the web manager on this TCP address (alone: %(const)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -86,6 +95,32 @@ def _server_class() -> type:
     return Server
 
 
+def _web_server(address: str, manager: Any, app: Any) -> Any:
+    """The web manager on TCP; its login tokens are issued on the UNIX API (`qumran web`)."""
+    import uvicorn
+
+    from qumran.web.api import token_router
+    from qumran.web.auth import WebAuth
+    from qumran.web.server import build_web_app
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise QumranError(f"--web wants HOST:PORT, such as 127.0.0.1:8090 (got {address!r})")
+    auth = WebAuth(f"http://{address}")
+    app.include_router(token_router(auth))
+    config = uvicorn.Config(
+        build_web_app(manager, auth),
+        host=host.strip("[]"),
+        port=int(port),
+        ws="websockets-sansio",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    log.info("web manager on http://%s (log in with `qumran web`)", address)
+    return _server_class()(config)
+
+
 async def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -102,8 +137,10 @@ async def serve(args: argparse.Namespace) -> None:
     manager = Manager(store, make_drivers(args.driver), run)
     sock = bind_socket(socket_path)
     await manager.restore()
+    app = build_app(manager)
+    web = _web_server(args.web, manager, app) if args.web else None
     config = uvicorn.Config(
-        build_app(manager),
+        app,
         http=PeerCredProtocol,
         ws="websockets-sansio",
         lifespan="off",
@@ -112,12 +149,23 @@ async def serve(args: argparse.Namespace) -> None:
         ws_ping_interval=None,
     )
     server = _server_class()(config)
+    servers = [server] if web is None else [server, web]
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for each in servers:
+            each.should_exit = True
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, stop)
     log.info("qumrand listening on %s (run dir %s, state %s)", socket_path, run, state)
     try:
-        await server.serve(sockets=[sock])
+        if web is None:
+            await server.serve(sockets=[sock])
+        else:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(server.serve(sockets=[sock]))
+                group.create_task(web.serve())
     finally:
         await manager.close()
         store.close()

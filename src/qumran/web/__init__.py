@@ -1,0 +1,1 @@
+"""The web manager (the virt-manager and virt-viewer roles), served by qumrand on TCP."""

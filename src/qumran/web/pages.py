@@ -1,0 +1,157 @@
+"""Pages and the small JSON calls their scripts make. Every call acts as the session's user."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from qumran.daemon.domain import Domain
+from qumran.daemon.manager import Manager
+from qumran.errors import InvalidArgument, InvalidState, QumranError
+from qumran.web.auth import COOKIE, Session
+from qumran.web.forms import DEFAULTS, FIELDS, definition_from_form
+from qumran.web.guard import acting, auth_of, caller, current
+
+User = Annotated[Session, Depends(current)]  # any page or read: a logged-in session
+Actor = Annotated[Session, Depends(acting)]  # a change: the session and its CSRF token
+ACTIONS = ("start", "shutdown", "destroy", "reboot", "suspend", "resume")
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def page(request: Request, name: str, session: Session | None, status: int = 200,
+         **context: Any) -> HTMLResponse:  # fmt: skip
+    context |= {"session": session, "csrf": session.csrf if session else ""}
+    return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def vm_summary(manager: Manager, dom: Domain) -> dict[str, Any]:
+    info = dom.info()
+    samples = manager.stats.samples(dom)[-30:] if dom.run is not None else []
+    return {
+        "name": info["name"], "state": info["state"], "reason": info["reason"],
+        "vcpus": info["vcpus"], "memory_mib": info["memory_mib"], "owner": info["owner"],
+        "hypervisor": info["hypervisor"], "pid": info["pid"],
+        "graphics": bool(dom.spec.graphics), "serial": bool(dom.spec.serial),
+        "cpu": [s["cpu_percent"] for s in samples],
+    }  # fmt: skip
+
+
+def routes(manager: Manager) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/login")
+    async def login(request: Request, token: str = "") -> Response:
+        redeemed = auth_of(request).redeem(token) if token else None
+        if redeemed is None:
+            message = (
+                "This login link is not valid: it was already used, it expired (links last "
+                "5 minutes), or it is mistyped. Run `qumran web` for a new one."
+                if token else "Log in with the URL `qumran web` prints."
+            )  # fmt: skip
+            return page(request, "login.html", None, 403 if token else 401, message=message)
+        sid, _ = redeemed
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, sid, httponly=True, secure=True, samesite="strict", path="/")
+        return response
+
+    @r.post("/logout")
+    async def logout(request: Request, session: Actor) -> Response:
+        auth_of(request).logout(request.cookies.get(COOKIE, ""))
+        response = page(request, "login.html", None, message="You are logged out.")
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @r.get("/")
+    async def index(request: Request, session: User) -> Response:
+        vms = [vm_summary(manager, d) for d in _visible(manager, session)]
+        return page(request, "list.html", session, vms=vms, actions=ACTIONS)
+
+    @r.get("/api/vms")
+    async def api_vms(session: User) -> list[dict[str, Any]]:
+        return [vm_summary(manager, d) for d in _visible(manager, session)]
+
+    @r.get("/vms/new")
+    async def new(request: Request, session: User) -> Response:
+        return page(request, "create.html", session, form=DEFAULTS, error=None)
+
+    @r.post("/vms")
+    async def create(request: Request, session: Actor) -> Response:
+        raw = await request.form()
+        form = {k: v for k in FIELDS if isinstance(v := raw.get(k, ""), str)}
+        try:
+            dom = await manager.define(caller(session), definition_from_form(form))
+        except QumranError as exc:
+            return page(request, "create.html", session, exc.http_status, form=form,
+                        error=exc.message)  # fmt: skip
+        return RedirectResponse(f"/vms/{dom.name}", status_code=303)
+
+    @r.get("/vms/{name}")
+    async def details(request: Request, name: str, session: User) -> Response:
+        dom = manager.get(caller(session), name)
+        return page(request, "vm.html", session, vm=vm_summary(manager, dom), info=dom.info(),
+                    events=recent_events(manager, dom), actions=ACTIONS)  # fmt: skip
+
+    @r.get("/api/vms/{name}/stats")
+    async def stats(name: str, session: User) -> dict[str, Any]:
+        dom = manager.get(caller(session), name)
+        return {"interval": manager.stats.interval, "samples": manager.stats.samples(dom)}
+
+    @r.post("/vms/{name}/{action}")
+    async def act(request: Request, name: str, action: str, session: Actor) -> Response:
+        if action == "undefine":
+            await manager.undefine(caller(session), name)
+            return _done(request, None, "/")
+        if action not in ACTIONS:
+            raise InvalidArgument(f"unknown action {action!r}; one of: {', '.join(ACTIONS)}")
+        dom = await getattr(manager, action)(caller(session), name)
+        return _done(request, vm_summary(manager, dom), f"/vms/{name}")
+
+    @r.get("/vms/{name}/console")
+    async def console(request: Request, name: str, session: User) -> Response:
+        dom = manager.get(caller(session), name)
+        if not dom.spec.serial:
+            raise InvalidState(f"VM {name!r} has no serial console (serial: false)")
+        return page(request, "console.html", session, vm=vm_summary(manager, dom))
+
+    @r.get("/vms/{name}/display")
+    async def display(request: Request, name: str, session: User) -> Response:
+        dom = manager.get(caller(session), name)
+        if not dom.spec.graphics or dom.spec.hypervisor != "qemu":
+            raise InvalidState(f"VM {name!r} has no display (graphics: true, QEMU driver only)")
+        return page(request, "display.html", session, vm=vm_summary(manager, dom))
+
+    return r
+
+
+def _visible(manager: Manager, session: Session) -> list[Domain]:
+    return sorted(manager.visible(caller(session)), key=lambda d: d.name)
+
+
+def _done(request: Request, result: dict[str, Any] | None, back: str) -> Response:
+    if wants_json(request):
+        return JSONResponse({"vm": result})
+    return RedirectResponse(back, status_code=303)
+
+
+def wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
+        "accept", ""
+    )
+
+
+def recent_events(manager: Manager, dom: Domain, keep: int = 50) -> list[dict[str, Any]]:
+    """The VM's latest events, newest first (the store pages oldest first, 1000 at a time)."""
+    found: deque[dict[str, Any]] = deque(maxlen=keep)
+    since = 0
+    while True:
+        batch = manager.store.events(since, dom.owner)
+        found.extend(asdict(e) for e in batch if e.uuid == dom.uuid)
+        if len(batch) < 1000:
+            return list(reversed(found))
+        since = batch[-1].id

@@ -1,0 +1,183 @@
+"""The web manager's WebSockets: live events, the serial console and the VNC display.
+
+Each one is opened only for a logged-in session from a page of this server (Origin
+checked: the handshake is not covered by CSRF tokens) and acts as the session's user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+
+from qumran.daemon.domain import Domain
+from qumran.daemon.manager import Manager
+from qumran.errors import InvalidState, QumranError
+from qumran.web.auth import Session
+from qumran.web.guard import Forged, auth_of, caller, session_of
+
+log = logging.getLogger(__name__)
+
+
+async def admit(websocket: WebSocket) -> Session | None:
+    """The session behind a handshake, or None after refusing it with an HTTP error."""
+    try:
+        session = session_of(websocket)
+        headers = websocket.headers
+        if not auth_of(websocket).origin_ok(headers.get("origin"), headers.get("host")):
+            raise Forged(f"refused a WebSocket from another origin ({headers.get('origin')})")
+    except QumranError as exc:
+        await deny(websocket, exc)
+        return None
+    return session
+
+
+async def deny(websocket: WebSocket, exc: QumranError) -> None:
+    body = {"error": exc.to_dict()}
+    await websocket.send_denial_response(JSONResponse(body, status_code=exc.http_status))
+
+
+def routes(manager: Manager) -> APIRouter:
+    r = APIRouter()
+
+    @r.websocket("/ws/events")
+    async def events(websocket: WebSocket) -> None:
+        session = await admit(websocket)
+        if session is not None:
+            await event_session(manager, websocket, session)
+
+    @r.websocket("/ws/vms/{name}/console")
+    async def console(websocket: WebSocket, name: str) -> None:
+        dom = await _running_vm(manager, websocket, name)
+        if dom is not None and dom.run is not None:
+            await console_session(dom, websocket)
+
+    @r.websocket("/ws/vms/{name}/vnc")
+    async def vnc(websocket: WebSocket, name: str) -> None:
+        dom = await _running_vm(manager, websocket, name)
+        if dom is not None and dom.run is not None:
+            await vnc_session(dom, websocket)
+
+    return r
+
+
+async def _running_vm(manager: Manager, websocket: WebSocket, name: str) -> Domain | None:
+    session = await admit(websocket)
+    if session is None:
+        return None
+    try:
+        dom = manager.get(caller(session), name)
+        if dom.run is None:
+            raise InvalidState(f"VM {name!r} is not running; start it first")
+    except QumranError as exc:
+        await deny(websocket, exc)
+        return None
+    return dom
+
+
+async def event_session(manager: Manager, websocket: WebSocket, session: Session) -> None:
+    everything = session.uid in (0, os.geteuid())  # as the daemon's own ownership rule
+    await websocket.accept()
+    queue = manager.events.subscribe()
+
+    async def push() -> None:
+        while True:
+            event = await queue.get()
+            if everything or event.owner == session.uid:
+                await websocket.send_text(json.dumps(asdict(event)))
+
+    try:
+        await _both(websocket, push, lambda: _drain(websocket))
+    finally:
+        manager.events.unsubscribe(queue)
+
+
+async def console_session(dom: Domain, websocket: WebSocket) -> None:
+    """One more viewer of the console stream `qumran console` reads (ConsoleBroker)."""
+    assert dom.run is not None
+    broker = dom.run.console
+    await websocket.accept()
+    history, queue = broker.subscribe()
+
+    async def to_browser() -> None:
+        if history:
+            await websocket.send_bytes(history)
+        while (chunk := await queue.get()) is not None:
+            await websocket.send_bytes(chunk)
+        await websocket.close(code=1000, reason="the VM stopped")
+
+    async def from_browser() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes") or (message.get("text") or "").encode()
+            await broker.write(data)
+
+    try:
+        await _both(websocket, to_browser, from_browser)
+    finally:
+        broker.unsubscribe(queue)
+
+
+async def vnc_session(dom: Domain, websocket: WebSocket) -> None:
+    """Relay RFB bytes between noVNC and the hypervisor's VNC UNIX socket."""
+    assert dom.run is not None
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(dom.run.paths.vnc))
+    except OSError as exc:
+        await deny(websocket, InvalidState(f"VM {dom.name!r} has no display to connect to: {exc}"))
+        return
+    protocols = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol="binary" if "binary" in protocols else None)
+
+    async def to_browser() -> None:
+        while chunk := await reader.read(65536):
+            await websocket.send_bytes(chunk)
+        await websocket.close(code=1000, reason="the display closed")
+
+    async def from_browser() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            writer.write(message.get("bytes") or b"")
+            await writer.drain()
+
+    try:
+        await _both(websocket, to_browser, from_browser)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _drain(websocket: WebSocket) -> None:
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def _both(
+    websocket: WebSocket, a: Callable[[], Awaitable[None]], b: Callable[[], Awaitable[None]]
+) -> None:
+    """Run two pumps until either ends (or the peer goes away), stop the other, close."""
+    tasks = {asyncio.ensure_future(a()), asyncio.ensure_future(b())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, Exception) and not isinstance(
+                result, WebSocketDisconnect | RuntimeError | OSError
+            ):
+                log.debug("web socket ended: %r", result)
+        with contextlib.suppress(RuntimeError, OSError):
+            await websocket.close()
