@@ -32,6 +32,7 @@ KVM_CREATE_IRQCHIP = io(KVMIO, 0x60)
 KVM_IRQ_LINE = iow(KVMIO, 0x61, s.kvm_irq_level)
 KVM_GET_IRQCHIP = iowr(KVMIO, 0x62, s.kvm_irqchip)
 KVM_SET_IRQCHIP = ior(KVMIO, 0x63, s.kvm_irqchip)  # sic: the header declares it _IOR
+KVM_SET_GSI_ROUTING = iow(KVMIO, 0x6A, s.kvm_irq_routing)
 KVM_IRQFD = iow(KVMIO, 0x76, s.kvm_irqfd)
 KVM_CREATE_PIT2 = iow(KVMIO, 0x77, s.kvm_pit_config)
 KVM_IOEVENTFD = iow(KVMIO, 0x79, s.kvm_ioeventfd)
@@ -39,6 +40,7 @@ KVM_SET_CLOCK = iow(KVMIO, 0x7B, s.kvm_clock_data)
 KVM_GET_CLOCK = ior(KVMIO, 0x7C, s.kvm_clock_data)
 KVM_GET_PIT2 = ior(KVMIO, 0x9F, s.kvm_pit_state2)
 KVM_SET_PIT2 = iow(KVMIO, 0xA0, s.kvm_pit_state2)
+KVM_SIGNAL_MSI = iow(KVMIO, 0xA5, s.kvm_msi)
 
 # vCPU ioctls
 KVM_RUN = io(KVMIO, 0x80)
@@ -61,6 +63,19 @@ KVM_EXIT_IO_OUT = 1
 
 KVM_PIT_SPEAKER_DUMMY = 1
 KVM_MEM_READONLY = 1 << 1
+
+# struct kvm_irqfd flags
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+# struct kvm_ioeventfd flags (enum kvm_ioeventfd_flag_nr_*)
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+# struct kvm_irq_routing_entry types and irqchip ids
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
 
 
 class ExitReason(enum.IntEnum):
@@ -116,12 +131,14 @@ class Cap(enum.IntEnum):
     SET_TSS_ADDR = 4
     EXT_CPUID = 7
     NR_VCPUS = 9
+    IRQ_ROUTING = 25
     IRQFD = 32
     PIT2 = 33
     PIT_STATE2 = 35
     IOEVENTFD = 36
     MAX_VCPUS = 66
     TSC_DEADLINE_TIMER = 72
+    SIGNAL_MSI = 77
     IMMEDIATE_EXIT = 136
 
 

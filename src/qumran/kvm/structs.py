@@ -228,6 +228,64 @@ class kvm_ioeventfd(ctypes.Structure):
     ]
 
 
+class kvm_irq_routing_irqchip(ctypes.Structure):
+    """linux/kvm.h: a GSI routed to a pin of the PIC or IOAPIC."""
+
+    _fields_ = [("irqchip", c_uint32), ("pin", c_uint32)]
+
+
+class kvm_irq_routing_msi(ctypes.Structure):
+    """linux/kvm.h: a GSI that sends an MSI (``devid`` only with KVM_MSI_VALID_DEVID)."""
+
+    _fields_ = [
+        ("address_lo", c_uint32),
+        ("address_hi", c_uint32),
+        ("data", c_uint32),
+        ("devid", c_uint32),
+    ]
+
+
+class kvm_irq_routing_u(ctypes.Union):
+    """The union of struct kvm_irq_routing_entry, padded by the kernel to 8 u32."""
+
+    _fields_ = [
+        ("irqchip", kvm_irq_routing_irqchip),
+        ("msi", kvm_irq_routing_msi),
+        ("pad", c_uint32 * 8),
+    ]
+
+
+class kvm_irq_routing_entry(ctypes.Structure):
+    """linux/kvm.h: one GSI route (KVM_SET_GSI_ROUTING)."""
+
+    _fields_ = [
+        ("gsi", c_uint32),
+        ("type", c_uint32),
+        ("flags", c_uint32),
+        ("pad", c_uint32),
+        ("u", kvm_irq_routing_u),
+    ]
+
+
+class kvm_irq_routing(ctypes.Structure):
+    """linux/kvm.h: header of a routing table; the entries follow (flexible array)."""
+
+    _fields_ = [("nr", c_uint32), ("flags", c_uint32)]
+
+
+class kvm_msi(ctypes.Structure):
+    """linux/kvm.h: KVM_SIGNAL_MSI argument."""
+
+    _fields_ = [
+        ("address_lo", c_uint32),
+        ("address_hi", c_uint32),
+        ("data", c_uint32),
+        ("flags", c_uint32),
+        ("devid", c_uint32),
+        ("pad", c_uint8 * 12),
+    ]
+
+
 class kvm_irq_level(ctypes.Structure):
     """linux/kvm.h: KVM_IRQ_LINE argument (``irq`` shares its slot with ``status``)."""
 
@@ -364,6 +422,16 @@ def msr_list_type(nmsrs: int) -> type[ctypes.Structure]:
     return type(f"kvm_msr_list_{nmsrs}", (ctypes.Structure,), {"_fields_": fields})
 
 
+def irq_routing_type(nr: int) -> type[ctypes.Structure]:
+    """``struct kvm_irq_routing`` followed by ``nr`` entries, as one ctypes type."""
+    fields: list[tuple[str, Any]] = [
+        ("nr", c_uint32),
+        ("flags", c_uint32),
+        ("entries", kvm_irq_routing_entry * nr),
+    ]
+    return type(f"kvm_irq_routing_{nr}", (ctypes.Structure,), {"_fields_": fields})
+
+
 # Sizes from the kernel headers (x86-64); a mismatch is a bug in this module.
 KERNEL_SIZES: dict[type[ctypes.Structure], int] = {
     kvm_regs: 144,
@@ -383,6 +451,9 @@ KERNEL_SIZES: dict[type[ctypes.Structure], int] = {
     kvm_userspace_memory_region: 32,
     kvm_irqfd: 32,
     kvm_ioeventfd: 64,
+    kvm_irq_routing_entry: 48,
+    kvm_irq_routing: 8,
+    kvm_msi: 32,
     kvm_irq_level: 8,
     kvm_mp_state: 4,
     kvm_clock_data: 48,

@@ -139,6 +139,19 @@ class Vm(_Fd):
         arg = s.kvm_ioeventfd(addr=addr, len=length, fd=eventfd, flags=flags)
         self._ioctl("KVM_IOEVENTFD", k.KVM_IOEVENTFD, arg)
 
+    def set_gsi_routing(self, entries: list[s.kvm_irq_routing_entry]) -> None:
+        """KVM_SET_GSI_ROUTING: replaces the whole table, default irqchip routes included."""
+        table = s.irq_routing_type(len(entries))()
+        table.nr = len(entries)
+        for i, entry in enumerate(entries):
+            table.entries[i] = entry
+        self._ioctl("KVM_SET_GSI_ROUTING", k.KVM_SET_GSI_ROUTING, table)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """KVM_SIGNAL_MSI: >0 delivered, 0 blocked by the guest."""
+        msi = s.kvm_msi(address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data)
+        return self._ioctl("KVM_SIGNAL_MSI", k.KVM_SIGNAL_MSI, msi)
+
     def get_irqchip(self, chip_id: int) -> s.kvm_irqchip:
         chip = s.kvm_irqchip(chip_id=chip_id)
         self._ioctl("KVM_GET_IRQCHIP", k.KVM_GET_IRQCHIP, chip)
