@@ -34,7 +34,7 @@ HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),  # login URLs carry a token
+    (b"referrer-policy", b"same-origin"),  # login URLs carry a token: never to others
     (b"cache-control", b"no-store"),
 ]
 

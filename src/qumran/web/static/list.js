@@ -40,6 +40,12 @@
 
   qumran.onEvent((event) => {
     if (event.event === "defined" || event.event === "undefined") window.location.reload();
+    const row = document.querySelector(`tr[data-vm="${CSS.escape(event.vm)}"]`);
+    if (row && event.state === "shutoff") {
+      row.querySelector("canvas.spark").dataset.cpu = "[]";
+      row.querySelector('[data-field="cpu"]').textContent = "";
+      drawAll();
+    }
   });
   drawAll();
   setInterval(refresh, 2000);
