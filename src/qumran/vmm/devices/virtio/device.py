@@ -1,0 +1,113 @@
+"""The interface between a virtio device and its transport (virtio 1.2, 2 "Basic Facilities
+of a Virtio Device").
+
+A device knows its id, its feature bits, its configuration space and what to do with the
+buffers on its queues. It knows nothing of PCI: the transport (``devices/pci/virtio_pci.py``)
+owns status, feature negotiation, queue registers and interrupts, and hands the device a
+:class:`DeviceContext` when the driver sets DRIVER_OK.
+
+Threads: ``notify`` runs on the device I/O loop (``ioloop.py``); ``read_config`` and
+``write_config`` run on vCPU threads. The transport serialises both with its own lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qumran.vmm.devices.virtio.ioloop import IoLoop
+from qumran.vmm.devices.virtio.queue import GuestRam, QueueError, SplitQueue
+
+log = logging.getLogger(__name__)
+
+# 6 "Reserved Feature Bits"
+VIRTIO_F_VERSION_1 = 1 << 32
+
+
+class DeviceId:
+    """5 "Device Types"."""
+
+    NET = 1
+    BLOCK = 2
+    CONSOLE = 3
+    ENTROPY = 4
+
+
+@dataclass
+class DeviceContext:
+    """What an active device works with, valid until the next reset."""
+
+    ram: GuestRam
+    queues: list[SplitQueue]
+    features: int  # the negotiated set
+    loop: IoLoop
+    used: Callable[[int], None]  # "used buffer notification" for a queue (2.3)
+    broken: Callable[[str], None]  # set DEVICE_NEEDS_RESET and tell the driver
+
+
+class VirtioDevice(ABC):
+    """Base class of every virtio device."""
+
+    device_id: int
+    name: str = "virtio"
+
+    def __init__(self, queue_sizes: tuple[int, ...], features: int, config: bytes) -> None:
+        self.queue_sizes = queue_sizes
+        self.device_features = features | VIRTIO_F_VERSION_1
+        self.config = bytearray(config)
+        self.ctx: DeviceContext | None = None
+
+    # --- configuration space (vCPU threads, under the transport lock) --------------------
+
+    def read_config(self, offset: int, size: int) -> int:
+        if offset < 0 or offset + size > len(self.config):
+            return 0
+        return int.from_bytes(self.config[offset : offset + size], "little")
+
+    def write_config(self, offset: int, size: int, value: int) -> None:  # noqa: B027
+        """Most configuration fields are read-only for the driver; devices override."""
+
+    # --- life cycle (transport) -----------------------------------------------------------
+
+    def activate(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+        self.activated(ctx)
+
+    def activated(self, ctx: DeviceContext) -> None:  # noqa: B027
+        """Hook: the driver set DRIVER_OK (e.g. start reading a TAP device)."""
+
+    def reset(self) -> None:
+        """The driver reset the device (or the VM stops): forget the queues."""
+        self.ctx = None
+
+    def kick(self, index: int) -> None:
+        """The driver notified queue ``index`` (I/O loop thread)."""
+        ctx = self.ctx
+        if ctx is None or index >= len(ctx.queues) or not ctx.queues[index].ready:
+            return
+        try:
+            self.process(ctx, index)
+        except QueueError as exc:
+            self.fail(str(exc))
+
+    def fail(self, why: str) -> None:
+        """The guest broke the device: stop touching its queues and ask for a reset."""
+        ctx, self.ctx = self.ctx, None
+        log.warning("%s: %s; device needs reset", self.name, why)
+        if ctx is not None:
+            ctx.broken(why)
+
+    @abstractmethod
+    def process(self, ctx: DeviceContext, index: int) -> None:
+        """Handle every chain available on queue ``index``; QueueError for a broken ring."""
+
+    def status(self) -> dict[str, object]:
+        """What the control socket's status shows for this device."""
+        return {"type": self.name}
+
+
+def pack_config(fmt: str, *values: int) -> bytes:
+    return struct.pack("<" + fmt, *values)

@@ -1,0 +1,186 @@
+"""Split virtqueues (virtio 1.2, 2.7 "Split Virtqueues"), independent of devices and transports.
+
+A queue is three areas in guest memory that the driver tells the device about: the
+descriptor table (2.7.5), the driver ("available") ring (2.7.6) and the device ("used")
+ring (2.7.8). The device pops descriptor chains from the available ring and pushes their
+heads, with the number of bytes it wrote, onto the used ring.
+
+Everything in these areas is written by the guest, so nothing is trusted: every address
+goes through :meth:`GuestRam.view`, which refuses any range that is not RAM, and every
+index, chain length and direction is checked. A broken ring raises :class:`QueueError`;
+the device then sets DEVICE_NEEDS_RESET (2.1.1) and stops touching the queue.
+
+Ordering: x86 keeps loads in order and stores in order, so reading ``avail.idx`` before the
+ring entries and writing the used element before ``used.idx`` needs no explicit barrier
+from Python (each access is a separate copy through the interpreter anyway).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qumran.vmm.errors import VmmError
+
+MAX_QUEUE_SIZE = 32768  # 2.7: Queue Size ... the maximum is 32768
+
+# 2.7.5 struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next.
+DESC = struct.Struct("<QIHH")
+DESC_F_NEXT = 1
+DESC_F_WRITE = 2
+DESC_F_INDIRECT = 4
+# 2.7.6 struct virtq_avail: le16 flags, le16 idx, le16 ring[size], le16 used_event.
+AVAIL_F_NO_INTERRUPT = 1
+# 2.7.8 struct virtq_used: le16 flags, le16 idx, {le32 id, le32 len} ring[size], le16 avail_event.
+USED_ELEM = struct.Struct("<II")
+U16 = struct.Struct("<H")
+
+
+class QueueError(Exception):
+    """The driver broke the queue; the device must report DEVICE_NEEDS_RESET."""
+
+
+class GuestRam(Protocol):
+    """Bounds-checked access to guest RAM.
+
+    ``view`` returns a writable memoryview of ``length`` bytes at guest-physical ``gpa``
+    and raises (ValueError or VmmError) for any range that is not entirely RAM.
+    """
+
+    def view(self, gpa: int, length: int) -> memoryview: ...
+
+
+def ring_sizes(size: int) -> tuple[int, int, int]:
+    """Bytes of the descriptor table, available ring and used ring for ``size`` entries."""
+    return 16 * size, 6 + 2 * size, 6 + 8 * size
+
+
+@dataclass
+class DescChain:
+    """One request: the head index, then its buffers split by direction (2.7.4.2)."""
+
+    head: int
+    readable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] = field(default_factory=list)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(len(b) for b in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(len(b) for b in self.writable)
+
+    def read_all(self) -> bytes:
+        """The device-readable bytes, concatenated (for small headers and control data)."""
+        return b"".join(bytes(b) for b in self.readable)
+
+
+def _view(ram: GuestRam, gpa: int, length: int, what: str) -> memoryview:
+    if length == 0:
+        return memoryview(b"")
+    try:
+        return ram.view(gpa, length)
+    except (ValueError, VmmError) as exc:
+        raise QueueError(f"{what} at {gpa:#x}+{length:#x} is not guest RAM") from exc
+
+
+class SplitQueue:
+    """One split virtqueue: the driver-set registers plus the device's ring positions."""
+
+    def __init__(self, max_size: int) -> None:
+        if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
+            raise ValueError(f"queue size {max_size} is not a power of two <= {MAX_QUEUE_SIZE}")
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state after a device reset (4.1.4.3: queue_size reads the maximum)."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self.last_avail = 0
+        self.next_used = 0
+        self._desc: memoryview | None = None
+        self._avail: memoryview | None = None
+        self._used: memoryview | None = None
+
+    def activate(self, ram: GuestRam) -> None:
+        """Map the three areas the driver set; QueueError if they are not valid RAM."""
+        size = self.size
+        if not 0 < size <= self.max_size or size & (size - 1):
+            raise QueueError(f"queue size {size} is not a power of two <= {self.max_size}")
+        if self.desc_addr % 16 or self.avail_addr % 2 or self.used_addr % 4:
+            raise QueueError("virtqueue areas are misaligned (2.7: 16, 2 and 4 bytes)")
+        desc_len, avail_len, used_len = ring_sizes(size)
+        self._desc = _view(ram, self.desc_addr, desc_len, "descriptor table")
+        self._avail = _view(ram, self.avail_addr, avail_len, "driver ring")
+        self._used = _view(ram, self.used_addr, used_len, "device ring")
+        self.last_avail = U16.unpack_from(self._avail, 2)[0]
+        self.next_used = U16.unpack_from(self._used, 2)[0]
+        self.ready = True
+
+    def release(self) -> None:
+        """Drop the views into guest memory (before the memory is unmapped)."""
+        self._desc = self._avail = self._used = None
+        self.ready = False
+
+    # --- device side --------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Chains the driver has made available that the device has not taken yet."""
+        if self._avail is None:
+            return 0
+        count: int = (U16.unpack_from(self._avail, 2)[0] - self.last_avail) & 0xFFFF
+        if count > self.size:
+            raise QueueError(f"driver ring index moved {count} entries on a queue of {self.size}")
+        return count
+
+    def pop(self, ram: GuestRam) -> DescChain | None:
+        """The next available chain, or None; QueueError if the ring is broken."""
+        if not self.pending():
+            return None
+        assert self._avail is not None
+        slot = self.last_avail % self.size
+        head = U16.unpack_from(self._avail, 4 + 2 * slot)[0]
+        chain = self._walk(ram, head)
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return chain
+
+    def _walk(self, ram: GuestRam, head: int) -> DescChain:
+        """Follow ``next`` links from ``head`` (2.7.5), at most ``size`` descriptors."""
+        assert self._desc is not None
+        chain = DescChain(head)
+        index = head
+        for _ in range(self.size):
+            if index >= self.size:
+                raise QueueError(f"descriptor index {index} outside a queue of {self.size}")
+            addr, length, flags, nxt = DESC.unpack_from(self._desc, 16 * index)
+            if flags & DESC_F_INDIRECT:
+                raise QueueError("indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not offered")
+            buf = _view(ram, addr, length, f"buffer of descriptor {index}")
+            if flags & DESC_F_WRITE:
+                chain.writable.append(buf)
+            elif chain.writable:
+                raise QueueError("device-readable descriptor after a device-writable one")
+            else:
+                chain.readable.append(buf)
+            if not flags & DESC_F_NEXT:
+                return chain
+            index = nxt
+        raise QueueError(f"descriptor chain from {head} is longer than the queue (a loop?)")
+
+    def push(self, head: int, written: int) -> None:
+        """Return chain ``head`` to the driver with ``written`` bytes written (2.7.8)."""
+        assert self._used is not None
+        slot = self.next_used % self.size
+        USED_ELEM.pack_into(self._used, 4 + 8 * slot, head, written)
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        U16.pack_into(self._used, 2, self.next_used)
+
+    def wants_interrupt(self) -> bool:
+        """False if the driver asked for no interrupts (2.7.7, without VIRTIO_F_EVENT_IDX)."""
+        if self._avail is None:
+            return False
+        return not U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT

@@ -1,0 +1,177 @@
+"""Split virtqueues on plain memory: the normal path and hostile rings."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from virtio_rings import PlainRam, RingBuilder
+
+from qumran.vmm.devices.virtio.queue import (
+    DESC_F_INDIRECT,
+    DESC_F_NEXT,
+    DESC_F_WRITE,
+    QueueError,
+    SplitQueue,
+)
+
+
+@pytest.fixture
+def ring() -> RingBuilder:
+    return RingBuilder(PlainRam())
+
+
+def test_pop_gives_buffers_by_direction_and_push_fills_the_used_ring(ring: RingBuilder) -> None:
+    q = ring.queue()
+    head = ring.add_chain([b"header", b"payload"], [16, 1])
+    chain = q.pop(ring.ram)
+    assert chain is not None and chain.head == head
+    assert [bytes(b) for b in chain.readable] == [b"header", b"payload"]
+    assert [len(b) for b in chain.writable] == [16, 1]
+    chain.writable[0][:5] = b"hello"  # the view writes straight into guest memory
+    q.push(chain.head, 5)
+    assert ring.used() == [(head, 5)]
+    assert q.pop(ring.ram) is None
+
+
+def test_indices_wrap_around_16_bits(ring: RingBuilder) -> None:
+    q = ring.queue()
+    for _ in range(70000 // 8):  # each round fills and drains the whole ring
+        for _ in range(8):
+            ring.add_chain([b"x"])
+        while (c := q.pop(ring.ram)) is not None:
+            q.push(c.head, 0)
+    assert q.last_avail == ring.avail_idx
+
+
+def test_no_interrupt_flag(ring: RingBuilder) -> None:
+    q = ring.queue()
+    assert q.wants_interrupt()
+    struct.pack_into("<H", ring.ram.data, ring.AVAIL, 1)
+    assert not q.wants_interrupt()
+
+
+@pytest.mark.parametrize("size", [0, 3, 16])
+def test_bad_queue_size_is_refused_at_activation(ring: RingBuilder, size: int) -> None:
+    q = SplitQueue(8)
+    q.size, q.desc_addr, q.avail_addr, q.used_addr = size, ring.DESC, ring.AVAIL, ring.USED
+    with pytest.raises(QueueError):
+        q.activate(ring.ram)
+
+
+@pytest.mark.parametrize("area", ["desc_addr", "avail_addr", "used_addr"])
+def test_rings_outside_guest_memory(ring: RingBuilder, area: str) -> None:
+    q = SplitQueue(8)
+    q.desc_addr, q.avail_addr, q.used_addr = ring.DESC, ring.AVAIL, ring.USED
+    setattr(q, area, len(ring.ram.data) - 16)  # starts inside, ends outside
+    with pytest.raises(QueueError, match="not guest RAM"):
+        q.activate(ring.ram)
+    setattr(q, area, 1 << 62)
+    with pytest.raises(QueueError):
+        q.activate(ring.ram)
+
+
+def test_misaligned_rings(ring: RingBuilder) -> None:
+    q = SplitQueue(8)
+    q.desc_addr, q.avail_addr, q.used_addr = ring.DESC + 8, ring.AVAIL, ring.USED
+    with pytest.raises(QueueError, match="misaligned"):
+        q.activate(ring.ram)
+
+
+@pytest.mark.parametrize("addr", [1 << 20, (1 << 20) - 4, 1 << 63, 0xFFFF_FFFF_FFFF_FFF0])
+def test_buffer_outside_guest_memory(ring: RingBuilder, addr: int) -> None:
+    q = ring.queue()
+    ring.set_desc(0, addr, 64, 0)
+    ring.publish(0)
+    with pytest.raises(QueueError, match="not guest RAM"):
+        q.pop(ring.ram)
+
+
+def test_descriptor_loop(ring: RingBuilder) -> None:
+    q = ring.queue()
+    a, n = ring.buffer(8)
+    ring.set_desc(0, a, n, DESC_F_NEXT, 1)
+    ring.set_desc(1, a, n, DESC_F_NEXT, 0)
+    ring.publish(0)
+    with pytest.raises(QueueError, match="longer than the queue"):
+        q.pop(ring.ram)
+
+
+def test_self_loop_and_chain_longer_than_the_queue(ring: RingBuilder) -> None:
+    q = ring.queue()
+    a, n = ring.buffer(8)
+    ring.set_desc(3, a, n, DESC_F_NEXT, 3)
+    ring.publish(3)
+    with pytest.raises(QueueError):
+        q.pop(ring.ram)
+
+
+def test_next_index_outside_the_table(ring: RingBuilder) -> None:
+    q = ring.queue()
+    a, n = ring.buffer(8)
+    ring.set_desc(0, a, n, DESC_F_NEXT, 9)
+    ring.publish(0)
+    with pytest.raises(QueueError, match="outside a queue"):
+        q.pop(ring.ram)
+
+
+def test_head_outside_the_table(ring: RingBuilder) -> None:
+    q = ring.queue()
+    ring.publish(200)
+    with pytest.raises(QueueError, match="outside a queue"):
+        q.pop(ring.ram)
+
+
+def test_readable_after_writable_is_refused(ring: RingBuilder) -> None:
+    q = ring.queue()
+    a, n = ring.buffer(8)
+    ring.set_desc(0, a, n, DESC_F_WRITE | DESC_F_NEXT, 1)
+    ring.set_desc(1, a, n, 0)
+    ring.publish(0)
+    with pytest.raises(QueueError, match="readable descriptor after"):
+        q.pop(ring.ram)
+
+
+def test_indirect_descriptor_not_negotiated(ring: RingBuilder) -> None:
+    q = ring.queue()
+    a, _ = ring.buffer(32)
+    ring.set_desc(0, a, 32, DESC_F_INDIRECT)
+    ring.publish(0)
+    with pytest.raises(QueueError, match="indirect"):
+        q.pop(ring.ram)
+
+
+def test_avail_index_jumping_past_the_queue_size(ring: RingBuilder) -> None:
+    q = ring.queue()
+    ring.set_avail_idx(9)
+    with pytest.raises(QueueError, match="moved 9 entries"):
+        q.pop(ring.ram)
+
+
+def test_zero_length_buffer_anywhere_is_harmless(ring: RingBuilder) -> None:
+    q = ring.queue()
+    ring.set_desc(0, 1 << 63, 0, 0)
+    ring.publish(0)
+    chain = q.pop(ring.ram)
+    assert chain is not None and chain.readable_len == 0
+
+
+def test_random_rings_never_escape(ring: RingBuilder) -> None:
+    """Garbage in every area: only QueueError or chains whose views lie inside RAM."""
+    import random
+
+    rnd = random.Random(4)
+    for _ in range(300):
+        ram = PlainRam(1 << 16)
+        ram.data[:0x8000] = rnd.randbytes(0x8000)
+        q = SplitQueue(8)
+        q.desc_addr, q.avail_addr, q.used_addr = 0x1000, 0x3000, 0x4000
+        try:
+            q.activate(ram)
+            for _ in range(10):
+                chain = q.pop(ram)
+                if chain is None:
+                    break
+                q.push(chain.head, chain.writable_len)
+        except QueueError:
+            pass
