@@ -15,10 +15,9 @@ import json
 import logging
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
-from qumran.config.spec import KernelBoot, VmSpec
+from qumran.config.spec import VmSpec
 from qumran.drivers.base import (
     Driver,
     EventSink,
@@ -28,6 +27,7 @@ from qumran.drivers.base import (
     Owner,
     RunPaths,
 )
+from qumran.drivers.checks import check_files
 from qumran.drivers.process import ProcState, Spawned, spawn
 from qumran.drivers.startup import (
     ProcessExited,
@@ -38,7 +38,7 @@ from qumran.drivers.startup import (
     remove_stale,
     wait_for_socket,
 )
-from qumran.errors import HypervisorError, InvalidArgument, Timeout
+from qumran.errors import HypervisorError, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,7 @@ class FakeDriver(Driver):
     def check(self, spec: VmSpec) -> None:
         if not self.check_paths:
             return
-        files: list[tuple[str, Path | None]] = []
-        if isinstance(spec.boot, KernelBoot):
-            files += [("boot.kernel", spec.boot.kernel), ("boot.initrd", spec.boot.initrd)]
-        files += [(f"disks[{i}].path", disk.path) for i, disk in enumerate(spec.disks)]
-        for field, path in files:
-            if path is not None and not path.exists():
-                raise InvalidArgument(f"{field}: {path} does not exist")
+        check_files(spec)
 
     def argv(self, spec: VmSpec, paths: RunPaths) -> list[str]:
         argv = [

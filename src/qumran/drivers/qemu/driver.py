@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from pathlib import Path
 
-from qumran.config.spec import KernelBoot, VmSpec
+from qumran.config.spec import VmSpec
 from qumran.drivers.base import Driver, EventSink, HostInfo, Owner, RunPaths
+from qumran.drivers.checks import check_files
 from qumran.drivers.process import ProcState, Spawned, spawn
 from qumran.drivers.qemu.accel import AccelChoice, choose_accel, qemu_version
 from qumran.drivers.qemu.cmdline import QEMU_BINARY, Accel, build_argv, describe, escape
@@ -29,7 +28,7 @@ from qumran.drivers.startup import (
     remove_stale,
     wait_for_socket,
 )
-from qumran.errors import HypervisorError, InvalidArgument, Timeout
+from qumran.errors import HypervisorError, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +67,7 @@ class QemuDriver(Driver):
         return HostInfo(self.name, self.accel.accel, self.accel.reason, version)
 
     def check(self, spec: VmSpec) -> None:
-        files: list[tuple[str, Path]] = []
-        if isinstance(spec.boot, KernelBoot):
-            files.append(("boot.kernel", spec.boot.kernel))
-            if spec.boot.initrd is not None:
-                files.append(("boot.initrd", spec.boot.initrd))
-        files += [(f"disks[{i}].path", disk.path) for i, disk in enumerate(spec.disks)]
-        for field, path in files:
-            _check_file(field, path)
-        for i, disk in enumerate(spec.disks):
-            if not disk.readonly and not os.access(disk.path, os.W_OK):
-                raise InvalidArgument(
-                    f"disks[{i}].path: {disk.path} is not writable (set readonly: true?)"
-                )
+        check_files(spec)
 
     async def launch(
         self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
@@ -141,12 +128,3 @@ class QemuDriver(Driver):
                     f"{self.start_timeout:g} s (is another client connected to it?)"
                 ) from None
         return QemuInstance(process, paths, monitor)
-
-
-def _check_file(field: str, path: Path) -> None:
-    if not path.exists():
-        raise InvalidArgument(f"{field}: {path} does not exist")
-    if not path.is_file() and not path.is_block_device():
-        raise InvalidArgument(f"{field}: {path} is not a file")
-    if not os.access(path, os.R_OK):
-        raise InvalidArgument(f"{field}: {path} is not readable")
