@@ -187,3 +187,22 @@ def read_until(ws: ClientConnection, text: str) -> str:
         frame = ws.recv(timeout=10)
         seen += frame.decode(errors="replace") if isinstance(frame, bytes) else frame
     return seen
+
+
+def test_qumran_web_prints_a_login_url(daemon: Daemon) -> None:
+    cli = subprocess.run(
+        [QUMRAN, "web"], env=daemon.env, capture_output=True, text=True, timeout=30
+    )
+    assert cli.returncode == 0, cli.stderr
+    url = cli.stdout.strip()
+    assert f"uid {os.getuid()}" in Session(daemon, url).page
+    with httpx.Client() as c:
+        assert c.get(url).status_code == 403  # used up
+
+
+def test_qumran_web_without_the_web_manager(fake_daemon: Daemon) -> None:
+    cli = subprocess.run(
+        [QUMRAN, "web"], env=fake_daemon.env, capture_output=True, text=True, timeout=30
+    )
+    assert cli.returncode == 1
+    assert "start it with --web" in cli.stderr

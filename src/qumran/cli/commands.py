@@ -270,6 +270,27 @@ def do_image(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the web manager ---------------------------------------------------------------
+
+
+def do_web(args: argparse.Namespace) -> int:
+    from qumran.errors import NotFound
+
+    try:
+        # The token is bound to our uid, which qumrand reads from the socket (SO_PEERCRED).
+        doc = _client(args)._call("POST", "/v1/web/token")
+    except NotFound:
+        raise NotFound(
+            "qumrand does not serve the web manager: start it with --web [HOST:PORT]"
+        ) from None
+    if args.json:
+        output.print_json(doc)
+    else:
+        print(doc["url"])
+        print("Open it within 5 minutes; it logs you in once.", file=sys.stderr)
+    return 0
+
+
 COMMANDS = [
     Command("list", "list VMs (running and paused; --all for every one)", _list_args, do_list),
     Command("define", "define a VM from a YAML or TOML file", _define_args, do_define),
@@ -300,6 +321,7 @@ COMMANDS = [
     Command("host", "show the host and its hypervisor drivers", _nothing, do_host),
     Command("events", "show VM lifecycle events", _events_args, do_events),
     Command("image", "build guest images", _image_args, do_image),
+    Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
 ]
 
 NAMES = frozenset(c.name for c in COMMANDS)
