@@ -177,3 +177,28 @@ def wait_for_terminal(page: Any, text: str, timeout_ms: int) -> None:
     except Exception as exc:
         shown = terminal_text(page)[-2000:]
         raise AssertionError(f"{text!r} not in the console:\n{shown}") from exc
+
+
+def test_the_graphical_console_connects_through_the_proxy(web: Web) -> None:
+    demo = build_demo()
+    page = web.logged_in_page()
+    page.goto(f"{web.base}/vms/new")
+    page.fill("input[name=name]", "screen")
+    page.fill("input[name=kernel]", str(demo.kernel))
+    page.fill("input[name=initrd]", str(demo.initrd))
+    page.fill("input[name=cmdline]", "console=tty0 console=ttyS0 panic=-1")
+    page.check("input[name=graphics]")
+    page.click("#create button[type=submit]")
+    assert page.url == f"{web.base}/vms/screen"
+    page.locator("#vm ~ form.actions button[data-action=start]").click()
+    page.wait_for_selector("#vm[data-state=running]")
+    page.click("text=Display")
+    page.wait_for_selector("#conn.ok", timeout=20_000)
+    assert page.inner_text("#conn") == "connected"
+    page.wait_for_selector("#screen canvas")
+    page.wait_for_timeout(3000)  # let the guest draw something
+    web.shot(page, "display")
+    page.goto(f"{web.base}/")
+    page.locator('tr[data-vm="screen"] button[data-action=destroy]').click()
+    page.wait_for_selector('tr[data-vm="screen"][data-state=shutoff]')
+    page.context.close()
