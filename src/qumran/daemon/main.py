@@ -95,6 +95,24 @@ def _server_class() -> type:
     return Server
 
 
+def bind_web(address: str) -> socket.socket:
+    """Bind the web manager's TCP address (before anything else, so a busy port fails fast)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise QumranError(f"--web wants HOST:PORT, such as 127.0.0.1:8090 (got {address!r})")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise QumranError(f"cannot serve the web manager on {address}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
 def _web_server(address: str, manager: Any, app: Any) -> Any:
     """The web manager on TCP; its login tokens are issued on the UNIX API (`qumran web`)."""
     import uvicorn
@@ -103,15 +121,10 @@ def _web_server(address: str, manager: Any, app: Any) -> Any:
     from qumran.web.auth import WebAuth
     from qumran.web.server import build_web_app
 
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise QumranError(f"--web wants HOST:PORT, such as 127.0.0.1:8090 (got {address!r})")
     auth = WebAuth(f"http://{address}")
     app.include_router(token_router(auth))
     config = uvicorn.Config(
         build_web_app(manager, auth),
-        host=host.strip("[]"),
-        port=int(port),
         ws="websockets-sansio",
         lifespan="off",
         log_level="warning",
@@ -135,6 +148,7 @@ async def serve(args: argparse.Namespace) -> None:
     run.mkdir(parents=True, exist_ok=True, mode=0o755)
     store = Store(state / "qumran.db")
     manager = Manager(store, make_drivers(args.driver), run)
+    web_sock = bind_web(args.web) if args.web else None
     sock = bind_socket(socket_path)
     await manager.restore()
     app = build_app(manager)
@@ -165,7 +179,7 @@ async def serve(args: argparse.Namespace) -> None:
         else:
             async with asyncio.TaskGroup() as group:
                 group.create_task(server.serve(sockets=[sock]))
-                group.create_task(web.serve())
+                group.create_task(web.serve(sockets=[web_sock]))
     finally:
         await manager.close()
         store.close()
