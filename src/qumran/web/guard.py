@@ -33,10 +33,7 @@ def auth_of(conn: Request | WebSocket) -> WebAuth:
 def session_of(conn: Request | WebSocket) -> Session:
     session = auth_of(conn).session(conn.cookies.get(COOKIE))
     if session is None:
-        raise LoginRequired(
-            "you are not logged in (or your session expired): run `qumran web` "
-            "and open the URL it prints"
-        )
+        raise LoginRequired("You are not logged in, or your session ended.")
     return session
 
 

@@ -51,9 +51,10 @@ def routes(manager: Manager) -> APIRouter:
         if redeemed is None:
             message = (
                 "This login link is not valid: it was already used, it expired (links last "
-                "5 minutes), or it is mistyped. Run `qumran web` for a new one."
-                if token else "Log in with the URL `qumran web` prints."
-            )  # fmt: skip
+                "5 minutes), or it is mistyped."
+                if token
+                else "You are not logged in."
+            )
             return page(request, "login.html", None, 403 if token else 401, message=message)
         sid, _ = redeemed
         response = RedirectResponse("/", status_code=303)
