@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 want_tests=0
 [ "${1:-}" = "--test" ] && want_tests=1
 
-packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static procps)
+packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static procps nodejs)
+# The web manager's front-end libraries come from npm; NodeSource's nodejs brings its own npm.
+command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then
-    packages+=(acpica-tools hyperfine passwd util-linux)
+    packages+=(acpica-tools hyperfine passwd util-linux chromium)
 fi
 
 missing=()
@@ -32,3 +34,6 @@ fi
 extras=""
 [ "$want_tests" = 1 ] && extras="[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+
+# The web manager's xterm.js, noVNC and uPlot, copied from npm into the package (no CDN).
+web/build.sh --if-needed
