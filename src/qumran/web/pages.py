@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
@@ -131,7 +132,12 @@ def routes(manager: Manager) -> APIRouter:
 
 
 def _visible(manager: Manager, session: Session) -> list[Domain]:
-    return sorted(manager.visible(caller(session)), key=lambda d: d.name)
+    return sorted(manager.visible(caller(session)), key=lambda d: _natural(d.name))
+
+
+def _natural(name: str) -> list[tuple[int, int | str]]:
+    """vm2 before vm10: digit runs compare as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
 
 
 def _done(request: Request, result: dict[str, Any] | None, back: str) -> Response:

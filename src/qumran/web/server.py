@@ -35,8 +35,11 @@ HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),  # login URLs carry a token: never to others
-    (b"cache-control", b"no-store"),
 ]
+# Pages show live state and carry a CSRF token: never cached. Static files are
+# revalidated (ETag), so a rebuilt web/ asset is picked up at once but costs a 304 only.
+NO_STORE = (b"cache-control", b"no-store")
+REVALIDATE = (b"cache-control", b"no-cache")
 
 
 def build_web_app(manager: Manager, auth: WebAuth) -> ASGIApp:
@@ -79,9 +82,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        cache = REVALIDATE if scope["path"].startswith("/static/") else NO_STORE
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *HEADERS]}
+                headers = [*message.get("headers", []), *HEADERS, cache]
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
