@@ -30,3 +30,16 @@ RTC_CENTURY_INDEX = 0x32
 # Interrupt controllers (MADT).
 LOCAL_APIC_ADDR = 0xFEE0_0000
 IOAPIC_ADDR = 0xFEC0_0000
+
+# PCI (see qumran.vmm.devices.pci and the root bridge in acpi/pci.py): the 32-bit memory
+# window for BARs, below the IOAPIC; device BARs are assigned from its start.
+PCI_MMIO_BASE = 0xC000_0000
+PCI_MMIO_END = 0xFEBF_FFFF  # inclusive; the IOAPIC page follows
+# INTx fallback: slot S, pin INTA -> IOAPIC pin 16 + S % 8 (level, as _PRT entries are).
+PCI_INTX_GSI_BASE = 16
+PCI_INTX_GSIS = 8
+PCI_SLOTS = 32
+
+
+def pci_intx_gsi(slot: int) -> int:
+    return PCI_INTX_GSI_BASE + slot % PCI_INTX_GSIS

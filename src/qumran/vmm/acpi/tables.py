@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from qumran.vmm.acpi import aml
+from qumran.vmm.acpi import aml, pci
 from qumran.vmm.acpi.constants import (
     COM1_IRQ,
     IOAPIC_ADDR,
@@ -231,7 +231,8 @@ def build_madt(num_cpus: int) -> bytes:
 
 
 def build_dsdt() -> bytes:
-    """DSDT (5.2.11.1): the \\_S5 sleep package, COM1, and the PM block's ports reserved."""
+    """DSDT (5.2.11.1): the \\_S5 sleep package, the PCI root bridge, COM1, and the PM block's
+    ports reserved."""
     com1 = aml.device(
         "COM1",
         aml.name("_HID", aml.integer(aml.eisa_id("PNP0501"))),  # 16550A-compatible COM port
@@ -251,7 +252,7 @@ def build_dsdt() -> bytes:
             aml.integer(SLP_TYP_S5), aml.integer(SLP_TYP_S5), aml.integer(0), aml.integer(0)
         ),
     )
-    return table(b"DSDT", DSDT_REVISION, s5 + aml.scope("_SB", com1, pm))
+    return table(b"DSDT", DSDT_REVISION, s5 + aml.scope("_SB", pci.root_bridge(), com1, pm))
 
 
 def build_facs() -> bytes:

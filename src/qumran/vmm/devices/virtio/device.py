@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class DeviceContext:
     loop: IoLoop
     used: Callable[[int], None]  # "used buffer notification" for a queue (2.3)
     broken: Callable[[str], None]  # set DEVICE_NEEDS_RESET and tell the driver
+    lock: threading.RLock  # the transport's: hold it in callbacks of your own
 
 
 class VirtioDevice(ABC):
@@ -103,6 +105,9 @@ class VirtioDevice(ABC):
     @abstractmethod
     def process(self, ctx: DeviceContext, index: int) -> None:
         """Handle every chain available on queue ``index``; QueueError for a broken ring."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release what the device itself opened (not the backend it was given)."""
 
     def status(self) -> dict[str, object]:
         """What the control socket's status shows for this device."""

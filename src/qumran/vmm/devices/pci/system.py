@@ -1,0 +1,68 @@
+"""PCI for one boot: the host on 0xCF8, one virtio-pci function per device, the device I/O
+loop and the KVM plumbing (irqfd/GSI routes for MSI-X, ioeventfd doorbells, INTx lines)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from qumran.kvm import Vm
+from qumran.vmm.acpi.constants import PCI_MMIO_BASE, PCI_MMIO_END, pci_intx_gsi
+from qumran.vmm.devices.bus import PioBus
+from qumran.vmm.devices.irq import IrqLine
+from qumran.vmm.devices.pci.host import PCI_CONFIG_BASE, PCI_CONFIG_PORTS, PciHost
+from qumran.vmm.devices.pci.kvm_routes import KvmDoorbells, KvmMsiRouter
+from qumran.vmm.devices.pci.virtio_pci import BAR_SIZE, VirtioPciDevice
+from qumran.vmm.devices.virtio.device import VirtioDevice
+from qumran.vmm.devices.virtio.ioloop import IoLoop
+from qumran.vmm.devices.virtio.queue import GuestRam
+
+log = logging.getLogger(__name__)
+
+
+class PciSystem:
+    def __init__(self, host: PciHost, loop: IoLoop, router: KvmMsiRouter) -> None:
+        self.host, self.loop, self._router = host, loop, router
+        self.functions: list[VirtioPciDevice] = []
+
+    def mmio_read(self, addr: int, length: int) -> bytes:
+        return self.host.mmio_read(addr, length)
+
+    def mmio_write(self, addr: int, data: bytes) -> None:
+        self.host.mmio_write(addr, data)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [f.device.status() for f in self.functions]
+
+    def stop(self) -> None:
+        """Stop the I/O loop and drop every view into guest memory."""
+        self.loop.stop()
+        for f in self.functions:
+            f.close()
+            f.device.close()
+        self._router.close()
+
+
+def attach_pci(
+    vm: Vm, ram: GuestRam, bus: PioBus, devices: list[VirtioDevice],
+    irq_line: Callable[[int], IrqLine], on_reset: Callable[[], None],
+) -> PciSystem:  # fmt: skip
+    """Bus 0 with a host bridge and ``devices`` in slots 1.., BARs from PCI_MMIO_BASE."""
+    host = PciHost(on_reset)
+    bus.register(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, host)
+    loop = IoLoop()
+    system = PciSystem(host, loop, KvmMsiRouter(vm))
+    doorbells = KvmDoorbells(vm)
+    for slot, device in enumerate(devices, start=1):
+        bar = PCI_MMIO_BASE + slot * BAR_SIZE
+        assert bar + BAR_SIZE - 1 <= PCI_MMIO_END
+        msi = system._router.vectors(len(device.queue_sizes) + 1)
+        function = VirtioPciDevice(
+            device, bar, ram, loop, msi, irq_line(pci_intx_gsi(slot)), doorbells
+        )
+        if host.add(function) != slot:
+            raise AssertionError("PCI slots are handed out in order")
+        system.functions.append(function)
+    loop.start()
+    return system

@@ -1,0 +1,120 @@
+"""From command-line device specs to open host resources, and per boot to virtio devices.
+
+Everything that can fail because of the user's input (a missing image, a read-only file, a
+TAP that cannot be created, a bad MAC address) fails in :func:`open_backends`, before the
+guest starts, with one clear line. The backends outlive guest reboots; the devices are
+made fresh for every boot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qumran.vmm.devices.errors import DeviceError
+from qumran.vmm.devices.virtio.blk import DiskImage, VirtioBlock
+from qumran.vmm.devices.virtio.device import VirtioDevice
+from qumran.vmm.devices.virtio.rng import VirtioRng
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> DiskSpec:
+        """``PATH[,ro]``."""
+        path, _, opts = text.partition(",")
+        if not path:
+            raise DeviceError(f"--disk {text!r}: no image path")
+        if opts not in ("", "ro"):
+            raise DeviceError(f"--disk {text!r}: unknown option {opts!r} (only 'ro')")
+        return cls(path, opts == "ro")
+
+
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    tap: str | None = None
+    fd: int | None = None
+    mac: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> NetSpec:
+        """``tap=NAME[,mac=52:54:00:xx:xx:xx]`` or ``fd=N[,mac=..]``."""
+        opts: dict[str, str] = {}
+        for item in text.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("tap", "fd", "mac") or key in opts:
+                raise DeviceError(f"--net {text!r}: expected tap=NAME or fd=N, then mac=..")
+            opts[key] = value
+        if ("tap" in opts) == ("fd" in opts):
+            raise DeviceError(f"--net {text!r}: give exactly one of tap=NAME and fd=N")
+        mac = opts.get("mac")
+        if mac is not None:
+            if not MAC_RE.fullmatch(mac):
+                raise DeviceError(f"--net {text!r}: bad MAC address {mac!r}")
+            if int(mac[:2], 16) & 1:
+                raise DeviceError(f"--net {text!r}: {mac} is a multicast address")
+        if "fd" in opts and not opts["fd"].isdigit():
+            raise DeviceError(f"--net {text!r}: fd must be a number")
+        tap = opts.get("tap")
+        if tap is not None and not 0 < len(tap) < 16:
+            raise DeviceError(f"--net {text!r}: TAP names are 1 to 15 characters")
+        return cls(tap, int(opts["fd"]) if "fd" in opts else None, mac)
+
+
+@dataclass(frozen=True)
+class DeviceSpecs:
+    disks: tuple[DiskSpec, ...] = ()
+    nets: tuple[NetSpec, ...] = ()
+    rng: bool = False
+    console: bool = False
+
+
+@dataclass
+class Backends:
+    """Open host resources; ``make_devices`` builds this boot's virtio devices from them."""
+
+    disks: list[DiskImage] = field(default_factory=list)
+    factories: list[Callable[[], VirtioDevice]] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def make_devices(self) -> list[VirtioDevice]:
+        return [make() for make in self.factories]
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+        self.closers = []
+
+
+def open_backends(specs: DeviceSpecs) -> Backends:
+    backends = Backends()
+    try:
+        for disk in specs.disks:
+            image = DiskImage.open(disk.path, disk.readonly)
+            backends.closers.append(image.close)
+            backends.disks.append(image)
+            backends.factories.append(lambda image=image: VirtioBlock(image))  # type: ignore[misc]
+        for net in specs.nets:
+            _open_net(backends, net)
+        if specs.rng:
+            backends.factories.append(VirtioRng)
+    except BaseException:
+        backends.close()
+        raise
+    return backends
+
+
+def _open_net(backends: Backends, spec: NetSpec) -> None:
+    from qumran.vmm.devices.virtio.net import Tap, VirtioNet, parse_mac, random_mac
+
+    tap = Tap.open(spec.tap, spec.fd)
+    backends.closers.append(tap.close)
+    mac = parse_mac(spec.mac) if spec.mac else random_mac()
+    backends.factories.append(lambda: VirtioNet(tap, mac))
