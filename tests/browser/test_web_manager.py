@@ -133,6 +133,12 @@ def test_the_details_page_graphs_update(web: Web) -> None:
     events = page.inner_text("#events")
     assert "started" in events and "defined" in events
     web.shot(page, "details")
+    page.goto(f"{web.base}/")  # the list's CPU sparkline fills in too
+    page.wait_for_function(
+        "() => JSON.parse(document.querySelector('tr[data-vm=demo] canvas.spark')"
+        ".dataset.cpu).length >= 2",
+        timeout=15_000,
+    )
     page.context.close()
 
 
