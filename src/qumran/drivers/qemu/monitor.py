@@ -63,6 +63,7 @@ class QmpMonitor:
         self._qmp = QMPClient(f"qumran-{vm_name}")
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: asyncio.Task[None] | None = None
+        self._dc_task: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -171,6 +172,14 @@ class QmpMonitor:
                 task.cancel()
 
     async def _disconnect(self) -> None:
+        # One disconnect, shared by whoever asks (the watcher when QEMU hangs up, close()
+        # when the daemon lets go), and shielded: if an asker is cancelled half-way, the
+        # library's internal gather would otherwise be left with an unretrieved EOFError.
+        if self._dc_task is None or (self._dc_task.done() and self.connected):
+            self._dc_task = asyncio.create_task(self._disconnect_once())
+        await asyncio.shield(self._dc_task)
+
+    async def _disconnect_once(self) -> None:
         try:
             await self._qmp.disconnect()
         except (QMPError, OSError, EOFError) as exc:
