@@ -206,3 +206,21 @@ def test_qumran_web_without_the_web_manager(fake_daemon: Daemon) -> None:
     )
     assert cli.returncode == 1
     assert "start it with --web" in cli.stderr
+
+
+def test_a_browser_that_vanishes_leaves_no_error(daemon: Daemon) -> None:
+    me = Session(daemon, token_as(daemon, None)["url"])
+    define(daemon, "gone")
+    assert me.post("/vms/gone/start").status_code == 200
+    for path in ("/ws/vms/gone/console", "/ws/events"):
+        ws = me.ws(path)
+        if "console" in path:
+            read_until(ws, "FAKE-VM READY")
+        ws.socket.shutdown(socket.SHUT_RDWR)  # no closing handshake: a killed tab
+        ws.socket.close()
+    with me.ws("/ws/events") as ws:  # still served; and the next event reaches it
+        define(daemon, "after")
+        assert json.loads(ws.recv(timeout=10))["vm"] == "after"
+    assert me.post("/vms/gone/destroy").status_code == 200
+    log = daemon.log.read_text()  # (the UNIX API's own sockets are not under test here)
+    assert "qumran/web/sockets.py" not in log, log[log.find("qumran/web/sockets.py") - 3000 :]

@@ -179,5 +179,5 @@ async def _both(
                 result, WebSocketDisconnect | RuntimeError | OSError
             ):
                 log.debug("web socket ended: %r", result)
-        with contextlib.suppress(RuntimeError, OSError):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await websocket.close()
