@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.blk import DiskImage, VirtioBlock
+from qumran.vmm.devices.virtio.console import ConsolePort, VirtioConsole
 from qumran.vmm.devices.virtio.device import VirtioDevice
 from qumran.vmm.devices.virtio.rng import VirtioRng
 
@@ -73,7 +74,7 @@ class DeviceSpecs:
     disks: tuple[DiskSpec, ...] = ()
     nets: tuple[NetSpec, ...] = ()
     rng: bool = False
-    console: bool = False
+    console: ConsolePort | None = None
 
 
 @dataclass
@@ -105,6 +106,9 @@ def open_backends(specs: DeviceSpecs) -> Backends:
             _open_net(backends, net)
         if specs.rng:
             backends.factories.append(VirtioRng)
+        if specs.console is not None:
+            port = specs.console
+            backends.factories.append(lambda: VirtioConsole(port))
     except BaseException:
         backends.close()
         raise

@@ -1,0 +1,197 @@
+"""virtio over PCI in qumran-vmm, under a real KVM: block, entropy, network, console."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from vmm_harness import ConsoleBuffer, Vmm, _pump
+
+from qumran.images import DemoImage
+
+pytestmark = pytest.mark.kvm
+MakeVmm = Callable[..., Vmm]
+BOOT_TIMEOUT = 120.0
+
+
+def _boot(vmm_factory: MakeVmm, demo: DemoImage, *extra: str) -> Vmm:
+    vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline, extra=extra)
+    vmm.start()
+    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
+    return vmm
+
+
+def _ext4(path: Path, size_mib: int = 64) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size_mib << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(path)], check=True)
+    return path
+
+
+def test_guest_writes_a_file_on_ext4_and_it_is_in_the_image(
+    vmm_factory: MakeVmm, demo: DemoImage, workdir: Path
+) -> None:
+    image = _ext4(workdir / "disk.img")
+    vmm = _boot(vmm_factory, demo, "--disk", str(image))
+    assert vmm.command("cat /sys/block/vda/size").strip() == str(64 << 11)
+    assert vmm.command("cat /sys/block/vda/ro").strip() == "0"
+    irqs = vmm.command("grep virtio /proc/interrupts")
+    assert "PCI-MSI" in irqs, irqs
+    vmm.command("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt", timeout=60)
+    vmm.command("echo written-by-the-guest-$((6 * 7)) > /mnt/f && sync && umount /mnt", timeout=60)
+    status = vmm.control("status")
+    assert status["devices"][0]["type"] == "disk" and status["devices"][0]["flushes"] > 0
+    vmm.type("poweroff\n")
+    assert vmm.wait(60) == 0
+    out = subprocess.run(["debugfs", "-R", "cat /f", str(image)], capture_output=True, text=True)
+    assert out.stdout.strip() == "written-by-the-guest-42", out
+
+
+def test_read_only_disk_and_the_disk_id(
+    vmm_factory: MakeVmm, demo: DemoImage, workdir: Path
+) -> None:
+    image = workdir / "data.img"
+    image.write_bytes(b"qumran-sector-zero".ljust(512, b"\0") * 2048)
+    image.chmod(0o444)
+    vmm = _boot(vmm_factory, demo, "--disk", f"{image},ro", "--rng")
+    assert vmm.command("cat /sys/block/vda/ro").strip() == "1"
+    assert vmm.command("head -c 18 /dev/vda").strip() == "qumran-sector-zero"
+    assert vmm.command("cat /sys/block/vda/serial").strip() == "data.img"
+    # A write to a read-only disk fails in the guest; the image stays as it was.
+    vmm.command("echo x | dd of=/dev/vda bs=512 count=1 oflag=direct 2>&1; true")
+    assert image.read_bytes()[:18] == b"qumran-sector-zero"
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
+
+
+def test_hwrng_gives_bytes(vmm_factory: MakeVmm, demo: DemoImage) -> None:
+    vmm = _boot(vmm_factory, demo, "--rng")
+    assert "virtio_rng" in vmm.command("cat /sys/class/misc/hw_random/rng_current")
+    out = vmm.command("head -c 64 /dev/hwrng | od -An -v -tx1 | tr -d ' \\n'", timeout=60)
+    assert len(out.strip()) == 128 and len(set(out.strip())) > 4, out
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
+
+
+@pytest.fixture
+def unwritable(workdir: Path) -> Iterator[Path]:
+    """An image nobody may write, root included: on a file system mounted read-only."""
+    mnt = workdir / "rofs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        image = mnt / "ro.img"
+        image.write_bytes(bytes(4096))
+        image.chmod(0o444)
+        yield image
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        (mnt / "ro.img").write_bytes(bytes(4096))
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt / "ro.img"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_bad_disk_arguments_fail_before_the_guest_starts(
+    vmm_factory: MakeVmm, demo: DemoImage, workdir: Path, unwritable: Path
+) -> None:
+    readonly = unwritable
+    cases = {
+        "does not exist": ["--disk", str(workdir / "missing.img")],
+        "is not writable (add ,ro": ["--disk", str(readonly)],
+        "bad MAC address": ["--net", "tap=qt0,mac=52:54:00:zz:00:01"],
+        "unknown option": ["--disk", f"{readonly},rw"],
+    }
+    for message, extra in cases.items():
+        vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline, extra=extra)
+        vmm.start()
+        assert vmm.wait(60) == 1
+        assert message in vmm.stderr, vmm.stderr
+
+
+def _load_tun() -> None:
+    """The test host's kernel has tun as a module it does not load by itself."""
+    if os.path.exists("/dev/net/tun"):
+        return
+    release = os.uname().release
+    homes = {Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)}
+    for home in homes:
+        for ko in (home / ".cache/qumran/debs").glob(
+            f"linux-image-*/lib/modules/{release}/**/tun.ko*"
+        ):
+            subprocess.run(["insmod", str(ko)], check=False)
+            break
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("no /dev/net/tun and no tun.ko for this kernel")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    _load_tun()
+    name = f"qvmm{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_guest_pings_the_host_side_of_the_tap(
+    vmm_factory: MakeVmm, demo: DemoImage, netns: str
+) -> None:
+    mac = "52:54:00:12:34:56"
+    vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline,
+                      extra=["--net", f"tap=qtap0,mac={mac}"])  # fmt: skip
+    vmm.argv = ["ip", "netns", "exec", netns, *vmm.argv]
+    vmm.start()
+    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
+    ip = ["ip", "-n", netns]
+    subprocess.run([*ip, "addr", "add", "10.0.2.2/24", "dev", "qtap0"], check=True)
+    subprocess.run([*ip, "link", "set", "qtap0", "up"], check=True)
+    assert vmm.command("cat /sys/class/net/eth0/address").strip() == mac
+    vmm.command("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up")
+    out = vmm.command("ping -c 3 -W 5 10.0.2.2", timeout=60)
+    assert "3 packets received" in out, out
+    net = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    assert net["tap"] == "qtap0" and net["rx_packets"] >= 3 and net["tx_packets"] >= 3
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
+
+
+def test_a_tap_that_cannot_be_created_is_a_clear_error(
+    vmm_factory: MakeVmm, demo: DemoImage, netns: str
+) -> None:
+    vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline,
+                      extra=["--net", "tap=lo"])  # fmt: skip
+    vmm.argv = ["ip", "netns", "exec", netns, *vmm.argv]
+    vmm.start()
+    assert vmm.wait(60) == 1
+    assert "cannot create TAP lo" in vmm.stderr, vmm.stderr
+
+
+def test_a_shell_on_hvc0_answers(vmm_factory: MakeVmm, demo: DemoImage, workdir: Path) -> None:
+    hvc_path = workdir / "hvc.sock"
+    vmm = _boot(vmm_factory, demo, "--virtio-console", f"socket:{hvc_path}")
+    vmm.command("ls /dev/hvc0")
+    vmm.type("setsid sh -c 'exec sh -i </dev/hvc0 >/dev/hvc0 2>&1' &\n")
+    hvc = ConsoleBuffer()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(hvc_path))
+    threading.Thread(target=_pump, args=(sock, hvc), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while "hvc-answers-42" not in hvc.text and time.monotonic() < deadline:
+        sock.sendall(b"echo hvc-answers-$((6 * 7)); tty\n")
+        time.sleep(1)
+    hvc.wait_for("hvc-answers-42", 5)
+    hvc.wait_for("/dev/hvc0", 5)
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
+    sock.close()
