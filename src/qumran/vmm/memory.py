@@ -54,6 +54,17 @@ class GuestMemory:
         start = self._offset(gpa, length)
         return self._map[start : start + length]
 
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A writable view of ``length`` bytes of RAM at ``gpa`` (devices do I/O into it).
+
+        GuestTooLarge if the range is not entirely inside one RAM range. Drop every view
+        before :meth:`close`.
+        """
+        if gpa < 0 or length < 0:
+            raise GuestTooLarge(f"guest range {gpa:#x}+{length:#x} is not RAM")
+        start = self._offset(gpa, length)
+        return memoryview(self._map)[start : start + length]
+
     def discard(self) -> None:
         """Give every page back (reads as zeros again): a cold start for a reboot."""
         self._map.madvise(MADV_DONTNEED)
