@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from typing import Protocol
 
 from qumran.kvm import KvmError, Vcpu
 from qumran.kvm.constants import InternalError, SystemEvent
@@ -48,6 +49,22 @@ def install_kick_handler() -> None:
     signal.signal(KICK_SIGNAL, lambda _signum, _frame: None)
 
 
+class MmioHandler(Protocol):
+    """Guest-physical MMIO outside RAM (the PCI BARs)."""
+
+    def mmio_read(self, addr: int, length: int) -> bytes: ...
+
+    def mmio_write(self, addr: int, data: bytes) -> None: ...
+
+
+class _NoMmio:
+    def mmio_read(self, addr: int, length: int) -> bytes:
+        return b"\xff" * length  # nothing is mapped there
+
+    def mmio_write(self, addr: int, data: bytes) -> None:
+        return None
+
+
 class RunState(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
@@ -68,9 +85,12 @@ _ALLOWED = {
 class VcpuThread:
     """Runs one vCPU on its own thread and handles its exits."""
 
-    def __init__(self, vcpu: Vcpu, bus: PioBus, events: EventSink) -> None:
+    def __init__(
+        self, vcpu: Vcpu, bus: PioBus, events: EventSink, mmio: MmioHandler | None = None
+    ) -> None:
         self.vcpu = vcpu
         self._bus = bus
+        self._mmio: MmioHandler = mmio if mmio is not None else _NoMmio()
         self._events = events
         self._cond = threading.Condition()
         self._state = RunState.CREATED
@@ -165,6 +185,7 @@ class VcpuThread:
 
     def _loop(self) -> None:
         vcpu, bus, page, exits = self.vcpu, self._bus, self.vcpu.run_page, self.exits
+        mmio = self._mmio
         while self._wait_runnable():
             exit_ = vcpu.run()
             match exit_:
@@ -179,11 +200,12 @@ class VcpuThread:
                 case Interrupted():
                     exits["intr"] += 1
                     vcpu.set_immediate_exit(False)
-                case MmioRead(_, length):
+                case MmioRead(addr, length):
                     exits["mmio"] += 1
-                    vcpu.complete_mmio_read(b"\xff" * length)  # nothing is mapped there
-                case MmioWrite():
+                    vcpu.complete_mmio_read(mmio.mmio_read(addr, length))
+                case MmioWrite(addr, data):
                     exits["mmio"] += 1
+                    mmio.mmio_write(addr, data)
                 case SystemEventExit(type_):
                     exits["system-event"] += 1
                     self._system_event(type_)
