@@ -38,6 +38,14 @@ class PowerButton(Protocol):
     def press_power_button(self) -> None: ...
 
 
+class Peripherals(Protocol):
+    """The devices on PCI: stopped after the vCPUs and before the VM fd closes."""
+
+    def status(self) -> list[dict[str, Any]]: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Boot:
     """Everything that belongs to one boot of the guest."""
@@ -48,6 +56,7 @@ class Boot:
     serial: ConsoleInput
     pm: PowerButton | None
     started: float = field(default_factory=time.monotonic)
+    pci: Peripherals | None = None
 
     def stop(self) -> None:
         for v in self.vcpus:
@@ -56,6 +65,8 @@ class Boot:
             v.join()
         for v in self.vcpus:
             v.vcpu.close()
+        if self.pci is not None:
+            self.pci.stop()
         self.vm.close()
 
 
@@ -183,6 +194,7 @@ class Machine:
             "memory": self.config.memory,
             "reboots": self.reboots,
             "uptime": round(time.monotonic() - self.created, 3),
+            "devices": self.boot.pci.status() if self.boot and self.boot.pci else [],
         }
 
     def stats(self) -> dict[str, Any]:
