@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qumran.kvm import Kvm, KvmUnavailable, Vcpu, Vm
@@ -26,16 +26,15 @@ from qumran.vmm.devices.legacy import (
     I8042,
     I8042_COMMAND_PORT,
     I8042_DATA_PORT,
-    PCI_CONFIG_BASE,
-    PCI_CONFIG_PORTS,
     RTC_BASE,
     RTC_PORTS,
     UART_PORTS,
     AcpiPm,
     CmosRtc,
-    PciConfigStub,
     Serial16550,
 )
+from qumran.vmm.devices.pci.system import PciSystem, attach_pci
+from qumran.vmm.devices.virtio.backends import Backends, DeviceSpecs, open_backends
 from qumran.vmm.errors import GuestTooLarge, NoHardwareVirt, VmmError
 from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice, for_boot
 from qumran.vmm.machine import Boot, Machine, MachineConfig
@@ -66,6 +65,7 @@ class VmSpec:
     vcpus: int
     force_kvm: bool = False
     kvm_path: str = "/dev/kvm"
+    devices: DeviceSpecs = field(default_factory=DeviceSpecs)
 
 
 class KvmIrqLine:
@@ -136,14 +136,20 @@ def build_machine(spec: VmSpec, console_out: Callable[[bytes], None], events: Ev
     """Check everything that can be checked, then reserve memory; nothing runs yet."""
     source = load_boot_source(spec)
     check_host(spec.force_kvm)
-    kvm = open_kvm(spec.kvm_path)
+    backends = open_backends(spec.devices)
+    try:
+        kvm = open_kvm(spec.kvm_path)
+    except BaseException:
+        backends.close()
+        raise
     try:
         memory = GuestMemory(spec.memory)
     except BaseException:
         kvm.close()
+        backends.close()
         raise
     config = MachineConfig(spec.name, spec.memory, spec.vcpus, spec.cmdline)
-    return Machine(config, kvm, memory, lambda m: boot(m, source, console_out, events))
+    return Machine(config, kvm, memory, lambda m: boot(m, source, console_out, events, backends))
 
 
 # --- one boot -------------------------------------------------------------------------------------
@@ -154,6 +160,7 @@ def boot(
     source: BootSource,
     console_out: Callable[[bytes], None],
     events: EventSink,
+    backends: Backends | None = None,
 ) -> Boot:
     events = for_boot(events, machine.reboots)
     vm = create_vm(machine.kvm, machine.memory)
@@ -165,12 +172,13 @@ def boot(
         rsdp = write_acpi_tables(machine.memory, machine.config.vcpus)
         write_zero_page(machine.memory, source, initrd, rsdp)
         bus, serial, pm = attach_legacy_devices(vm, console_out, events)
+        pci = attach_pci_devices(vm, machine.memory, bus, backends, events)
         configure_vcpus(machine.kvm, vcpus, source.kernel)
     except BaseException:
         vm.close()
         raise
-    threads = [VcpuThread(v, bus, events) for v in vcpus]
-    return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm)
+    threads = [VcpuThread(v, bus, events, pci) for v in vcpus]
+    return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm, pci=pci)
 
 
 def create_vm(kvm: Kvm, memory: GuestMemory) -> Vm:
@@ -234,7 +242,7 @@ def write_zero_page(
 def attach_legacy_devices(
     vm: Vm, console_out: Callable[[bytes], None], events: EventSink
 ) -> tuple[PioBus, Serial16550, AcpiPm]:
-    """COM1, CMOS RTC, i8042 (reset line), ACPI PM block and PCI config ports on one bus.
+    """COM1, CMOS RTC, i8042 (reset line) and ACPI PM block on one bus.
 
     Every reset path (i8042 0xFE, ACPI reset register, 0xCF9) is a guest reboot.
     """
@@ -255,9 +263,19 @@ def attach_legacy_devices(
         on_reset=notify(GuestEvent.REBOOT, "ACPI reset register"),
     )
     bus.register(platform.PM_BASE, platform.PM_LEN, pm)
-    pci = PciConfigStub(on_reset=notify(GuestEvent.REBOOT, "reset through port 0xCF9"))
-    bus.register(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, pci)
     return bus, serial, pm
+
+
+def attach_pci_devices(
+    vm: Vm, memory: GuestMemory, bus: PioBus, backends: Backends | None, events: EventSink
+) -> PciSystem:
+    """PCI bus 0 on ports 0xCF8-0xCFF (0xCF9 resets: a guest reboot) with the virtio devices."""
+    devices = backends.make_devices() if backends is not None else []
+
+    def on_reset() -> None:
+        events(GuestEventNotice(GuestEvent.REBOOT, "reset through port 0xCF9"))
+
+    return attach_pci(vm, memory, bus, devices, lambda gsi: KvmIrqLine(vm, gsi), on_reset)
 
 
 def configure_vcpus(kvm: Kvm, vcpus: list[Vcpu], kernel: Bzimage) -> None:
