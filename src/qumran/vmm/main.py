@@ -2,6 +2,8 @@
 
     qumran-vmm --name N --kernel bzImage [--initrd F] [--cmdline S] [--memory 256M]
                [--vcpus 2] [--console stdio|socket:PATH|none] [--control PATH]
+               [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC]]... [--rng]
+               [--virtio-console socket:PATH]
 
 Exit status: 0 when the guest powers off or the VM is told to quit (control ``quit``,
 SIGTERM, SIGINT, SIGHUP); 1 for bad input or a host that cannot run the VM (one line on
@@ -31,6 +33,8 @@ from qumran.errors import QumranError
 from qumran.vmm.builder import VmSpec, build_machine
 from qumran.vmm.console import Console, open_console
 from qumran.vmm.control import ControlServer
+from qumran.vmm.devices.virtio.backends import DeviceSpecs, DiskSpec, NetSpec
+from qumran.vmm.devices.virtio.console import ConsolePort
 from qumran.vmm.events import GuestEvent, GuestEventNotice
 from qumran.vmm.machine import Machine
 from qumran.vmm.proctitle import set_thread_name
@@ -67,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--console", default="stdio", help="stdio, socket:PATH or none")
     p.add_argument("--control", help="path of the JSON control socket")
     p.add_argument("--force-kvm", action="store_true", help="skip the vmx/svm host check")
+    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
+                   help="raw disk image as virtio-blk (repeatable)")  # fmt: skip
+    p.add_argument("--net", action="append", default=[], metavar="tap=NAME[,mac=MAC]",
+                   help="virtio-net on a TAP (created by name, or fd=N) (repeatable)")  # fmt: skip
+    p.add_argument("--rng", action="store_true", help="virtio-rng fed from /dev/urandom")
+    p.add_argument("--virtio-console", metavar="socket:PATH", help="hvc0 as a second console")
     p.add_argument("--kvm-device", default="/dev/kvm", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default=os.environ.get("QUMRAN_VMM_LOG", "WARNING"))
     return p.parse_args(argv)
@@ -116,17 +126,26 @@ class VmmProcess:
         self.args = args
         self.relay = EventRelay()
         self.console: Console | None = None
+        self.hvc: Console | None = None
         self.control: ControlServer | None = None
         self.machine: Machine | None = None
 
     def run(self) -> int:
         a = self.args
-        spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm,
-                      a.kvm_device)  # fmt: skip
+        disks = tuple(DiskSpec.parse(d) for d in a.disk)  # parsed before any socket exists
+        nets = tuple(NetSpec.parse(n) for n in a.net)
         try:
             self.console = open_console(a.console)
+            self.hvc = open_console(a.virtio_console) if a.virtio_console else None
         except ValueError as exc:
             raise QumranError(str(exc)) from None
+        port = None
+        if self.hvc is not None:
+            port = ConsolePort(self.hvc.write)
+            self.hvc.on_input = port.feed
+        devices = DeviceSpecs(disks, nets, a.rng, port)
+        spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm,
+                      a.kvm_device, devices)  # fmt: skip
         for sig in QUIT_SIGNALS:
             signal.signal(sig, self._on_signal)
         try:
@@ -157,6 +176,8 @@ class VmmProcess:
             await self.control.start()
         assert self.console is not None
         await self.console.start()
+        if self.hvc is not None:
+            await self.hvc.start()
         while True:
             notice = await queue.get()
             if notice is not None and notice.boot != machine.reboots:
@@ -191,6 +212,8 @@ class VmmProcess:
             self.control.close()
         if self.console is not None:
             self.console.close()
+        if self.hvc is not None:
+            self.hvc.close()
 
 
 def _since_exec() -> float:
