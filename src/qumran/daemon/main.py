@@ -131,6 +131,11 @@ def _web_server(address: str, manager: Any, app: Any) -> Any:
         access_log=False,
     )
     log.info("web manager on http://%s (log in with `qumran web`)", address)
+    if address.rpartition(":")[0].strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "the web manager speaks plain HTTP: browsers keep its Secure session cookie only "
+            "on a loopback address; elsewhere put a TLS proxy in front of it"
+        )
     return _server_class()(config)
 
 
