@@ -12,7 +12,12 @@
       width: Math.max(260, el.clientWidth || 320),
       height: 150,
       legend: { show: true },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      scales: {
+        // At least a minute wide, so a fresh VM's first samples do not show as
+        // fractions of a second.
+        x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] },
+        y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
+      },
       series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5 }))],
       axes: [{}, { size: 50 }],
     };
