@@ -213,5 +213,5 @@ async def _console_session(manager: Manager, websocket: WebSocket, name: str) ->
         pass
     finally:
         broker.unsubscribe(queue)
-        with contextlib.suppress(RuntimeError, OSError):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await websocket.close()
