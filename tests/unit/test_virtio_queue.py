@@ -111,14 +111,14 @@ def test_next_index_outside_the_table(ring: RingBuilder) -> None:
     a, n = ring.buffer(8)
     ring.set_desc(0, a, n, DESC_F_NEXT, 9)
     ring.publish(0)
-    with pytest.raises(QueueError, match="outside a queue"):
+    with pytest.raises(QueueError, match="outside a table"):
         q.pop(ring.ram)
 
 
 def test_head_outside_the_table(ring: RingBuilder) -> None:
     q = ring.queue()
     ring.publish(200)
-    with pytest.raises(QueueError, match="outside a queue"):
+    with pytest.raises(QueueError, match="outside a table"):
         q.pop(ring.ram)
 
 
@@ -175,3 +175,57 @@ def test_random_rings_never_escape(ring: RingBuilder) -> None:
                 q.push(chain.head, chain.writable_len)
         except QueueError:
             pass
+
+
+def _indirect_table(ring: RingBuilder, entries: list[tuple[int, int, int, int]]) -> int:
+    addr, _ = ring.buffer(16 * len(entries))
+    for i, entry in enumerate(entries):
+        struct.pack_into("<QIHH", ring.ram.data, addr + 16 * i, *entry)
+    return addr
+
+
+def test_indirect_chain_when_negotiated(ring: RingBuilder) -> None:
+    q = ring.queue()
+    q.indirect = True
+    hdr, n = ring.buffer(b"head")
+    out, m = ring.buffer(32)
+    table = _indirect_table(ring, [(hdr, n, DESC_F_NEXT, 1), (out, m, DESC_F_WRITE, 0)])
+    ring.set_desc(0, table, 32, DESC_F_INDIRECT)
+    ring.publish(0)
+    chain = q.pop(ring.ram)
+    assert chain is not None and chain.head == 0
+    assert chain.read_all() == b"head" and chain.writable_len == 32
+
+
+@pytest.mark.parametrize(
+    ("entries", "flags", "length", "message"),
+    [
+        ([(0x10000, 8, DESC_F_NEXT, 0)], DESC_F_INDIRECT, 16, "does not end"),
+        ([(0x10000, 8, DESC_F_NEXT, 5), (0x10000, 8, 0, 0)], DESC_F_INDIRECT, 32, "outside a"),
+        ([(0x10000, 16, DESC_F_INDIRECT, 0)], DESC_F_INDIRECT, 16, "not allowed"),
+        ([(0x10000, 8, 0, 0)], DESC_F_INDIRECT | DESC_F_NEXT, 16, "not allowed"),
+        ([(0x10000, 8, 0, 0)], DESC_F_INDIRECT, 17, "indirect table of 17"),
+        ([(0x10000, 8, 0, 0)], DESC_F_INDIRECT, 0, "indirect table of 0"),
+    ],
+)
+def test_hostile_indirect_tables(
+    ring: RingBuilder, entries: list[tuple[int, int, int, int]], flags: int, length: int,
+    message: str,
+) -> None:  # fmt: skip
+    q = ring.queue()
+    q.indirect = True
+    table = _indirect_table(ring, entries)
+    ring.set_desc(0, table, length, flags, 1)
+    ring.set_desc(1, table, 16, 0)
+    ring.publish(0)
+    with pytest.raises(QueueError, match=message):
+        q.pop(ring.ram)
+
+
+def test_indirect_table_outside_guest_memory(ring: RingBuilder) -> None:
+    q = ring.queue()
+    q.indirect = True
+    ring.set_desc(0, (1 << 20) - 16, 64, DESC_F_INDIRECT)
+    ring.publish(0)
+    with pytest.raises(QueueError, match="not guest RAM"):
+        q.pop(ring.ram)

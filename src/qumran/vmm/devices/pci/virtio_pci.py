@@ -30,7 +30,11 @@ from typing import Protocol
 from qumran.vmm.devices.irq import IrqLine, IrqOutput
 from qumran.vmm.devices.pci.config import CMD_MEMORY, ConfigSpace
 from qumran.vmm.devices.pci.msix import CAP_ID_MSIX, MsiSink, MsixTable
-from qumran.vmm.devices.virtio.device import DeviceContext, VirtioDevice
+from qumran.vmm.devices.virtio.device import (
+    VIRTIO_F_INDIRECT_DESC,
+    DeviceContext,
+    VirtioDevice,
+)
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.queue import GuestRam, QueueError, SplitQueue
 
@@ -277,6 +281,8 @@ class VirtioPciDevice:
                 self._bound.append((addr, self._kick_fds[index]))
 
     def _activate(self) -> None:
+        for q in self.queues:
+            q.indirect = bool(self.driver_features & VIRTIO_F_INDIRECT_DESC)
         ctx = DeviceContext(
             self._ram,
             self.queues,

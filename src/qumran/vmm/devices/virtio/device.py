@@ -25,6 +25,7 @@ from qumran.vmm.devices.virtio.queue import GuestRam, QueueError, SplitQueue
 log = logging.getLogger(__name__)
 
 # 6 "Reserved Feature Bits"
+VIRTIO_F_INDIRECT_DESC = 1 << 28
 VIRTIO_F_VERSION_1 = 1 << 32
 
 
@@ -58,7 +59,7 @@ class VirtioDevice(ABC):
 
     def __init__(self, queue_sizes: tuple[int, ...], features: int, config: bytes) -> None:
         self.queue_sizes = queue_sizes
-        self.device_features = features | VIRTIO_F_VERSION_1
+        self.device_features = features | VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC
         self.config = bytearray(config)
         self.ctx: DeviceContext | None = None
 

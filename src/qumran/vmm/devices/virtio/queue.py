@@ -99,6 +99,7 @@ class SplitQueue:
         """Back to the state after a device reset (4.1.4.3: queue_size reads the maximum)."""
         self.size = self.max_size
         self.ready = False
+        self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
         self.desc_addr = self.avail_addr = self.used_addr = 0
         self.last_avail = 0
         self.next_used = 0
@@ -152,13 +153,33 @@ class SplitQueue:
         """Follow ``next`` links from ``head`` (2.7.5), at most ``size`` descriptors."""
         assert self._desc is not None
         chain = DescChain(head)
-        index = head
-        for _ in range(self.size):
-            if index >= self.size:
-                raise QueueError(f"descriptor index {index} outside a queue of {self.size}")
-            addr, length, flags, nxt = DESC.unpack_from(self._desc, 16 * index)
+        if self._follow(ram, self._desc, self.size, head, chain):
+            return chain
+        raise QueueError(f"descriptor chain from {head} is longer than the queue (a loop?)")
+
+    def _follow(
+        self, ram: GuestRam, table: memoryview, count: int, index: int, chain: DescChain
+    ) -> bool:
+        """Walk ``table`` (``count`` entries) from ``index``; False if the chain never ends.
+
+        An indirect descriptor (2.7.5.3) ends the chain and continues it in its own table,
+        which must not hold another indirect descriptor.
+        """
+        nested = table is not self._desc
+        for _ in range(count):
+            if index >= count:
+                raise QueueError(f"descriptor index {index} outside a table of {count}")
+            addr, length, flags, nxt = DESC.unpack_from(table, 16 * index)
             if flags & DESC_F_INDIRECT:
-                raise QueueError("indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not offered")
+                if not self.indirect or nested or flags & DESC_F_NEXT:
+                    raise QueueError("indirect descriptor not allowed here (2.7.5.3.1)")
+                entries = length // 16
+                if length % 16 or not 0 < entries <= MAX_QUEUE_SIZE:
+                    raise QueueError(f"indirect table of {length} bytes")
+                inner = _view(ram, addr, length, "indirect descriptor table")
+                if self._follow(ram, inner, entries, 0, chain):
+                    return True
+                raise QueueError("indirect descriptor chain does not end (a loop?)")
             buf = _view(ram, addr, length, f"buffer of descriptor {index}")
             if flags & DESC_F_WRITE:
                 chain.writable.append(buf)
@@ -167,9 +188,9 @@ class SplitQueue:
             else:
                 chain.readable.append(buf)
             if not flags & DESC_F_NEXT:
-                return chain
+                return True
             index = nxt
-        raise QueueError(f"descriptor chain from {head} is longer than the queue (a loop?)")
+        return False
 
     def push(self, head: int, written: int) -> None:
         """Return chain ``head`` to the driver with ``written`` bytes written (2.7.8)."""
