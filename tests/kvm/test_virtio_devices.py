@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import threading
@@ -68,6 +69,12 @@ def test_read_only_disk_and_the_disk_id(
     # A write to a read-only disk fails in the guest; the image stays as it was.
     vmm.command("echo x | dd of=/dev/vda bs=512 count=1 oflag=direct 2>&1; true")
     assert image.read_bytes()[:18] == b"qumran-sector-zero"
+    # A guest reboot builds the devices again on the same backends.
+    since = vmm.console.mark()
+    vmm.type("reboot\n")
+    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT, since)
+    assert vmm.command("head -c 18 /dev/vda").strip() == "qumran-sector-zero"
+    assert vmm.control("status")["reboots"] == 1
     vmm.control("quit")
     assert vmm.wait(30) == 0
 
@@ -199,3 +206,34 @@ def test_a_shell_on_hvc0_answers(vmm_factory: MakeVmm, demo: DemoImage, workdir:
     vmm.control("quit")
     assert vmm.wait(30) == 0
     sock.close()
+
+
+def test_flushed_data_survives_a_kill_right_after(
+    vmm_factory: MakeVmm, demo: DemoImage, workdir: Path
+) -> None:
+    image = workdir / "raw.img"
+    with open(image, "wb") as f:
+        f.truncate(8 << 20)
+    vmm = _boot(vmm_factory, demo, "--disk", str(image))
+    vmm.command(
+        "printf 'flushed-%s' $((20 + 22)) | dd of=/dev/vda bs=512 conv=sync,fsync 2>/dev/null"
+    )
+    vmm.signal(signal.SIGKILL)
+    vmm.wait(30)
+    vmm.control_path.unlink()  # a killed VMM cannot clean up after itself
+    assert image.read_bytes()[:10] == b"flushed-42"
+
+
+def test_intx_fallback_without_msi(vmm_factory: MakeVmm, demo: DemoImage, workdir: Path) -> None:
+    image = workdir / "intx.img"
+    image.write_bytes(b"intx-works".ljust(512, b"\0") * 256)
+    vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=f"{demo.cmdline} pci=nomsi",
+                      extra=["--disk", str(image), "--rng"])  # fmt: skip
+    vmm.start()
+    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
+    irqs = vmm.command("grep virtio /proc/interrupts")
+    assert "PCI-MSI" not in irqs and "IO-APIC" in irqs, irqs
+    assert vmm.command("head -c 10 /dev/vda").strip() == "intx-works"
+    assert len(vmm.command("head -c 32 /dev/hwrng | od -An -v -tx1 | tr -d ' \\n'").strip()) == 64
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
