@@ -58,8 +58,15 @@ def hello_then_poweroff(text: bytes = b"TINY-HELLO\n") -> bytes:
     return bzimage(print_text(text) + out_word(PM1A_CNT, SLP_S5) + HLT_LOOP)
 
 
-def hello_then_reset(text: bytes = b"TINY-BOOT\n") -> bytes:
-    return bzimage(print_text(text) + out_byte(RESET_PORT, 0x06) + HLT_LOOP)
+def reset_on_key(text: bytes = b"TINY-BOOT\n") -> bytes:
+    """Print, wait for a byte on COM1 (polling LSR.DR), then reset: one reboot per key."""
+    wait_key = (
+        b"\x66\xba" + struct.pack("<H", COM1 + 5)  # mov dx, LSR
+        + b"\xec"  # in al, dx
+        + b"\xa8\x01"  # test al, 1 (data ready)
+        + b"\x74\xfb"  # jz back to the in
+    )  # fmt: skip
+    return bzimage(print_text(text) + wait_key + out_byte(RESET_PORT, 0x06) + HLT_LOOP)
 
 
 def triple_fault() -> bytes:
