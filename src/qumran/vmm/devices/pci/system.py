@@ -16,14 +16,15 @@ from qumran.vmm.devices.pci.kvm_routes import KvmDoorbells, KvmMsiRouter
 from qumran.vmm.devices.pci.virtio_pci import BAR_SIZE, VirtioPciDevice
 from qumran.vmm.devices.virtio.device import VirtioDevice
 from qumran.vmm.devices.virtio.ioloop import IoLoop
-from qumran.vmm.devices.virtio.queue import GuestRam
+from qumran.vmm.devices.virtio.queue import RamViews
+from qumran.vmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
 
 
 class PciSystem:
-    def __init__(self, host: PciHost, loop: IoLoop, router: KvmMsiRouter) -> None:
-        self.host, self.loop, self._router = host, loop, router
+    def __init__(self, host: PciHost, loop: IoLoop, router: KvmMsiRouter, ram: RamViews) -> None:
+        self.host, self.loop, self._router, self._ram = host, loop, router, ram
         self.functions: list[VirtioPciDevice] = []
 
     def mmio_read(self, addr: int, length: int) -> bytes:
@@ -42,17 +43,19 @@ class PciSystem:
             f.close()
             f.device.close()
         self._router.close()
+        self._ram.release()
 
 
 def attach_pci(
-    vm: Vm, ram: GuestRam, bus: PioBus, devices: list[VirtioDevice],
+    vm: Vm, memory: GuestMemory, bus: PioBus, devices: list[VirtioDevice],
     irq_line: Callable[[int], IrqLine], on_reset: Callable[[], None],
 ) -> PciSystem:  # fmt: skip
     """Bus 0 with a host bridge and ``devices`` in slots 1.., BARs from PCI_MMIO_BASE."""
     host = PciHost(on_reset)
     bus.register(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, host)
     loop = IoLoop()
-    system = PciSystem(host, loop, KvmMsiRouter(vm))
+    ram = RamViews(memory.ranges, memory.view)
+    system = PciSystem(host, loop, KvmMsiRouter(vm), ram)
     doorbells = KvmDoorbells(vm)
     for slot, device in enumerate(devices, start=1):
         bar = PCI_MMIO_BASE + slot * BAR_SIZE

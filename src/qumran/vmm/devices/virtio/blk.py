@@ -110,7 +110,7 @@ class VirtioBlock(VirtioDevice):
     def _request(self, chain: DescChain) -> int:
         """Carry out one request; the bytes written into the chain (data + status)."""
         header, out_data = _split(chain.readable, REQ_HEADER.size)
-        if len(header) < REQ_HEADER.size or chain.writable_len < 1:
+        if len(header) < REQ_HEADER.size or not chain.writable or not len(chain.writable[-1]):
             raise QueueError("virtio-blk request without a header or a status byte")
         kind, _, sector = REQ_HEADER.unpack(header)
         status_view = chain.writable[-1][-1:]
@@ -137,7 +137,7 @@ class VirtioBlock(VirtioDevice):
         return length % SECTOR == 0 and sector * SECTOR + length <= self.capacity * SECTOR
 
     def _read(self, sector: int, views: list[memoryview]) -> tuple[int, int]:
-        length = sum(len(v) for v in views)
+        length = sum(map(len, views))
         if not self._in_range(sector, length):
             return S_IOERR, 0
         try:
@@ -148,7 +148,7 @@ class VirtioBlock(VirtioDevice):
         return (S_OK, n) if n == length else (S_IOERR, n)
 
     def _write(self, sector: int, views: list[memoryview]) -> int:
-        length = sum(len(v) for v in views)
+        length = sum(map(len, views))
         if self.image.readonly:
             return S_IOERR
         if not self._in_range(sector, length):

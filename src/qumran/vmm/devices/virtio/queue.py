@@ -18,6 +18,7 @@ from Python (each access is a separate copy through the interpreter anyway).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,20 +67,23 @@ class DescChain:
 
     @property
     def readable_len(self) -> int:
-        return sum(len(b) for b in self.readable)
+        return sum(map(len, self.readable))
 
     @property
     def writable_len(self) -> int:
-        return sum(len(b) for b in self.writable)
+        return sum(map(len, self.writable))
 
     def read_all(self) -> bytes:
         """The device-readable bytes, concatenated (for small headers and control data)."""
         return b"".join(bytes(b) for b in self.readable)
 
 
+_EMPTY = memoryview(b"")
+
+
 def _view(ram: GuestRam, gpa: int, length: int, what: str) -> memoryview:
     if length == 0:
-        return memoryview(b"")
+        return _EMPTY
     try:
         return ram.view(gpa, length)
     except (ValueError, VmmError) as exc:
@@ -166,10 +170,12 @@ class SplitQueue:
         which must not hold another indirect descriptor.
         """
         nested = table is not self._desc
+        view, unpack = ram.view, DESC.unpack_from  # the per-descriptor path: keep it lean
+        readable, writable = chain.readable, chain.writable
         for _ in range(count):
             if index >= count:
                 raise QueueError(f"descriptor index {index} outside a table of {count}")
-            addr, length, flags, nxt = DESC.unpack_from(table, 16 * index)
+            addr, length, flags, nxt = unpack(table, index << 4)
             if flags & DESC_F_INDIRECT:
                 if not self.indirect or nested or flags & DESC_F_NEXT:
                     raise QueueError("indirect descriptor not allowed here (2.7.5.3.1)")
@@ -180,13 +186,22 @@ class SplitQueue:
                 if self._follow(ram, inner, entries, 0, chain):
                     return True
                 raise QueueError("indirect descriptor chain does not end (a loop?)")
-            buf = _view(ram, addr, length, f"buffer of descriptor {index}")
+            if length:
+                try:
+                    buf = view(addr, length)
+                except (ValueError, VmmError) as exc:
+                    where = f"{addr:#x}+{length:#x}"
+                    raise QueueError(
+                        f"buffer of descriptor {index} at {where} is not guest RAM"
+                    ) from exc
+            else:
+                buf = _EMPTY
             if flags & DESC_F_WRITE:
-                chain.writable.append(buf)
-            elif chain.writable:
+                writable.append(buf)
+            elif writable:
                 raise QueueError("device-readable descriptor after a device-writable one")
             else:
-                chain.readable.append(buf)
+                readable.append(buf)
             if not flags & DESC_F_NEXT:
                 return True
             index = nxt
@@ -205,3 +220,25 @@ class SplitQueue:
         if self._avail is None:
             return False
         return not U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT
+
+
+class RamViews:
+    """Fast :class:`GuestRam` over a RAM object that can hand out one view per range.
+
+    ``ranges`` is [(guest address, size)]; ``whole(gpa, size)`` returns a view of one whole
+    range. Each lookup is then a comparison and a slice, instead of a new buffer export
+    per descriptor (which costs more than the rest of the descriptor's handling).
+    """
+
+    def __init__(self, ranges: list[tuple[int, int]], whole: Callable[[int, int], memoryview]):
+        self._ranges = [(start, start + size, whole(start, size)) for start, size in ranges]
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        end = gpa + length
+        for start, stop, mv in self._ranges:
+            if start <= gpa and end <= stop:
+                return mv[gpa - start : end - start]
+        raise ValueError(f"guest range {gpa:#x}+{length:#x} is not RAM")
+
+    def release(self) -> None:
+        self._ranges = []
