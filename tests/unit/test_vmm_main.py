@@ -107,3 +107,19 @@ def test_console_specs() -> None:
         open_console("socket:")
     with pytest.raises(ValueError, match="stdio"):
         open_console("tcp:1234")
+
+
+def test_a_socket_in_use_leaves_the_other_sockets_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    busy = bind_unix_socket(str(tmp_path / "busy.sock"))  # another VM's live socket
+    try:
+        status, err = _run_main(
+            capsys, "--name", "x", "--kernel", str(tmp_path / "k"),
+            "--console", f"socket:{tmp_path}/con.sock",
+            "--virtio-console", f"socket:{tmp_path}/busy.sock",
+        )  # fmt: skip
+    finally:
+        busy.close()
+    assert status == 1 and "in use" in err
+    assert sorted(p.name for p in tmp_path.glob("*.sock")) == ["busy.sock"]

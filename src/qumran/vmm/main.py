@@ -134,21 +134,21 @@ class VmmProcess:
         a = self.args
         disks = tuple(DiskSpec.parse(d) for d in a.disk)  # parsed before any socket exists
         nets = tuple(NetSpec.parse(n) for n in a.net)
-        try:
-            self.console = open_console(a.console)
-            self.hvc = open_console(a.virtio_console) if a.virtio_console else None
-        except ValueError as exc:
-            raise QumranError(str(exc)) from None
-        port = None
-        if self.hvc is not None:
-            port = ConsolePort(self.hvc.write)
-            self.hvc.on_input = port.feed
-        devices = DeviceSpecs(disks, nets, a.rng, port)
-        spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm,
-                      a.kvm_device, devices)  # fmt: skip
         for sig in QUIT_SIGNALS:
             signal.signal(sig, self._on_signal)
-        try:
+        try:  # from here on, whatever was created is removed again on the way out
+            try:
+                self.console = open_console(a.console)
+                self.hvc = open_console(a.virtio_console) if a.virtio_console else None
+            except ValueError as exc:
+                raise QumranError(str(exc)) from None
+            port = None
+            if self.hvc is not None:
+                port = ConsolePort(self.hvc.write)
+                self.hvc.on_input = port.feed
+            devices = DeviceSpecs(disks, nets, a.rng, port)
+            spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm,
+                          a.kvm_device, devices)  # fmt: skip
             self.machine = build_machine(spec, self.console.write, self.relay.push)
             if a.control:
                 self.control = ControlServer(a.control, self.machine, self.relay.quit)
