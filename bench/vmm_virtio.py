@@ -7,8 +7,8 @@ same kernel, initrd, memory and raw image. Needs a real KVM: run it inside the t
 In the guest: sequential ``dd`` with 1 MiB blocks, a read of /dev/vda after dropping the
 guest's page cache, and a write ending with fsync, each larger than the guest's RAM and
 timed in the guest by busybox ``time`` (the serial console's latency under a nested KVM is
-too large and too variable to time from the host).
-qumran-vmm is faster).
+too large and too variable to time from the host). Prints a markdown table; ratio =
+qumran-vmm / QEMU (above 1: qumran-vmm is faster).
 """
 
 from __future__ import annotations
