@@ -206,6 +206,8 @@ class VirtioPciDevice:
 
     def _common_write(self, offset: int, size: int, value: int) -> None:
         q = self._selected()
+        # Each register takes only its own width (4.1.4.3.1: accesses match the field width).
+        value &= 0xFFFF if 0x10 <= offset < 0x20 and offset != STATUS else 0xFFFF_FFFF
         match offset:
             case 0x00:
                 self.dfselect = value
