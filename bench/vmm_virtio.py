@@ -56,7 +56,7 @@ class Guest:
                 self.cond.notify_all()
 
     def wait_for(self, pattern: str, timeout: float, since: int = 0) -> None:
-        regex = re.compile(pattern.encode())
+        regex = re.compile(pattern.encode(), re.DOTALL)
         deadline = time.monotonic() + timeout
         with self.cond:
             while not regex.search(self.out, since):
@@ -74,10 +74,11 @@ class Guest:
         assert self.proc.stdin is not None
         self.proc.stdin.write(f"echo {token}-B; {cmd}; echo {token}-E\n".encode())
         self.proc.stdin.flush()
-        self.wait_for(rf"{token}-E\r?\n", timeout, since)
+        self.wait_for(rf"{token}-B\r?\n(.*?){token}-E", timeout, since)
         with self.cond:
             text = self.out[since:].decode(errors="replace")
-        return text.split(f"{token}-B", 2)[-1].split(f"{token}-E")[0]
+        found = re.search(rf"{token}-B\r?\n(.*?){token}-E", text, re.DOTALL)
+        return found.group(1) if found else ""
 
     def timed(self, cmd: str) -> float:
         """Seconds ``cmd`` took in the guest (busybox time: "real 0m 1.23s")."""
