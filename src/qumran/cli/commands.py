@@ -10,11 +10,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from qumran.cli import output
 from qumran.client import Client, VmInfo
 from qumran.errors import InvalidArgument, Timeout
+
+TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Command:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, NoReturn
 
 from qumran.cli import commands
 from qumran.errors import QumranError
+
+TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 _DESCRIPTION = "Manage Qumran virtual machines (through qumrand)."
 _JSON = "print the API's JSON (for scripts)"

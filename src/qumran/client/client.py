@@ -6,7 +6,6 @@ Lean on purpose (stdlib json + socket only) because the CLI imports it on every 
 from __future__ import annotations
 
 import json
-from typing import Any, cast
 
 from qumran.client.errors import ProtocolError
 from qumran.client.paths import default_socket_path
@@ -21,6 +20,10 @@ from qumran.errors import (
     Timeout,
     from_code,
 )
+
+TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+if TYPE_CHECKING:
+    from typing import Any
 
 # For error bodies without our {"error": {...}} envelope (say, from the web framework).
 _BY_STATUS: dict[int, type[QumranError]] = {
@@ -41,16 +44,20 @@ class Client:
         self.timeout = timeout
 
     def host(self) -> HostInfo:
-        return cast(HostInfo, self._call("GET", "/v1/host"))
+        result: HostInfo = self._call("GET", "/v1/host")
+        return result
 
     def list_vms(self, all: bool = False) -> list[VmInfo]:
-        return cast(list[VmInfo], self._call("GET", "/v1/vms?all=true" if all else "/v1/vms"))
+        result: list[VmInfo] = self._call("GET", "/v1/vms?all=true" if all else "/v1/vms")
+        return result
 
     def get_vm(self, name: str) -> VmInfo:
-        return cast(VmInfo, self._call("GET", _vm(name)))
+        result: VmInfo = self._call("GET", _vm(name))
+        return result
 
     def define(self, doc: dict[str, Any]) -> VmInfo:
-        return cast(VmInfo, self._call("POST", "/v1/vms", doc))
+        result: VmInfo = self._call("POST", "/v1/vms", doc)
+        return result
 
     def undefine(self, name: str) -> None:
         self._call("DELETE", _vm(name))
@@ -75,18 +82,22 @@ class Client:
 
     def set_autostart(self, name: str, enabled: bool) -> VmInfo:
         doc = {"enabled": enabled}
-        return cast(VmInfo, self._call("PUT", _vm(name) + "/autostart", doc))
+        result: VmInfo = self._call("PUT", _vm(name) + "/autostart", doc)
+        return result
 
     def stats(self, name: str) -> dict[str, Any]:
         """Samples of CPU, memory and I/O for the last 10 minutes, newest last."""
-        return cast(dict[str, Any], self._call("GET", f"{_vm(name)}/stats"))
+        result: dict[str, Any] = self._call("GET", f"{_vm(name)}/stats")
+        return result
 
     def events(self, since: int | None = None) -> list[Event]:
         target = "/v1/events" if since is None else f"/v1/events?since={int(since)}"
-        return cast(list[Event], self._call("GET", target))
+        result: list[Event] = self._call("GET", target)
+        return result
 
     def _action(self, name: str, action: str) -> VmInfo:
-        return cast(VmInfo, self._call("POST", f"{_vm(name)}/{action}"))
+        result: VmInfo = self._call("POST", f"{_vm(name)}/{action}")
+        return result
 
     def _call(self, method: str, target: str, doc: object = None) -> Any:
         body = None if doc is None else json.dumps(doc).encode()

@@ -9,10 +9,13 @@ Content-Length, else the body runs until the peer closes.
 from __future__ import annotations
 
 import socket
-from typing import BinaryIO
 
 from qumran.client.errors import DaemonNotRunning, ProtocolError
 from qumran.errors import ConnectionFailed, Timeout
+
+TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 MAX_LINE = 65536  # longest status/header/chunk-size line we accept
 MAX_HEADERS = 100
