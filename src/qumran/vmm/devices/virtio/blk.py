@@ -74,13 +74,13 @@ class DiskImage:
 def _split(views: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
     """The first ``n`` bytes of ``views`` (copied) and views of the rest."""
     head = bytearray()
-    rest: list[memoryview] = []
-    for v in views:
+    for i, v in enumerate(views):
         take = min(n - len(head), len(v))
         head += v[:take]
-        if take < len(v):
-            rest.append(v[take:])
-    return bytes(head), rest
+        if len(head) == n:
+            rest = views[i + 1 :]
+            return bytes(head), ([v[take:], *rest] if take < len(v) else rest)
+    return bytes(head), []
 
 
 class VirtioBlock(VirtioDevice):
