@@ -229,3 +229,29 @@ def test_indirect_table_outside_guest_memory(ring: RingBuilder) -> None:
     ring.publish(0)
     with pytest.raises(QueueError, match="not guest RAM"):
         q.pop(ring.ram)
+
+
+def test_ram_views_fast_path_keeps_the_bounds() -> None:
+    """RamViews (what the VMM uses) over two ranges, as below and above the MMIO gap."""
+    from qumran.vmm.devices.virtio.queue import RamViews
+
+    backing = {0: bytearray(1 << 20), 1 << 32: bytearray(1 << 16)}
+    ram = RamViews([(0, 1 << 20), (1 << 32, 1 << 16)],
+                   lambda start, size: memoryview(backing[start])[:size])  # fmt: skip
+    builder = RingBuilder(PlainRam())
+    builder.ram = ram  # type: ignore[assignment]
+    builder.ram.data = backing[0]  # type: ignore[attr-defined]
+    q = builder.queue()
+    builder.set_desc(0, (1 << 20) - 8, 8, DESC_F_NEXT, 1)
+    builder.set_desc(1, 1 << 32, 16, DESC_F_WRITE)
+    builder.publish(0)
+    chain = q.pop(ram)
+    assert chain is not None and [len(v) for v in chain.readable + chain.writable] == [8, 16]
+    chain.writable[0][:2] = b"hi"
+    assert backing[1 << 32][:2] == b"hi"
+    for addr, length in (((1 << 20) - 8, 16), ((1 << 32) - 4, 8), ((1 << 32) + 0xFFF8, 16)):
+        builder.set_desc(0, addr, length, 0)
+        builder.publish(0)
+        with pytest.raises(QueueError, match="not guest RAM"):
+            q.pop(ram)
+        q.last_avail = builder.avail_idx

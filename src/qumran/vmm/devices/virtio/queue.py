@@ -171,6 +171,7 @@ class SplitQueue:
         """
         nested = table is not self._desc
         view, unpack = ram.view, DESC.unpack_from  # the per-descriptor path: keep it lean
+        low_end, low = getattr(ram, "low", (0, _EMPTY))  # RamViews: RAM from 0, no call
         readable, writable = chain.readable, chain.writable
         for _ in range(count):
             if index >= count:
@@ -186,7 +187,9 @@ class SplitQueue:
                 if self._follow(ram, inner, entries, 0, chain):
                     return True
                 raise QueueError("indirect descriptor chain does not end (a loop?)")
-            if length:
+            if length and addr + length <= low_end:
+                buf = low[addr : addr + length]
+            elif length:
                 try:
                     buf = view(addr, length)
                 except (ValueError, VmmError) as exc:
@@ -232,6 +235,8 @@ class RamViews:
 
     def __init__(self, ranges: list[tuple[int, int]], whole: Callable[[int, int], memoryview]):
         self._ranges = [(start, start + size, whole(start, size)) for start, size in ranges]
+        # (end, view) of the range starting at 0, sliced inline by the descriptor walk.
+        self.low = next(((stop, mv) for start, stop, mv in self._ranges if start == 0), (0, _EMPTY))
 
     def view(self, gpa: int, length: int) -> memoryview:
         end = gpa + length
@@ -242,3 +247,4 @@ class RamViews:
 
     def release(self) -> None:
         self._ranges = []
+        self.low = (0, _EMPTY)
