@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 
@@ -12,6 +13,8 @@ from qumran.vmm.errors import GuestTooLarge, VmmError
 
 MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # linux/mman.h; absent in 3.11
+MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
+HUGE_PAGE = 2 * 1024 * 1024
 
 
 class GuestMemory:
@@ -23,12 +26,23 @@ class GuestMemory:
         self.size = size
         self.ranges = layout.ram_ranges(size)
         try:
-            # MAP_NORESERVE: pages are only allocated when the guest touches them.
-            self._map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
+            # MAP_NORESERVE: pages are only allocated when the guest touches them. One huge
+            # page more than needed, so RAM can start on a 2 MiB boundary (see below).
+            self._map = mmap.mmap(
+                -1, size + HUGE_PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+            )
         except OSError as exc:
             raise VmmError(f"cannot allocate {size >> 20} MiB of guest memory: {exc}") from None
+        # Guest-physical and host-virtual addresses congruent modulo 2 MiB let the host back
+        # RAM with transparent huge pages and KVM map them as huge pages in the nested page
+        # tables: far fewer faults while the guest first touches its memory.
+        start = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        self._base = -start % HUGE_PAGE
+        if MADV_HUGEPAGE is not None:
+            with contextlib.suppress(OSError):  # THP disabled or unsupported: 4 KiB pages
+                self._map.madvise(MADV_HUGEPAGE)
         self._view: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * size).from_buffer(
-            self._map
+            self._map, self._base
         )
         self.host_addr = ctypes.addressof(self._view)
 
@@ -39,7 +53,7 @@ class GuestMemory:
             offset += length
 
     def _offset(self, gpa: int, length: int) -> int:
-        offset = 0
+        offset = self._base
         for start, size in self.ranges:
             if start <= gpa and gpa + length <= start + size:
                 return offset + gpa - start
