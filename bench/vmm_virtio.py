@@ -1,5 +1,6 @@
-"""virtio-blk throughput: qumran-vmm against QEMU -M q35 -accel kvm with virtio-blk-pci,
-same kernel, initrd, memory and raw image. Needs a real KVM: run it inside the test host:
+"""virtio-blk and virtio-net: qumran-vmm against QEMU -M q35 -accel kvm with virtio-blk-pci
+and virtio-net-pci on a TAP, same kernel, initrd, memory, raw image and network. Needs a
+real KVM: run it inside the test host:
 
     python -m tests.kvmhost run --timeout 1500 --cwd "$PWD" -- \\
         "$PWD/.venv/bin/python" bench/vmm_virtio.py [--mib 128] [--runs 2]
@@ -7,8 +8,15 @@ same kernel, initrd, memory and raw image. Needs a real KVM: run it inside the t
 In the guest: sequential ``dd`` with 1 MiB blocks, a read of /dev/vda after dropping the
 guest's page cache, and a write ending with fsync, each larger than the guest's RAM and
 timed in the guest by busybox ``time`` (the serial console's latency under a nested KVM is
-too large and too variable to time from the host). Prints a markdown table; ratio =
-qumran-vmm / QEMU (above 1: qumran-vmm is faster).
+too large and too variable to time from the host). Around each dd the VMM process's
+CPU time (utime + stime from /proc/PID/stat, all threads, so the vCPU thread's time in the
+guest too; guest_time is reported apart) gives CPU seconds per GiB moved.
+Then 4 KiB random reads with ``fio`` (psync, O_DIRECT, queue depth 1; and libaio at queue
+depth 16) on /dev/vda for a fixed time, and ``iperf3`` from the guest over virtio-net to a
+server on the host side of the TAP, in a network namespace. fio and iperf3 are the host's
+Debian binaries, carried into the guest by an extra initramfs layer (vmm_virtio_tools.py).
+Prints markdown tables; ratio = qumran-vmm / QEMU (for throughput, above 1: qumran-vmm is
+faster; for CPU per GiB, above 1: qumran-vmm spends more). Measures; never asserts.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from vmm_virtio_net import GUEST_IP, HOST_IP, MAC, TAP, Netns, load_tun
+from vmm_virtio_tools import LIBRARY_PATH, bench_initrd
 
 from qumran.images import DemoImage, build_demo
 
@@ -93,60 +104,146 @@ class Guest:
         self.proc.wait()
 
 
-def contenders(demo: DemoImage, image: Path, workdir: Path) -> dict[str, list[str]]:
+def contenders(demo: DemoImage, initrd: Path, image: Path) -> dict[str, list[str]]:
     return {
         "qumran-vmm": [QUMRAN_VMM, "--name", "bench", "--kernel", str(demo.kernel),
-                       "--initrd", str(demo.initrd), "--cmdline", demo.cmdline,
-                       "--memory", MEMORY, "--disk", str(image)],
-        "qemu q35 virtio-blk-pci": [QEMU, "-M", "q35", "-accel", "kvm", "-cpu", "host",
-                                    "-m", MEMORY, "-nodefaults", "-no-user-config",
-                                    "-display", "none", "-serial", "stdio",
-                                    "-kernel", str(demo.kernel), "-initrd", str(demo.initrd),
-                                    "-append", demo.cmdline,
-                                    "-drive", f"file={image},if=none,id=d0,format=raw",
-                                    "-device", "virtio-blk-pci,drive=d0"],
+                       "--initrd", str(initrd), "--cmdline", demo.cmdline,
+                       "--memory", MEMORY, "--disk", str(image),
+                       "--net", f"tap={TAP},mac={MAC}"],
+        "QEMU": [QEMU, "-M", "q35", "-accel", "kvm", "-cpu", "host",
+                 "-m", MEMORY, "-nodefaults", "-no-user-config",
+                 "-display", "none", "-serial", "stdio",
+                 "-kernel", str(demo.kernel), "-initrd", str(initrd),
+                 "-append", demo.cmdline,
+                 "-drive", f"file={image},if=none,id=d0,format=raw",
+                 "-device", "virtio-blk-pci,drive=d0",
+                 "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off",
+                 "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"],
     }  # fmt: skip
 
 
-def measure(argv: list[str], demo: DemoImage, mib: int) -> tuple[float, float]:
-    guest = Guest(argv)
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime + stime, guest_time) of ``pid`` in seconds, all threads (proc(5) fields
+    14, 15 and 43; counted from after the ``(comm)`` field, which may hold spaces)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): field n is fields[n - 3].
+    return (int(fields[11]) + int(fields[12])) / TICK, int(fields[40]) / TICK
+
+
+Result = dict[str, float]
+
+
+def disk_runs(guest: Guest, pid: int, mib: int, res: Result) -> None:
+    for kind, cmd in (
+        ("write", f"dd if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync"),
+        ("read", f"dd if=/dev/vda of=/dev/null bs=1M count={mib}"),
+    ):
+        guest.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+        cpu0, g0 = cpu_times(pid)
+        seconds = guest.timed(cmd)
+        cpu1, g1 = cpu_times(pid)
+        res[f"{kind} MB/s"] = mib / seconds
+        res[f"{kind} cpu s/GiB"] = (cpu1 - cpu0) / (mib / 1024)
+        res[f"{kind} non-guest cpu s/GiB"] = (cpu1 - cpu0 - (g1 - g0)) / (mib / 1024)
+
+
+FIO = (f"LD_LIBRARY_PATH={LIBRARY_PATH} fio --name=rr --filename=/dev/vda --direct=1 "
+       "--rw=randread --bs=4k --time_based --minimal")  # fmt: skip
+
+
+def fio_runs(guest: Guest, seconds: int, res: Result) -> None:
+    for label, engine in (("psync QD1", "--ioengine=psync"),
+                          ("libaio QD16", "--ioengine=libaio --iodepth=16")):  # fmt: skip
+        out = guest.run(f"{FIO} {engine} --runtime={seconds} 2>&1 | tail -1", seconds + 120)
+        fields = out.strip().split(";")
+        # --minimal (terse v3): field 8 is the read IOPS.
+        if len(fields) > 8 and fields[7].isdigit():
+            res[f"randread {label} IOPS"] = float(fields[7])
+        else:
+            print(f"fio {label}: {out[-400:]!r}", file=sys.stderr)
+
+
+def iperf_run(guest: Guest, net: Netns, pid: int, seconds: int, res: Result) -> None:
+    net.serve()
+    guest.run(f"ip addr add {GUEST_IP}/24 dev eth0; ip link set eth0 up")
+    time.sleep(1)
+    cpu0, g0 = cpu_times(pid)
+    out = guest.run(
+        f"LD_LIBRARY_PATH={LIBRARY_PATH} iperf3 -c {HOST_IP} -t {seconds} -f m 2>&1 | tail -4",
+        seconds + 60,
+    )
+    cpu1, g1 = cpu_times(pid)
+    net.stop_server()
+    m = re.search(r"([\d.]+) (\w)Bytes\s+([\d.]+) Mbits/sec.*sender", out)
+    if m is None:
+        print(f"iperf3: {out[-400:]!r}", file=sys.stderr)
+        return
+    gib = float(m.group(1)) * {"K": 2**-20, "M": 2**-10, "G": 1.0}[m.group(2)]
+    res["iperf3 guest->host Mbit/s"] = float(m.group(3))
+    res["iperf3 cpu s/GiB"] = (cpu1 - cpu0) / gib
+    res["iperf3 non-guest cpu s/GiB"] = (cpu1 - cpu0 - (g1 - g0)) / gib
+
+
+def measure(argv: list[str], demo: DemoImage, net: Netns | None, args: argparse.Namespace
+            ) -> Result:  # fmt: skip
+    guest = Guest(net.wrap(argv) if net else argv)
+    res: Result = {}
     try:
-        guest.wait_for(demo.ready_line, 180)
-        guest.run("sync; echo 3 > /proc/sys/vm/drop_caches")
-        write = guest.timed(f"dd if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync")
-        guest.run("sync; echo 3 > /proc/sys/vm/drop_caches")
-        read = guest.timed(f"dd if=/dev/vda of=/dev/null bs=1M count={mib}")
-        return mib / read, mib / write
+        pid = guest.proc.pid  # `ip netns exec` execs the VMM: same PID
+        guest.wait_for(demo.ready_line, 240)
+        disk_runs(guest, pid, args.mib, res)
+        fio_runs(guest, args.fio_seconds, res)
+        if net is not None:
+            iperf_run(guest, net, pid, args.iperf_seconds, res)
+        return res
     finally:
         guest.close()
+
+
+def table(results: dict[str, list[Result]], runs: int) -> str:
+    ours, qemu = results["qumran-vmm"], results["QEMU"]
+    keys = [k for k in ours[0] if all(k in r for r in ours + qemu)]
+    lines = [f"| median of {runs} | qumran-vmm | QEMU | ratio |", "|---|---|---|---|"]
+    for key in keys:
+        a = statistics.median(r[key] for r in ours)
+        b = statistics.median(r[key] for r in qemu)
+        lines.append(f"| {key} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--mib", type=int, default=512)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--fio-seconds", type=int, default=15)
+    p.add_argument("--iperf-seconds", type=int, default=10)
     args = p.parse_args()
     demo = find_demo()
-    results: dict[str, tuple[list[float], list[float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="qbench-") as tmp:
-        image = Path(tmp) / "disk.img"
-        with open(image, "wb") as f:
-            f.truncate((args.mib + 16) << 20)
-        for name, argv in contenders(demo, image, Path(tmp)).items():
-            reads, writes = results.setdefault(name, ([], []))
-            for _ in range(args.runs):
-                r, w = measure(argv, demo, args.mib)
-                reads.append(r)
-                writes.append(w)
-                print(f"{name}: read {r:.1f} MB/s, write {w:.1f} MB/s", file=sys.stderr)
-    ours, qemu = results["qumran-vmm"], results["qemu q35 virtio-blk-pci"]
-    print(
-        f"| dd {args.mib} MiB, 1 MiB blocks (median of {args.runs}) | qumran-vmm | QEMU | ratio |"
-    )
-    print("|---|---|---|---|")
-    for label, i in (("sequential read MB/s", 0), ("sequential write + fsync MB/s", 1)):
-        a, b = statistics.median(ours[i]), statistics.median(qemu[i])
-        print(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    initrd = bench_initrd(demo)
+    print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
+    net = Netns() if os.geteuid() == 0 and load_tun() else None
+    if net is None:
+        print("no netns/TAP here: network not measured", file=sys.stderr)
+    results: dict[str, list[Result]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="qbench-") as tmp:
+            image = Path(tmp) / "disk.img"
+            with open(image, "wb") as f:
+                f.truncate((args.mib + 16) << 20)
+            for _ in range(args.runs):  # interleaved, so drifting load hits both alike
+                for name, argv in contenders(demo, initrd, image).items():
+                    res = measure(argv, demo, net, args)
+                    results.setdefault(name, []).append(res)
+                    shown = ", ".join(f"{k} {v:.2f}" for k, v in res.items())
+                    print(f"{name}: {shown}", file=sys.stderr, flush=True)
+    finally:
+        if net is not None:
+            net.close()
+    print(f"load average at end: {os.getloadavg()}", file=sys.stderr)
+    print(table(results, args.runs))
     return 0
 
 
