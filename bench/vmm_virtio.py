@@ -203,14 +203,20 @@ def measure(argv: list[str], demo: DemoImage, net: Netns | None, args: argparse.
         guest.close()
 
 
+def _cell(values: list[float]) -> str:
+    """Median, and the range when there are several runs."""
+    text = f"{statistics.median(values):.1f}"
+    return text + (f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else "")
+
+
 def table(results: dict[str, list[Result]], runs: int) -> str:
     ours, qemu = results["qumran-vmm"], results["QEMU"]
     keys = [k for k in ours[0] if all(k in r for r in ours + qemu)]
     lines = [f"| median of {runs} | qumran-vmm | QEMU | ratio |", "|---|---|---|---|"]
     for key in keys:
-        a = statistics.median(r[key] for r in ours)
-        b = statistics.median(r[key] for r in qemu)
-        lines.append(f"| {key} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+        a, b = ([r[key] for r in rs] for rs in (ours, qemu))
+        ratio = statistics.median(a) / statistics.median(b)
+        lines.append(f"| {key} | {_cell(a)} | {_cell(b)} | {ratio:.2f} |")
     return "\n".join(lines)
 
 
