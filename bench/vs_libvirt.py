@@ -299,7 +299,10 @@ def _method_notes(plan: Plan, res: Results) -> None:
         "Qumran's QEMU runs the guest from exec, like bare QEMU, so qumran adds about forked + "
         "delivery; libvirt starts QEMU paused (`-S`), works over QMP, and resumes it just "
         "before `virsh start` returns, so libvirt adds about returned minus bare QEMU's exec → "
-        "QMP greeting (when QEMU's main loop, and the guest, start).",
+        "first QMP reply (QMP commands run in the main loop, which starts with the guest). "
+        "Seen here but not explained: in quiet runs libvirt's guest, resumed ~250 ms after "
+        "exec, reached the ready line about as early as bare QEMU's, so the two estimates of "
+        "libvirt's added time can disagree by ~200 ms.",
         "Daemon CPU time (utime + stime from /proc, to 10 ms) is what qumrand, or libvirtd + "
         "virtlogd, used between the start command and the ready line: on 2 CPUs shared with "
         "a TCG guest it is time the guest may have waited for, which the ↳ estimate leaves out.",

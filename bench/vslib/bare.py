@@ -49,7 +49,7 @@ def start_to_ready(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
     try:
-        running = _monitor_greeting(run_dir / "monitor.sock", t0 + timeout) - t0
+        running = _main_loop_running(run_dir / "monitor.sock", t0 + timeout) - t0
         return {"ready": wait_for_text(run_dir / "console.log", ready, t0 + timeout) - t0,
                 "running": running}  # fmt: skip
     finally:
@@ -58,11 +58,12 @@ def start_to_ready(
             proc.wait(timeout=30)
 
 
-def _monitor_greeting(path: Path, deadline: float) -> float:
-    """When QEMU's QMP greeting arrived (:func:`now`).
+def _main_loop_running(path: Path, deadline: float) -> float:
+    """When QEMU first answered a QMP command (:func:`now`).
 
-    QEMU greets once its main loop runs, which is when the vCPUs start (no ``-S``): the
-    part of a bare start that comes before the guest runs.
+    The greeting comes from the monitor's own I/O thread, possibly before the machine is
+    built; commands run in the main loop, which starts with the vCPUs (no ``-S``). So the
+    reply to ``qmp_capabilities`` marks the end of QEMU's own start: the guest runs.
     """
     while now() < deadline:
         with socket.socket(socket.AF_UNIX) as sock:
@@ -72,6 +73,10 @@ def _monitor_greeting(path: Path, deadline: float) -> float:
                 time.sleep(POLL)
                 continue
             sock.settimeout(max(0.1, deadline - now()))
-            if sock.recv(4096):
-                return now()
-    raise BenchError(f"no QMP greeting on {path}")
+            with sock.makefile("rwb") as qmp:
+                qmp.readline()  # the greeting
+                qmp.write(b'{"execute": "qmp_capabilities"}\n')
+                qmp.flush()
+                if qmp.readline():
+                    return now()
+    raise BenchError(f"no QMP answer on {path}")

@@ -107,7 +107,7 @@ def _start_rows(res: Results) -> list[str]:
         f"| ↳ ready line: QEMU wrote it → reader got it, median | {cell('qumran', 'delivery')} "
         "| 0 ms (file read directly) | | | |",
         row("↳ daemon CPU time from start command to ready line, median", "daemon_cpu"),
-        f"| ↳ bare QEMU exec → guest running (QMP greeting), median | {cell('bare', 'running')} "
+        f"| ↳ bare QEMU exec → guest running (first QMP reply), median | {cell('bare', 'running')} "
         f"| {cell('bare', 'running')} | | | |",
         _added_row("added before the guest runs + console delivery (from ↳ rows)", qb, vb),
     ]
