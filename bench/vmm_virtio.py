@@ -1,6 +1,6 @@
 """virtio-blk and virtio-net: qumran-vmm against QEMU -M q35 -accel kvm with virtio-blk-pci
 and virtio-net-pci on a TAP, same kernel, initrd, memory, raw image and network. Needs a
-real KVM: run it inside the test host:
+real KVM and, on the host, ``apt-get install -y fio iperf3``; run it inside the test host:
 
     python -m tests.kvmhost run --timeout 1500 --cwd "$PWD" -- \\
         "$PWD/.venv/bin/python" bench/vmm_virtio.py [--mib 128] [--runs 2]
