@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
-import json
 import logging
 import os
 import socket as socketlib
 from typing import Any
 
-from fastapi import Body, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Body, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from qumran import __version__
+from qumran.daemon import streams
 from qumran.daemon.manager import Caller, Manager
 from qumran.errors import InvalidState, PermissionDenied, QumranError
 
@@ -142,35 +139,12 @@ def _add_action(app: FastAPI, manager: Manager, action: str) -> None:
 
 
 async def _event_session(manager: Manager, websocket: WebSocket) -> None:
-    """Push each lifecycle event the caller may see, as a JSON text frame."""
     try:
         caller = caller_of(websocket)
     except QumranError as exc:
-        body = {"error": exc.to_dict()}
-        await websocket.send_denial_response(JSONResponse(body, status_code=exc.http_status))
+        await streams.deny(websocket, exc)
         return
-    everything = caller.uid in (0, os.geteuid())
-    await websocket.accept()
-    queue = manager.events.subscribe()
-
-    async def push() -> None:
-        while True:
-            event = await queue.get()
-            if everything or event.owner == caller.uid:
-                await websocket.send_text(json.dumps(dataclasses.asdict(event)))
-
-    async def until_closed() -> None:
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass
-
-    tasks = {asyncio.create_task(push()), asyncio.create_task(until_closed())}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        manager.events.unsubscribe(queue)
+    await streams.event_stream(manager.events, websocket, caller.uid)
 
 
 async def _console_session(manager: Manager, websocket: WebSocket, name: str) -> None:
@@ -179,39 +153,6 @@ async def _console_session(manager: Manager, websocket: WebSocket, name: str) ->
         if dom.run is None:
             raise InvalidState(f"VM {name!r} is not running; start it first")
     except QumranError as exc:
-        # A refusal is a plain HTTP error with the usual body (WebSocket Denial Response).
-        body = {"error": exc.to_dict()}
-        await websocket.send_denial_response(JSONResponse(body, status_code=exc.http_status))
+        await streams.deny(websocket, exc)
         return
-    broker = dom.run.console
-    await websocket.accept()
-    history, queue = broker.subscribe()
-
-    async def to_client() -> None:
-        if history:
-            await websocket.send_bytes(history)
-        while (chunk := await queue.get()) is not None:
-            await websocket.send_bytes(chunk)
-        await websocket.close(code=1000, reason="the VM stopped")
-
-    async def from_client() -> None:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes") or (message.get("text") or "").encode()
-            await broker.write(data)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            out = group.create_task(to_client())
-            inp = group.create_task(from_client())
-            await asyncio.wait({out, inp}, return_when=asyncio.FIRST_COMPLETED)
-            out.cancel()
-            inp.cancel()
-    except* (WebSocketDisconnect, RuntimeError, OSError):
-        pass
-    finally:
-        broker.unsubscribe(queue)
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await websocket.close()
+    await streams.console_stream(dom.run.console, websocket)

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, WebSocket
 
 from qumran.daemon.domain import Domain
 from qumran.daemon.manager import Manager
+from qumran.daemon.streams import console_stream, deny, event_stream, pump_both
 from qumran.errors import InvalidState, QumranError
 from qumran.web.auth import Session
 from qumran.web.guard import Forged, auth_of, caller, session_of
@@ -37,11 +33,6 @@ async def admit(websocket: WebSocket) -> Session | None:
         await deny(websocket, exc)
         return None
     return session
-
-
-async def deny(websocket: WebSocket, exc: QumranError) -> None:
-    body = {"error": exc.to_dict()}
-    await websocket.send_denial_response(JSONResponse(body, status_code=exc.http_status))
 
 
 def routes(manager: Manager) -> APIRouter:
@@ -83,48 +74,13 @@ async def _running_vm(manager: Manager, websocket: WebSocket, name: str) -> Doma
 
 
 async def event_session(manager: Manager, websocket: WebSocket, session: Session) -> None:
-    everything = session.uid in (0, os.geteuid())  # as the daemon's own ownership rule
-    await websocket.accept()
-    queue = manager.events.subscribe()
-
-    async def push() -> None:
-        while True:
-            event = await queue.get()
-            if everything or event.owner == session.uid:
-                await websocket.send_text(json.dumps(asdict(event)))
-
-    try:
-        await _both(websocket, push, lambda: _drain(websocket))
-    finally:
-        manager.events.unsubscribe(queue)
+    await event_stream(manager.events, websocket, session.uid)
 
 
 async def console_session(dom: Domain, websocket: WebSocket) -> None:
     """One more viewer of the console stream `qumran console` reads (ConsoleBroker)."""
     assert dom.run is not None
-    broker = dom.run.console
-    await websocket.accept()
-    history, queue = broker.subscribe()
-
-    async def to_browser() -> None:
-        if history:
-            await websocket.send_bytes(history)
-        while (chunk := await queue.get()) is not None:
-            await websocket.send_bytes(chunk)
-        await websocket.close(code=1000, reason="the VM stopped")
-
-    async def from_browser() -> None:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes") or (message.get("text") or "").encode()
-            await broker.write(data)
-
-    try:
-        await _both(websocket, to_browser, from_browser)
-    finally:
-        broker.unsubscribe(queue)
+    await console_stream(dom.run.console, websocket)
 
 
 async def vnc_session(dom: Domain, websocket: WebSocket) -> None:
@@ -152,32 +108,8 @@ async def vnc_session(dom: Domain, websocket: WebSocket) -> None:
             await writer.drain()
 
     try:
-        await _both(websocket, to_browser, from_browser)
+        await pump_both(websocket, to_browser, from_browser)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-
-
-async def _drain(websocket: WebSocket) -> None:
-    while (await websocket.receive())["type"] != "websocket.disconnect":
-        pass
-
-
-async def _both(
-    websocket: WebSocket, a: Callable[[], Awaitable[None]], b: Callable[[], Awaitable[None]]
-) -> None:
-    """Run two pumps until either ends (or the peer goes away), stop the other, close."""
-    tasks = {asyncio.ensure_future(a()), asyncio.ensure_future(b())}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, Exception) and not isinstance(
-                result, WebSocketDisconnect | RuntimeError | OSError
-            ):
-                log.debug("web socket ended: %r", result)
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await websocket.close()
