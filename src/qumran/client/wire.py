@@ -8,14 +8,17 @@ Content-Length, else the body runs until the peer closes.
 
 from __future__ import annotations
 
-import socket
+# _socket, the C module, not socket.py: socket.py adds ~2.5 ms of imports (selectors,
+# array, ...) to every `qumran` run, for conveniences a one-request client does not need.
+import _socket
+import io
 
 from qumran.client.errors import DaemonNotRunning, ProtocolError
 from qumran.errors import ConnectionFailed, Timeout
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 MAX_LINE = 65536  # longest status/header/chunk-size line we accept
 MAX_HEADERS = 100
@@ -52,9 +55,23 @@ def not_running_message(socket_path: str, exc: OSError) -> str:
     )
 
 
-def connect(socket_path: str, timeout: float | None) -> socket.socket:
+class _SocketReader(io.RawIOBase):
+    """The raw side of a buffered reader over a connected socket (what makefile gives)."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+def connect(socket_path: str, timeout: float | None) -> _socket.socket:
     """Open a stream connection to the daemon, translating OSError into our errors."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(socket_path)
@@ -98,7 +115,7 @@ def request(
     sock = connect(socket_path, timeout)
     try:
         sock.sendall(encode_request(method, target, body))
-        with sock.makefile("rb") as stream:
+        with io.BufferedReader(_SocketReader(sock)) as stream:
             return read_response(stream, head_request=method == "HEAD")
     except TimeoutError:
         raise Timeout(f"qumrand did not answer {method} {target} in time") from None
