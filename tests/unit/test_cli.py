@@ -346,7 +346,17 @@ def test_help_lists_every_command(capsys: Any) -> None:
 
 # --- as a process ---------------------------------------------------------------------------
 
-HEAVY = ("pydantic", "yaml", "websockets", "asyncio", "http.client", "email", "fastapi", "typing", "socket")
+HEAVY = (
+    "pydantic",
+    "yaml",
+    "websockets",
+    "asyncio",
+    "http.client",
+    "email",
+    "fastapi",
+    "typing",
+    "socket",
+)
 
 
 def test_list_imports_nothing_heavy(stub: StubDaemon) -> None:
