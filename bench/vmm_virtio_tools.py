@@ -12,6 +12,7 @@ image; run this file to (re)build it.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 import subprocess
@@ -27,6 +28,11 @@ _LDD_PATH = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x")
 
 
 def tool_paths() -> list[Path]:
+    """The host's fio and iperf3, installed from Debian first if missing (as root)."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=False, env=env)
     paths = []
     for tool in TOOLS:
         found = shutil.which(tool)
