@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 
 from qumran.vmm.devices.virtio.device import DeviceContext, DeviceId, VirtioDevice
-from qumran.vmm.devices.virtio.queue import QueueError
 
 QUEUE_SIZE = 64
 RX, TX = 0, 1
@@ -62,20 +61,11 @@ class VirtioConsole(VirtioDevice):
         self.port = port
 
     def activated(self, ctx: DeviceContext) -> None:
-        self.port.listen(lambda: ctx.loop.call_soon(functools.partial(self._on_input, ctx)))
+        self.port.listen(lambda: ctx.loop.call_soon(functools.partial(self.serve, ctx, RX)))
 
     def reset(self) -> None:
         self.port.listen(None)
         super().reset()
-
-    def _on_input(self, ctx: DeviceContext) -> None:
-        with ctx.lock:
-            if self.ctx is not ctx:
-                return
-            try:
-                self._receive(ctx)
-            except QueueError as exc:
-                self.fail(str(exc))
 
     def process(self, ctx: DeviceContext, index: int) -> None:
         if index == TX:

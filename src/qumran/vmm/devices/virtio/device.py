@@ -96,6 +96,17 @@ class VirtioDevice(ABC):
         except QueueError as exc:
             self.fail(str(exc))
 
+    def serve(self, ctx: DeviceContext, index: int) -> None:
+        """Process queue ``index`` on the backend's own wake-up (input is waiting), under
+        the transport's lock, unless the device was reset since that wake-up was armed."""
+        with ctx.lock:
+            if self.ctx is not ctx:
+                return
+            try:
+                self.process(ctx, index)
+            except QueueError as exc:
+                self.fail(str(exc))
+
     def fail(self, why: str) -> None:
         """The guest broke the device: stop touching its queues and ask for a reset."""
         ctx, self.ctx = self.ctx, None

@@ -118,16 +118,7 @@ class VirtioNet(VirtioDevice):
     def _watch(self, ctx: DeviceContext) -> None:
         if not self._watching:
             self._watching = True
-            ctx.loop.add_reader(self.tap.fd, functools.partial(self._on_readable, ctx))
-
-    def _on_readable(self, ctx: DeviceContext) -> None:
-        with ctx.lock:
-            if self.ctx is not ctx:
-                return
-            try:
-                self._receive(ctx)
-            except QueueError as exc:
-                self.fail(str(exc))
+            ctx.loop.add_reader(self.tap.fd, functools.partial(self.serve, ctx, RX))
 
     def process(self, ctx: DeviceContext, index: int) -> None:
         if index == TX:
