@@ -86,9 +86,13 @@ class HostInfo:
 class Instance(ABC):
     """A running hypervisor process, as the daemon sees it."""
 
-    pid: int
-    paths: RunPaths
-    process: Spawned  # the hypervisor process: pid, real state, exit status
+    def __init__(self, process: Spawned, paths: RunPaths) -> None:
+        self.process = process  # the hypervisor process: pid, real state, exit status
+        self.paths = paths
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @abstractmethod
     async def powerdown(self) -> None:

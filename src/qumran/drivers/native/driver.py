@@ -51,9 +51,7 @@ def build_argv(spec: VmSpec, paths: RunPaths, binary: str) -> list[str]:
 
 class NativeInstance(Instance):
     def __init__(self, process: Spawned, paths: RunPaths, control: VmmControl) -> None:
-        self.process = process
-        self.pid = process.pid
-        self.paths = paths
+        super().__init__(process, paths)
         self.control = control
 
     async def powerdown(self) -> None:

@@ -11,9 +11,7 @@ class QemuInstance(Instance):
     """One QEMU process. ``process`` gives the daemon its pid, real state and exit status."""
 
     def __init__(self, process: Spawned, paths: RunPaths, monitor: QmpMonitor) -> None:
-        self.process = process
-        self.pid = process.pid
-        self.paths = paths
+        super().__init__(process, paths)
         self.monitor = monitor
 
     async def powerdown(self) -> None:
