@@ -3,7 +3,7 @@ and virtio-net-pci on a TAP, same kernel, initrd, memory, raw image and network.
 real KVM and, on the host, ``apt-get install -y fio iperf3``; run it inside the test host:
 
     python -m tests.kvmhost run --timeout 1500 --cwd "$PWD" -- \\
-        "$PWD/.venv/bin/python" bench/vmm_virtio.py [--mib 128] [--runs 2]
+        "$PWD/.venv/bin/python" bench/vmm_virtio.py [--mib 128] [--runs 2] [--only net]
 
 In the guest: sequential ``dd`` with 1 MiB blocks, a read of /dev/vda after dropping the
 guest's page cache, and a write ending with fsync, each larger than the guest's RAM and
@@ -194,9 +194,11 @@ def measure(argv: list[str], demo: DemoImage, net: Netns | None, args: argparse.
     try:
         pid = guest.proc.pid  # `ip netns exec` execs the VMM: same PID
         guest.wait_for(demo.ready_line, 240)
-        disk_runs(guest, pid, args.mib, res)
-        fio_runs(guest, args.fio_seconds, res)
-        if net is not None:
+        if "dd" in args.only:
+            disk_runs(guest, pid, args.mib, res)
+        if "fio" in args.only:
+            fio_runs(guest, args.fio_seconds, res)
+        if net is not None and "net" in args.only:
             iperf_run(guest, net, pid, args.iperf_seconds, res)
         return res
     finally:
@@ -226,7 +228,15 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--fio-seconds", type=int, default=15)
     p.add_argument("--iperf-seconds", type=int, default=10)
+    p.add_argument(
+        "--only",
+        default="dd,fio,net",
+        help="comma-separated parts to run: dd, fio, net (default: all)",
+    )
     args = p.parse_args()
+    args.only = set(args.only.split(","))
+    if not args.only <= {"dd", "fio", "net"}:
+        p.error(f"--only: unknown part in {sorted(args.only)} (known: dd, fio, net)")
     demo = find_demo()
     initrd = bench_initrd(demo)
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
