@@ -25,8 +25,15 @@ DAEMON_START_TIMEOUT = 20.0
 
 
 class Daemon:
-    def __init__(self, root: Path, driver: str = "fake", web: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        driver: str = "fake",
+        web: str | None = None,
+        start_timeout: float = DAEMON_START_TIMEOUT,
+    ) -> None:
         self.root = root
+        self.start_timeout = start_timeout
         self.driver = driver
         self.web = web  # HOST:PORT of the web manager, or None for none
         self.socket = str(root / "qumrand.sock")
@@ -50,7 +57,7 @@ class Daemon:
             argv += ["--web", self.web]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"qumrand exited: {self.log.read_text()[-2000:]}")

@@ -26,7 +26,9 @@ QUMRAN = str(Path(sys.executable).parent / "qumran")
 @pytest.fixture
 def kvm_daemon() -> Iterator[Daemon]:
     root = short_tmpdir()
-    daemon = Daemon(root, driver="real")
+    # The first qumrand in a fresh test host imports FastAPI and pydantic under nested
+    # emulation, from a cold page cache, on a loaded machine: seen to take over 20 s.
+    daemon = Daemon(root, driver="real", start_timeout=120)
     daemon.start()
     yield daemon
     daemon.cleanup()
