@@ -125,15 +125,35 @@ def ready_lines_logged(daemon: Daemon) -> int:
     return log.read_text(errors="replace").count(READY_LINE)
 
 
-def test_reboot_comes_back(qemu_daemon: Daemon) -> None:
+@pytest.mark.parametrize(
+    ("verb", "first", "guest_resets"),
+    [
+        # Ctrl-Alt-Del: the demo's init leaves it to the kernel, which restarts the machine
+        # itself; QEMU reports that reset as the guest's.
+        ("reboot", ("reboot-requested", "user"), True),
+        ("reset", ("rebooted", "user"), False),  # the reset button
+    ],
+)
+def test_reboot_and_reset_come_back(
+    qemu_daemon: Daemon, verb: str, first: tuple[str, str], guest_resets: bool
+) -> None:
     pid = qemu_daemon.vm("demo")["pid"]
     before = ready_lines_logged(qemu_daemon)
-    qumran_json(qemu_daemon, "reboot", "demo")
+    last_event = qumran_json(qemu_daemon, "events")[-1]["id"]
+    qumran_json(qemu_daemon, verb, "demo")
     deadline = time.monotonic() + BOOT_TIMEOUT
     while ready_lines_logged(qemu_daemon) == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ready_lines_logged(qemu_daemon) == before + 1
     assert qemu_daemon.vm("demo")["pid"] == pid  # the same process, a reset guest
+    seen = qumran_json(qemu_daemon, "events")
+    new = [(e["event"], e["reason"]) for e in seen if e["id"] > last_event]
+    assert new[0] == first
+    # A restarting kernel tries reset methods in turn (ACPI, keyboard controller) and QEMU
+    # may act on more than one; the firmware, run again, resets the machine once more by
+    # itself. All of those are the guest's resets, reported as they happen.
+    assert set(new[1:]) <= {("reset", "guest")}
+    assert bool(new[1:]) or not guest_resets
 
 
 def test_graceful_shutdown_through_the_guest(qemu_daemon: Daemon) -> None:

@@ -223,6 +223,7 @@ def test_host(stub: StubDaemon, capsys: Any) -> None:
         ("shutdown", "POST", "/v1/vms/web/shutdown", "VM 'web' is being shut down"),
         ("destroy", "POST", "/v1/vms/web/destroy", "VM 'web' destroyed"),
         ("reboot", "POST", "/v1/vms/web/reboot", "VM 'web' is being rebooted"),
+        ("reset", "POST", "/v1/vms/web/reset", "VM 'web' was reset"),
         ("suspend", "POST", "/v1/vms/web/suspend", "VM 'web' suspended"),
         ("resume", "POST", "/v1/vms/web/resume", "VM 'web' resumed"),
         ("undefine", "DELETE", "/v1/vms/web", "VM 'web' undefined"),

@@ -253,6 +253,7 @@ VM = {"name": "web 1", "state": "running", "pid": 42}
         (lambda c: c.shutdown("w"), b"POST /v1/vms/w/shutdown", None),
         (lambda c: c.destroy("w"), b"POST /v1/vms/w/destroy", None),
         (lambda c: c.reboot("w"), b"POST /v1/vms/w/reboot", None),
+        (lambda c: c.reset("w"), b"POST /v1/vms/w/reset", None),
         (lambda c: c.suspend("w"), b"POST /v1/vms/w/suspend", None),
         (lambda c: c.resume("w"), b"POST /v1/vms/w/resume", None),
         (lambda c: c.set_autostart("w", False), b"PUT /v1/vms/w/autostart", {"enabled": False}),

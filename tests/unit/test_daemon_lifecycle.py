@@ -200,6 +200,35 @@ def test_events_record_transitions(fake_daemon: Daemon) -> None:
     assert events == ["defined", "started", "stopped"]
 
 
+def test_reboot_asks_the_guest_and_reset_does_not(fake_daemon: Daemon) -> None:
+    define(fake_daemon, "rb")
+    pid = action(fake_daemon, "rb", "start")["pid"]
+
+    def events() -> list[tuple[str, str, str]]:
+        found = fake_daemon.call("GET", "/v1/events").json()
+        return [(e["event"], e["reason"], e["detail"]) for e in found if e["vm"] == "rb"][2:]
+
+    assert action(fake_daemon, "rb", "reboot")["state"] == "running"
+    deadline = time.monotonic() + 10
+    while len(events()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The request, then the guest's own reset when its init acts on Ctrl-Alt-Del.
+    assert events() == [
+        ("reboot-requested", "user", "ctrl-alt-del"),
+        ("reset", "guest", "guest-reset"),
+    ]
+    assert action(fake_daemon, "rb", "reset")["state"] == "running"
+    assert events()[2] == ("rebooted", "user", "reset")
+    assert fake_daemon.call("GET", "/v1/vms/rb").json()["pid"] == pid  # the same process
+    os.kill(pid, signal.SIGSTOP)
+    fake_daemon.wait_state("rb", "paused", timeout=10)
+    for verb in ("reboot", "reset"):
+        status, code, message = error(fake_daemon, "POST", f"/v1/vms/rb/{verb}")
+        assert (status, code) == (409, "invalid-state") and "resume it first" in message
+    os.kill(pid, signal.SIGCONT)
+    action(fake_daemon, "rb", "destroy")
+
+
 def test_a_vm_without_serial_console_starts(fake_daemon: Daemon) -> None:
     define(fake_daemon, "noserial", serial=False)
     assert action(fake_daemon, "noserial", "start")["state"] == "running"

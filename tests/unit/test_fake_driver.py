@@ -150,7 +150,19 @@ def test_reset_prints_the_ready_line_again(paths: RunPaths) -> None:
         assert await console.line() == READY_LINE
         await instance.reset()
         assert await console.line() == READY_LINE
-        assert events == [(GuestEvent.RESET, "host-qmp-system-reset")]
+        assert events == []  # the host's own reset is not a guest event
+
+    with_vm(paths, body)
+
+
+def test_reboot_request_lets_the_guest_reboot_itself(paths: RunPaths) -> None:
+    async def body(instance: FakeInstance, events: Events) -> None:
+        console = await Console.open(paths)
+        assert await console.line() == READY_LINE
+        await instance.request_reboot()
+        assert await console.line() == READY_LINE
+        await until(lambda: bool(events))
+        assert events == [(GuestEvent.RESET, "guest-reset")]
 
     with_vm(paths, body)
 

@@ -136,6 +136,7 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
         ({"event": "SHUTDOWN", "data": {"guest": False, "reason": "host-signal"}}, None),
         ({"event": "RESET", "data": {"guest": True, "reason": "guest-reset"}},
          (GuestEvent.RESET, "guest-reset")),
+        ({"event": "RESET", "data": {"guest": False, "reason": "host-qmp-system-reset"}}, None),
         ({"event": "STOP"}, (GuestEvent.STOP, "")),
         ({"event": "RESUME"}, (GuestEvent.RESUME, "")),
         ({"event": "GUEST_PANICKED", "data": {"action": "pause"}},
@@ -206,7 +207,7 @@ def test_a_failing_sink_does_not_stop_the_events(short_dir: Path) -> None:
             raise RuntimeError("daemon bug")
 
         monitor._sink = sink
-        server.event("RESET", guest=False, reason="host-qmp-system-reset")
+        server.event("RESET", guest=True, reason="guest-reset")
         server.event("RESUME")
         await until(lambda: len(seen) == 2)
 

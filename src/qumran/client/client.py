@@ -72,7 +72,12 @@ class Client:
         return self._action(name, "destroy")
 
     def reboot(self, name: str) -> VmInfo:
+        """Ask the guest to reboot (Ctrl-Alt-Del)."""
         return self._action(name, "reboot")
+
+    def reset(self, name: str) -> VmInfo:
+        """Hard reset."""
+        return self._action(name, "reset")
 
     def suspend(self, name: str) -> VmInfo:
         return self._action(name, "suspend")

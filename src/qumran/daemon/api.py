@@ -103,7 +103,7 @@ def build_app(manager: Manager) -> FastAPI:
         dom = await manager.set_autostart(caller_of(request), name, body.enabled)
         return VmInfo(**dom.info())
 
-    for action in ("start", "shutdown", "destroy", "reboot", "suspend", "resume"):
+    for action in ("start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume"):
         _add_action(app, manager, action)
 
     @app.get("/v1/vms/{name}/stats")

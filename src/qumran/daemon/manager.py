@@ -214,14 +214,28 @@ class Manager:
                 await dom.exited.wait()
 
     async def reboot(self, caller: Caller, name: str) -> Domain:
+        """Ask the guest to reboot; the guest's own reset, when it comes, is a "reset" event."""
         dom = self.get(caller, name)
         async with dom.lock:
-            run = self._running(dom)
-            if run.stopped_by_signal:
-                raise InvalidState(f"VM {name!r} is stopped by a signal; resume it first")
+            run = self._running_unstopped(dom)
+            await _bounded(run.instance.request_reboot(), dom)
+            self._changed(dom, "reboot-requested", dom.state, "user", "ctrl-alt-del")
+        return dom
+
+    async def reset(self, caller: Caller, name: str) -> Domain:
+        """Hard reset: the guest restarts at once, unsaved data in it is lost."""
+        dom = self.get(caller, name)
+        async with dom.lock:
+            run = self._running_unstopped(dom)
             await _bounded(run.instance.reset(), dom)
             self._changed(dom, "rebooted", dom.state, "user", "reset")
         return dom
+
+    def _running_unstopped(self, dom: Domain) -> Running:
+        run = self._running(dom)
+        if run.stopped_by_signal:
+            raise InvalidState(f"VM {dom.name!r} is stopped by a signal; resume it first")
+        return run
 
     async def suspend(self, caller: Caller, name: str) -> Domain:
         dom = self.get(caller, name)

@@ -103,6 +103,10 @@ class Instance(ABC):
         """Hard reset (the reset button)."""
 
     @abstractmethod
+    async def request_reboot(self) -> None:
+        """Ask the guest to reboot (Ctrl-Alt-Del): its OS decides how, or whether."""
+
+    @abstractmethod
     async def pause(self) -> None: ...
 
     @abstractmethod

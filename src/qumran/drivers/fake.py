@@ -233,6 +233,9 @@ class FakeInstance(Instance):
     async def reset(self) -> None:
         await self.monitor.execute("reset")
 
+    async def request_reboot(self) -> None:
+        await self.monitor.execute("ctrl-alt-del")
+
     async def pause(self) -> None:
         await self.monitor.execute("stop")
 

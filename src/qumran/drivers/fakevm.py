@@ -13,9 +13,10 @@ for a hypervisor, but it starts in a few tens of milliseconds and needs no kerne
   arrive as ``{"event": NAME, "detail": TEXT}`` with NAME one of the values of
   :class:`qumran.drivers.base.GuestEvent`, plus ``host-shutdown`` for SIGTERM.
   Commands: ``powerdown`` (shutdown event, exit 0 after ``--powerdown-delay``),
-  ``reset`` (reset event, ready line again), ``stop``/``cont`` (input is held while
-  paused), ``query-status`` (``{"status": "running"|"paused"}``), and the guest's own
-  actions ``guest-poweroff``, ``guest-reboot``, ``guest-panic``.
+  ``reset`` (ready line again), ``ctrl-alt-del`` (the guest reboots a moment later),
+  ``stop``/``cont`` (input is held while paused), ``query-status``
+  (``{"status": "running"|"paused"}``), and the guest's own actions ``guest-poweroff``,
+  ``guest-reboot``, ``guest-panic``.
 - ``--fail MESSAGE`` prints ``fakevm: MESSAGE`` and exits 1, as a hypervisor that
   refuses a definition would.
 
@@ -119,8 +120,10 @@ class FakeVm:
         match command:
             case "powerdown":
                 asyncio.get_running_loop().call_later(self.powerdown_delay, self.guest_poweroff)
-            case "reset":
-                self.emit("reset", "host-qmp-system-reset")
+            case "reset":  # like QEMU's RESET with guest: false, which the daemon ignores
+                self.boot()
+            case "ctrl-alt-del":  # the guest's init reboots it, a moment later
+                asyncio.get_running_loop().call_later(self.powerdown_delay, self.guest_reboot)
                 self.boot()
             case "stop":
                 self.paused = True

@@ -21,7 +21,7 @@ from qumran.web.guard import acting, auth_of, caller, current
 
 User = Annotated[Session, Depends(current)]  # any page or read: a logged-in session
 Actor = Annotated[Session, Depends(acting)]  # a change: the session and its CSRF token
-ACTIONS = ("start", "shutdown", "destroy", "reboot", "suspend", "resume")
+ACTIONS = ("start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 

@@ -60,6 +60,12 @@ class NativeInstance(Instance):
     async def reset(self) -> None:
         raise InvalidState("qumran-vmm VMs cannot be reset from outside yet; reboot the guest")
 
+    async def request_reboot(self) -> None:
+        raise InvalidState(
+            "qumran-vmm VMs have no keyboard to send Ctrl-Alt-Del to; reboot the guest from"
+            " inside, or shut it down and start it again"
+        )
+
     async def pause(self) -> None:
         await self.control.call("pause")
 

@@ -21,6 +21,12 @@ class QemuInstance(Instance):
     async def reset(self) -> None:
         await self.monitor.execute("system_reset")
 
+    async def request_reboot(self) -> None:
+        # Ctrl-Alt-Del on the PS/2 keyboard: systemd and sysvinit reboot cleanly; a kernel
+        # whose init never took the key over (reboot(2) CAD_OFF) restarts at once.
+        keys = [{"type": "qcode", "data": key} for key in ("ctrl", "alt", "delete")]
+        await self.monitor.execute("send-key", {"keys": keys})
+
     async def pause(self) -> None:
         await self.monitor.execute("stop")
 

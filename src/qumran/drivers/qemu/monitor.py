@@ -33,8 +33,8 @@ CRASHED_STATUSES = frozenset({"internal-error", "guest-panicked"})
 def translate(message: Mapping[str, Any]) -> tuple[GuestEvent, str] | None:
     """The GuestEvent for one QMP event message, or None for events the daemon ignores.
 
-    SHUTDOWN counts only when the guest caused it (``guest: true``): a host-side quit or
-    signal is the daemon's own doing, and the process exit tells it the rest.
+    SHUTDOWN and RESET count only when the guest caused them (``guest: true``): a host-side
+    quit, signal or system_reset is the daemon's own doing, and already recorded as such.
     """
     name = message.get("event")
     data = message.get("data") or {}
@@ -42,7 +42,7 @@ def translate(message: Mapping[str, Any]) -> tuple[GuestEvent, str] | None:
     match name:
         case "SHUTDOWN" if data.get("guest") is True:
             return GuestEvent.SHUTDOWN, reason
-        case "RESET":
+        case "RESET" if data.get("guest") is True:
             return GuestEvent.RESET, reason
         case "STOP":
             return GuestEvent.STOP, ""

@@ -8,6 +8,7 @@ const qumran = (() => {
     start: (s) => !ACTIVE.includes(s),
     shutdown: (s) => s === "running",
     reboot: (s) => s === "running",
+    reset: (s) => s === "running",
     suspend: (s) => s === "running",
     resume: (s) => s === "paused",
     destroy: (s) => ACTIVE.includes(s),
