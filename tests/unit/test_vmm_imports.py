@@ -12,7 +12,8 @@ from pathlib import Path
 
 HEAVY = (
     "asyncio", "ssl", "logging", "dataclasses", "inspect", "ast", "typing", "pathlib",
-    "shutil", "calendar", "datetime", "email", "urllib", "tempfile", "traceback",
+    "shutil", "calendar", "datetime", "email", "urllib", "tempfile", "traceback", "argparse",
+    "gettext", "locale",
     "qumran.config", "pydantic", "yaml",
 )  # fmt: skip
 # Only a machine with virtio devices loads the virtio stack and its I/O thread.

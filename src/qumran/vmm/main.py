@@ -21,15 +21,14 @@ the VMM's own resident memory; tests/unit/test_vmm_imports.py holds that line.
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import signal
 import sys
 
 from qumran.errors import QumranError
 from qumran.vmm import log as vmm_log
 from qumran.vmm.builder import VmSpec, build_machine
+from qumran.vmm.cmdline import VmmArgs, parse_or_exit
 from qumran.vmm.console import Console, open_console
 from qumran.vmm.control import ControlServer
 from qumran.vmm.events import GuestEvent, GuestEventNotice
@@ -49,50 +48,7 @@ log = vmm_log.get_logger("qumran.vmm")
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CRASHED = 2
-DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
 QUIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_UNITS = {"": 20, "K": 10, "M": 20, "G": 30, "T": 40}  # a bare number is MiB, as in QEMU
-
-
-def parse_memory(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
-    if m is None:
-        raise argparse.ArgumentTypeError(f"invalid memory size {text!r} (e.g. 256M, 1G)")
-    return int(m.group(1)) << _UNITS[m.group(2).upper()]
-
-
-def _help_formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's formatter with the width given: left to find it, argparse imports shutil
-    (and bz2 and lzma with it, ~1 MiB resident) for every parser, help or not."""
-    try:
-        width = os.get_terminal_size(sys.stderr.fileno()).columns - 2
-    except (OSError, ValueError):
-        width = 78
-    return argparse.HelpFormatter(prog, width=width)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="qumran-vmm", description="Run one VM on /dev/kvm.", formatter_class=_help_formatter
-    )
-    p.add_argument("--name", required=True, help="VM name (also the process name)")
-    p.add_argument("--kernel", required=True, help="bzImage to boot")
-    p.add_argument("--initrd", help="initial ramdisk")
-    p.add_argument("--cmdline", default=DEFAULT_CMDLINE, help="kernel command line")
-    p.add_argument("--memory", type=parse_memory, default=parse_memory("256M"))
-    p.add_argument("--vcpus", type=int, default=1)
-    p.add_argument("--console", default="stdio", help="stdio, socket:PATH or none")
-    p.add_argument("--control", help="path of the JSON control socket")
-    p.add_argument("--force-kvm", action="store_true", help="skip the vmx/svm host check")
-    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
-                   help="raw disk image as virtio-blk (repeatable)")  # fmt: skip
-    p.add_argument("--net", action="append", default=[], metavar="tap=NAME[,mac=MAC]",
-                   help="virtio-net on a TAP (created by name, or fd=N) (repeatable)")  # fmt: skip
-    p.add_argument("--rng", action="store_true", help="virtio-rng fed from /dev/urandom")
-    p.add_argument("--virtio-console", metavar="socket:PATH", help="hvc0 as a second console")
-    p.add_argument("--kvm-device", default="/dev/kvm", help=argparse.SUPPRESS)
-    p.add_argument("--log-level", default=os.environ.get("QUMRAN_VMM_LOG", "WARNING"))
-    return p.parse_args(argv)
 
 
 class VmmProcess:
@@ -102,7 +58,7 @@ class VmmProcess:
     posted to the main loop, which decides the process's exit status.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: VmmArgs) -> None:
         self.args = args
         self.loop = MainLoop()
         self.console: Console | None = None
@@ -199,7 +155,7 @@ class VmmProcess:
 
 
 def _parse_device_args(
-    a: argparse.Namespace,
+    a: VmmArgs,
 ) -> tuple[tuple[DiskSpec, ...], tuple[NetSpec, ...]] | None:
     """The --disk and --net specs, or None without any virtio device: then the virtio
     stack is never imported."""
@@ -223,7 +179,7 @@ def _since_exec() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_or_exit(sys.argv[1:] if argv is None else argv)
     try:
         vmm_log.configure(args.log_level)
     except ValueError as exc:
