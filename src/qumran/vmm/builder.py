@@ -186,7 +186,7 @@ def open_kvm(path: str) -> Kvm:
     for cap in (Cap.IRQCHIP, Cap.PIT2, Cap.USER_MEMORY, Cap.SET_TSS_ADDR, Cap.IMMEDIATE_EXIT):
         if not kvm.check_extension(cap):
             kvm.close()
-            raise KvmUnavailable(f"KVM_CHECK_EXTENSION({cap.name})", None, "not supported")
+            raise KvmUnavailable(f"KVM_CHECK_EXTENSION({Cap.name_of(cap)})", None, "not supported")
     return kvm
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import termios
 import tty
@@ -22,6 +21,7 @@ from qumran.vmm.sockets import bind_unix_socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from _socket import socket
     from typing import Any
 
 ESCAPE = 0x01  # Ctrl-A
@@ -60,10 +60,12 @@ class StdioConsole(Console):
         self._loop: MainLoop | None = None
 
     def write(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):  # a closed stdout must not kill the vCPU
-            view = memoryview(data)
+        view = memoryview(data)
+        try:
             while view:
                 view = view[os.write(self._out, view) :]
+        except OSError:  # a closed stdout must not kill the vCPU
+            pass
 
     def prepare(self) -> None:
         if os.isatty(self._in):
@@ -71,9 +73,11 @@ class StdioConsole(Console):
             tty.setraw(self._in)
 
     def start(self, loop: MainLoop) -> None:
-        with contextlib.suppress(OSError, ValueError):  # e.g. a regular file: no input
+        try:
             loop.watch(self._in, READ, self._readable)
-            self._loop = loop
+        except (OSError, ValueError):  # e.g. a regular file (epoll refuses it): no input
+            return
+        self._loop = loop
 
     def _readable(self, _mask: int) -> None:
         try:
@@ -141,7 +145,7 @@ class SocketConsole(Console):
         self._loop = loop
         self._listener = Listener(loop, self._sock, self._client)
 
-    def _client(self, conn: socket.socket) -> None:
+    def _client(self, conn: socket) -> None:
         assert self._loop is not None
         peer = Peer(self._loop, conn, lambda _peer, data: self.on_input(data),
                     self._clients.discard, MAX_CLIENT_BACKLOG)  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Callable
 
 from qumran.errors import InvalidArgument, QumranError
@@ -22,6 +21,7 @@ from qumran.vmm.sockets import bind_unix_socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from _socket import socket
     from typing import Any
 
 log = get_logger(__name__)
@@ -47,7 +47,7 @@ class ControlServer:
         self._loop = loop
         self._listener = Listener(loop, self._sock, self._client)
 
-    def _client(self, conn: socket.socket) -> None:
+    def _client(self, conn: socket) -> None:
         assert self._loop is not None
         peer = Peer(self._loop, conn, self._received, self._gone)
         self._clients[peer] = bytearray()

@@ -3,54 +3,62 @@ and the guest's events.
 
 Not asyncio: importing it (with the ``ssl`` module and libcrypto it brings along) costs a
 VMM process about 10 MiB of resident memory, and a few listening sockets need none of it.
-vCPU threads and signal handlers hand work to the loop with :meth:`MainLoop.call_soon_threadsafe`.
+For the same reason epoll is used directly (not ``selectors``) and sockets are ``_socket``'s
+(``socket.py`` builds enum classes on import). vCPU threads and signal handlers hand work to
+the loop with :meth:`MainLoop.call_soon_threadsafe`.
 """
 
 from __future__ import annotations
 
+import _socket
 import collections
 import contextlib
 import os
-import selectors
-import socket
+import select
 from collections.abc import Callable
 
 from qumran.vmm.log import get_logger
 
 log = get_logger(__name__)
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
+READ = select.EPOLLIN
+WRITE = select.EPOLLOUT
+_HANGUP = select.EPOLLHUP | select.EPOLLERR
 
 
 class MainLoop:
     """Callbacks on readiness of file descriptors, plus calls posted from other threads."""
 
     def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._watched: dict[int, tuple[int, Callable[[int], None] | None]] = {}
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._sel.register(self._wake, READ, None)
+        self._epoll.register(self._wake, READ)
+        self._watched[self._wake] = (READ, None)
         # A deque, not a list under a lock: a signal handler posts here, and it may run on
         # the main thread while the loop itself is in the middle of taking calls out.
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._status: int | None = None
 
     def watch(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
-        """Call ``callback(ready_events)`` whenever ``fd`` is ready for ``events``."""
-        try:
-            self._sel.register(fd, events, callback)
-        except KeyError:
-            self._sel.modify(fd, events, callback)
+        """Call ``callback(ready_events)`` whenever ``fd`` is ready for ``events`` (READ,
+        WRITE or both); a hang-up or error counts as ready for what is watched."""
+        if fd in self._watched:
+            self._epoll.modify(fd, events)
+        else:
+            self._epoll.register(fd, events)
+        self._watched[fd] = (events, callback)
 
     def unwatch(self, fd: int) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(fd)
+        if self._watched.pop(fd, None) is not None:
+            with contextlib.suppress(OSError, ValueError):  # already closed
+                self._epoll.unregister(fd)
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the loop's thread; from any thread or a signal handler."""
         self._calls.append(callback)
         if self._wake >= 0:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # closed: the process is on its way out
                 os.eventfd_write(self._wake, 1)
 
     def stop(self, status: int) -> None:
@@ -62,12 +70,13 @@ class MainLoop:
             self._run_calls()
             if self._status is not None:
                 break
-            for key, mask in self._sel.select():
-                if key.data is None:
+            for fd, ready in self._epoll.poll():
+                events, callback = self._watched.get(fd, (0, None))
+                if fd == self._wake:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._wake)
-                else:
-                    key.data(mask)
+                elif callback is not None:  # None: unwatched by an earlier callback
+                    callback((ready | (events if ready & _HANGUP else 0)) & events)
         return self._status
 
     def _run_calls(self) -> None:
@@ -75,7 +84,8 @@ class MainLoop:
             self._calls.popleft()()
 
     def close(self) -> None:
-        self._sel.close()
+        self._epoll.close()
+        self._watched.clear()
         if self._wake >= 0:
             fd, self._wake = self._wake, -1
             os.close(fd)
@@ -91,7 +101,7 @@ class Peer:
     def __init__(
         self,
         loop: MainLoop,
-        sock: socket.socket,
+        sock: _socket.socket,
         on_data: Callable[[Peer, bytes], None],
         on_close: Callable[[Peer], None],
         max_backlog: int = 1 << 20,
@@ -164,7 +174,7 @@ class Listener:
     """Accepts connections on a listening socket and hands each new one to ``on_client``."""
 
     def __init__(
-        self, loop: MainLoop, sock: socket.socket, on_client: Callable[[socket.socket], None]
+        self, loop: MainLoop, sock: _socket.socket, on_client: Callable[[_socket.socket], None]
     ) -> None:
         self._loop = loop
         self.sock = sock
@@ -174,14 +184,14 @@ class Listener:
 
     def _accept(self, _mask: int) -> None:
         try:
-            conn, _ = self.sock.accept()
+            # socket.py's accept() is this plus a socket object; accept4(SOCK_CLOEXEC) inside
+            fd, _ = self.sock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # e.g. EMFILE: keep listening, the client sees a reset
             log.warning("accept on %s failed: %s", self.sock.getsockname(), exc)
             return
-        conn.set_inheritable(False)
-        self._on_client(conn)
+        self._on_client(_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd))
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

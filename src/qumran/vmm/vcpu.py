@@ -241,10 +241,8 @@ class VcpuThread:
                 self._report(GuestEvent.CRASH, f"system event {type_}")
 
     def _internal_error(self, suberror: int, data: tuple[int, ...]) -> str:
-        try:
-            what = InternalError(suberror).name.lower().replace("_", " ")
-        except ValueError:
-            what = f"suberror {suberror}"
+        name = InternalError.name_of(suberror)
+        what = f"suberror {name}" if name.isdigit() else name.lower().replace("_", " ")
         words = " ".join(f"{d:#x}" for d in data[:4])
         return self._describe(f"KVM internal error ({what}; {words})")
 
