@@ -1,23 +1,30 @@
-"""qumran-vmm against QEMU (-M microvm and -M q35, -accel kvm): exec-to-READY time and
-memory overhead, same kernel, initrd, memory and vCPUs. Needs a real KVM: run it inside
-the KVM test host:
+"""qumran-vmm against QEMU (-M microvm and -M q35, -accel kvm): exec-to-READY time, where the
+time goes, and memory overhead; same kernel, initrd, command line, memory and vCPUs. Needs a
+real KVM: run it inside the KVM test host:
 
-    python -m tests.kvmhost run --timeout 1200 --cwd "$PWD" -- \\
-        "$PWD/.venv/bin/python" bench/vmm_boot.py [--runs 3] [--vcpus 1] [--memory 256]
+    python -m tests.kvmhost run --timeout 1500 --cwd "$PWD" -- \\
+        "$PWD/.venv/bin/python" bench/vmm_boot.py [--runs 5] [--vcpus 1] [--memory 256]
 
-Each contender gets one untimed warm-up run. Time: from just before exec to the guest's
-READY line on the serial console (so Python's start-up is included for qumran-vmm).
+Runs are interleaved (one boot of each contender per round, the order rotating), after one
+untimed warm-up boot each, so load that drifts during the run hits every contender alike.
+Time: from just before exec to the guest's READY line on the serial console (Python's
+start-up is included for qumran-vmm). Phases, from the guest's own clock read after READY
+(``/proc/uptime`` and dmesg's ``Run /init`` timestamp; the command line gets
+``printk.time=1``): exec -> kernel (the VMM's start-up, loading, the kernel decompressing
+itself), kernel -> /init, /init -> READY.
 Memory overhead: the process's resident set minus the resident part of the guest-RAM
-mapping (what the guest touched), measured at READY.
-Prints a markdown table; ratios are qumran-vmm / QEMU (below 1: qumran-vmm is better).
+mapping (the anonymous mapping sized like the guest: what the guest touched), both from
+/proc/PID/smaps at READY + 0.5 s, computed the same way for every VMM.
+Prints markdown tables; ratios are qumran-vmm / QEMU (below 1: qumran-vmm is better).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
-import signal
+import re
 import socket
 import statistics
 import subprocess
@@ -30,8 +37,11 @@ from pathlib import Path
 from qumran.images import DemoImage, build_demo
 
 QEMU = "qemu-system-x86_64"
-QUMRAN_VMM = str(Path(sys.executable).with_name("qumran-vmm"))
+# QUMRAN_VMM_BIN: another qumran-vmm to measure (e.g. a copy of the tree taken before a change)
+QUMRAN_VMM = os.environ.get("QUMRAN_VMM_BIN", str(Path(sys.executable).with_name("qumran-vmm")))
 SETTLE = 0.5  # seconds after READY before reading memory
+# The terminal echoes the command: the quotes keep the echo from containing the end marker.
+PROBE = b"cat /proc/uptime; dmesg | grep -m1 'Run /init'; echo PROBE\"\"-END\n"
 
 
 @dataclass
@@ -39,6 +49,8 @@ class Sample:
     ready: float
     rss_kib: int
     guest_kib: int
+    kernel_at: float  # seconds from exec to the guest clock's zero
+    init_at: float  # seconds from exec to "Run /init"
     exits: int | None = None
 
     @property
@@ -54,45 +66,31 @@ def find_demo() -> DemoImage:
 
 
 def contenders(demo: DemoImage, mem: int, vcpus: int, ctl: Path) -> dict[str, list[str]]:
+    cmdline = demo.cmdline + " printk.time=1"
     common = ["-accel", "kvm", "-cpu", "host", "-m", f"{mem}M", "-smp", str(vcpus),
               "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
               "-kernel", str(demo.kernel), "-initrd", str(demo.initrd),
-              "-append", demo.cmdline]  # fmt: skip
+              "-append", cmdline]  # fmt: skip
+    ours = [QUMRAN_VMM, "--name", "bench", "--kernel", str(demo.kernel),
+            "--initrd", str(demo.initrd), "--cmdline", cmdline, "--memory", f"{mem}M",
+            "--vcpus", str(vcpus), "--control", str(ctl)]  # fmt: skip
     return {
-        "qumran-vmm": [
-            QUMRAN_VMM,
-            "--name",
-            "bench",
-            "--kernel",
-            str(demo.kernel),
-            "--initrd",
-            str(demo.initrd),
-            "--cmdline",
-            demo.cmdline,
-            "--memory",
-            f"{mem}M",
-            "--vcpus",
-            str(vcpus),
-            "--control",
-            str(ctl),
-        ],
-        "qemu -M microvm": [QEMU, "-M", "microvm", *common],
-        "qemu -M q35": [QEMU, "-M", "q35", *common],
+        "qumran-vmm": ours,
+        "QEMU `-M microvm`": [QEMU, "-M", "microvm", *common],
+        "QEMU `-M q35`": [QEMU, "-M", "q35", *common],
     }
 
 
 def guest_ram_rss(pid: int, mem_kib: int) -> int:
     """Rss of the mapping that backs guest RAM: the anonymous one sized like the guest."""
     best = 0
-    size = rss = 0
+    size = 0
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             if line.startswith("Size:"):
                 size = int(line.split()[1])
-            elif line.startswith("Rss:"):
-                rss = int(line.split()[1])
-                if mem_kib <= size <= mem_kib + 4096:
-                    best = max(best, rss)
+            elif line.startswith("Rss:") and mem_kib <= size <= mem_kib + 4096:
+                best = max(best, int(line.split()[1]))
     return best
 
 
@@ -115,26 +113,49 @@ def exits_via_control(path: Path) -> int | None:
         return None
 
 
+def read_until(proc: subprocess.Popen[bytes], marker: bytes, what: str) -> bytes:
+    assert proc.stdout is not None
+    seen = b""
+    while marker not in seen:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            raise RuntimeError(f"VMM ended before {what}: {seen[-500:]!r}")
+        seen += chunk
+    return seen
+
+
+def guest_clock(proc: subprocess.Popen[bytes], start: float) -> tuple[float, float]:
+    """(exec -> kernel, exec -> /init) in seconds, from the guest's uptime and dmesg."""
+    assert proc.stdin is not None
+    asked = time.perf_counter() - start
+    proc.stdin.write(PROBE)
+    proc.stdin.flush()
+    out = read_until(proc, b"PROBE-END\r\n", "the probe's answer").decode(errors="replace")
+    answered = time.perf_counter() - start
+    uptime = re.search(r"^(\d+\.\d+) \d+\.\d+", out, re.M)
+    init = re.search(r"\[\s*(\d+\.\d+)\] Run /init", out)
+    if uptime is None or init is None:
+        raise RuntimeError(f"no uptime or 'Run /init' in the guest's answer: {out[-500:]!r}")
+    # The guest read its clock somewhere between our question and its answer (a few tenths
+    # of a second apart here): the midpoint.
+    kernel_at = (asked + answered) / 2 - float(uptime.group(1))
+    return kernel_at, kernel_at + float(init.group(1))
+
+
 def run_once(argv: list[str], ready: str, mem: int, ctl: Path | None) -> Sample:
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)  # fmt: skip
-    assert proc.stdout is not None
-    seen = b""
     try:
-        while ready.encode() not in seen:
-            chunk = proc.stdout.read1(65536)
-            if not chunk:
-                raise RuntimeError(f"{argv[0]} ended before READY: {seen[-500:]!r}")
-            seen = (seen + chunk)[-4096:]
+        read_until(proc, ready.encode(), "READY")
         elapsed = time.perf_counter() - start
         time.sleep(SETTLE)
-        sample = Sample(elapsed, vm_rss(proc.pid), guest_ram_rss(proc.pid, mem * 1024))
-        if ctl is not None:
-            sample.exits = exits_via_control(ctl)
-        return sample
+        rss, guest = vm_rss(proc.pid), guest_ram_rss(proc.pid, mem * 1024)
+        exits = exits_via_control(ctl) if ctl is not None else None  # before the probe's
+        kernel_at, init_at = guest_clock(proc, start)
+        return Sample(elapsed, rss, guest, kernel_at, init_at, exits)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -142,21 +163,29 @@ def run_once(argv: list[str], ready: str, mem: int, ctl: Path | None) -> Sample:
             proc.wait()
 
 
+def _med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def table(results: dict[str, list[Sample]]) -> str:
     ours = results["qumran-vmm"]
-    t_ours = statistics.median(s.ready for s in ours)
-    m_ours = statistics.median(s.overhead_kib for s in ours)
-    rows = ["| VMM | exec to READY (s, median) | RSS at READY (MiB) | overhead (MiB) | "
-            "time ratio | overhead ratio |", "|---|---|---|---|---|---|"]  # fmt: skip
+    t_ours = _med([s.ready for s in ours])
+    m_ours = _med([s.overhead_kib for s in ours])
+    rows = ["| VMM | exec → READY, s (range) | exec → kernel | kernel → /init | /init → READY "
+            "| RSS, MiB | overhead, MiB | time ratio | overhead ratio |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, samples in results.items():
-        t = statistics.median(s.ready for s in samples)
-        rss = statistics.median(s.rss_kib for s in samples) / 1024
-        over = statistics.median(s.overhead_kib for s in samples)
+        t = _med([s.ready for s in samples])
         spread = f"{min(s.ready for s in samples):.2f}-{max(s.ready for s in samples):.2f}"
-        ratio_t = "1" if name == "qumran-vmm" else f"{t_ours / t:.2f}"
-        ratio_m = "1" if name == "qumran-vmm" else f"{m_ours / over:.2f}"
-        rows.append(f"| {name} | {t:.2f} ({spread}) | {rss:.1f} | {over / 1024:.1f} | "
-                    f"{ratio_t} | {ratio_m} |")  # fmt: skip
+        kernel = _med([s.kernel_at for s in samples])
+        init = _med([s.init_at - s.kernel_at for s in samples])
+        user = _med([s.ready - s.init_at for s in samples])
+        rss = _med([s.rss_kib for s in samples]) / 1024
+        over = _med([s.overhead_kib for s in samples])
+        ratio_t = "1" if name == "qumran-vmm" else f"**{t_ours / t:.2f}**"
+        ratio_m = "1" if name == "qumran-vmm" else f"**{m_ours / over:.2f}**"
+        rows.append(f"| {name} | {t:.2f} ({spread}) | {kernel:.2f} | {init:.2f} | {user:.2f} | "
+                    f"{rss:.1f} | {over / 1024:.1f} | {ratio_t} | {ratio_m} |")  # fmt: skip
     exits = [s.exits for s in ours if s.exits is not None]
     if exits:
         rows.append(f"\nqumran-vmm exits to READY (median): {statistics.median(exits):.0f}")
@@ -165,27 +194,34 @@ def table(results: dict[str, list[Sample]]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--memory", type=int, default=256, help="MiB")
     p.add_argument("--vcpus", type=int, default=1)
     p.add_argument("--only", action="append", help="run only this contender (repeat)")
     args = p.parse_args()
     demo = find_demo()
+    # As an installed package is: qumran-vmm should not compile its modules at start-up.
+    compileall.compile_dir(Path(__file__).parents[1] / "src", quiet=1)
     workdir = Path(tempfile.mkdtemp(prefix="qbench-"))
     ctl = workdir / "control.sock"
-    results: dict[str, list[Sample]] = {}
-    for name, argv in contenders(demo, args.memory, args.vcpus, ctl).items():
-        if args.only and name not in args.only:
-            continue
-        # One untimed run first, so every contender starts with warm file caches.
+    chosen = {name: argv for name, argv in contenders(demo, args.memory, args.vcpus, ctl).items()
+              if not args.only or name in args.only}  # fmt: skip
+    load_before = os.getloadavg()
+    for argv in chosen.values():  # warm file caches; not timed
         run_once(argv, demo.ready_line, args.memory, None)
-        for i in range(args.runs):
-            s = run_once(argv, demo.ready_line, args.memory, ctl if name == "qumran-vmm" else None)
-            print(f"{name} run {i + 1}: {s.ready:.2f} s, RSS {s.rss_kib // 1024} MiB, "
-                  f"guest {s.guest_kib // 1024} MiB, exits {s.exits}", file=sys.stderr)  # fmt: skip
-            results.setdefault(name, []).append(s)
-    print(f"\n{args.vcpus} vCPU(s), {args.memory} MiB, demo guest ({demo.cmdline}), "
-          f"{args.runs} runs each, inside the KVM test host\n")  # fmt: skip
+    results: dict[str, list[Sample]] = {name: [] for name in chosen}
+    names = list(chosen)
+    for i in range(args.runs):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            s = run_once(chosen[name], demo.ready_line, args.memory,
+                         ctl if name == "qumran-vmm" else None)  # fmt: skip
+            print(f"round {i + 1} {name}: READY {s.ready:.2f} s (kernel at {s.kernel_at:.2f}, "
+                  f"/init at {s.init_at:.2f}), RSS {s.rss_kib // 1024} MiB, guest "
+                  f"{s.guest_kib // 1024} MiB, exits {s.exits}", file=sys.stderr)  # fmt: skip
+            results[name].append(s)
+    print(f"\n{args.vcpus} vCPU(s), {args.memory} MiB, demo guest ({demo.cmdline} printk.time=1), "
+          f"{args.runs} interleaved runs each, inside the KVM test host; load average "
+          f"{load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}\n")  # fmt: skip
     if "qumran-vmm" in results:
         print(table(results))
     return 0

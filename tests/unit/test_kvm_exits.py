@@ -81,3 +81,11 @@ def test_system_event_and_fail_entry() -> None:
     run.fail_entry.hardware_entry_failure_reason = 0x80000021
     run.fail_entry.cpu = 1
     assert decode_exit(run, page) == FailEntry(0x80000021, 1)
+
+
+def test_constant_names_for_messages() -> None:
+    from qumran.kvm.constants import Cap, ExitReason, InternalError
+
+    assert ExitReason.name_of(ExitReason.IO) == "IO" and ExitReason.IO == 2
+    assert Cap.name_of(136) == "IMMEDIATE_EXIT"
+    assert InternalError.name_of(99) == "99"  # not in the table: the number itself

@@ -31,8 +31,10 @@ def make_image(version: int = 0x020F, xloadflags: int = 1, init_size: int = 51 *
 
 
 def test_parse_splits_header_and_payload() -> None:
-    k = bp.parse_bzimage(make_image())
-    assert k.payload[:4] == b"KERN"
+    image = make_image()
+    k = bp.parse_bzimage(image[: bp.HEAD_SIZE], size=len(image))
+    assert image[k.payload_offset : k.payload_offset + 4] == b"KERN"
+    assert k.payload_offset + k.payload_size == len(image)
     assert k.header[0] == 1 and len(k.header) == 0x202 + 0x66 - 0x1F1
     assert (k.version, k.pref_address, k.init_size) == (0x020F, 16 * MiB, 51 * MiB)
     assert k.entry_64 == 0x100200
@@ -55,8 +57,13 @@ def test_rejects_what_is_not_a_64bit_bzimage(image: bytes, reason: str) -> None:
 def test_setup_sects_zero_means_four() -> None:
     image = bytearray(make_image())
     image[0x1F1] = 0
-    image[5 * 512 : 5 * 512 + 4] = b"FOUR"
-    assert bp.parse_bzimage(bytes(image)).payload[:4] == b"FOUR"
+    assert bp.parse_bzimage(bytes(image)).payload_offset == 5 * 512
+
+
+def test_a_file_that_ends_in_its_setup_code_is_truncated() -> None:
+    image = make_image()
+    with pytest.raises(BadKernel, match="truncated"):
+        bp.parse_bzimage(image[: bp.HEAD_SIZE], size=1024)
 
 
 def test_memory_minimum_follows_pref_address_and_init_size() -> None:

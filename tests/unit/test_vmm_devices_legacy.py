@@ -252,3 +252,18 @@ def test_pm_block_registered_per_fadt_block_sees_the_same_offsets() -> None:
     bus.write(platform.PM1A_CNT, 2, (platform.SLP_TYP_S5 << 10) | pmbits.SLP_EN)
     bus.write(platform.RESET_PORT, 1, platform.RESET_VALUE)
     assert events == ["off", "reset"]
+
+
+def test_rtc_calendar_arithmetic_matches_the_calendar_module() -> None:
+    """The RTC does its own date arithmetic (the calendar module costs the VMM memory)."""
+    import calendar
+
+    from qumran.vmm.devices.legacy import rtc
+
+    for year in (1900, 1969, 1970, 2000, 2024, 2026, 2100, 2400):
+        for month in range(1, 13):
+            days = calendar.monthrange(year, month)[1]
+            assert rtc._days_in_month(year, month) == days
+            for day in (1, days):
+                expected = calendar.timegm((year, month, day, 0, 0, 0, 0, 0, 0)) // 86400
+                assert rtc._days_since_epoch(year, month, day) == expected

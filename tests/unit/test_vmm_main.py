@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 from pathlib import Path
 
 import pytest
 
+from qumran.vmm import cmdline
 from qumran.vmm import main as vmm_main
 from qumran.vmm.builder import check_host
 from qumran.vmm.console import StdioConsole, open_console
@@ -22,13 +22,52 @@ from qumran.vmm.sockets import SocketInUse, bind_unix_socket
      ("2048k", 2 << 20)],
 )  # fmt: skip
 def test_memory_sizes(text: str, size: int) -> None:
-    assert vmm_main.parse_memory(text) == size
+    assert cmdline.parse_memory(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "12X", "-1M", "1.5G"])
 def test_bad_memory_sizes(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
-        vmm_main.parse_memory(text)
+    with pytest.raises(cmdline.UsageError):
+        cmdline.parse_memory(text)
+
+
+def test_command_line_forms_and_defaults() -> None:
+    argv = ["--name", "web", "--kernel=/k", "--memory=1G", "--vcpus", "2",
+            "--disk", "a.img", "--disk=b.img,ro", "--rng", "--cmdline", "--x=y"]  # fmt: skip
+    a = cmdline.parse(argv)
+    assert (a.name, a.kernel, a.memory, a.vcpus) == ("web", "/k", 1 << 30, 2)
+    assert a.disk == ["a.img", "b.img,ro"] and a.rng and not a.force_kvm
+    assert a.cmdline == "--x=y"  # a value is taken as is, even when it looks like a flag
+    assert (a.initrd, a.control, a.console, a.kvm_device) == (None, None, "stdio", "/dev/kvm")
+    assert cmdline.parse(["--name", "n", "--kernel", "k"]).cmdline == cmdline.DEFAULT_CMDLINE
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "x"], "required: --kernel"),
+        (["--name", "x", "--kernel", "k", "--bogus"], "unrecognized argument '--bogus'"),
+        (["--name", "x", "--kernel"], r"--kernel needs a value \(PATH\)"),
+        (["--name", "x", "--name", "y", "--kernel", "k"], "--name given twice"),
+        (["--name", "x", "--kernel", "k", "--rng=yes"], "--rng takes no value"),
+        (["--name", "x", "--kernel", "k", "--vcpus", "two"], "--vcpus: invalid vCPU count"),
+    ],
+)
+def test_command_line_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(cmdline.UsageError, match=message):
+        cmdline.parse(argv)
+
+
+def test_usage_errors_exit_2_and_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        vmm_main.main(["--name", "x", "--memory", "lots", "--kernel", "k"])
+    assert exc.value.code == 2
+    assert "qumran-vmm: error: --memory: invalid memory size 'lots'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        vmm_main.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--virtio-console socket:PATH" in out and "--kvm-device" not in out
 
 
 def test_host_without_vmx_or_svm_is_refused(tmp_path: Path) -> None:

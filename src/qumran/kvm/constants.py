@@ -7,7 +7,6 @@ is a pasted hex value except the numbering the kernel header itself assigns.
 from __future__ import annotations
 
 import ctypes
-import enum
 
 from qumran.kvm import structs as s
 from qumran.kvm.ioctl import io, ior, iow, iowr
@@ -78,7 +77,20 @@ KVM_IRQCHIP_PIC_SLAVE = 1
 KVM_IRQCHIP_IOAPIC = 2
 
 
-class ExitReason(enum.IntEnum):
+class Constants:
+    """A namespace of a kernel header's numbers. Plain ints, not an IntEnum: an enum class
+    costs every VMM process ~45 KiB of resident memory, and these are only compared."""
+
+    @classmethod
+    def name_of(cls, value: int) -> str:
+        """The constant's name, or the number itself when this table does not list it."""
+        for name, known in vars(cls).items():
+            if known == value and not name.startswith("_") and isinstance(known, int):
+                return name
+        return str(value)
+
+
+class ExitReason(Constants):
     """``kvm_run.exit_reason`` values (the x86-relevant ones)."""
 
     UNKNOWN = 0
@@ -104,7 +116,7 @@ class ExitReason(enum.IntEnum):
     NOTIFY = 37
 
 
-class SystemEvent(enum.IntEnum):
+class SystemEvent(Constants):
     """``kvm_run.system_event.type``."""
 
     SHUTDOWN = 1
@@ -114,7 +126,7 @@ class SystemEvent(enum.IntEnum):
     SUSPEND = 5
 
 
-class InternalError(enum.IntEnum):
+class InternalError(Constants):
     """``kvm_run.internal.suberror``."""
 
     EMULATION = 1
@@ -123,7 +135,7 @@ class InternalError(enum.IntEnum):
     UNEXPECTED_EXIT_REASON = 4
 
 
-class Cap(enum.IntEnum):
+class Cap(Constants):
     """Capabilities for KVM_CHECK_EXTENSION."""
 
     IRQCHIP = 0
@@ -142,7 +154,7 @@ class Cap(enum.IntEnum):
     IMMEDIATE_EXIT = 136
 
 
-class MpState(enum.IntEnum):
+class MpState(Constants):
     """``kvm_mp_state.mp_state``."""
 
     RUNNABLE = 0

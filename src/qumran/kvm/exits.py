@@ -8,95 +8,120 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
 
 from qumran.kvm import structs as s
 from qumran.kvm.constants import KVM_EXIT_IO_OUT, ExitReason
 
-# The two port-I/O exits are built on every exit: plain slotted classes, not frozen ones
-# (a frozen dataclass's __init__ goes through object.__setattr__, measurably slower).
+
+class _Exit:
+    """Plain slotted value classes (not dataclasses: importing ``dataclasses`` pulls in
+    ``inspect`` and ``ast``, over 1 MiB of resident memory in every VMM process). Each
+    subclass lists its fields once, in ``__slots__``; ``match`` takes them positionally."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fields()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({args})"
 
 
-@dataclass(slots=True)
-class IoIn:
+class IoIn(_Exit):
     """The guest reads ``count`` items of ``size`` bytes from ``port``.
 
     The VMM answers by writing them at ``data_offset`` in the run page before the next
     KVM_RUN.
     """
 
-    port: int
-    size: int
-    count: int
-    data_offset: int
+    __slots__ = __match_args__ = ("port", "size", "count", "data_offset")
+
+    def __init__(self, port: int, size: int, count: int, data_offset: int) -> None:
+        self.port, self.size, self.count, self.data_offset = port, size, count, data_offset
 
 
-@dataclass(slots=True)
-class IoOut:
+class IoOut(_Exit):
     """The guest wrote ``data`` (``count`` items of ``size`` bytes) to ``port``."""
 
-    port: int
-    size: int
-    count: int
-    data: bytes
+    __slots__ = __match_args__ = ("port", "size", "count", "data")
+
+    def __init__(self, port: int, size: int, count: int, data: bytes) -> None:
+        self.port, self.size, self.count, self.data = port, size, count, data
 
 
-@dataclass(frozen=True, slots=True)
-class MmioRead:
-    addr: int
-    length: int
+class MmioRead(_Exit):
+    __slots__ = __match_args__ = ("addr", "length")
+
+    def __init__(self, addr: int, length: int) -> None:
+        self.addr, self.length = addr, length
 
 
-@dataclass(frozen=True, slots=True)
-class MmioWrite:
-    addr: int
-    data: bytes
+class MmioWrite(_Exit):
+    __slots__ = __match_args__ = ("addr", "data")
+
+    def __init__(self, addr: int, data: bytes) -> None:
+        self.addr, self.data = addr, data
 
 
-@dataclass(frozen=True, slots=True)
-class Halted:
+class Halted(_Exit):
     """HLT with no in-kernel LAPIC to wait on it (never seen with the in-kernel irqchip)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class Interrupted:
+
+class Interrupted(_Exit):
     """KVM_RUN returned because of a signal or ``immediate_exit`` (KVM_EXIT_INTR)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class TripleFault:
+
+class TripleFault(_Exit):
     """KVM_EXIT_SHUTDOWN: the vCPU triple-faulted; its state is undefined."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class SystemEventExit:
+
+class SystemEventExit(_Exit):
     """KVM_EXIT_SYSTEM_EVENT (PSCI-style shutdown/reset requests)."""
 
-    type: int
+    __slots__ = __match_args__ = ("type",)
+
+    def __init__(self, type: int) -> None:
+        self.type = type
 
 
-@dataclass(frozen=True, slots=True)
-class InternalErrorExit:
+class InternalErrorExit(_Exit):
     """KVM_EXIT_INTERNAL_ERROR, e.g. an instruction KVM could not emulate."""
 
-    suberror: int
-    data: tuple[int, ...]
+    __slots__ = __match_args__ = ("suberror", "data")
+
+    def __init__(self, suberror: int, data: tuple[int, ...]) -> None:
+        self.suberror, self.data = suberror, data
 
 
-@dataclass(frozen=True, slots=True)
-class FailEntry:
+class FailEntry(_Exit):
     """KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest."""
 
-    reason: int
-    cpu: int
+    __slots__ = __match_args__ = ("reason", "cpu")
+
+    def __init__(self, reason: int, cpu: int) -> None:
+        self.reason, self.cpu = reason, cpu
 
 
-@dataclass(frozen=True, slots=True)
-class Unhandled:
+class Unhandled(_Exit):
     """Any other exit reason (for KVM_EXIT_UNKNOWN, ``detail`` is the hardware reason)."""
 
-    reason: int
-    detail: int = 0
+    __slots__ = __match_args__ = ("reason", "detail")
+
+    def __init__(self, reason: int, detail: int = 0) -> None:
+        self.reason, self.detail = reason, detail
 
 
 VcpuExit = (

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import c_char, c_int32, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the VMM's run time (resident memory)
+    from typing import Any
 
 
 class kvm_regs(ctypes.Structure):

@@ -13,7 +13,6 @@ import fcntl
 import mmap
 import os
 from collections.abc import Iterable
-from typing import Any, TypeVar
 
 from qumran.kvm import constants as k
 from qumran.kvm import structs as s
@@ -24,7 +23,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
 _libc.ioctl.restype = ctypes.c_int
 
-T = TypeVar("T", bound=ctypes.Structure)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the VMM's run time (resident memory)
+    from typing import Any, TypeVar
+
+    T = TypeVar("T", bound=ctypes.Structure)
 
 # KVM_GET_SUPPORTED_CPUID fails with E2BIG when the buffer is too small; real CPUs report
 # well under a hundred leaves, and kvm caps the table at 256 entries (KVM_MAX_CPUID_ENTRIES).

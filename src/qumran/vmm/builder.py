@@ -8,11 +8,8 @@ up the vCPUs' registers. Each step is a named function raising its own error.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from qumran.kvm import Kvm, KvmUnavailable, Vcpu, Vm
 from qumran.kvm.constants import Cap
@@ -26,46 +23,103 @@ from qumran.vmm.devices.legacy import (
     I8042,
     I8042_COMMAND_PORT,
     I8042_DATA_PORT,
+    PCI_CONFIG_BASE,
+    PCI_CONFIG_PORTS,
     RTC_BASE,
     RTC_PORTS,
     UART_PORTS,
     AcpiPm,
     CmosRtc,
+    PciConfigStub,
     Serial16550,
 )
-from qumran.vmm.devices.pci.system import PciSystem, attach_pci
-from qumran.vmm.devices.virtio.backends import Backends, DeviceSpecs, open_backends
 from qumran.vmm.errors import GuestTooLarge, NoHardwareVirt, VmmError
 from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice, for_boot
 from qumran.vmm.machine import Boot, Machine, MachineConfig
 from qumran.vmm.memory import GuestMemory
 from qumran.vmm.vcpu import VcpuThread
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the virtio stack is imported only for a machine that has devices
+    from qumran.vmm.devices.virtio.backends import Backends, DeviceSpecs
+    from qumran.vmm.machine import Peripherals
+    from qumran.vmm.vcpu import MmioHandler
 
 MAX_VCPUS = 64  # APIC ids fit the MADT and the xAPIC's 8-bit id with room to spare
 
 
-@dataclass(frozen=True)
+class BootFile:
+    """A kernel or initrd kept open for the life of the VM, read into RAM at every boot.
+
+    Reading the file again instead of keeping its bytes saves its size in resident memory
+    (the Debian cloud kernel is 14 MiB); holding the descriptor keeps what a reboot loads
+    the same file that was checked at start-up, even if the path is replaced meanwhile.
+    """
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, path: str, what: str) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise VmmError(f"cannot read {what} {path}: {exc.strerror}") from None
+        self.size = os.fstat(self.fd).st_size
+
+    def head(self, length: int) -> bytes:
+        return os.pread(self.fd, length, 0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
 class BootSource:
-    """The resolved boot inputs: checked kernel, initrd bytes, command line."""
+    """The resolved boot inputs: checked kernel, initrd, command line."""
 
-    kernel: Bzimage
-    initrd: bytes | None
-    cmdline: str
+    __slots__ = ("cmdline", "initrd", "kernel", "kernel_file")
+
+    def __init__(
+        self, kernel: Bzimage, kernel_file: BootFile, initrd: BootFile | None, cmdline: str
+    ) -> None:
+        self.kernel = kernel
+        self.kernel_file = kernel_file
+        self.initrd = initrd
+        self.cmdline = cmdline
+
+    def close(self) -> None:
+        self.kernel_file.close()
+        if self.initrd is not None:
+            self.initrd.close()
 
 
-@dataclass(frozen=True)
 class VmSpec:
-    name: str
-    kernel: Path
-    initrd: Path | None
-    cmdline: str
-    memory: int
-    vcpus: int
-    force_kvm: bool = False
-    kvm_path: str = "/dev/kvm"
-    devices: DeviceSpecs = field(default_factory=DeviceSpecs)
+    """What the command line asks for (paths unchecked)."""
+
+    __slots__ = (
+        "cmdline",
+        "devices",
+        "force_kvm",
+        "initrd",
+        "kernel",
+        "kvm_path",
+        "memory",
+        "name",
+        "vcpus",
+    )  # fmt: skip
+
+    def __init__(self, name: str, kernel: str, initrd: str | None, cmdline: str, memory: int,
+                 vcpus: int, force_kvm: bool = False, kvm_path: str = "/dev/kvm",
+                 devices: DeviceSpecs | None = None) -> None:  # fmt: skip
+        self.name = name
+        self.kernel = kernel
+        self.initrd = initrd
+        self.cmdline = cmdline
+        self.memory = memory
+        self.vcpus = vcpus
+        self.force_kvm = force_kvm
+        self.kvm_path = kvm_path
+        self.devices = devices  # None: no virtio devices
 
 
 class KvmIrqLine:
@@ -87,7 +141,8 @@ def check_host(force: bool, cpuinfo: str = "/proc/cpuinfo") -> None:
     if force:
         return
     try:
-        text = Path(cpuinfo).read_text()
+        with open(cpuinfo) as f:
+            text = f.read()
     except OSError:
         return
     for line in text.splitlines():
@@ -103,22 +158,25 @@ def check_host(force: bool, cpuinfo: str = "/proc/cpuinfo") -> None:
 
 
 def load_boot_source(spec: VmSpec) -> BootSource:
-    kernel = bootparams.parse_bzimage(_read(spec.kernel, "kernel"), str(spec.kernel))
-    initrd = _read(spec.initrd, "initrd") if spec.initrd is not None else None
-    bootparams.check_memory(kernel, spec.memory)
-    if initrd is not None:
-        bootparams.place_initrd(kernel, spec.memory, len(initrd))
-    bootparams.encode_cmdline(kernel, spec.cmdline)
-    if not 1 <= spec.vcpus <= MAX_VCPUS:
-        raise VmmError(f"vcpus must be between 1 and {MAX_VCPUS}, not {spec.vcpus}")
-    return BootSource(kernel, initrd, spec.cmdline)
-
-
-def _read(path: Path, what: str) -> bytes:
+    """Open and check the kernel and initrd; they stay open (see :class:`BootFile`)."""
+    kernel_file = BootFile(spec.kernel, "kernel")
+    initrd: BootFile | None = None
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise VmmError(f"cannot read {what} {path}: {exc.strerror}") from None
+        head = kernel_file.head(bootparams.HEAD_SIZE)
+        kernel = bootparams.parse_bzimage(head, spec.kernel, kernel_file.size)
+        initrd = BootFile(spec.initrd, "initrd") if spec.initrd is not None else None
+        bootparams.check_memory(kernel, spec.memory)
+        if initrd is not None:
+            bootparams.place_initrd(kernel, spec.memory, initrd.size)
+        bootparams.encode_cmdline(kernel, spec.cmdline)
+        if not 1 <= spec.vcpus <= MAX_VCPUS:
+            raise VmmError(f"vcpus must be between 1 and {MAX_VCPUS}, not {spec.vcpus}")
+    except BaseException:
+        kernel_file.close()
+        if initrd is not None:
+            initrd.close()
+        raise
+    return BootSource(kernel, kernel_file, initrd, spec.cmdline)
 
 
 def open_kvm(path: str) -> Kvm:
@@ -128,28 +186,33 @@ def open_kvm(path: str) -> Kvm:
     for cap in (Cap.IRQCHIP, Cap.PIT2, Cap.USER_MEMORY, Cap.SET_TSS_ADDR, Cap.IMMEDIATE_EXIT):
         if not kvm.check_extension(cap):
             kvm.close()
-            raise KvmUnavailable(f"KVM_CHECK_EXTENSION({cap.name})", None, "not supported")
+            raise KvmUnavailable(f"KVM_CHECK_EXTENSION({Cap.name_of(cap)})", None, "not supported")
     return kvm
 
 
 def build_machine(spec: VmSpec, console_out: Callable[[bytes], None], events: EventSink) -> Machine:
     """Check everything that can be checked, then reserve memory; nothing runs yet."""
     source = load_boot_source(spec)
-    check_host(spec.force_kvm)
-    backends = open_backends(spec.devices)
+    owned: list[Callable[[], None]] = [source.close]  # closed, last first, on the way out
     try:
+        check_host(spec.force_kvm)
+        backends = None
+        if spec.devices is not None:
+            from qumran.vmm.devices.virtio.backends import open_backends
+
+            backends = open_backends(spec.devices)
+            owned.append(backends.close)
         kvm = open_kvm(spec.kvm_path)
-    except BaseException:
-        backends.close()
-        raise
-    try:
+        owned.append(kvm.close)
         memory = GuestMemory(spec.memory)
     except BaseException:
-        kvm.close()
-        backends.close()
+        for close in reversed(owned):
+            close()
         raise
     config = MachineConfig(spec.name, spec.memory, spec.vcpus, spec.cmdline)
-    return Machine(config, kvm, memory, lambda m: boot(m, source, console_out, events, backends))
+    machine = Machine(config, kvm, memory, lambda m: boot(m, source, console_out, events, backends))
+    machine.on_close(source.close)
+    return machine
 
 
 # --- one boot -------------------------------------------------------------------------------------
@@ -172,12 +235,12 @@ def boot(
         rsdp = write_acpi_tables(machine.memory, machine.config.vcpus)
         write_zero_page(machine.memory, source, initrd, rsdp)
         bus, serial, pm = attach_legacy_devices(vm, console_out, events)
-        pci = attach_pci_devices(vm, machine.memory, bus, backends, events)
+        pci, mmio = attach_pci_devices(vm, machine.memory, bus, backends, events)
         configure_vcpus(machine.kvm, vcpus, source.kernel)
     except BaseException:
         vm.close()
         raise
-    threads = [VcpuThread(v, bus, events, pci) for v in vcpus]
+    threads = [VcpuThread(v, bus, events, mmio) for v in vcpus]
     return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm, pci=pci)
 
 
@@ -205,7 +268,10 @@ def create_vcpus(vm: Vm, count: int) -> list[Vcpu]:
 
 def load_kernel(memory: GuestMemory, source: BootSource) -> None:
     """Payload at 1 MiB; command line; GDT, IDT and page tables for the 64-bit entry."""
-    memory.write(layout.HIGH_MEMORY, source.kernel.payload)
+    kernel = source.kernel
+    memory.load_file(
+        layout.HIGH_MEMORY, source.kernel_file.fd, kernel.payload_offset, kernel.payload_size
+    )
     memory.write(layout.CMDLINE_ADDR, bootparams.encode_cmdline(source.kernel, source.cmdline))
     memory.write(layout.GDT_ADDR, gdt.gdt_bytes())
     memory.write(layout.IDT_ADDR, bytes(8))
@@ -215,11 +281,12 @@ def load_kernel(memory: GuestMemory, source: BootSource) -> None:
 
 def load_initrd(memory: GuestMemory, source: BootSource) -> tuple[int, int] | None:
     """The initrd at the top of low RAM; (address, size) for the zero page."""
-    if source.initrd is None:
+    initrd = source.initrd
+    if initrd is None:
         return None
-    addr = bootparams.place_initrd(source.kernel, memory.size, len(source.initrd))
-    memory.write(addr, source.initrd)
-    return addr, len(source.initrd)
+    addr = bootparams.place_initrd(source.kernel, memory.size, initrd.size)
+    memory.load_file(addr, initrd.fd, 0, initrd.size)
+    return addr, initrd.size
 
 
 def write_acpi_tables(memory: GuestMemory, vcpus: int) -> int:
@@ -268,14 +335,24 @@ def attach_legacy_devices(
 
 def attach_pci_devices(
     vm: Vm, memory: GuestMemory, bus: PioBus, backends: Backends | None, events: EventSink
-) -> PciSystem:
-    """PCI bus 0 on ports 0xCF8-0xCFF (0xCF9 resets: a guest reboot) with the virtio devices."""
-    devices = backends.make_devices() if backends is not None else []
+) -> tuple[Peripherals | None, MmioHandler | None]:
+    """PCI bus 0 on ports 0xCF8-0xCFF (0xCF9 resets: a guest reboot) with the virtio devices.
+
+    Without devices, bus 0 holds only a host bridge: :class:`PciConfigStub` serves it, and
+    the virtio stack (its modules and its I/O thread) is never loaded.
+    """
 
     def on_reset() -> None:
         events(GuestEventNotice(GuestEvent.REBOOT, "reset through port 0xCF9"))
 
-    return attach_pci(vm, memory, bus, devices, lambda gsi: KvmIrqLine(vm, gsi), on_reset)
+    if backends is None:
+        bus.register(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, PciConfigStub(on_reset=on_reset))
+        return None, None
+    from qumran.vmm.devices.pci.system import attach_pci
+
+    devices = backends.make_devices()
+    pci = attach_pci(vm, memory, bus, devices, lambda gsi: KvmIrqLine(vm, gsi), on_reset)
+    return pci, pci
 
 
 def configure_vcpus(kvm: Kvm, vcpus: list[Vcpu], kernel: Bzimage) -> None:

@@ -1,8 +1,8 @@
 """The guest's serial console on the host side: stdio or a UNIX listening socket.
 
 Output comes from vCPU threads (the UART's transmit callback); input goes to the machine
-from the event loop. On a terminal, stdio is put in raw mode and ``Ctrl-A x`` quits (as
-with QEMU's ``-nographic``); ``Ctrl-A Ctrl-A`` sends a literal Ctrl-A.
+from the main loop (:mod:`qumran.vmm.mainloop`). On a terminal, stdio is put in raw mode
+and ``Ctrl-A x`` quits (as with QEMU's ``-nographic``); ``Ctrl-A Ctrl-A`` sends a literal Ctrl-A.
 With ``socket:PATH`` any number of clients may attach: output goes to all of them,
 input is taken from any.
 """
@@ -15,12 +15,14 @@ import sys
 import termios
 import tty
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
+from qumran.vmm.mainloop import READ, Listener, MainLoop, Peer
 from qumran.vmm.sockets import bind_unix_socket
 
-if TYPE_CHECKING:  # asyncio is imported once the guest runs (start-up time)
-    import asyncio
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from _socket import socket
+    from typing import Any
 
 ESCAPE = 0x01  # Ctrl-A
 QUIT_KEY = ord("x")
@@ -41,8 +43,8 @@ class Console:
     def prepare(self) -> None:
         """Set up what must be in place before the guest runs (e.g. the terminal mode)."""
 
-    async def start(self) -> None:
-        """Start taking input (event loop running)."""
+    def start(self, loop: MainLoop) -> None:
+        """Start taking input on ``loop``."""
 
     def close(self) -> None:
         """Stop, restore the terminal, remove sockets."""
@@ -55,28 +57,29 @@ class StdioConsole(Console):
         self._out = fd_out
         self._saved: list[Any] | None = None
         self._escaped = False
-        self._reading = False
+        self._loop: MainLoop | None = None
 
     def write(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):  # a closed stdout must not kill the vCPU
-            view = memoryview(data)
+        view = memoryview(data)
+        try:
             while view:
                 view = view[os.write(self._out, view) :]
+        except OSError:  # a closed stdout must not kill the vCPU
+            pass
 
     def prepare(self) -> None:
         if os.isatty(self._in):
             self._saved = termios.tcgetattr(self._in)
             tty.setraw(self._in)
 
-    async def start(self) -> None:
-        import asyncio
+    def start(self, loop: MainLoop) -> None:
+        try:
+            loop.watch(self._in, READ, self._readable)
+        except (OSError, ValueError):  # e.g. a regular file (epoll refuses it): no input
+            return
+        self._loop = loop
 
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(OSError, ValueError, PermissionError):
-            loop.add_reader(self._in, self._readable)
-            self._reading = True
-
-    def _readable(self) -> None:
+    def _readable(self, _mask: int) -> None:
         try:
             data = os.read(self._in, 4096)
         except OSError:
@@ -104,12 +107,9 @@ class StdioConsole(Console):
         return bytes(out)
 
     def _stop_reading(self) -> None:
-        if self._reading:
-            import asyncio
-
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._in)
-            self._reading = False
+        if self._loop is not None:
+            self._loop.unwatch(self._in)
+            self._loop = None
 
     def close(self) -> None:
         self._stop_reading()
@@ -128,48 +128,35 @@ class SocketConsole(Console):
         super().__init__()
         self.path = path
         self._sock = bind_unix_socket(path)
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: Listener | None = None
+        self._clients: set[Peer] = set()
+        self._loop: MainLoop | None = None
 
     def write(self, data: bytes) -> None:
         loop = self._loop
         if loop is not None and self._clients:
-            with contextlib.suppress(RuntimeError):  # loop already closed at exit
-                loop.call_soon_threadsafe(self._broadcast, data)
+            loop.call_soon_threadsafe(lambda: self._broadcast(data))
 
     def _broadcast(self, data: bytes) -> None:
-        for writer in list(self._clients):
-            transport = writer.transport
-            if transport.get_write_buffer_size() > MAX_CLIENT_BACKLOG:
-                self._clients.discard(writer)
-                transport.abort()
-                continue
-            writer.write(data)
+        for peer in list(self._clients):
+            peer.send(data)  # a client too far behind is dropped (MAX_CLIENT_BACKLOG)
 
-    async def start(self) -> None:
-        import asyncio
+    def start(self, loop: MainLoop) -> None:
+        self._loop = loop
+        self._listener = Listener(loop, self._sock, self._client)
 
-        self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_unix_server(self._client, sock=self._sock)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._clients.add(writer)
-        try:
-            while data := await reader.read(4096):
-                self.on_input(data)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._clients.discard(writer)
-            writer.close()
+    def _client(self, conn: socket) -> None:
+        assert self._loop is not None
+        peer = Peer(self._loop, conn, lambda _peer, data: self.on_input(data),
+                    self._clients.discard, MAX_CLIENT_BACKLOG)  # fmt: skip
+        self._clients.add(peer)
 
     def close(self) -> None:
-        for writer in list(self._clients):
-            writer.transport.abort()
+        for peer in list(self._clients):
+            peer.close()
         self._clients.clear()
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         else:
             self._sock.close()
         with contextlib.suppress(FileNotFoundError):

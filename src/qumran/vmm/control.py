@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from qumran.errors import InvalidArgument, QumranError
+from qumran.vmm.log import get_logger
 from qumran.vmm.machine import Machine
+from qumran.vmm.mainloop import Listener, MainLoop, Peer
 from qumran.vmm.sockets import bind_unix_socket
 
-if TYPE_CHECKING:  # asyncio is imported once the guest runs (start-up time)
-    import asyncio
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from _socket import socket
+    from typing import Any
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_LINE = 64 * 1024
 
@@ -37,45 +39,43 @@ class ControlServer:
         self._machine = machine
         self._on_quit = on_quit
         self._sock = bind_unix_socket(path)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._listener: Listener | None = None
+        self._loop: MainLoop | None = None
+        self._clients: dict[Peer, bytearray] = {}  # each client's unfinished request line
 
-    async def start(self) -> None:
-        import asyncio
+    def start(self, loop: MainLoop) -> None:
+        self._loop = loop
+        self._listener = Listener(loop, self._sock, self._client)
 
-        self._server = await asyncio.start_unix_server(
-            self._client, sock=self._sock, limit=MAX_LINE
-        )
+    def _client(self, conn: socket) -> None:
+        assert self._loop is not None
+        peer = Peer(self._loop, conn, self._received, self._gone)
+        self._clients[peer] = bytearray()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        import asyncio
+    def _gone(self, peer: Peer) -> None:
+        self._clients.pop(peer, None)
 
-        self._writers.add(writer)
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    await self._send(writer, _error("bad-request", "request line too long"))
-                    break
-                if not line:
-                    break
-                if not line.strip():
-                    continue
-                reply, quit_after = self.handle_line(line)
-                await self._send(writer, reply)
-                if quit_after:
-                    self._on_quit()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-    @staticmethod
-    async def _send(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
-        writer.write(json.dumps(reply).encode() + b"\n")
-        await writer.drain()
+    def _received(self, peer: Peer, data: bytes) -> None:
+        """Answer every complete line in order; requests are answered one at a time."""
+        pending = self._clients.get(peer)
+        if pending is None:
+            return
+        pending += data
+        while not peer.closed:
+            end = pending.find(b"\n")
+            if end < 0:
+                if len(pending) > MAX_LINE:
+                    _send(peer, _error("bad-request", "request line too long"))
+                    peer.close()
+                return
+            line = bytes(pending[: end + 1])
+            del pending[: end + 1]
+            if not line.strip():
+                continue
+            reply, quit_after = self.handle_line(line)
+            _send(peer, reply)
+            if quit_after:
+                self._on_quit()
 
     def handle_line(self, line: bytes) -> tuple[dict[str, Any], bool]:
         """One request -> (reply, whether to quit after sending it)."""
@@ -120,14 +120,18 @@ class ControlServer:
                 )
 
     def close(self) -> None:
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._server is not None:
-            self._server.close()
+        for peer in list(self._clients):
+            peer.close()
+        if self._listener is not None:
+            self._listener.close()
         else:
             self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def _send(peer: Peer, reply: dict[str, Any]) -> None:
+    peer.send(json.dumps(reply).encode() + b"\n")
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 
 class GuestEvent(enum.Enum):
@@ -13,12 +12,21 @@ class GuestEvent(enum.Enum):
     CRASH = "crash"  # triple fault or KVM error: the process ends non-zero
 
 
-@dataclass(frozen=True)
 class GuestEventNotice:
-    event: GuestEvent
-    detail: str
-    vcpu: int | None = None
-    boot: int = 0  # which boot of the guest raised it: events of a torn-down boot are void
+    __slots__ = ("boot", "detail", "event", "vcpu")
+
+    def __init__(
+        self, event: GuestEvent, detail: str, vcpu: int | None = None, boot: int = 0
+    ) -> None:
+        self.event = event
+        self.detail = detail
+        self.vcpu = vcpu
+        self.boot = boot  # which boot of the guest raised it: events of a torn-down boot are void
+
+    def __repr__(self) -> str:
+        return (
+            f"GuestEventNotice({self.event}, {self.detail!r}, vcpu={self.vcpu}, boot={self.boot})"
+        )
 
 
 EventSink = Callable[[GuestEventNotice], None]
@@ -26,4 +34,4 @@ EventSink = Callable[[GuestEventNotice], None]
 
 def for_boot(sink: EventSink, boot: int) -> EventSink:
     """A sink that stamps every notice with the boot it belongs to."""
-    return lambda notice: sink(replace(notice, boot=boot))
+    return lambda n: sink(GuestEventNotice(n.event, n.detail, n.vcpu, boot))

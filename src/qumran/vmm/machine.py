@@ -4,13 +4,10 @@ current boot (VM fd, vCPU threads, devices), which a guest reboot replaces."""
 from __future__ import annotations
 
 import enum
-import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from qumran.errors import InvalidState
 from qumran.kvm import Kvm, Vm
@@ -18,7 +15,23 @@ from qumran.vmm.devices import PioBus
 from qumran.vmm.memory import GuestMemory
 from qumran.vmm.vcpu import VcpuThread
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs resident memory in every VMM process: checkers only
+    from typing import Any, Protocol
+
+    class ConsoleInput(Protocol):
+        def feed(self, data: bytes) -> object: ...
+
+    class PowerButton(Protocol):
+        def press_power_button(self) -> None: ...
+
+    class Peripherals(Protocol):
+        """The devices on PCI: stopped after the vCPUs and before the VM fd closes."""
+
+        def status(self) -> list[dict[str, Any]]: ...
+
+        def stop(self) -> None: ...
+
 
 PAUSE_TIMEOUT = 5.0
 
@@ -30,33 +43,25 @@ class MachineState(enum.Enum):
     STOPPED = "stopped"
 
 
-class ConsoleInput(Protocol):
-    def feed(self, data: bytes) -> object: ...
-
-
-class PowerButton(Protocol):
-    def press_power_button(self) -> None: ...
-
-
-class Peripherals(Protocol):
-    """The devices on PCI: stopped after the vCPUs and before the VM fd closes."""
-
-    def status(self) -> list[dict[str, Any]]: ...
-
-    def stop(self) -> None: ...
-
-
-@dataclass
 class Boot:
     """Everything that belongs to one boot of the guest."""
 
-    vm: Vm
-    bus: PioBus
-    vcpus: list[VcpuThread]
-    serial: ConsoleInput
-    pm: PowerButton | None
-    started: float = field(default_factory=time.monotonic)
-    pci: Peripherals | None = None
+    def __init__(
+        self,
+        vm: Vm,
+        bus: PioBus,
+        vcpus: list[VcpuThread],
+        serial: ConsoleInput,
+        pm: PowerButton | None,
+        pci: Peripherals | None = None,
+    ) -> None:
+        self.vm = vm
+        self.bus = bus
+        self.vcpus = vcpus
+        self.serial = serial
+        self.pm = pm
+        self.pci = pci
+        self.started = time.monotonic()
 
     def stop(self) -> None:
         for v in self.vcpus:
@@ -70,12 +75,14 @@ class Boot:
         self.vm.close()
 
 
-@dataclass(frozen=True)
 class MachineConfig:
-    name: str
-    memory: int
-    vcpus: int
-    cmdline: str
+    __slots__ = ("cmdline", "memory", "name", "vcpus")
+
+    def __init__(self, name: str, memory: int, vcpus: int, cmdline: str) -> None:
+        self.name = name
+        self.memory = memory
+        self.vcpus = vcpus
+        self.cmdline = cmdline
 
 
 class Machine:
@@ -104,6 +111,7 @@ class Machine:
         self._paused_total = 0.0
         self._paused_since: float | None = None
         self._exits_before: Counter[str] = Counter()
+        self._closers: list[Callable[[], None]] = []
 
     # --- lifecycle (main thread) ----------------------------------------------------------
 
@@ -127,10 +135,17 @@ class Machine:
         self._teardown()
         self.state = MachineState.STOPPED
 
+    def on_close(self, close: Callable[[], None]) -> None:
+        """Release something the machine owns (an open kernel file...) in :meth:`close`."""
+        self._closers.append(close)
+
     def close(self) -> None:
         self.shutdown_now()
         self.memory.close()
         self.kvm.close()
+        for close in reversed(self._closers):
+            close()
+        self._closers.clear()
 
     def _teardown(self) -> None:
         if self.boot is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
+import os
 
 from qumran.kvm import Vm
 from qumran.vmm.arch import layout
@@ -63,6 +64,23 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes) -> None:
         start = self._offset(gpa, len(data))
         self._map[start : start + len(data)] = data
+
+    def load_file(self, gpa: int, fd: int, offset: int, length: int) -> None:
+        """Read ``length`` bytes of file ``fd`` from ``offset`` straight into RAM at ``gpa``.
+
+        No copy passes through the process heap: a kernel kept as ``bytes`` would cost its
+        size in resident memory for the life of the VM.
+        """
+        view = self.view(gpa, length)
+        try:
+            done = 0
+            while done < length:
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise VmmError(f"file ended {length - done} bytes early while loading it")
+                done += n
+        finally:
+            view.release()
 
     def read(self, gpa: int, length: int) -> bytes:
         start = self._offset(gpa, length)

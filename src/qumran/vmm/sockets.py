@@ -6,9 +6,9 @@ removed if nobody answers on it; a live one is an error, so two VMs never share 
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
-import socket
 import stat
 
 from qumran.vmm.errors import VmmError
@@ -18,9 +18,11 @@ class SocketInUse(VmmError):
     code = "socket-in-use"
 
 
-def bind_unix_socket(path: str, backlog: int = 16) -> socket.socket:
+def bind_unix_socket(path: str, backlog: int = 16) -> _socket.socket:
+    """A non-blocking listening socket (``_socket``'s: ``socket.py`` costs every VMM process
+    resident memory for its enum classes; nothing here needs them)."""
     _remove_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.bind(path)
         sock.listen(backlog)
@@ -38,7 +40,7 @@ def _remove_stale(path: str) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise SocketInUse(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except OSError:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
-import logging
 import os
 import signal
 import threading
 import time
-from typing import Protocol
 
 from qumran.kvm import KvmError, Vcpu
 from qumran.kvm.constants import InternalError, SystemEvent
@@ -34,9 +32,22 @@ from qumran.kvm.exits import (
 )
 from qumran.vmm.devices import PioBus
 from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice
+from qumran.vmm.log import get_logger
 from qumran.vmm.proctitle import set_thread_name
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class MmioHandler(Protocol):
+        """Guest-physical MMIO outside RAM (the PCI BARs)."""
+
+        def mmio_read(self, addr: int, length: int) -> bytes: ...
+
+        def mmio_write(self, addr: int, data: bytes) -> None: ...
+
+
+log = get_logger(__name__)
 
 KICK_SIGNAL = signal.SIGUSR1
 # Process-wide signals are for the main thread; a vCPU thread only takes the kick.
@@ -47,14 +58,6 @@ def install_kick_handler() -> None:
     """The kick needs a handler (the default action of SIGUSR1 would kill the process);
     main thread only. An ignored signal would not interrupt KVM_RUN."""
     signal.signal(KICK_SIGNAL, lambda _signum, _frame: None)
-
-
-class MmioHandler(Protocol):
-    """Guest-physical MMIO outside RAM (the PCI BARs)."""
-
-    def mmio_read(self, addr: int, length: int) -> bytes: ...
-
-    def mmio_write(self, addr: int, data: bytes) -> None: ...
 
 
 class _NoMmio:
@@ -238,10 +241,8 @@ class VcpuThread:
                 self._report(GuestEvent.CRASH, f"system event {type_}")
 
     def _internal_error(self, suberror: int, data: tuple[int, ...]) -> str:
-        try:
-            what = InternalError(suberror).name.lower().replace("_", " ")
-        except ValueError:
-            what = f"suberror {suberror}"
+        name = InternalError.name_of(suberror)
+        what = f"suberror {name}" if name.isdigit() else name.lower().replace("_", " ")
         words = " ".join(f"{d:#x}" for d in data[:4])
         return self._describe(f"KVM internal error ({what}; {words})")
 

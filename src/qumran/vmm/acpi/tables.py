@@ -14,7 +14,6 @@ and a reset register for ``reboot``.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from qumran.vmm.acpi import aml, pci
 from qumran.vmm.acpi.constants import (
@@ -111,7 +110,6 @@ RSDP_LEN, RSDP_REVISION = 36, 2
 HYPERVISOR_VENDOR = b"QUMRAN\x00\x00"
 
 
-@dataclass(frozen=True)
 class AcpiBlob:
     """The tables, ready to copy into guest memory at ``base``.
 
@@ -119,10 +117,13 @@ class AcpiBlob:
     ``"DSDT"``, ``"FACS"``) to its absolute guest-physical address.
     """
 
-    data: bytes
-    base: int
-    rsdp_addr: int
-    tables: dict[str, int]
+    __slots__ = ("base", "data", "rsdp_addr", "tables")
+
+    def __init__(self, data: bytes, base: int, rsdp_addr: int, tables: dict[str, int]) -> None:
+        self.data = data
+        self.base = base
+        self.rsdp_addr = rsdp_addr
+        self.tables = tables
 
 
 def build_acpi_tables(base: int, num_cpus: int) -> AcpiBlob:

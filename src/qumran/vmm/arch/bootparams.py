@@ -8,7 +8,6 @@ Documentation/arch/x86/zero-page.rst).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from qumran.vmm.arch import layout
 from qumran.vmm.errors import BadKernel, GuestTooLarge
@@ -54,19 +53,39 @@ HDR_INIT_SIZE = 0x260
 LOADER_UNDEFINED = 0xFF  # type_of_loader for a boot loader without an assigned id
 VID_MODE_NORMAL = 0xFFFF
 HEAP_END = 0xFE00  # heap_end_ptr: end of setup heap, relative to the real-mode code
+# Enough of the file to hold the whole setup header: it ends at 0x202 + a byte (< 0x302).
+HEAD_SIZE = 1024
 
 
-@dataclass(frozen=True)
 class Bzimage:
-    """What the VMM needs from a bzImage: its setup header and its 64-bit payload."""
+    """What the VMM needs from a bzImage: its setup header and where its 64-bit payload is.
 
-    header: bytes  # setup header bytes, 0x1F1 up to its end
-    payload: bytes  # the protected-mode kernel, loaded at HIGH_MEMORY
-    version: int
-    init_size: int  # memory the kernel needs from its load address while it decompresses
-    pref_address: int
-    initrd_addr_max: int
-    cmdline_size: int
+    The payload (the protected-mode kernel, loaded at HIGH_MEMORY) stays in the file: the
+    VMM reads it straight into guest memory on every boot instead of keeping a copy.
+    """
+
+    __slots__ = (
+        "cmdline_size",
+        "header",
+        "init_size",
+        "initrd_addr_max",
+        "payload_offset",
+        "payload_size",
+        "pref_address",
+        "version",
+    )  # fmt: skip
+
+    def __init__(self, header: bytes, payload_offset: int, payload_size: int, version: int,
+                 init_size: int, pref_address: int, initrd_addr_max: int,
+                 cmdline_size: int) -> None:  # fmt: skip
+        self.header = header  # setup header bytes, 0x1F1 up to its end
+        self.payload_offset = payload_offset  # in the file
+        self.payload_size = payload_size
+        self.version = version
+        self.init_size = init_size  # what the kernel needs from its load address to unpack
+        self.pref_address = pref_address
+        self.initrd_addr_max = initrd_addr_max
+        self.cmdline_size = cmdline_size
 
     @property
     def entry_64(self) -> int:
@@ -74,10 +93,13 @@ class Bzimage:
         return layout.HIGH_MEMORY + 0x200
 
 
-def parse_bzimage(image: bytes, name: str = "kernel") -> Bzimage:
-    """Check and split a bzImage; raise :class:`BadKernel` with the reason if it is not one."""
-    if len(image) < 1024:  # boot sector + the setup header
-        raise BadKernel(f"{name}: not a bzImage (only {len(image)} bytes)")
+def parse_bzimage(image: bytes, name: str = "kernel", size: int | None = None) -> Bzimage:
+    """Check a bzImage from its first bytes (``image``, at least :data:`HEAD_SIZE` of them
+    unless the file is shorter) and its ``size`` (default: ``len(image)``); raise
+    :class:`BadKernel` with the reason if it is not one."""
+    size = len(image) if size is None else size
+    if size < HEAD_SIZE or len(image) < HEAD_SIZE:  # boot sector + the setup header
+        raise BadKernel(f"{name}: not a bzImage (only {size} bytes)")
     (boot_flag,) = struct.unpack_from("<H", image, HDR_BOOT_FLAG)
     if boot_flag != BOOT_FLAG or image[HDR_MAGIC : HDR_MAGIC + 4] != HDRS_MAGIC:
         raise BadKernel(f"{name}: not a bzImage (no Linux setup header)")
@@ -91,12 +113,13 @@ def parse_bzimage(image: bytes, name: str = "kernel") -> Bzimage:
         raise BadKernel(f"{name}: this bzImage has no 64-bit entry point")
     setup_sects = image[HDR_SETUP_SECTS] or 4  # 0 means 4 (boot.rst)
     payload_start = (setup_sects + 1) * 512
-    if payload_start >= len(image):
+    if payload_start >= size:
         raise BadKernel(f"{name}: truncated bzImage")
     header_end = HDR_MAGIC + image[HDR_JUMP_LEN]
     return Bzimage(
         header=image[HDR_SETUP_SECTS:header_end],
-        payload=image[payload_start:],
+        payload_offset=payload_start,
+        payload_size=size - payload_start,
         version=version,
         init_size=struct.unpack_from("<I", image, HDR_INIT_SIZE)[0],
         pref_address=struct.unpack_from("<Q", image, HDR_PREF_ADDRESS)[0],
@@ -112,7 +135,7 @@ def kernel_end(kernel: Bzimage) -> int:
     was loaded lower, and needs ``init_size`` bytes from there.
     """
     base = max(layout.HIGH_MEMORY, kernel.pref_address)
-    return base + max(kernel.init_size, len(kernel.payload))
+    return base + max(kernel.init_size, kernel.payload_size)
 
 
 def place_initrd(kernel: Bzimage, mem_size: int, initrd_size: int) -> int:

@@ -8,7 +8,6 @@ Intel SDM vol. 3A, 3.4.5 "Segment Descriptors".
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from qumran.kvm.structs import kvm_segment
 
@@ -22,11 +21,13 @@ BOOT_DS = 0x18
 BOOT_TSS = 0x20
 
 
-@dataclass(frozen=True)
 class Descriptor:
-    flags: int
-    base: int
-    limit: int
+    __slots__ = ("base", "flags", "limit")
+
+    def __init__(self, flags: int, base: int, limit: int) -> None:
+        self.flags = flags
+        self.base = base
+        self.limit = limit
 
     def encode(self) -> int:
         """The 8-byte descriptor as an integer."""

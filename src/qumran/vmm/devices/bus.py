@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from qumran.vmm.devices.errors import PortConflict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # typing costs every VMM process resident memory; a Protocol matters to checkers only
+    Protocol = object
 
 PORT_SPACE = 0x10000
 _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF}
@@ -34,13 +38,15 @@ class PioDevice(Protocol):
     def pio_write(self, offset: int, size: int, value: int) -> None: ...
 
 
-@dataclass(frozen=True)
 class PioRange:
     """One registered range, for listings and diagnostics."""
 
-    base: int
-    length: int
-    device: PioDevice
+    __slots__ = ("base", "device", "length")
+
+    def __init__(self, base: int, length: int, device: PioDevice) -> None:
+        self.base = base
+        self.length = length
+        self.device = device
 
     @property
     def end(self) -> int:

@@ -8,7 +8,11 @@ level-triggered (see the MADT interrupt source override in ``qumran.vmm.acpi.tab
 
 from __future__ import annotations
 
-from typing import Protocol
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # typing costs every VMM process resident memory; a Protocol matters to checkers only
+    Protocol = object
 
 
 class IrqLine(Protocol):

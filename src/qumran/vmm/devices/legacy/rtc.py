@@ -19,7 +19,6 @@ writes edit it; clearing SET starts the clock from the edited time (how hwclock 
 
 from __future__ import annotations
 
-import calendar
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +45,31 @@ def _to_bcd(value: int) -> int:
 
 def _from_bcd(value: int) -> int:
     return (value >> 4) * 10 + (value & 0x0F)
+
+
+# Proleptic Gregorian calendar arithmetic, in place of the calendar module (which costs
+# every VMM process half a MiB of imports for these three functions).
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def _days_in_month(year: int, month: int) -> int:
+    return 29 if month == 2 and _is_leap(year) else _MONTH_DAYS[month - 1]
+
+
+def _days_since_epoch(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to the given date (negative before it)."""
+
+    def leap_years_through(y: int) -> int:  # leap years in 1..y
+        return y // 4 - y // 100 + y // 400
+
+    days = (year - 1970) * 365 + leap_years_through(year - 1) - leap_years_through(1969)
+    days += _DAYS_BEFORE_MONTH[month - 1] + (month > 2 and _is_leap(year))
+    return days + day - 1
 
 
 class CmosRtc:
@@ -117,13 +141,11 @@ class CmosRtc:
 
     def _set_time(self, fields: list[int]) -> None:
         sec, minute, hour, day, month, year = fields
-        try:
-            days = calendar.monthrange(year, month)[1]
-        except (ValueError, calendar.IllegalMonthError):
-            return
-        if not (1 <= day <= days and hour < 24 and minute < 60 and sec < 60):
+        if not 1 <= month <= 12 or not 1 <= day <= _days_in_month(year, month):
             return  # an impossible date: keep the clock as it was
-        target = calendar.timegm((year, month, day, hour, minute, sec, 0, 0, 0))
+        if not (hour < 24 and minute < 60 and sec < 60):
+            return
+        target = _days_since_epoch(year, month, day) * 86400 + hour * 3600 + minute * 60 + sec
         self._offset = target - self._clock()
 
     def _read_time(self, index: int) -> int:
@@ -131,8 +153,8 @@ class CmosRtc:
         binary = bool(self._ram[REG_B] & B_BINARY)
         if index == _DAY_OF_WEEK:
             day, month, year = fields[3:]
-            weekday = calendar.weekday(year, month, day)  # Monday = 0
-            return (weekday + 1) % 7 + 1  # RTC: Sunday = 1
+            # 1970-01-01 was a Thursday; the RTC counts Sunday = 1, so Thursday = 5.
+            return (_days_since_epoch(year, month, day) + 4) % 7 + 1
         if index == RTC_CENTURY_INDEX:
             value = fields[5] // 100
         elif index == 0x09:

@@ -3,7 +3,6 @@ loop and the KVM plumbing (irqfd/GSI routes for MSI-X, ioeventfd doorbells, INTx
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +16,10 @@ from qumran.vmm.devices.pci.virtio_pci import BAR_SIZE, VirtioPciDevice
 from qumran.vmm.devices.virtio.device import VirtioDevice
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.queue import RamViews
+from qumran.vmm.log import get_logger
 from qumran.vmm.memory import GuestMemory
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class PciSystem:

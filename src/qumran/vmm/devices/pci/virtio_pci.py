@@ -21,7 +21,6 @@ Interrupts: MSI-X when the driver enabled it, else INTx (pin A) with the ISR byt
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import struct
 import threading
@@ -37,8 +36,9 @@ from qumran.vmm.devices.virtio.device import (
 )
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.queue import GuestRam, QueueError, SplitQueue
+from qumran.vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 VIRTIO_VENDOR = 0x1AF4
 VIRTIO_MODERN_DEVICE_BASE = 0x1040  # 4.1.2.1: 0x1040 + device id

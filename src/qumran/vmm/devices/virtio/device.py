@@ -12,7 +12,6 @@ Threads: ``notify`` runs on the device I/O loop (``ioloop.py``); ``read_config``
 
 from __future__ import annotations
 
-import logging
 import struct
 import threading
 from abc import ABC, abstractmethod
@@ -21,8 +20,9 @@ from dataclasses import dataclass
 
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.queue import GuestRam, QueueError, SplitQueue
+from qumran.vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # 6 "Reserved Feature Bits"
 VIRTIO_F_INDIRECT_DESC = 1 << 28

@@ -10,15 +10,15 @@ before asyncio is even imported (qumran-vmm starts the guest first).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import selectors
 import threading
 from collections.abc import Callable
 
+from qumran.vmm.log import get_logger
 from qumran.vmm.proctitle import set_thread_name
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class IoLoop:
