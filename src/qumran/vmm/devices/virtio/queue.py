@@ -10,16 +10,25 @@ goes through :meth:`GuestRam.view`, which refuses any range that is not RAM, and
 index, chain length and direction is checked. A broken ring raises :class:`QueueError`;
 the device then sets DEVICE_NEEDS_RESET (2.1.1) and stops touching the queue.
 
+Notification suppression (VIRTIO_F_RING_EVENT_IDX, 2.7.7 and 2.7.10): the driver writes
+``used_event`` after its available ring ("interrupt me when used.idx passes this") and the
+device writes ``avail_event`` after its used ring ("kick me when avail.idx passes this").
+The device publishes ``avail_event`` only when it finds the ring empty, which is the only
+time it waits for a kick; while it works through a batch, the stale value keeps the driver
+from kicking at all.
+
 Ordering: x86 keeps loads in order and stores in order, so reading ``avail.idx`` before the
 ring entries and writing the used element before ``used.idx`` needs no explicit barrier
-from Python (each access is a separate copy through the interpreter anyway).
+from Python. A store followed by a load of another location is the one reordering x86
+allows, and both event-index handshakes are exactly that (write our index, then read the
+driver's): there :func:`_full_fence` stands in for Linux's ``virtio_mb()``.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from qumran.vmm.errors import VmmError
@@ -36,6 +45,21 @@ AVAIL_F_NO_INTERRUPT = 1
 # 2.7.8 struct virtq_used: le16 flags, le16 idx, {le32 id, le32 len} ring[size], le16 avail_event.
 USED_ELEM = struct.Struct("<II")
 U16 = struct.Struct("<H")
+
+# A locked instruction is a full barrier on x86; taking and dropping an uncontended lock is
+# one (CPython's lock is a semaphore whose fast path is an atomic exchange).
+_FENCE = threading.Lock()
+
+
+def _full_fence() -> None:
+    _FENCE.acquire()
+    _FENCE.release()
+
+
+def need_event(event: int, new: int, old: int) -> bool:
+    """True if moving an index from ``old`` to ``new`` passed ``event`` (2.7.7.2 and
+    2.7.10.2: notify when the index reaches event + 1), all modulo 2^16."""
+    return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
 
 
 class QueueError(Exception):
@@ -57,13 +81,15 @@ def ring_sizes(size: int) -> tuple[int, int, int]:
     return 16 * size, 6 + 2 * size, 6 + 8 * size
 
 
-@dataclass
 class DescChain:
     """One request: the head index, then its buffers split by direction (2.7.4.2)."""
 
-    head: int
-    readable: list[memoryview] = field(default_factory=list)
-    writable: list[memoryview] = field(default_factory=list)
+    __slots__ = ("head", "readable", "writable")
+
+    def __init__(self, head: int) -> None:
+        self.head = head
+        self.readable: list[memoryview] = []
+        self.writable: list[memoryview] = []
 
     @property
     def readable_len(self) -> int:
@@ -104,9 +130,11 @@ class SplitQueue:
         self.size = self.max_size
         self.ready = False
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+        self.event_idx = False  # VIRTIO_F_RING_EVENT_IDX negotiated
         self.desc_addr = self.avail_addr = self.used_addr = 0
         self.last_avail = 0
         self.next_used = 0
+        self.signalled_used = 0  # used.idx when the driver was last considered for a notification
         self._desc: memoryview | None = None
         self._avail: memoryview | None = None
         self._used: memoryview | None = None
@@ -123,7 +151,7 @@ class SplitQueue:
         self._avail = _view(ram, self.avail_addr, avail_len, "driver ring")
         self._used = _view(ram, self.used_addr, used_len, "device ring")
         self.last_avail = U16.unpack_from(self._avail, 2)[0]
-        self.next_used = U16.unpack_from(self._used, 2)[0]
+        self.next_used = self.signalled_used = U16.unpack_from(self._used, 2)[0]
         self.ready = True
 
     def release(self) -> None:
@@ -143,9 +171,20 @@ class SplitQueue:
         return count
 
     def pop(self, ram: GuestRam) -> DescChain | None:
-        """The next available chain, or None; QueueError if the ring is broken."""
+        """The next available chain, or None; QueueError if the ring is broken.
+
+        With EVENT_IDX, finding the ring empty asks the driver to kick at its next chain
+        (avail_event = the index we wait for), then looks once more: a chain published
+        between the first look and that store would otherwise wait for a kick that the
+        driver, reading the old avail_event, decided not to send (2.7.10).
+        """
         if not self.pending():
-            return None
+            if not self.event_idx or self._used is None:
+                return None
+            U16.pack_into(self._used, 4 + 8 * self.size, self.last_avail)
+            _full_fence()
+            if not self.pending():
+                return None
         assert self._avail is not None
         slot = self.last_avail % self.size
         head = U16.unpack_from(self._avail, 4 + 2 * slot)[0]
@@ -218,11 +257,19 @@ class SplitQueue:
         self.next_used = (self.next_used + 1) & 0xFFFF
         U16.pack_into(self._used, 2, self.next_used)
 
-    def wants_interrupt(self) -> bool:
-        """False if the driver asked for no interrupts (2.7.7, without VIRTIO_F_EVENT_IDX)."""
-        if self._avail is None:
+    def notify_needed(self) -> bool:
+        """Whether the chains pushed since the last call call for a used buffer
+        notification (2.7.7): with EVENT_IDX, if used.idx passed the driver's used_event;
+        without, unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT."""
+        avail = self._avail
+        if avail is None:
             return False
-        return not U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT
+        new, old = self.next_used, self.signalled_used
+        self.signalled_used = new
+        _full_fence()  # our used.idx store before the driver's flags / used_event load
+        if self.event_idx:
+            return need_event(U16.unpack_from(avail, 4 + 2 * self.size)[0], new, old)
+        return not U16.unpack_from(avail, 0)[0] & AVAIL_F_NO_INTERRUPT
 
 
 class RamViews:
