@@ -27,6 +27,7 @@ REQ_HEADER = struct.Struct("<IIQ")
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 ID_BYTES = 20  # VIRTIO_BLK_ID_BYTES
+_NONE = memoryview(b"")
 
 
 @dataclass
@@ -109,14 +110,22 @@ class VirtioBlock(VirtioDevice):
 
     def _request(self, chain: DescChain) -> int:
         """Carry out one request; the bytes written into the chain (data + status)."""
-        header, out_data = _split(chain.readable, REQ_HEADER.size)
-        if len(header) < REQ_HEADER.size or not chain.writable or not len(chain.writable[-1]):
-            raise QueueError("virtio-blk request without a header or a status byte")
-        kind, _, sector = REQ_HEADER.unpack(header)
-        status_view = chain.writable[-1][-1:]
-        in_data = chain.writable[:-1] + (
-            [chain.writable[-1][:-1]] if len(chain.writable[-1]) > 1 else []
-        )
+        readable, writable = chain.readable, chain.writable
+        if readable and len(readable[0]) == REQ_HEADER.size:  # Linux: the header alone
+            kind, _, sector = REQ_HEADER.unpack(readable[0])
+            out_data = readable[1:]
+        else:  # 5.2.6.2: the device must not assume the layout
+            header, out_data = _split(readable, REQ_HEADER.size)
+            if len(header) < REQ_HEADER.size:
+                raise QueueError("virtio-blk request without a header")
+            kind, _, sector = REQ_HEADER.unpack(header)
+        last = writable[-1] if writable else _NONE
+        if not last:
+            raise QueueError("virtio-blk request without a status byte")
+        if len(last) == 1:  # Linux: the status byte alone
+            status_view, in_data = last, writable[:-1]
+        else:
+            status_view, in_data = last[-1:], [*writable[:-1], last[:-1]]
         self.counters["requests"] += 1
         status, written = S_OK, 0
         match kind:
