@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         "--share", action="append", default=[], help="host directory writable inside (repeat)"
     )
     run.add_argument("--env", action="append", default=[], help="KEY=VALUE to set inside")
+    run.add_argument("--kernel-log", help="keep the test host's kernel log in this file")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     if args.action == "build":
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_mib=args.memory,
             tty=sys.stdout.isatty(),
             on_output=stream_to_stdout,
+            kernel_log=args.kernel_log,
         )
     except KeyboardInterrupt:
         return 130  # the guest is already killed by the runner

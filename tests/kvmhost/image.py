@@ -20,8 +20,9 @@ from qumran.images.kmod import ModuleTree
 KERNEL_METAPACKAGE = "linux-image-amd64"
 # virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it.
 MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd")
-# Bump when init changes, so cached images are rebuilt.
-IMAGE_VERSION = "3"
+# Bump when init changes. Each version has its own cache directory, so checkouts of
+# different versions (worktrees, a CI clone) never rebuild each other's image.
+IMAGE_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class HostImage:
 
 
 def default_cache_dir() -> Path:
-    return default_cache_root() / "images" / "kvmhost"
+    return default_cache_root() / "images" / f"kvmhost-v{IMAGE_VERSION}"
 
 
 def build_image(cache_dir: Path | None = None, force: bool = False) -> HostImage:
@@ -73,6 +74,9 @@ mount -t devtmpfs devtmpfs /dev
 """
 
 INIT_TAIL = r"""
+# The job talks on the first serial port; the kernel's console is the second (the runner
+# keeps it in a file and shows it when the job fails), so kernel messages never mix in.
+exec </dev/null >/dev/ttyS0 2>&1
 fail() { echo "kvmhost: $*"; poweroff -f; }
 arg() { sed -n "s/.*kvmhost\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 job=$(arg job)
@@ -100,7 +104,7 @@ mount -t devpts devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
 # /tmp, like the rest of the root, is the host's seen through the overlay: writable, in RAM.
 # Raw output: no \n -> \r\n translation, so the job's bytes reach the runner unchanged.
-stty -opost 2>/dev/null
+stty -F /dev/ttyS0 -opost 2>/dev/null
 echo "KVMHOST-START-$nonce"
 if [ "$(arg tty)" = 1 ]; then
     chroot $R /bin/sh "$job/job.sh" </dev/null

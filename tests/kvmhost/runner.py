@@ -48,6 +48,7 @@ class Job:
     cpus: int = 2
     timeout: float = 600.0
     tty: bool = False  # whether the job's stdout/stderr are a terminal inside
+    keep_kernel_log: Path | None = None  # where to copy the test host's kernel log
     on_output: Callable[[bytes], None] | None = field(default=None, compare=False)
 
 
@@ -75,12 +76,14 @@ def job_script(job: Job) -> str:
     return "\n".join(lines) + "\n"
 
 
-def qemu_argv(kernel: Path, initrd: Path, cmdline: str, job: Job) -> list[str]:
+def qemu_argv(kernel: Path, initrd: Path, cmdline: str, job: Job, kernel_log: Path) -> list[str]:
+    """ttyS0 carries the job's output; ttyS1, the kernel's console, goes to ``kernel_log``."""
     argv = [
         "qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-cpu", "max",
         "-smp", str(job.cpus), "-m", str(job.memory_mib),
         "-nodefaults", "-display", "none", "-no-reboot",
         "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+        "-chardev", f"file,id=klog,path={kernel_log}", "-serial", "chardev:klog",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-virtfs", f"local,path=/,mount_tag=hostroot,{_VIRTFS_OPTS},readonly=on",
     ]  # fmt: skip
@@ -97,11 +100,13 @@ def run_job(job: Job) -> tuple[int, bytes]:
         jobdir = Path(tmp)
         (jobdir / "job.sh").write_text(job_script(job))
         (jobdir / "shares").write_text("".join(f"share{i} {p}\n" for i, p in enumerate(job.shares)))
+        # Warnings and worse (oops, soft lockup, hung task, RCU stall, panic) reach the log.
         cmdline = (
-            "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off "
+            "console=ttyS1 loglevel=5 panic=-1 mitigations=off "
             f"kvmhost.job={jobdir} kvmhost.nonce={nonce} kvmhost.tty={int(job.tty)}"
         )
-        argv = qemu_argv(image.kernel, image.initrd, cmdline, job)
+        kernel_log = jobdir / "kernel.log"
+        argv = qemu_argv(image.kernel, image.initrd, cmdline, job, kernel_log)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         try:
             result = _collect(proc, nonce, job)
@@ -110,7 +115,31 @@ def run_job(job: Job) -> tuple[int, bytes]:
             raise
         # After the exit marker the guest powers off at once; after a timeout it is killed.
         _stop(proc, grace=10 if result[0] != TIMEOUT_STATUS else 0)
+        if result[0] in (TIMEOUT_STATUS, BOOT_FAILED_STATUS):
+            result = result[0], result[1] + kernel_log_note(kernel_log, job.on_output)
+        if job.keep_kernel_log is not None and kernel_log.is_file():
+            job.keep_kernel_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kernel_log, job.keep_kernel_log)
         return result
+
+
+KERNEL_LOG_LINES = 80
+
+
+def kernel_log_note(path: Path, on_output: Callable[[bytes], None] | None) -> bytes:
+    """The end of the test host's kernel log, for a test host that died or froze (empty if
+    it said nothing: its console only carries warnings and worse)."""
+    try:
+        lines = path.read_bytes().splitlines()[-KERNEL_LOG_LINES:]
+    except OSError:
+        return b""
+    if not lines:
+        return b""
+    note = b"\nkvmhost: the test host's kernel said (last %d lines):\n" % len(lines)
+    note += b"\n".join(lines) + b"\n"
+    if on_output is not None:
+        on_output(note)
+    return note
 
 
 def _collect(proc: subprocess.Popen[bytes], nonce: str, job: Job) -> tuple[int, bytes]:
@@ -219,6 +248,7 @@ def run_in_kvmhost(
     memory_mib: int = 2048,
     tty: bool = False,
     on_output: Callable[[bytes], None] | None = None,
+    kernel_log: str | Path | None = None,
 ) -> tuple[int, str]:
     """Run ``cmd`` inside the KVM test host; return (exit status, combined output).
 
@@ -226,7 +256,9 @@ def run_in_kvmhost(
     ``shares`` are host directories made writable inside, at the same paths. ``env`` adds
     to the default environment (see :func:`job_env`). ``tty`` gives the command a terminal
     for its output (colours, line buffering); otherwise it writes to a pipe. ``on_output``
-    receives the output as it arrives. Status 124 means the timeout expired, 125 that the
+    receives the output as it arrives. ``kernel_log`` keeps a copy of the test host's kernel
+    log (warnings and worse; its end is shown anyway when the host dies or freezes). Status
+    124 means the timeout expired, 125 that the
     guest failed before running the command (or the cwd is missing).
     """
     if shutil.which("qemu-system-x86_64") is None:
@@ -242,6 +274,7 @@ def run_in_kvmhost(
         timeout=timeout,
         tty=tty,
         on_output=on_output,
+        keep_kernel_log=Path(kernel_log).absolute() if kernel_log is not None else None,
     )
     status, output = run_job(job)
     return status, output.decode(errors="replace")

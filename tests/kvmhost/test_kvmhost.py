@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .runner import TIMEOUT_STATUS, run_in_kvmhost
+from .runner import BOOT_FAILED_STATUS, TIMEOUT_STATUS, run_in_kvmhost
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,7 +43,19 @@ def test_exit_status_cwd_and_shares(tmp_path: Path) -> None:
     assert not Path("/etc/qumran-kvmhost-probe").exists()  # the rest only in guest RAM
 
 
-def test_timeout_kills_the_guest() -> None:
-    status, output = run_in_kvmhost(["sh", "-c", "echo started; sleep 600"], timeout=15)
+def test_timeout_kills_the_guest(tmp_path: Path) -> None:
+    script = "echo '<3>qumran-probe: about to hang' >/dev/kmsg; echo started; sleep 600"
+    log = tmp_path / "kernel.log"
+    status, output = run_in_kvmhost(["sh", "-c", script], timeout=15, kernel_log=log)
     assert status == TIMEOUT_STATUS
     assert output.startswith("started\n") and "timed out" in output
+    # The kernel's own words stay off the job's output, and are shown when the host hangs.
+    note = output.split("timed out", 1)[1]
+    assert "the test host's kernel said" in note and "qumran-probe: about to hang" in note
+    assert "qumran-probe" in log.read_text()
+
+
+def test_a_dead_test_host_shows_its_kernel_log() -> None:
+    status, output = run_in_kvmhost(["sh", "-c", "echo c >/proc/sysrq-trigger"], timeout=120)
+    assert status == BOOT_FAILED_STATUS
+    assert "sysrq triggered crash" in output.split("the test host's kernel said", 1)[1]

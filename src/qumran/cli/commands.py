@@ -281,7 +281,7 @@ def do_web(args: argparse.Namespace) -> int:
 
     try:
         # The token is bound to our uid, which qumrand reads from the socket (SO_PEERCRED).
-        doc = _client(args)._call("POST", "/v1/web/token")
+        doc = _client(args).web_token()
     except NotFound:
         raise NotFound(
             "qumrand does not serve the web manager: start it with --web [HOST:PORT]"

@@ -9,7 +9,7 @@ import json
 
 from qumran.client.errors import ProtocolError
 from qumran.client.paths import default_socket_path
-from qumran.client.schema import Event, HostInfo, VmInfo
+from qumran.client.schema import Event, HostInfo, LoginToken, VmInfo
 from qumran.client.wire import quote, request
 from qumran.errors import (
     InvalidArgument,
@@ -93,6 +93,12 @@ class Client:
     def events(self, since: int | None = None) -> list[Event]:
         target = "/v1/events" if since is None else f"/v1/events?since={int(since)}"
         result: list[Event] = self._call("GET", target)
+        return result
+
+    def web_token(self) -> LoginToken:
+        """A one-time login URL for the web manager, for the uid this socket belongs to
+        (NotFound when qumrand runs without --web)."""
+        result: LoginToken = self._call("POST", "/v1/web/token")
         return result
 
     def _action(self, name: str, action: str) -> VmInfo:

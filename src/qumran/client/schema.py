@@ -49,5 +49,9 @@ if TYPE_CHECKING:
         state: str
         reason: str
         detail: str
+
+    class LoginToken(TypedDict):
+        token: str
+        url: str
 else:
-    VmInfo = DriverInfo = HostInfo = Event = dict
+    VmInfo = DriverInfo = HostInfo = Event = LoginToken = dict
