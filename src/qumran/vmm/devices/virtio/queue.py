@@ -192,6 +192,22 @@ class SplitQueue:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return chain
 
+    def pop_all(self, ram: GuestRam) -> list[DescChain]:
+        """Every chain available now, in order; [] if none (publishing avail_event as
+        :meth:`pop` does, so a device that loops until [] is kicked when more come)."""
+        count = self.pending()
+        if not count:
+            chain = self.pop(ram)
+            return [] if chain is None else [chain]
+        assert self._avail is not None
+        avail, size, last = self._avail, self.size, self.last_avail
+        chains = []
+        for _ in range(count):
+            chains.append(self._walk(ram, U16.unpack_from(avail, 4 + 2 * (last % size))[0]))
+            last = (last + 1) & 0xFFFF
+            self.last_avail = last
+        return chains
+
     def _walk(self, ram: GuestRam, head: int) -> DescChain:
         """Follow ``next`` links from ``head`` (2.7.5), at most ``size`` descriptors."""
         assert self._desc is not None
