@@ -5,8 +5,9 @@ memory, done by the kernel inside ``preadv``/``pwritev``, which release the GIL.
 device thread splits a large batch into parts of about equal size (cutting a request
 between two buffers, or inside one, where needed), hands all parts but one to helpers,
 copies its own part and waits: the copies run on several CPUs at once, as independent
-requests do in QEMU's ``aio=threads`` pool. A batch below ``split_bytes`` runs on the
-caller alone, because handing work to a thread costs more than a small copy.
+requests do in QEMU's ``aio=threads`` pool. Only reads are shared out (writes to one
+file serialise in the kernel), and only when they add up to ``split_bytes``: handing work
+to a thread costs more than a small copy.
 
 The caller still sees one synchronous call, so completion order, flush ordering and the
 used ring stay the device's business, unchanged.
@@ -62,16 +63,21 @@ class IoPool:
 
     def run(self, transfers: list[Transfer]) -> None:
         """Move every transfer's data; set each one's ``ok``."""
-        total = sum(t.length for t in transfers)
-        pieces: list[_Piece] = [(t, t.views, t.offset, t.length) for t in transfers]
-        if not self._threads or total < self.split_bytes:
-            results = self._move(pieces)
+        # Buffered writes to one file take its inode lock in the kernel, so writes done in
+        # parallel only wait (spinning) for each other: they stay on the calling thread,
+        # and the reads are shared out around them.
+        writes = [(t, t.views, t.offset, t.length) for t in transfers if t.write]
+        reads = [(t, t.views, t.offset, t.length) for t in transfers if not t.write]
+        read_bytes = sum(p[3] for p in reads)
+        if not self._threads or read_bytes < self.split_bytes:
+            results = self._move(writes + reads)
         else:
             self.split_batches += 1
-            parts = _partition(pieces, total, len(self._threads) + 1)
+            write_bytes = sum(p[3] for p in writes)
+            parts = _partition(reads, write_bytes, len(self._threads) + 1)
             for part in parts[1:]:
                 self._jobs.put(part)
-            results = self._move(parts[0])
+            results = self._move(writes + parts[0])
             for _ in parts[1:]:
                 results += self._done.get()
         for t in transfers:
@@ -108,22 +114,24 @@ class IoPool:
         self._threads = []
 
 
-def _partition(pieces: list[_Piece], total: int, count: int) -> list[list[_Piece]]:
-    """``count`` parts of about total/count bytes each, in order, cutting pieces as needed."""
+def _partition(pieces: list[_Piece], start: int, count: int) -> list[list[_Piece]]:
+    """``count`` parts of about equal bytes, in order, cutting pieces as needed, the first
+    part already holding ``start`` bytes of other work (it may get no piece at all)."""
+    total = start + sum(p[3] for p in pieces)
     share = -(-total // (count * PAGE)) * PAGE  # whole pages: no page copied in two parts
     parts: list[list[_Piece]] = [[]]
-    room = share
+    room = share - start
     for t, views, offset, length in pieces:
         while length > room and len(parts) < count:
-            head, views = _cut(views, room)
-            if room:
+            if room > 0:
+                head, views = _cut(views, room)
                 parts[-1].append((t, head, offset, room))
-            offset, length = offset + room, length - room
+                offset, length = offset + room, length - room
             parts.append([])
             room = share
         parts[-1].append((t, views, offset, length))
         room -= length
-    return [p for p in parts if p]
+    return parts
 
 
 def _cut(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
