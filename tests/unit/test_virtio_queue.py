@@ -357,3 +357,43 @@ def test_hostile_event_indices_are_only_numbers(ring: RingBuilder) -> None:
         q.push(chain.head, 0)
         q.notify_needed()
     assert len(ring.used()) == q.next_used
+
+
+def test_a_driver_reading_concurrently_never_sees_a_half_written_index() -> None:
+    """Another process (a driver on another CPU) polls used.idx while the device pushes
+    across 0x00ff -> 0x0100 again and again: it only ever sees values the device wrote,
+    never a torn or cleared one."""
+    import mmap
+    import os
+    import time
+
+    ram = PlainRam(0)
+    ram.data = mmap.mmap(-1, 1 << 20)  # type: ignore[assignment]  # shared with the child
+    ring = RingBuilder(ram, size=256)
+    q = ring.queue()
+    low, high = 0xF0, 0x110
+    q.push(0, 0)
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # the "driver": load the 16-bit index the way a CPU does, in one load
+        used_idx = memoryview(ram.data).cast("H")[ring.USED // 2 + 1 :][:1]
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            for _ in range(10000):
+                value = used_idx[0]
+                if not (value == 1 or low < value <= high):
+                    os.write(write_fd, f"{value:#x}".encode())
+                    os._exit(0)
+        os._exit(0)
+    os.close(write_fd)
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            q.next_used = low
+            for _ in range(high - low):
+                q.push(0, 0)
+    finally:
+        os.waitpid(child, 0)
+        bad = os.read(read_fd, 100).decode()
+        os.close(read_fd)
+    assert bad == "", f"the driver saw used.idx = {bad}"

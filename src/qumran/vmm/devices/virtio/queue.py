@@ -27,6 +27,7 @@ driver's): there :func:`_full_fence` stands in for Linux's ``virtio_mb()``.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -43,8 +44,12 @@ DESC_F_INDIRECT = 4
 # 2.7.6 struct virtq_avail: le16 flags, le16 idx, le16 ring[size], le16 used_event.
 AVAIL_F_NO_INTERRUPT = 1
 # 2.7.8 struct virtq_used: le16 flags, le16 idx, {le32 id, le32 len} ring[size], le16 avail_event.
-USED_ELEM = struct.Struct("<II")
-U16 = struct.Struct("<H")
+#
+# The rings are read and written through memoryviews cast to native 16- and 32-bit items
+# (x86 is little-endian, as virtio 1.x is): an item store is one aligned store the driver
+# sees whole. Not struct.pack_into, which clears the field before writing it, so a driver
+# reading concurrently can see used.idx (or avail_event) go through 0.
+assert sys.byteorder == "little", "virtqueue views assume a little-endian host"
 
 # A locked instruction is a full barrier on x86; taking and dropping an uncontended lock is
 # one (CPython's lock is a semaphore whose fast path is an atomic exchange).
@@ -136,8 +141,9 @@ class SplitQueue:
         self.next_used = 0
         self.signalled_used = 0  # used.idx when the driver was last considered for a notification
         self._desc: memoryview | None = None
-        self._avail: memoryview | None = None
-        self._used: memoryview | None = None
+        self._avail: memoryview | None = None  # 16-bit items: flags, idx, ring, used_event
+        self._used: memoryview | None = None  # 16-bit items: flags, idx, ..., avail_event
+        self._used_ring: memoryview | None = None  # 32-bit items: flags+idx, (id, len)...
 
     def activate(self, ram: GuestRam) -> None:
         """Map the three areas the driver set; QueueError if they are not valid RAM."""
@@ -148,15 +154,17 @@ class SplitQueue:
             raise QueueError("virtqueue areas are misaligned (2.7: 16, 2 and 4 bytes)")
         desc_len, avail_len, used_len = ring_sizes(size)
         self._desc = _view(ram, self.desc_addr, desc_len, "descriptor table")
-        self._avail = _view(ram, self.avail_addr, avail_len, "driver ring")
-        self._used = _view(ram, self.used_addr, used_len, "device ring")
-        self.last_avail = U16.unpack_from(self._avail, 2)[0]
-        self.next_used = self.signalled_used = U16.unpack_from(self._used, 2)[0]
+        avail = _view(ram, self.avail_addr, avail_len, "driver ring")
+        used = _view(ram, self.used_addr, used_len, "device ring")
+        self._avail, self._used = avail.cast("H"), used.cast("H")
+        self._used_ring = used[: used_len - 2].cast("I")
+        self.last_avail = self._avail[1]
+        self.next_used = self.signalled_used = self._used[1]
         self.ready = True
 
     def release(self) -> None:
         """Drop the views into guest memory (before the memory is unmapped)."""
-        self._desc = self._avail = self._used = None
+        self._desc = self._avail = self._used = self._used_ring = None
         self.ready = False
 
     # --- device side --------------------------------------------------------------------
@@ -165,7 +173,7 @@ class SplitQueue:
         """Chains the driver has made available that the device has not taken yet."""
         if self._avail is None:
             return 0
-        count: int = (U16.unpack_from(self._avail, 2)[0] - self.last_avail) & 0xFFFF
+        count: int = (self._avail[1] - self.last_avail) & 0xFFFF
         if count > self.size:
             raise QueueError(f"driver ring index moved {count} entries on a queue of {self.size}")
         return count
@@ -181,13 +189,13 @@ class SplitQueue:
         if not self.pending():
             if not self.event_idx or self._used is None:
                 return None
-            U16.pack_into(self._used, 4 + 8 * self.size, self.last_avail)
+            self._used[2 + 4 * self.size] = self.last_avail
             _full_fence()
             if not self.pending():
                 return None
         assert self._avail is not None
         slot = self.last_avail % self.size
-        head = U16.unpack_from(self._avail, 4 + 2 * slot)[0]
+        head = self._avail[2 + slot]
         chain = self._walk(ram, head)
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return chain
@@ -203,7 +211,7 @@ class SplitQueue:
         avail, size, last = self._avail, self.size, self.last_avail
         chains = []
         for _ in range(count):
-            chains.append(self._walk(ram, U16.unpack_from(avail, 4 + 2 * (last % size))[0]))
+            chains.append(self._walk(ram, avail[2 + last % size]))
             last = (last + 1) & 0xFFFF
             self.last_avail = last
         return chains
@@ -267,11 +275,13 @@ class SplitQueue:
 
     def push(self, head: int, written: int) -> None:
         """Return chain ``head`` to the driver with ``written`` bytes written (2.7.8)."""
-        assert self._used is not None
-        slot = self.next_used % self.size
-        USED_ELEM.pack_into(self._used, 4 + 8 * slot, head, written)
+        ring, used = self._used_ring, self._used
+        assert ring is not None and used is not None
+        slot = 1 + 2 * (self.next_used % self.size)
+        ring[slot] = head
+        ring[slot + 1] = min(written, 0xFFFF_FFFF)  # le32 len (a hostile chain can be longer)
         self.next_used = (self.next_used + 1) & 0xFFFF
-        U16.pack_into(self._used, 2, self.next_used)
+        used[1] = self.next_used  # after the element: x86 keeps stores in order
 
     def notify_needed(self) -> bool:
         """Whether the chains pushed since the last call call for a used buffer
@@ -284,8 +294,8 @@ class SplitQueue:
         self.signalled_used = new
         _full_fence()  # our used.idx store before the driver's flags / used_event load
         if self.event_idx:
-            return need_event(U16.unpack_from(avail, 4 + 2 * self.size)[0], new, old)
-        return not U16.unpack_from(avail, 0)[0] & AVAIL_F_NO_INTERRUPT
+            return need_event(avail[2 + self.size], new, old)
+        return not avail[0] & AVAIL_F_NO_INTERRUPT
 
 
 class RamViews:
