@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from vmm_virtio_net import GUEST_IP, HOST_IP, MAC, TAP, Netns, load_tun
 from vmm_virtio_tools import LIBRARY_PATH, bench_initrd
@@ -138,45 +139,58 @@ CONTROL = Path(tempfile.gettempdir()) / "qbench-vmm.ctl"
 
 
 class DiskProbe:
-    """qumran-vmm's disk counters (control socket) and its device thread's CPU time."""
+    """qumran-vmm's disk and vCPU counters (control socket) and its threads' CPU time."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
-    def sample(self) -> tuple[dict[str, float], float] | None:
+    def _ask(self, cmd: str) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(CONTROL))
+            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
+            return reply
+
+    def sample(self) -> dict[str, float] | None:
         try:
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.connect(str(CONTROL))
-                sock.sendall(b'{"cmd": "status"}\n')
-                reply = sock.makefile("rb").readline()
+            status, stats = self._ask("status"), self._ask("stats")
         except OSError:
             return None
-        disk = next(d for d in json.loads(reply)["devices"] if d["type"] == "disk")
-        return disk, self._io_thread_cpu()
+        disk = next(d for d in status["devices"] if d["type"] == "disk")
+        sample = {k: float(v) for k, v in disk.items() if isinstance(v, int | float)}
+        sample["exits"] = float(sum(stats.get("exits", {}).values()))
+        sample["device cpu"], sample["vcpu non-guest cpu"] = self._thread_cpu()
+        return sample
 
-    def _io_thread_cpu(self) -> float:
-        """CPU seconds of the device threads: the I/O loop and the disk's helpers."""
-        total = 0.0
+    def _thread_cpu(self) -> tuple[float, float]:
+        """CPU seconds of the device threads (the I/O loop and the disk's helpers), and
+        of the other threads (the vCPUs, mostly) outside the guest."""
+        device = other = 0.0
         for task in Path(f"/proc/{self.pid}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICK
             if (task / "comm").read_text().startswith("virtio-"):
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / TICK
-        return total
+                device += cpu
+            else:
+                other += cpu - int(fields[40]) / TICK
+        return device, other
 
     @staticmethod
     def profile(label: str, before: object, after: object, res: Result) -> None:
-        if not (isinstance(before, tuple) and isinstance(after, tuple)):
+        if not (isinstance(before, dict) and isinstance(after, dict)):
             return
-        (d0, c0), (d1, c1) = before, after
-        requests = max(d1["requests"] - d0["requests"], 1)
+        d = {k: after[k] - before[k] for k in after if k in before}
+        requests = max(d["requests"], 1)
         res[f"{label}: requests"] = requests
-        if "kicks" in d1:  # the transport's counters (not in older qumran-vmm)
-            kicks, wakeups = d1["kicks"] - d0["kicks"], d1["wakeups"] - d0["wakeups"]
-            res[f"{label}: requests per kick"] = requests / max(kicks, 1)
-            res[f"{label}: requests per wake-up"] = requests / max(wakeups, 1)
-            interrupts = d1["interrupts"] - d0["interrupts"]
-            res[f"{label}: interrupts per request"] = interrupts / requests
-        res[f"{label}: device threads' CPU us per request"] = (c1 - c0) / requests * 1e6
+        if "kicks" in d:  # the transport's counters (not in older qumran-vmm)
+            res[f"{label}: requests per kick"] = requests / max(d["kicks"], 1)
+            res[f"{label}: requests per wake-up"] = requests / max(d["wakeups"], 1)
+            res[f"{label}: interrupts per request"] = d["interrupts"] / requests
+        res[f"{label}: vCPU exits to the VMM per request"] = d["exits"] / requests
+        res[f"{label}: device threads' CPU us per request"] = d["device cpu"] / requests * 1e6
+        res[f"{label}: other threads' non-guest CPU us per request"] = (
+            d["vcpu non-guest cpu"] / requests * 1e6
+        )
 
 
 def cpu_times(pid: int) -> tuple[float, float]:

@@ -397,3 +397,15 @@ def test_a_driver_reading_concurrently_never_sees_a_half_written_index() -> None
         bad = os.read(read_fd, 100).decode()
         os.close(read_fd)
     assert bad == "", f"the driver saw used.idx = {bad}"
+
+
+def test_pop_all_takes_the_batch_and_arms_only_when_empty(ring: RingBuilder) -> None:
+    q = _event_idx_queue(ring)
+    heads = [ring.add_chain([bytes([i])]) for i in range(3)]
+    assert [c.head for c in q.pop_all(ring.ram)] == heads
+    assert ring.avail_event() == 0  # found work: no kick wanted yet
+    assert q.pop_all(ring.ram) == []
+    assert ring.avail_event() == 3
+    ring.set_avail_idx(ring.avail_idx + 9)  # more than the queue holds
+    with pytest.raises(QueueError, match="moved 9 entries"):
+        q.pop_all(ring.ram)
