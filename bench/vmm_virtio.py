@@ -16,14 +16,20 @@ depth 16) on /dev/vda for a fixed time, and ``iperf3`` from the guest over virti
 server on the host side of the TAP, in a network namespace. fio and iperf3 are the host's
 Debian binaries, carried into the guest by an extra initramfs layer (vmm_virtio_tools.py).
 Prints markdown tables; ratio = qumran-vmm / QEMU (for throughput, above 1: qumran-vmm is
-faster; for CPU per GiB, above 1: qumran-vmm spends more). Measures; never asserts.
+faster; for CPU per GiB, above 1: qumran-vmm spends more). For qumran-vmm alone, a second
+table profiles the disk's device thread per part: guest requests per kick, interrupts per
+request, and the CPU time of the device threads (the ``virtio-io`` loop and the disk's
+helpers) per request (from the control
+socket's device counters and /proc/PID/task). Measures; never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from vmm_virtio_net import GUEST_IP, HOST_IP, MAC, TAP, Netns, load_tun
 from vmm_virtio_tools import LIBRARY_PATH, bench_initrd
@@ -47,6 +54,10 @@ def find_demo() -> DemoImage:
         if d and (Path(d) / "vmlinuz").is_file():
             return build_demo(Path(d))
     return build_demo()
+
+
+class GuestStuck(Exception):
+    """The guest did not answer in time (or its VMM died)."""
 
 
 class Guest:
@@ -74,7 +85,7 @@ class Guest:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
                     tail = self.out[-1500:].decode(errors="replace")
-                    raise SystemExit(f"{pattern!r} not seen; console:\n{tail}")
+                    raise GuestStuck(f"{pattern!r} not seen; console:\n{tail}")
                 self.cond.wait(min(left, 0.5))
 
     def run(self, cmd: str, timeout: float = 600) -> str:
@@ -106,7 +117,8 @@ class Guest:
 
 def contenders(demo: DemoImage, initrd: Path, image: Path) -> dict[str, list[str]]:
     return {
-        "qumran-vmm": [QUMRAN_VMM, "--name", "bench", "--kernel", str(demo.kernel),
+        "qumran-vmm": [QUMRAN_VMM, "--name", "bench", "--control", str(CONTROL),
+                       "--kernel", str(demo.kernel),
                        "--initrd", str(initrd), "--cmdline", demo.cmdline,
                        "--memory", MEMORY, "--disk", str(image),
                        "--net", f"tap={TAP},mac={MAC}"],
@@ -123,6 +135,62 @@ def contenders(demo: DemoImage, initrd: Path, image: Path) -> dict[str, list[str
 
 
 TICK = os.sysconf("SC_CLK_TCK")
+CONTROL = Path(tempfile.gettempdir()) / "qbench-vmm.ctl"
+
+
+class DiskProbe:
+    """qumran-vmm's disk and vCPU counters (control socket) and its threads' CPU time."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def _ask(self, cmd: str) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(CONTROL))
+            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
+            return reply
+
+    def sample(self) -> dict[str, float] | None:
+        try:
+            status, stats = self._ask("status"), self._ask("stats")
+        except OSError:
+            return None
+        disk = next(d for d in status["devices"] if d["type"] == "disk")
+        sample = {k: float(v) for k, v in disk.items() if isinstance(v, int | float)}
+        sample["exits"] = float(sum(stats.get("exits", {}).values()))
+        sample["device cpu"], sample["vcpu non-guest cpu"] = self._thread_cpu()
+        return sample
+
+    def _thread_cpu(self) -> tuple[float, float]:
+        """CPU seconds of the device threads (the I/O loop and the disk's helpers), and
+        of the other threads (the vCPUs, mostly) outside the guest."""
+        device = other = 0.0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICK
+            if (task / "comm").read_text().startswith("virtio-"):
+                device += cpu
+            else:
+                other += cpu - int(fields[40]) / TICK
+        return device, other
+
+    @staticmethod
+    def profile(label: str, before: object, after: object, res: Result) -> None:
+        if not (isinstance(before, dict) and isinstance(after, dict)):
+            return
+        d = {k: after[k] - before[k] for k in after if k in before}
+        requests = max(d["requests"], 1)
+        res[f"{label}: requests"] = requests
+        if "kicks" in d:  # the transport's counters (not in older qumran-vmm)
+            res[f"{label}: requests per kick"] = requests / max(d["kicks"], 1)
+            res[f"{label}: requests per wake-up"] = requests / max(d["wakeups"], 1)
+            res[f"{label}: interrupts per request"] = d["interrupts"] / requests
+        res[f"{label}: vCPU exits to the VMM per request"] = d["exits"] / requests
+        res[f"{label}: device threads' CPU us per request"] = d["device cpu"] / requests * 1e6
+        res[f"{label}: other threads' non-guest CPU us per request"] = (
+            d["vcpu non-guest cpu"] / requests * 1e6
+        )
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -136,15 +204,18 @@ def cpu_times(pid: int) -> tuple[float, float]:
 Result = dict[str, float]
 
 
-def disk_runs(guest: Guest, pid: int, mib: int, res: Result) -> None:
+def disk_runs(guest: Guest, pid: int, mib: int, res: Result, probe: DiskProbe | None) -> None:
     for kind, cmd in (
         ("write", f"dd if=/dev/zero of=/dev/vda bs=1M count={mib} conv=fsync"),
         ("read", f"dd if=/dev/vda of=/dev/null bs=1M count={mib}"),
     ):
         guest.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+        before = probe and probe.sample()
         cpu0, g0 = cpu_times(pid)
         seconds = guest.timed(cmd)
         cpu1, g1 = cpu_times(pid)
+        if probe:
+            DiskProbe.profile(f"dd {kind}", before, probe.sample(), res)
         res[f"{kind} MB/s"] = mib / seconds
         res[f"{kind} cpu s/GiB"] = (cpu1 - cpu0) / (mib / 1024)
         res[f"{kind} non-guest cpu s/GiB"] = (cpu1 - cpu0 - (g1 - g0)) / (mib / 1024)
@@ -154,10 +225,13 @@ FIO = (f"LD_LIBRARY_PATH={LIBRARY_PATH} fio --name=rr --filename=/dev/vda --dire
        "--rw=randread --bs=4k --time_based --minimal")  # fmt: skip
 
 
-def fio_runs(guest: Guest, seconds: int, res: Result) -> None:
+def fio_runs(guest: Guest, seconds: int, res: Result, probe: DiskProbe | None) -> None:
     for label, engine in (("psync QD1", "--ioengine=psync"),
                           ("libaio QD16", "--ioengine=libaio --iodepth=16")):  # fmt: skip
+        before = probe and probe.sample()
         out = guest.run(f"{FIO} {engine} --runtime={seconds} 2>&1 | tail -1", seconds + 120)
+        if probe:
+            DiskProbe.profile(f"fio {label}", before, probe.sample(), res)
         fields = out.strip().split(";")
         # --minimal (terse v3): field 8 is the read IOPS.
         if len(fields) > 8 and fields[7].isdigit():
@@ -193,32 +267,43 @@ def measure(argv: list[str], demo: DemoImage, net: Netns | None, args: argparse.
     res: Result = {}
     try:
         pid = guest.proc.pid  # `ip netns exec` execs the VMM: same PID
+        probe = DiskProbe(pid) if str(CONTROL) in argv else None
         guest.wait_for(demo.ready_line, 240)
         if "dd" in args.only:
-            disk_runs(guest, pid, args.mib, res)
+            disk_runs(guest, pid, args.mib, res, probe)
         if "fio" in args.only:
-            fio_runs(guest, args.fio_seconds, res)
+            fio_runs(guest, args.fio_seconds, res, probe)
         if net is not None and "net" in args.only:
             iperf_run(guest, net, pid, args.iperf_seconds, res)
+        return res
+    except GuestStuck as exc:  # keep what this run measured; the table says what is missing
+        print(f"run cut short: {exc}", file=sys.stderr)
         return res
     finally:
         guest.close()
 
 
-def _cell(values: list[float]) -> str:
-    """Median, and the range when there are several runs."""
-    text = f"{statistics.median(values):.1f}"
-    return text + (f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else "")
+def _cell(values: list[float], runs: int, fmt: str = ".1f") -> str:
+    """Median, the range when there are several runs, and how many when some are missing."""
+    text = f"{statistics.median(values):{fmt}}"
+    text += f" ({min(values):{fmt}}-{max(values):{fmt}})" if len(values) > 1 else ""
+    return text + (f" [{len(values)} of {runs}]" if len(values) < runs else "")
 
 
 def table(results: dict[str, list[Result]], runs: int) -> str:
     ours, qemu = results["qumran-vmm"], results["QEMU"]
-    keys = [k for k in ours[0] if all(k in r for r in ours + qemu)]
+    keys = list(dict.fromkeys(k for r in ours for k in r))
     lines = [f"| median of {runs} | qumran-vmm | QEMU | ratio |", "|---|---|---|---|"]
+    own = []
     for key in keys:
-        a, b = ([r[key] for r in rs] for rs in (ours, qemu))
-        ratio = statistics.median(a) / statistics.median(b)
-        lines.append(f"| {key} | {_cell(a)} | {_cell(b)} | {ratio:.2f} |")
+        a, b = ([r[key] for r in rs if key in r] for rs in (ours, qemu))
+        if ": " in key:
+            own.append(f"| {key} | {_cell(a, runs, '.3g')} |")
+        elif b:
+            ratio = statistics.median(a) / statistics.median(b)
+            lines.append(f"| {key} | {_cell(a, runs)} | {_cell(b, runs)} | {ratio:.2f} |")
+    if own:
+        lines += ["", f"| qumran-vmm disk, median of {runs} | value |", "|---|---|", *own]
     return "\n".join(lines)
 
 
@@ -247,8 +332,12 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="qbench-") as tmp:
             image = Path(tmp) / "disk.img"
+            # Written out, not sparse: on the RAM-backed /tmp the first VMM to write a hole
+            # would pay for allocating and zeroing the file's pages and the next would not.
             with open(image, "wb") as f:
-                f.truncate((args.mib + 16) << 20)
+                chunk = bytes(1 << 20)
+                for _ in range(args.mib + 16):
+                    f.write(chunk)
             for _ in range(args.runs):  # interleaved, so drifting load hits both alike
                 for name, argv in contenders(demo, initrd, image).items():
                     res = measure(argv, demo, net, args)

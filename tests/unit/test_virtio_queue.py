@@ -46,9 +46,9 @@ def test_indices_wrap_around_16_bits(ring: RingBuilder) -> None:
 
 def test_no_interrupt_flag(ring: RingBuilder) -> None:
     q = ring.queue()
-    assert q.wants_interrupt()
+    assert q.notify_needed()
     struct.pack_into("<H", ring.ram.data, ring.AVAIL, 1)
-    assert not q.wants_interrupt()
+    assert not q.notify_needed()
 
 
 @pytest.mark.parametrize("size", [0, 3, 16])
@@ -255,3 +255,157 @@ def test_ram_views_fast_path_keeps_the_bounds() -> None:
         with pytest.raises(QueueError, match="not guest RAM"):
             q.pop(ram)
         q.last_avail = builder.avail_idx
+
+
+# --- VIRTIO_F_RING_EVENT_IDX (2.7.7.2, 2.7.10) --------------------------------------------
+
+
+def _event_idx_queue(ring: RingBuilder) -> SplitQueue:
+    q = ring.queue()
+    q.event_idx = True
+    return q
+
+
+def test_need_event_is_the_wrapping_window_of_the_spec() -> None:
+    from qumran.vmm.devices.virtio.queue import need_event
+
+    assert need_event(0, 1, 0)  # index went 0 -> 1 and the driver waits for 0 -> 1
+    assert not need_event(5, 3, 0)  # not there yet
+    assert need_event(5, 9, 3) and not need_event(5, 9, 6)  # passed once, not again
+    assert need_event(0xFFFF, 2, 0xFFFE) and need_event(0, 1, 0xFFFF)  # across the wrap
+    assert not need_event(0xFFFE, 3, 0xFFFF)  # the event lies before the window
+    assert not need_event(7, 7, 7)  # nothing moved
+
+
+def test_avail_event_is_published_when_the_device_finds_the_ring_empty(
+    ring: RingBuilder,
+) -> None:
+    q = _event_idx_queue(ring)
+    ring.add_chain([b"a"])
+    ring.add_chain([b"b"])
+    assert q.pop(ring.ram) is not None and q.pop(ring.ram) is not None
+    assert ring.avail_event() == 0  # still busy: the stale value keeps the driver quiet
+    assert q.pop(ring.ram) is None
+    assert ring.avail_event() == 2  # waiting: kick me for the chain after the second
+
+
+def test_avail_event_is_the_two_bytes_after_the_used_ring(ring: RingBuilder) -> None:
+    q = _event_idx_queue(ring)
+    end = ring.USED + 4 + 8 * ring.size  # 2.7.8: flags, idx, ring[size], then avail_event
+    ring.ram.data[end - 8 : end + 8] = b"\xee" * 16
+    assert q.pop(ring.ram) is None
+    assert ring.ram.data[end - 8 : end + 8] == b"\xee" * 8 + b"\0\0" + b"\xee" * 6
+
+
+def test_without_event_idx_the_device_never_writes_avail_event(ring: RingBuilder) -> None:
+    q = ring.queue()
+    struct.pack_into("<H", ring.ram.data, ring.USED + 4 + 8 * ring.size, 0xABCD)
+    ring.add_chain([b"a"])
+    while q.pop(ring.ram) is not None:
+        pass
+    assert ring.avail_event() == 0xABCD
+
+
+def test_used_event_decides_each_notification(ring: RingBuilder) -> None:
+    q = _event_idx_queue(ring)
+    struct.pack_into("<H", ring.ram.data, ring.AVAIL, 1)  # NO_INTERRUPT: ignored with EVENT_IDX
+    ring.set_used_event(2)  # "interrupt me when used.idx goes past 2", i.e. reaches 3
+    for expected in (False, False, True, False):
+        ring.add_chain([b"x"])
+        chain = q.pop(ring.ram)
+        assert chain is not None
+        q.push(chain.head, 0)
+        assert q.notify_needed() is expected
+    # A batch that jumps over the event notifies once.
+    ring.set_used_event(5)
+    for _ in range(4):
+        ring.add_chain([b"x"])
+    while (chain := q.pop(ring.ram)) is not None:
+        q.push(chain.head, 0)
+    assert q.notify_needed() and not q.notify_needed()
+
+
+def test_event_indices_across_the_16_bit_wrap(ring: RingBuilder) -> None:
+    """Driver and device both keep going through 65535 -> 0; one interrupt per batch and
+    avail_event always names the next chain."""
+    q = _event_idx_queue(ring)
+    notified = 0
+    for batch in range(70000 // 4):
+        ring.set_used_event(q.next_used)  # the driver's "next completion, please"
+        for _ in range(4):
+            ring.add_chain([b"x"])
+        while (chain := q.pop(ring.ram)) is not None:
+            q.push(chain.head, 0)
+        assert ring.avail_event() == ring.avail_idx
+        notified += q.notify_needed()
+        assert not q.notify_needed(), batch
+    assert notified == 70000 // 4
+    assert q.next_used == q.last_avail == ring.avail_idx == 70000 % 65536
+
+
+def test_hostile_event_indices_are_only_numbers(ring: RingBuilder) -> None:
+    """Whatever used_event says, the device only decides whether to notify."""
+    import random
+
+    q = _event_idx_queue(ring)
+    rnd = random.Random(5)
+    for _ in range(2000):
+        ring.set_used_event(rnd.getrandbits(16))
+        ring.add_chain([b"x"])
+        chain = q.pop(ring.ram)
+        assert chain is not None
+        q.push(chain.head, 0)
+        q.notify_needed()
+    assert len(ring.used()) == q.next_used
+
+
+def test_a_driver_reading_concurrently_never_sees_a_half_written_index() -> None:
+    """Another process (a driver on another CPU) polls used.idx while the device pushes
+    across 0x00ff -> 0x0100 again and again: it only ever sees values the device wrote,
+    never a torn or cleared one."""
+    import mmap
+    import os
+    import time
+
+    ram = PlainRam(0)
+    ram.data = mmap.mmap(-1, 1 << 20)  # type: ignore[assignment]  # shared with the child
+    ring = RingBuilder(ram, size=256)
+    q = ring.queue()
+    low, high = 0xF0, 0x110
+    q.push(0, 0)
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # the "driver": load the 16-bit index the way a CPU does, in one load
+        used_idx = memoryview(ram.data).cast("H")[ring.USED // 2 + 1 :][:1]
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            for _ in range(10000):
+                value = used_idx[0]
+                if not (value == 1 or low < value <= high):
+                    os.write(write_fd, f"{value:#x}".encode())
+                    os._exit(0)
+        os._exit(0)
+    os.close(write_fd)
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            q.next_used = low
+            for _ in range(high - low):
+                q.push(0, 0)
+    finally:
+        os.waitpid(child, 0)
+        bad = os.read(read_fd, 100).decode()
+        os.close(read_fd)
+    assert bad == "", f"the driver saw used.idx = {bad}"
+
+
+def test_pop_all_takes_the_batch_and_arms_only_when_empty(ring: RingBuilder) -> None:
+    q = _event_idx_queue(ring)
+    heads = [ring.add_chain([bytes([i])]) for i in range(3)]
+    assert [c.head for c in q.pop_all(ring.ram)] == heads
+    assert ring.avail_event() == 0  # found work: no kick wanted yet
+    assert q.pop_all(ring.ram) == []
+    assert ring.avail_event() == 3
+    ring.set_avail_idx(ring.avail_idx + 9)  # more than the queue holds
+    with pytest.raises(QueueError, match="moved 9 entries"):
+        q.pop_all(ring.ram)

@@ -75,6 +75,14 @@ class RingBuilder:
     def set_avail_idx(self, idx: int) -> None:
         struct.pack_into("<H", self.ram.data, self.AVAIL + 2, idx)
 
+    def set_used_event(self, idx: int) -> None:
+        """VIRTIO_F_RING_EVENT_IDX: interrupt me when used.idx passes ``idx`` (2.7.7.2)."""
+        struct.pack_into("<H", self.ram.data, self.AVAIL + 4 + 2 * self.size, idx)
+
+    def avail_event(self) -> int:
+        """What the device asks: kick me when avail.idx passes this (2.7.10)."""
+        return int(struct.unpack_from("<H", self.ram.data, self.USED + 4 + 8 * self.size)[0])
+
     def used(self) -> list[tuple[int, int]]:
         idx = struct.unpack_from("<H", self.ram.data, self.USED + 2)[0]
         return [struct.unpack_from("<II", self.ram.data, self.USED + 4 + 8 * (i % self.size))

@@ -34,7 +34,7 @@ class PciSystem:
         self.host.mmio_write(addr, data)
 
     def status(self) -> list[dict[str, Any]]:
-        return [f.device.status() for f in self.functions]
+        return [f.report() for f in self.functions]
 
     def stop(self) -> None:
         """Stop the I/O loop and drop every view into guest memory."""

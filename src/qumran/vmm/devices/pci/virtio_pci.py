@@ -31,6 +31,7 @@ from qumran.vmm.devices.pci.config import CMD_MEMORY, ConfigSpace
 from qumran.vmm.devices.pci.msix import CAP_ID_MSIX, MsiSink, MsixTable
 from qumran.vmm.devices.virtio.device import (
     VIRTIO_F_INDIRECT_DESC,
+    VIRTIO_F_RING_EVENT_IDX,
     DeviceContext,
     VirtioDevice,
 )
@@ -90,6 +91,8 @@ class VirtioPciDevice:
         self.bar = self.config.bars[0]
         self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nq)]
         self._bound: list[tuple[int, int]] = []
+        # Guest kicks (eventfd counts), loop wake-ups they caused, used-buffer interrupts.
+        self.counters = {"kicks": 0, "wakeups": 0, "interrupts": 0}
         for index, fd in enumerate(self._kick_fds):
             loop.add_reader(fd, functools.partial(self._on_kick, index, fd))
         self._reset_state()
@@ -285,6 +288,7 @@ class VirtioPciDevice:
     def _activate(self) -> None:
         for q in self.queues:
             q.indirect = bool(self.driver_features & VIRTIO_F_INDIRECT_DESC)
+            q.event_idx = bool(self.driver_features & VIRTIO_F_RING_EVENT_IDX)
         ctx = DeviceContext(
             self._ram,
             self.queues,
@@ -302,9 +306,11 @@ class VirtioPciDevice:
 
     def _on_kick(self, index: int, fd: int) -> None:
         try:
-            os.eventfd_read(fd)
+            kicks = os.eventfd_read(fd)
         except BlockingIOError:
             return
+        self.counters["kicks"] += kicks
+        self.counters["wakeups"] += 1
         self._kick(index)
 
     def _kick(self, index: int) -> None:
@@ -315,8 +321,9 @@ class VirtioPciDevice:
     def _used(self, index: int) -> None:
         """Used-buffer notification for queue ``index`` (2.3)."""
         with self._lock:
-            if not self.queues[index].wants_interrupt():
+            if not self.queues[index].notify_needed():
                 return
+            self.counters["interrupts"] += 1
             self._interrupt(ISR_QUEUE, self.queue_vectors[index])
 
     def _broken(self, why: str) -> None:
@@ -329,6 +336,11 @@ class VirtioPciDevice:
         self.isr |= cause
         if not self.msix.signal(vector):
             self._intx.drive(True)
+
+    def report(self) -> dict[str, object]:
+        """The device's own status, then the transport's counters (control ``status``)."""
+        with self._lock:
+            return {**self.device.status(), **self.counters}
 
     def close(self) -> None:
         with self._lock:

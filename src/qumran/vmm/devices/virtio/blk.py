@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.device import DeviceContext, DeviceId, VirtioDevice
-from qumran.vmm.devices.virtio.queue import DescChain, QueueError
+from qumran.vmm.devices.virtio.iopool import IoPool, Transfer, default_helpers
+from qumran.vmm.devices.virtio.queue import DescChain, QueueError, SplitQueue
 
 SECTOR = 512
 QUEUE_SIZE = 256
@@ -27,6 +28,7 @@ REQ_HEADER = struct.Struct("<IIQ")
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 ID_BYTES = 20  # VIRTIO_BLK_ID_BYTES
+_NONE = memoryview(b"")
 
 
 @dataclass
@@ -83,11 +85,35 @@ def _split(views: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
     return bytes(head), []
 
 
+# A request waiting for its data transfer: head, status byte, transfer (None: fails).
+_Done = tuple[int, memoryview, Transfer | None]
+
+
+def _parse(chain: DescChain) -> tuple[int, int, list[memoryview], list[memoryview], memoryview]:
+    """(type, sector, device-readable data, device-writable data, status byte) of a request
+    (5.2.6: header, data, status)."""
+    readable, writable = chain.readable, chain.writable
+    if readable and len(readable[0]) == REQ_HEADER.size:  # Linux: the header alone
+        kind, _, sector = REQ_HEADER.unpack(readable[0])
+        out_data = readable[1:]
+    else:  # 2.7.3 Message Framing: the device must not assume the layout
+        header, out_data = _split(readable, REQ_HEADER.size)
+        if len(header) < REQ_HEADER.size:
+            raise QueueError("virtio-blk request without a header")
+        kind, _, sector = REQ_HEADER.unpack(header)
+    last = writable[-1] if writable else _NONE
+    if not last:
+        raise QueueError("virtio-blk request without a status byte")
+    if len(last) == 1:  # Linux: the status byte alone
+        return kind, sector, out_data, writable[:-1], last
+    return kind, sector, out_data, [*writable[:-1], last[:-1]], last[-1:]
+
+
 class VirtioBlock(VirtioDevice):
     device_id = DeviceId.BLOCK
     name = "virtio-blk"
 
-    def __init__(self, image: DiskImage, serial: str = "") -> None:
+    def __init__(self, image: DiskImage, serial: str = "", helpers: int | None = None) -> None:
         features = F_SEG_MAX | F_FLUSH | (F_RO if image.readonly else 0)
         self.capacity = image.size // SECTOR
         # 5.2.4: capacity, size_max, seg_max (two descriptors go to header and status).
@@ -96,69 +122,69 @@ class VirtioBlock(VirtioDevice):
         self.image = image
         self.serial = (serial or os.path.basename(image.path)).encode()[:ID_BYTES]
         self.counters = {"read_bytes": 0, "write_bytes": 0, "requests": 0, "flushes": 0}
+        self._pool = IoPool(image.fd, default_helpers() if helpers is None else helpers)
 
     def process(self, ctx: DeviceContext, index: int) -> None:
         queue = ctx.queues[index]
-        done = 0
-        while (chain := queue.pop(ctx.ram)) is not None:
-            written = self._request(chain)
-            queue.push(chain.head, written)
-            done += 1
-        if done:
-            ctx.used(index)
+        while batch := queue.pop_all(ctx.ram):
+            self._serve(queue, batch)
+            ctx.used(index)  # one notification per batch; the driver's used_event decides
 
-    def _request(self, chain: DescChain) -> int:
-        """Carry out one request; the bytes written into the chain (data + status)."""
-        header, out_data = _split(chain.readable, REQ_HEADER.size)
-        if len(header) < REQ_HEADER.size or not chain.writable or not len(chain.writable[-1]):
-            raise QueueError("virtio-blk request without a header or a status byte")
-        kind, _, sector = REQ_HEADER.unpack(header)
-        status_view = chain.writable[-1][-1:]
-        in_data = chain.writable[:-1] + (
-            [chain.writable[-1][:-1]] if len(chain.writable[-1]) > 1 else []
-        )
-        self.counters["requests"] += 1
-        status, written = S_OK, 0
-        match kind:
-            case 0:  # T_IN
-                status, written = self._read(sector, in_data)
-            case 1:  # T_OUT
-                status = self._write(sector, out_data)
-            case 4:  # T_FLUSH
-                status = self._flush()
-            case 8:  # T_GET_ID
-                written = self._copy_out(self.serial.ljust(ID_BYTES, b"\0"), in_data)
-            case _:
-                status = S_UNSUPP
-        status_view[0] = status
-        return written + 1
+    def _serve(self, queue: SplitQueue, batch: list[DescChain]) -> None:
+        """Carry out a batch: reads and writes together (in parallel when large), a flush
+        only once every request before it in the batch is done."""
+        ready: list[_Done] = []
+        for chain in batch:
+            kind, sector, out_data, in_data, status_view = _parse(chain)
+            self.counters["requests"] += 1
+            if kind in (T_IN, T_OUT):
+                ready.append(
+                    (chain.head, status_view, self._transfer(kind, sector, out_data, in_data))
+                )
+            elif kind == T_FLUSH:
+                self._complete(queue, ready)
+                ready = []
+                status_view[0] = self._flush()
+                queue.push(chain.head, 1)
+            elif kind == T_GET_ID:
+                status_view[0] = S_OK
+                n = self._copy_out(self.serial.ljust(ID_BYTES, b"\0"), in_data)
+                queue.push(chain.head, n + 1)
+            else:
+                status_view[0] = S_UNSUPP
+                queue.push(chain.head, 1)
+        self._complete(queue, ready)
 
-    def _in_range(self, sector: int, length: int) -> bool:
-        return length % SECTOR == 0 and sector * SECTOR + length <= self.capacity * SECTOR
-
-    def _read(self, sector: int, views: list[memoryview]) -> tuple[int, int]:
+    def _transfer(self, kind: int, sector: int, out_data: list[memoryview],
+                  in_data: list[memoryview]) -> Transfer | None:  # fmt: skip
+        """The request's data transfer, or None if it must fail (range, read-only)."""
+        write = kind == T_OUT
+        views = out_data if write else in_data
         length = sum(map(len, views))
-        if not self._in_range(sector, length):
-            return S_IOERR, 0
-        try:
-            n = os.preadv(self.image.fd, views, sector * SECTOR) if views else 0
-        except OSError:
-            return S_IOERR, 0
-        self.counters["read_bytes"] += n
-        return (S_OK, n) if n == length else (S_IOERR, n)
+        offset = sector * SECTOR
+        if length % SECTOR or offset + length > self.capacity * SECTOR:
+            return None
+        if write and self.image.readonly:
+            return None
+        return Transfer(write, views, offset, length)
 
-    def _write(self, sector: int, views: list[memoryview]) -> int:
-        length = sum(map(len, views))
-        if self.image.readonly:
-            return S_IOERR
-        if not self._in_range(sector, length):
-            return S_IOERR
-        try:
-            n = os.pwritev(self.image.fd, views, sector * SECTOR) if views else 0
-        except OSError:
-            return S_IOERR
-        self.counters["write_bytes"] += n
-        return S_OK if n == length else S_IOERR
+    def _complete(self, queue: SplitQueue, ready: list[_Done]) -> None:
+        if not ready:
+            return
+        self._pool.run([t for _, _, t in ready if t is not None])
+        counters = self.counters
+        for head, status_view, t in ready:
+            if t is None or not t.ok:
+                status_view[0] = S_IOERR
+                queue.push(head, 1)
+            elif t.write:
+                counters["write_bytes"] += t.length
+                status_view[0] = S_OK
+                queue.push(head, 1)
+            else:
+                counters["read_bytes"] += t.length
+                status_view[0] = S_OK
+                queue.push(head, t.length + 1)
 
     def _flush(self) -> int:
         self.counters["flushes"] += 1
@@ -179,6 +205,10 @@ class VirtioBlock(VirtioDevice):
             done += take
         return done
 
+    def close(self) -> None:
+        self._pool.close()
+
     def status(self) -> dict[str, object]:
         return {"type": "disk", "path": self.image.path, "readonly": self.image.readonly,
-                "capacity": self.capacity * SECTOR, **self.counters}  # fmt: skip
+                "capacity": self.capacity * SECTOR, "split_batches": self._pool.split_batches,
+                **self.counters}  # fmt: skip

@@ -26,6 +26,7 @@ log = get_logger(__name__)
 
 # 6 "Reserved Feature Bits"
 VIRTIO_F_INDIRECT_DESC = 1 << 28
+VIRTIO_F_RING_EVENT_IDX = 1 << 29  # used_event / avail_event (2.7.7.2, 2.7.10)
 VIRTIO_F_VERSION_1 = 1 << 32
 
 
@@ -59,7 +60,9 @@ class VirtioDevice(ABC):
 
     def __init__(self, queue_sizes: tuple[int, ...], features: int, config: bytes) -> None:
         self.queue_sizes = queue_sizes
-        self.device_features = features | VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC
+        # Every device takes the ring features: they live in the queue code, not here.
+        ring_features = VIRTIO_F_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX
+        self.device_features = features | VIRTIO_F_VERSION_1 | ring_features
         self.config = bytearray(config)
         self.ctx: DeviceContext | None = None
 

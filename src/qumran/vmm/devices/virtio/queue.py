@@ -10,16 +10,26 @@ goes through :meth:`GuestRam.view`, which refuses any range that is not RAM, and
 index, chain length and direction is checked. A broken ring raises :class:`QueueError`;
 the device then sets DEVICE_NEEDS_RESET (2.1.1) and stops touching the queue.
 
+Notification suppression (VIRTIO_F_RING_EVENT_IDX, 2.7.7 and 2.7.10): the driver writes
+``used_event`` after its available ring ("interrupt me when used.idx passes this") and the
+device writes ``avail_event`` after its used ring ("kick me when avail.idx passes this").
+The device publishes ``avail_event`` only when it finds the ring empty, which is the only
+time it waits for a kick; while it works through a batch, the stale value keeps the driver
+from kicking at all.
+
 Ordering: x86 keeps loads in order and stores in order, so reading ``avail.idx`` before the
 ring entries and writing the used element before ``used.idx`` needs no explicit barrier
-from Python (each access is a separate copy through the interpreter anyway).
+from Python. A store followed by a load of another location is the one reordering x86
+allows, and both event-index handshakes are exactly that (write our index, then read the
+driver's): there :func:`_full_fence` stands in for Linux's ``virtio_mb()``.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from qumran.vmm.errors import VmmError
@@ -34,8 +44,27 @@ DESC_F_INDIRECT = 4
 # 2.7.6 struct virtq_avail: le16 flags, le16 idx, le16 ring[size], le16 used_event.
 AVAIL_F_NO_INTERRUPT = 1
 # 2.7.8 struct virtq_used: le16 flags, le16 idx, {le32 id, le32 len} ring[size], le16 avail_event.
-USED_ELEM = struct.Struct("<II")
-U16 = struct.Struct("<H")
+#
+# The rings are read and written through memoryviews cast to native 16- and 32-bit items
+# (x86 is little-endian, as virtio 1.x is): an item store is one aligned store the driver
+# sees whole. Not struct.pack_into, which clears the field before writing it, so a driver
+# reading concurrently can see used.idx (or avail_event) go through 0.
+assert sys.byteorder == "little", "virtqueue views assume a little-endian host"
+
+# A locked instruction is a full barrier on x86; taking and dropping an uncontended lock is
+# one (CPython's lock is a semaphore whose fast path is an atomic exchange).
+_FENCE = threading.Lock()
+
+
+def _full_fence() -> None:
+    _FENCE.acquire()
+    _FENCE.release()
+
+
+def need_event(event: int, new: int, old: int) -> bool:
+    """True if moving an index from ``old`` to ``new`` passed ``event`` (2.7.7.2 and
+    2.7.10.2: notify when the index reaches event + 1), all modulo 2^16."""
+    return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
 
 
 class QueueError(Exception):
@@ -57,13 +86,15 @@ def ring_sizes(size: int) -> tuple[int, int, int]:
     return 16 * size, 6 + 2 * size, 6 + 8 * size
 
 
-@dataclass
 class DescChain:
     """One request: the head index, then its buffers split by direction (2.7.4.2)."""
 
-    head: int
-    readable: list[memoryview] = field(default_factory=list)
-    writable: list[memoryview] = field(default_factory=list)
+    __slots__ = ("head", "readable", "writable")
+
+    def __init__(self, head: int) -> None:
+        self.head = head
+        self.readable: list[memoryview] = []
+        self.writable: list[memoryview] = []
 
     @property
     def readable_len(self) -> int:
@@ -104,12 +135,15 @@ class SplitQueue:
         self.size = self.max_size
         self.ready = False
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+        self.event_idx = False  # VIRTIO_F_RING_EVENT_IDX negotiated
         self.desc_addr = self.avail_addr = self.used_addr = 0
         self.last_avail = 0
         self.next_used = 0
+        self.signalled_used = 0  # used.idx when the driver was last considered for a notification
         self._desc: memoryview | None = None
-        self._avail: memoryview | None = None
-        self._used: memoryview | None = None
+        self._avail: memoryview | None = None  # 16-bit items: flags, idx, ring, used_event
+        self._used: memoryview | None = None  # 16-bit items: flags, idx, ..., avail_event
+        self._used_ring: memoryview | None = None  # 32-bit items: flags+idx, (id, len)...
 
     def activate(self, ram: GuestRam) -> None:
         """Map the three areas the driver set; QueueError if they are not valid RAM."""
@@ -120,15 +154,17 @@ class SplitQueue:
             raise QueueError("virtqueue areas are misaligned (2.7: 16, 2 and 4 bytes)")
         desc_len, avail_len, used_len = ring_sizes(size)
         self._desc = _view(ram, self.desc_addr, desc_len, "descriptor table")
-        self._avail = _view(ram, self.avail_addr, avail_len, "driver ring")
-        self._used = _view(ram, self.used_addr, used_len, "device ring")
-        self.last_avail = U16.unpack_from(self._avail, 2)[0]
-        self.next_used = U16.unpack_from(self._used, 2)[0]
+        avail = _view(ram, self.avail_addr, avail_len, "driver ring")
+        used = _view(ram, self.used_addr, used_len, "device ring")
+        self._avail, self._used = avail.cast("H"), used.cast("H")
+        self._used_ring = used[: used_len - 2].cast("I")
+        self.last_avail = self._avail[1]
+        self.next_used = self.signalled_used = self._used[1]
         self.ready = True
 
     def release(self) -> None:
         """Drop the views into guest memory (before the memory is unmapped)."""
-        self._desc = self._avail = self._used = None
+        self._desc = self._avail = self._used = self._used_ring = None
         self.ready = False
 
     # --- device side --------------------------------------------------------------------
@@ -137,21 +173,48 @@ class SplitQueue:
         """Chains the driver has made available that the device has not taken yet."""
         if self._avail is None:
             return 0
-        count: int = (U16.unpack_from(self._avail, 2)[0] - self.last_avail) & 0xFFFF
+        count: int = (self._avail[1] - self.last_avail) & 0xFFFF
         if count > self.size:
             raise QueueError(f"driver ring index moved {count} entries on a queue of {self.size}")
         return count
 
     def pop(self, ram: GuestRam) -> DescChain | None:
-        """The next available chain, or None; QueueError if the ring is broken."""
+        """The next available chain, or None; QueueError if the ring is broken.
+
+        With EVENT_IDX, finding the ring empty asks the driver to kick at its next chain
+        (avail_event = the index we wait for), then looks once more: a chain published
+        between the first look and that store would otherwise wait for a kick that the
+        driver, reading the old avail_event, decided not to send (2.7.10).
+        """
         if not self.pending():
-            return None
+            if not self.event_idx or self._used is None:
+                return None
+            self._used[2 + 4 * self.size] = self.last_avail
+            _full_fence()
+            if not self.pending():
+                return None
         assert self._avail is not None
         slot = self.last_avail % self.size
-        head = U16.unpack_from(self._avail, 4 + 2 * slot)[0]
+        head = self._avail[2 + slot]
         chain = self._walk(ram, head)
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return chain
+
+    def pop_all(self, ram: GuestRam) -> list[DescChain]:
+        """Every chain available now, in order; [] if none (publishing avail_event as
+        :meth:`pop` does, so a device that loops until [] is kicked when more come)."""
+        count = self.pending()
+        if not count:
+            chain = self.pop(ram)
+            return [] if chain is None else [chain]
+        assert self._avail is not None
+        avail, size, last = self._avail, self.size, self.last_avail
+        chains = []
+        for _ in range(count):
+            chains.append(self._walk(ram, avail[2 + last % size]))
+            last = (last + 1) & 0xFFFF
+            self.last_avail = last
+        return chains
 
     def _walk(self, ram: GuestRam, head: int) -> DescChain:
         """Follow ``next`` links from ``head`` (2.7.5), at most ``size`` descriptors."""
@@ -212,17 +275,27 @@ class SplitQueue:
 
     def push(self, head: int, written: int) -> None:
         """Return chain ``head`` to the driver with ``written`` bytes written (2.7.8)."""
-        assert self._used is not None
-        slot = self.next_used % self.size
-        USED_ELEM.pack_into(self._used, 4 + 8 * slot, head, written)
+        ring, used = self._used_ring, self._used
+        assert ring is not None and used is not None
+        slot = 1 + 2 * (self.next_used % self.size)
+        ring[slot] = head
+        ring[slot + 1] = min(written, 0xFFFF_FFFF)  # le32 len (a hostile chain can be longer)
         self.next_used = (self.next_used + 1) & 0xFFFF
-        U16.pack_into(self._used, 2, self.next_used)
+        used[1] = self.next_used  # after the element: x86 keeps stores in order
 
-    def wants_interrupt(self) -> bool:
-        """False if the driver asked for no interrupts (2.7.7, without VIRTIO_F_EVENT_IDX)."""
-        if self._avail is None:
+    def notify_needed(self) -> bool:
+        """Whether the chains pushed since the last call call for a used buffer
+        notification (2.7.7): with EVENT_IDX, if used.idx passed the driver's used_event;
+        without, unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT."""
+        avail = self._avail
+        if avail is None:
             return False
-        return not U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT
+        new, old = self.next_used, self.signalled_used
+        self.signalled_used = new
+        _full_fence()  # our used.idx store before the driver's flags / used_event load
+        if self.event_idx:
+            return need_event(avail[2 + self.size], new, old)
+        return not avail[0] & AVAIL_F_NO_INTERRUPT
 
 
 class RamViews:
