@@ -20,6 +20,7 @@ from qumran.vmm.devices.virtio.net import (
     F_GUEST_TSO6,
     F_HOST_TSO4,
     F_HOST_TSO6,
+    F_MRG_RXBUF,
     VirtioNet,
     offered_features,
     tap_offloads,
@@ -70,7 +71,7 @@ def test_tap_offloads_from_the_negotiated_features(accepted: int, offloads: int)
 class Guest:
     """A VirtioNet on one end of a datagram socket pair, with both rings in PlainRam."""
 
-    def __init__(self, size: int = 32) -> None:
+    def __init__(self, size: int = 64, features: int = GUEST_ALL) -> None:
         self.ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.ours.setblocking(False)
         self.peer.settimeout(5)  # a lost frame fails the test instead of hanging it
@@ -84,7 +85,7 @@ class Guest:
         self.interrupts: list[int] = []
         self.loop = IoLoop()
         queues = [self.rx.queue(), self.tx.queue()]
-        features = 1 << 32 | GUEST_ALL
+        features |= 1 << 32
         irq = self.interrupts.append
         self.ctx = DeviceContext(self.ram, queues, features, self.loop, irq, pytest.fail,
                                  threading.RLock())  # fmt: skip
@@ -123,7 +124,9 @@ def test_a_batch_of_segments_goes_out_with_headers_unchanged_and_one_interrupt(
     assert guest.dev.counters["tx_packets"] == 5 and guest.dev.counters["tx_bytes"] == 100000
 
 
-def test_big_receive_buffers_take_whole_segments_with_num_buffers_set(guest: Guest) -> None:
+def test_without_merged_buffers_one_segment_per_chain_and_num_buffers_1(
+    guest: Guest,
+) -> None:
     segments = [_hdr(1, 1, 1448) + bytes([i + 1]) * 65000 for i in range(3)]
     for segment in segments:
         guest.peer.send(segment)
@@ -156,3 +159,34 @@ def test_a_header_split_over_buffers_still_gets_num_buffers(guest: Guest) -> Non
     base = guest.rx.BUFFERS
     header = b"".join(guest.rx.read(base + 16 * i, 4) for i in range(3))
     assert n == NET_HDR_LEN + 100 and header[10:] == b"\x01\x00"
+
+
+def test_merged_buffers_spread_a_segment_over_chains_and_count_them() -> None:
+    guest = Guest(features=GUEST_ALL | F_MRG_RXBUF)
+    try:
+        segment = _hdr(1, 1, 1448) + bytes(range(256)) * 254  # 65024 bytes
+        guest.peer.send(segment)
+        guest.peer.send(_hdr() + b"ack")
+        for _ in range(20):  # 30,000 bytes: too little room for a 64 KiB segment yet
+            guest.rx.add_chain([], [1500])
+        guest.dev.kick(0)
+        assert guest.rx.used() == [] and guest.interrupts == []
+        for _ in range(30):
+            guest.rx.add_chain([], [1500])
+        guest.dev.kick(0)
+        used = guest.rx.used()
+        assert [n for _, n in used] == [1500] * 43 + [536]
+        assert guest.interrupts == [0]
+        got = b"".join(guest.rx.read(guest.rx.BUFFERS + 1504 * i, n) for i, (_, n) in
+                       enumerate(used[:44]))  # fmt: skip
+        assert got[:10] == segment[:10] and got[10:12] == (44).to_bytes(2, "little")
+        assert got[12:] == segment[12:]
+        # 6 chains left: the short frame waits for room for a segment again.
+        for _ in range(40):
+            guest.rx.add_chain([], [1500])
+        guest.dev.kick(0)
+        assert [n for _, n in guest.rx.used()[44:]] == [NET_HDR_LEN + 3]
+        ack = guest.rx.read(guest.rx.BUFFERS + 1504 * 44, NET_HDR_LEN + 3)
+        assert ack[10:12] == b"\x01\x00" and ack[12:] == b"ack"
+    finally:
+        guest.close()
