@@ -69,7 +69,6 @@ _GUEST_TO_TUN = ((F_GUEST_CSUM, TUN_F_CSUM), (F_GUEST_TSO4, TUN_F_TSO4),
 # plus a VLAN tag; without receive TSO, an Ethernet frame with a VLAN tag.
 MAX_GSO_FRAME = NET_HDR_LEN + 65536 + 4
 MAX_FRAME = NET_HDR_LEN + 1518
-IOV_MAX = 1024  # buffers per readv (Linux UIO_MAXIOV)
 
 
 def offered_features(supported: int) -> int:
@@ -118,7 +117,7 @@ class VirtioNet(VirtioDevice):
         self._chains: list[tuple[int, int, int]] = []
         self._iov: list[memoryview] = []
         self._room = 0
-        self._need = MAX_FRAME  # room to hold before reading a frame, with MRG_RXBUF
+        self._need = MAX_FRAME  # room to hold before reading a frame
         self._merge = False  # MRG_RXBUF negotiated
         self._watching = False
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0}
@@ -156,84 +155,66 @@ class VirtioNet(VirtioDevice):
     def _receive(self, ctx: DeviceContext) -> None:
         queue = ctx.queues[RX]
         pop, push, ram, readv, fd = queue.pop, queue.push, ctx.ram, os.readv, self.tap.fd
-        chains, iov, room = self._chains, self._iov, self._room
-        need = self._need if self._merge else 1  # without MRG_RXBUF: one chain at a time
+        chains, iov, need, merge = self._chains, self._iov, self._need, self._merge
         packets = nbytes = 0
         try:
             while True:
-                while room < need:  # room for the largest frame, in as many chains as it takes
+                # Room for the largest frame: with merged buffers, several chains.
+                while (self._room < need and merge) or not chains:
                     chain = pop(ram)
                     if chain is None:
                         break
-                    size = chain.writable_len
-                    if size < NET_HDR_LEN:  # 5.1.6.3.1: each buffer holds a header at least
+                    room = chain.writable_len
+                    if room < NET_HDR_LEN:  # 5.1.6.3.1: each buffer holds a header at least
                         raise QueueError("virtio-net receive buffer smaller than the header")
-                    if len(chain.writable) > IOV_MAX:  # readv could never fill it
-                        raise QueueError("virtio-net receive chain of over 1024 buffers")
-                    chains.append((chain.head, size, len(chain.writable)))
+                    chains.append((chain.head, room, len(chain.writable)))
                     iov += chain.writable
-                    room += size
-                if room < need:
+                    self._room += room
+                if not chains or (merge and self._room < need):
                     if self._watching:  # too few buffers: wait until the guest kicks RX
                         ctx.loop.remove_reader(fd)
                         self._watching = False
                     return
-                bufs, limit = (iov, room) if len(iov) <= IOV_MAX else self._iov_max()
                 try:
-                    n = readv(fd, bufs)
+                    n = readv(fd, iov if merge else iov[: chains[0][2]])
                 except BlockingIOError:
                     self._watch(ctx)
                     return
                 except OSError:
                     return
                 # The TAP reports a frame's full length even when it did not fit: drop those.
-                if not NET_HDR_LEN <= n <= limit:
-                    continue
-                head, size, nviews = chains[0]
-                if n <= size:  # one chain (every TCP ACK): the short way
-                    _set_num_buffers(iov, 1)
-                    push(head, n)
-                    del chains[0], iov[:nviews]
-                    room -= size
-                else:
-                    room -= self._deliver(push, n)
-                packets += 1
-                nbytes += n
+                if NET_HDR_LEN <= n <= (self._room if merge else chains[0][1]):
+                    self._deliver(push, n)
+                    packets += 1
+                    nbytes += n
         finally:
-            self._room = room
             if packets:
                 self.counters["rx_packets"] += packets
                 self.counters["rx_bytes"] += nbytes - packets * NET_HDR_LEN
                 ctx.used(RX)
 
-    def _iov_max(self) -> tuple[list[memoryview], int]:
-        """The views of the first chains that fit in one readv (IOV_MAX), and their room:
-        only for drivers that split receive buffers very finely."""
-        views = room = 0
-        for _, size, nviews in self._chains:
-            if views + nviews > IOV_MAX:
-                break
-            views += nviews
-            room += size
-        return self._iov[:views], room
-
-    def _deliver(self, push: Callable[[int, int], None], n: int) -> int:
-        """Hand the guest the chains that the ``n`` bytes just read filled; their room."""
+    def _deliver(self, push: Callable[[int, int], None], n: int) -> None:
+        """Hand the guest the chains that the ``n`` bytes just read filled."""
         chains, left = self._chains, n
         count = views = 0
         while left > 0:
-            _, size, nviews = chains[count]
-            left -= size
+            _, room, nviews = chains[count]
+            left -= room
             views += nviews
             count += 1
-        _set_num_buffers(self._iov, count)
-        left, freed = n, 0
-        for head, size, _ in chains[:count]:
-            push(head, min(size, left))
-            left -= size
-            freed += size
-        del chains[:count], self._iov[:views]
-        return freed
+        first = self._iov[0]
+        if len(first) >= NET_HDR_LEN:  # num_buffers, 5.1.6.4: before the guest may look
+            first[10] = count
+            first[11] = count >> 8
+        else:
+            _set_num_buffers(self._iov, count)
+        left = n
+        for head, room, _ in chains[:count]:
+            push(head, min(room, left))
+            left -= room
+            self._room -= room
+        del chains[:count]
+        del self._iov[:views]
 
     def _transmit(self, ctx: DeviceContext) -> int:
         """Send every chain on the transmit queue; the number of frames sent."""
@@ -271,13 +252,8 @@ _OFFLOAD_NAMES = ((TUN_F_CSUM, "csum"), (TUN_F_TSO4, "tso4"), (TUN_F_TSO6, "tso6
 
 
 def _set_num_buffers(views: list[memoryview], count: int) -> None:
-    """num_buffers (header bytes 10-11, little-endian; 5.1.6.4), before the guest may look."""
-    first = views[0]
-    if len(first) >= NET_HDR_LEN:
-        first[10] = count & 0xFF
-        first[11] = count >> 8
-        return
-    pos = 0  # a header split over several buffers
+    """num_buffers (header bytes 10-11, little-endian), for a header split over buffers."""
+    pos = 0
     for v in views:
         for i in range(len(v)):
             if pos in (10, 11):
