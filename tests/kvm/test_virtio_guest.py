@@ -178,6 +178,38 @@ def test_guest_pings_the_host_side_of_the_tap(
     assert vmm.wait(30) == 0
 
 
+# Opens a TAP (as a parent such as qumrand or libvirt would) and execs the VMM with it as
+# fd=N: the adopted TAP must get the same offloads as one the VMM creates.
+_WITH_TAP_FD = """
+import os, sys
+from qumran.vmm.devices.virtio.tap import Tap
+tap = Tap.open("qtap1", None)
+os.set_inheritable(tap.fd, True)
+argv = [arg.replace("fd=TAPFD", f"fd={tap.fd}") for arg in sys.argv[1:]]
+os.execv(argv[0], argv)
+"""
+
+
+def test_a_tap_passed_as_fd_is_adopted_with_offloads(
+    vmm_factory: MakeVmm, demo: DemoImage, netns: str
+) -> None:
+    vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline,
+                      extra=["--net", "fd=TAPFD"])  # fmt: skip
+    vmm.argv = ["ip", "netns", "exec", netns, sys.executable, "-c", _WITH_TAP_FD, *vmm.argv]
+    vmm.start()
+    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
+    ip = ["ip", "-n", netns]
+    subprocess.run([*ip, "addr", "add", "10.0.2.2/24", "dev", "qtap1"], check=True)
+    subprocess.run([*ip, "link", "set", "qtap1", "up"], check=True)
+    vmm.command("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up")
+    out = vmm.command("ping -c 2 -W 5 10.0.2.2", timeout=60)
+    assert "2 packets received" in out, out
+    net = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    assert net["tap"] == "qtap1" and {"csum", "tso4", "tso6"} <= set(net["rx_offloads"]), net
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
+
+
 def test_a_tap_that_cannot_be_created_is_a_clear_error(
     vmm_factory: MakeVmm, demo: DemoImage, netns: str
 ) -> None:
