@@ -15,8 +15,9 @@ from qumran.vmm.devices.virtio.blk import DiskImage
 from qumran.vmm.devices.virtio.console import ConsolePort, VirtioConsole
 from qumran.vmm.devices.virtio.device import DeviceContext, VirtioDevice
 from qumran.vmm.devices.virtio.ioloop import IoLoop
-from qumran.vmm.devices.virtio.net import NET_HDR_LEN, Tap, VirtioNet
+from qumran.vmm.devices.virtio.net import VirtioNet
 from qumran.vmm.devices.virtio.rng import VirtioRng
+from qumran.vmm.devices.virtio.tap import NET_HDR_LEN, Tap
 
 
 class Harness:

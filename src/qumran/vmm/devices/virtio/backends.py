@@ -116,7 +116,8 @@ def open_backends(specs: DeviceSpecs) -> Backends:
 
 
 def _open_net(backends: Backends, spec: NetSpec) -> None:
-    from qumran.vmm.devices.virtio.net import Tap, VirtioNet, parse_mac, random_mac
+    from qumran.vmm.devices.virtio.net import VirtioNet, parse_mac, random_mac
+    from qumran.vmm.devices.virtio.tap import Tap
 
     tap = Tap.open(spec.tap, spec.fd)
     backends.closers.append(tap.close)
