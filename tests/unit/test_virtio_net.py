@@ -25,6 +25,7 @@ from qumran.vmm.devices.virtio.net import (
     offered_features,
     tap_offloads,
 )
+from qumran.vmm.devices.virtio.queue import DESC_F_NEXT, DESC_F_WRITE
 from qumran.vmm.devices.virtio.tap import (
     NET_HDR_LEN,
     TUN_F_CSUM,
@@ -190,3 +191,32 @@ def test_merged_buffers_spread_a_segment_over_chains_and_count_them() -> None:
         assert ack[10:12] == b"\x01\x00" and ack[12:] == b"ack"
     finally:
         guest.close()
+
+
+def test_receive_buffers_in_more_pieces_than_readv_takes(guest: Guest) -> None:
+    """A chain of 1,500 tiny buffers (through an indirect table): readv gets the first
+    IOV_MAX of them. Before, readv failed with EINVAL on every wake-up and the device
+    thread spun on the readable TAP."""
+    from qumran.vmm.devices.virtio.net import IOV_MAX
+    from qumran.vmm.devices.virtio.queue import DESC_F_INDIRECT
+
+    guest.ctx.queues[0].indirect = True
+    pieces, size = 1500, 48
+    table, base = 0x300000, 0x310000
+    for i in range(pieces):
+        length = NET_HDR_LEN if i == 0 else size
+        flags = DESC_F_WRITE | (DESC_F_NEXT if i < pieces - 1 else 0)
+        struct.pack_into("<QIHH", guest.ram.data, table + 16 * i, base + 64 * i, length, flags,
+                         i + 1)  # fmt: skip
+    guest.rx.set_desc(0, table, 16 * pieces, DESC_F_INDIRECT)
+    guest.rx.publish(0)
+    # Larger than the first IOV_MAX pieces hold. A TAP reports the whole length and the
+    # frame is dropped; this socket pair cuts the datagram to what was read.
+    frame = _hdr() + bytes(range(256)) * (IOV_MAX * size // 256)
+    guest.peer.send(frame)
+    guest.dev.kick(0)
+    room = NET_HDR_LEN + (IOV_MAX - 1) * size
+    assert guest.rx.used() == [(0, room)]
+    got = b"".join(guest.rx.read(base + 64 * i, size if i else NET_HDR_LEN) for i in range(4))
+    assert got[NET_HDR_LEN:] == frame[NET_HDR_LEN : NET_HDR_LEN + 3 * size]
+    assert guest.interrupts == [0]

@@ -44,8 +44,12 @@ from qumran.vmm.devices.virtio.tap import (
     TUN_F_TSO_ECN,
     Tap,
 )
+from qumran.vmm.log import get_logger
+
+log = get_logger(__name__)
 
 QUEUE_SIZE = 256
+IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one readv takes (1024 on Linux)
 RX, TX = 0, 1
 LINK_UP = 1
 
@@ -175,15 +179,25 @@ class VirtioNet(VirtioDevice):
                         ctx.loop.remove_reader(fd)
                         self._watching = False
                     return
+                bufs = iov if merge else iov[: chains[0][2]]
+                room = self._room if merge else chains[0][1]
+                if len(bufs) > IOV_MAX:  # a guest's buffers in crumbs: what readv can take
+                    bufs = bufs[:IOV_MAX]
+                    room = sum(len(b) for b in bufs)
                 try:
-                    n = readv(fd, iov if merge else iov[: chains[0][2]])
+                    n = readv(fd, bufs)
                 except BlockingIOError:
                     self._watch(ctx)
                     return
-                except OSError:
+                except OSError as exc:  # not a passing state: stop, rather than spin on it
+                    log.warning("%s: reading the TAP failed (%s); receive stopped",
+                                self.tap.name, exc.strerror)  # fmt: skip
+                    if self._watching:
+                        ctx.loop.remove_reader(fd)
+                        self._watching = False
                     return
                 # The TAP reports a frame's full length even when it did not fit: drop those.
-                if NET_HDR_LEN <= n <= (self._room if merge else chains[0][1]):
+                if NET_HDR_LEN <= n <= room:
                     self._deliver(push, n)
                     packets += 1
                     nbytes += n
