@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class ConsoleBuffer:
         self._data = bytearray()
         self._cond = threading.Condition()
         self.closed = False
+        # Called when a wait fails, outside the lock: what else to say about the VM.
+        self.on_stall: Callable[[], str] | None = None
 
     def feed(self, data: bytes) -> None:
         with self._cond:
@@ -46,7 +48,9 @@ class ConsoleBuffer:
         with self._cond:
             return len(self._data)
 
-    def wait_for(self, pattern: str, timeout: float, since: int = 0) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str, timeout: float, since: int = 0, diagnose: bool = True
+    ) -> re.Match[str]:
         regex = re.compile(pattern, re.DOTALL)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -57,8 +61,14 @@ class ConsoleBuffer:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.closed:
                     tail = self._data[-2000:].decode(errors="replace")
-                    raise AssertionError(f"{pattern!r} not seen in {timeout}s; console:\n{tail}")
+                    break
                 self._cond.wait(min(left, 0.5))
+        more = self.on_stall() if self.on_stall is not None and diagnose else ""
+        raise AssertionError(f"{pattern!r} not seen in {timeout}s; console:\n{tail}{more}")
+
+    def since(self, mark: int) -> bytes:
+        with self._cond:
+            return bytes(self._data[mark:])
 
 
 def _pump(stream: Any, buffer: ConsoleBuffer) -> None:
@@ -95,6 +105,7 @@ class Vmm:
         self.argv += ["--console", f"socket:{self.console_path}" if self.console_path else "stdio"]
         self.argv += list(extra)
         self.console = ConsoleBuffer()
+        self.console.on_stall = self.diagnose
         self.stderr_path = workdir / "stderr.txt"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -166,6 +177,37 @@ class Vmm:
                 reply += chunk
         result: dict[str, Any] = json.loads(reply)
         return result
+
+    def diagnose(self) -> str:
+        """What the VM was doing when its console went quiet: for a failed wait's message.
+
+        The console has been seen to stop in mid-line under the nested KVM (a lost
+        interrupt in the guest, or a stuck VMM?): this tells the two apart next time."""
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            return f"\n-- qumran-vmm is not running (status {code}); stderr:\n{self.stderr[-1500:]}"
+        lines = ["", "-- the VM when the console went quiet:"]
+        try:
+            before = self.control("stats")
+            time.sleep(2)
+            after = self.control("stats")
+            lines += [f"control stats: {json.dumps(before)}", f"2 s later: {json.dumps(after)}"]
+        except (OSError, ValueError, AssertionError) as exc:
+            lines.append(f"control socket: {exc!r}")
+        for task in sorted(Path(f"/proc/{self.pid}/task").glob("*")):
+            try:
+                stat = (task / "stat").read_text()
+                wchan = (task / "wchan").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            lines.append(f"thread {task.name} {comm!r}: state {stat.rsplit(')', 1)[1].split()[0]}"
+                         f", wchan {wchan or '-'}")  # fmt: skip
+        mark = self.console.mark()
+        self.type("\n")
+        time.sleep(5)
+        lines.append(f"a newline typed; the console then gave: {self.console.since(mark)!r}")
+        return "\n".join(lines)
 
     def wait(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
