@@ -117,6 +117,13 @@ def run_job(job: Job) -> tuple[int, bytes]:
         _stop(proc, grace=10 if result[0] != TIMEOUT_STATUS else 0)
         if result[0] in (TIMEOUT_STATUS, BOOT_FAILED_STATUS):
             result = result[0], result[1] + kernel_log_note(kernel_log, job.on_output)
+        if result[0] == BOOT_FAILED_STATUS:
+            # With -no-reboot, a reset or triple fault of the test host ends QEMU with 0;
+            # a QEMU that crashed ends with a signal (negative here).
+            note = f"kvmhost: the test host's QEMU exited with status {proc.returncode}\n"
+            if job.on_output is not None:
+                job.on_output(note.encode())
+            result = result[0], result[1] + note.encode()
         if job.keep_kernel_log is not None and kernel_log.is_file():
             job.keep_kernel_log.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kernel_log, job.keep_kernel_log)

@@ -59,3 +59,4 @@ def test_a_dead_test_host_shows_its_kernel_log() -> None:
     status, output = run_in_kvmhost(["sh", "-c", "echo c >/proc/sysrq-trigger"], timeout=120)
     assert status == BOOT_FAILED_STATUS
     assert "sysrq triggered crash" in output.split("the test host's kernel said", 1)[1]
+    assert "the test host's QEMU exited with status 0" in output  # panic=-1: a reset
