@@ -50,7 +50,7 @@ class ConsoleServer:
         except ConnectionClosed:
             pass
 
-    def wait_received(self, expected: bytes, timeout: float = 3.0) -> bytes:
+    def wait_received(self, expected: bytes, timeout: float = 15.0) -> bytes:
         deadline = time.monotonic() + timeout
         while bytes(self.received) != expected and time.monotonic() < deadline:
             time.sleep(0.01)
