@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vmm_harness import ConsoleBuffer, Vmm, _pump
@@ -156,6 +157,20 @@ def netns() -> Iterator[str]:
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+def _link_up(vmm: Vmm, demo: DemoImage, netns: str, tap: str) -> None:
+    """Once the guest is up: 10.0.2.2 on the TAP in ``netns``, 10.0.2.15 on the guest's eth0."""
+    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
+    ip = ["ip", "-n", netns]
+    subprocess.run([*ip, "addr", "add", "10.0.2.2/24", "dev", tap], check=True)
+    subprocess.run([*ip, "link", "set", tap, "up"], check=True)
+    vmm.command("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up")
+
+
+def _net_status(vmm: Vmm) -> dict[str, Any]:
+    status: dict[str, Any] = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    return status
+
+
 def test_guest_pings_the_host_side_of_the_tap(
     vmm_factory: MakeVmm, demo: DemoImage, netns: str
 ) -> None:
@@ -164,15 +179,11 @@ def test_guest_pings_the_host_side_of_the_tap(
                       extra=["--net", f"tap=qtap0,mac={mac}"])  # fmt: skip
     vmm.argv = ["ip", "netns", "exec", netns, *vmm.argv]
     vmm.start()
-    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
-    ip = ["ip", "-n", netns]
-    subprocess.run([*ip, "addr", "add", "10.0.2.2/24", "dev", "qtap0"], check=True)
-    subprocess.run([*ip, "link", "set", "qtap0", "up"], check=True)
+    _link_up(vmm, demo, netns, "qtap0")
     assert vmm.command("cat /sys/class/net/eth0/address").strip() == mac
-    vmm.command("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up")
     out = vmm.command("ping -c 3 -W 5 10.0.2.2", timeout=60)
     assert "3 packets received" in out, out
-    net = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    net = _net_status(vmm)
     assert net["tap"] == "qtap0" and net["rx_packets"] >= 3 and net["tx_packets"] >= 3
     vmm.control("quit")
     assert vmm.wait(30) == 0
@@ -197,14 +208,10 @@ def test_a_tap_passed_as_fd_is_adopted_with_offloads(
                       extra=["--net", "fd=TAPFD"])  # fmt: skip
     vmm.argv = ["ip", "netns", "exec", netns, sys.executable, "-c", _WITH_TAP_FD, *vmm.argv]
     vmm.start()
-    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
-    ip = ["ip", "-n", netns]
-    subprocess.run([*ip, "addr", "add", "10.0.2.2/24", "dev", "qtap1"], check=True)
-    subprocess.run([*ip, "link", "set", "qtap1", "up"], check=True)
-    vmm.command("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up")
+    _link_up(vmm, demo, netns, "qtap1")
     out = vmm.command("ping -c 2 -W 5 10.0.2.2", timeout=60)
     assert "2 packets received" in out, out
-    net = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    net = _net_status(vmm)
     assert net["tap"] == "qtap1" and {"csum", "tso4", "tso6"} <= set(net["rx_offloads"]), net
     vmm.control("quit")
     assert vmm.wait(30) == 0
@@ -354,12 +361,8 @@ def test_tcp_in_both_directions_arrives_intact_with_offloads(
                       extra=["--net", "tap=qtap0"])  # fmt: skip
     vmm.argv = ["ip", "netns", "exec", netns, *vmm.argv]
     vmm.start()
-    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT)
-    ip = ["ip", "-n", netns]
-    subprocess.run([*ip, "addr", "add", "10.0.2.2/24", "dev", "qtap0"], check=True)
-    subprocess.run([*ip, "link", "set", "qtap0", "up"], check=True)
-    vmm.command("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up")
-    net = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    _link_up(vmm, demo, netns, "qtap0")
+    net = _net_status(vmm)
     assert {"csum", "tso4", "tso6"} <= set(net["rx_offloads"]), net
 
     # guest -> host
@@ -370,7 +373,7 @@ def test_tcp_in_both_directions_arrives_intact_with_offloads(
     vmm.command("nc 10.0.2.2 5001 < /tmp/out", timeout=300)
     out, _ = peer.communicate(timeout=60)
     assert out.split() == [str(BLOB), sent]
-    before = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    before = _net_status(vmm)
     assert before["tx_bytes"] / before["tx_packets"] > 1514, before
 
     # host -> guest
@@ -382,7 +385,7 @@ def test_tcp_in_both_directions_arrives_intact_with_offloads(
     count, digest = out.split()
     assert count == str(BLOB)
     assert vmm.command("sha256sum < /tmp/in", timeout=60).split()[0] == digest
-    after = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    after = _net_status(vmm)
     rx_packets = after["rx_packets"] - before["rx_packets"]
     assert (after["rx_bytes"] - before["rx_bytes"]) / rx_packets > 1514, after
     vmm.control("quit")
