@@ -67,6 +67,9 @@ class MsixTable:
         with self._lock:
             self.enabled = bool(control & CTRL_ENABLE)
             self.function_mask = bool(control & CTRL_FUNCTION_MASK)
+            for index in range(self.count):  # entries written under the function mask
+                if not self._masked(index):
+                    self._route(index)
             self._deliver_pending()
 
     def _masked(self, index: int) -> bool:
@@ -116,8 +119,7 @@ class MsixTable:
                 return True  # VIRTIO_MSI_NO_VECTOR or garbage: no interrupt at all
             if self._masked(index):
                 self.pending |= 1 << index
-            else:
-                self._route(index)
+            else:  # routed: every table write that leaves a vector unmasked routes it
                 self._sink.trigger(index)
             return True
 

@@ -85,10 +85,6 @@ def _split(views: list[memoryview], n: int) -> tuple[bytes, list[memoryview]]:
     return bytes(head), []
 
 
-# A request waiting for its data transfer: head, status byte, transfer (None: fails).
-_Done = tuple[int, memoryview, Transfer | None]
-
-
 def _parse(chain: DescChain) -> tuple[int, int, list[memoryview], list[memoryview], memoryview]:
     """(type, sector, device-readable data, device-writable data, status byte) of a request
     (5.2.6: header, data, status)."""
@@ -120,6 +116,7 @@ class VirtioBlock(VirtioDevice):
         config = struct.pack("<QII", self.capacity, 0, QUEUE_SIZE - 2)
         super().__init__((QUEUE_SIZE,), features, config)
         self.image = image
+        self.ro = image.readonly
         self.serial = (serial or os.path.basename(image.path)).encode()[:ID_BYTES]
         self.counters = {"read_bytes": 0, "write_bytes": 0, "requests": 0, "flushes": 0}
         self._pool = IoPool(image.fd, default_helpers() if helpers is None else helpers)
@@ -133,14 +130,20 @@ class VirtioBlock(VirtioDevice):
     def _serve(self, queue: SplitQueue, batch: list[DescChain]) -> None:
         """Carry out a batch: reads and writes together (in parallel when large), a flush
         only once every request before it in the batch is done."""
-        ready: list[_Done] = []
+        ready: list[Transfer] = []
+        capacity = self.capacity * SECTOR
+        self.counters["requests"] += len(batch)
         for chain in batch:
             kind, sector, out_data, in_data, status_view = _parse(chain)
-            self.counters["requests"] += 1
             if kind in (T_IN, T_OUT):
-                ready.append(
-                    (chain.head, status_view, self._transfer(kind, sector, out_data, in_data))
-                )
+                write = kind == T_OUT
+                views = out_data if write else in_data
+                t = Transfer(write, views, sector * SECTOR, sum(map(len, views)))
+                t.head, t.status = chain.head, status_view
+                # Out of range, not whole sectors, or a write to a read-only disk: fails.
+                if t.length % SECTOR or t.offset + t.length > capacity or (write and self.ro):
+                    t.length = -1
+                ready.append(t)
             elif kind == T_FLUSH:
                 self._complete(queue, ready)
                 ready = []
@@ -153,38 +156,27 @@ class VirtioBlock(VirtioDevice):
             else:
                 status_view[0] = S_UNSUPP
                 queue.push(chain.head, 1)
-        self._complete(queue, ready)
+        if ready:
+            self._complete(queue, ready)
 
-    def _transfer(self, kind: int, sector: int, out_data: list[memoryview],
-                  in_data: list[memoryview]) -> Transfer | None:  # fmt: skip
-        """The request's data transfer, or None if it must fail (range, read-only)."""
-        write = kind == T_OUT
-        views = out_data if write else in_data
-        length = sum(map(len, views))
-        offset = sector * SECTOR
-        if length % SECTOR or offset + length > self.capacity * SECTOR:
-            return None
-        if write and self.image.readonly:
-            return None
-        return Transfer(write, views, offset, length)
-
-    def _complete(self, queue: SplitQueue, ready: list[_Done]) -> None:
+    def _complete(self, queue: SplitQueue, ready: list[Transfer]) -> None:
+        """Move the data of ``ready`` requests, then return them to the driver."""
         if not ready:
             return
-        self._pool.run([t for _, _, t in ready if t is not None])
+        self._pool.run(ready)
         counters = self.counters
-        for head, status_view, t in ready:
-            if t is None or not t.ok:
-                status_view[0] = S_IOERR
-                queue.push(head, 1)
+        for t in ready:
+            if not t.ok:
+                t.status[0] = S_IOERR
+                queue.push(t.head, 1)
             elif t.write:
                 counters["write_bytes"] += t.length
-                status_view[0] = S_OK
-                queue.push(head, 1)
+                t.status[0] = S_OK
+                queue.push(t.head, 1)
             else:
                 counters["read_bytes"] += t.length
-                status_view[0] = S_OK
-                queue.push(head, t.length + 1)
+                t.status[0] = S_OK
+                queue.push(t.head, t.length + 1)
 
     def _flush(self) -> int:
         self.counters["flushes"] += 1

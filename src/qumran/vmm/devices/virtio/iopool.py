@@ -29,15 +29,19 @@ PAGE = 4096
 class Transfer:
     """One request's data: ``views`` of guest memory to or from the image at ``offset``.
 
-    After :meth:`IoPool.run`, ``ok`` says whether every byte moved.
+    A ``length`` of -1 marks a request refused before any I/O (out of range, read-only):
+    :meth:`IoPool.run` leaves it alone. After the run, ``ok`` says whether every byte
+    moved. ``head`` and ``status`` are the device's: the request's chain and status byte.
     """
 
-    __slots__ = ("length", "moved", "offset", "ok", "views", "write")
+    __slots__ = ("head", "length", "moved", "offset", "ok", "status", "views", "write")
 
     def __init__(self, write: bool, views: list[memoryview], offset: int, length: int) -> None:
         self.write, self.views, self.offset, self.length = write, views, offset, length
         self.moved = 0
         self.ok = False
+        self.head = 0
+        self.status = memoryview(b"")
 
 
 # A part of a batch: (transfer, views, offset, length) pieces; a request may span parts.
@@ -63,6 +67,18 @@ class IoPool:
 
     def run(self, transfers: list[Transfer]) -> None:
         """Move every transfer's data; set each one's ``ok``."""
+        if len(transfers) == 1:  # the common case at queue depth 1: no list of pieces
+            t = transfers[0]
+            if t.length < 0:
+                return
+            if t.write or t.length < self.split_bytes or not self._threads:
+                try:
+                    n = (os.pwritev if t.write else os.preadv)(self.fd, t.views, t.offset)
+                except OSError:
+                    n = -1
+                t.moved, t.ok = max(n, 0), n == t.length
+                return
+        transfers = [t for t in transfers if t.length >= 0]
         # Buffered writes to one file take its inode lock in the kernel, so writes done in
         # parallel only wait (spinning) for each other: they stay on the calling thread,
         # and the reads are shared out around them.
