@@ -60,6 +60,25 @@ def test_reset_reboots_in_the_same_process(vmm_factory: MakeVmm, workdir: Path) 
     assert vmm.wait(30) == 0
 
 
+def test_reset_from_the_control_socket_boots_again_and_keeps_a_pause(
+    vmm_factory: MakeVmm, workdir: Path
+) -> None:
+    vmm = _tiny(vmm_factory, workdir, "reset", tinykernel.reset_on_key())
+    vmm.console.wait_for("TINY-BOOT", 60)
+    since = vmm.console.mark()
+    assert vmm.control("reset") == {"ok": True, "state": "running", "reboots": 1}
+    vmm.console.wait_for("TINY-BOOT", 60, since)
+    assert vmm.control("pause")["state"] == "paused"
+    since = vmm.console.mark()
+    assert vmm.control("reset") == {"ok": True, "state": "paused", "reboots": 2}
+    time.sleep(1.0)
+    assert "TINY-BOOT" not in vmm.console.text[since:]  # held before its first instruction
+    assert vmm.control("resume")["state"] == "running"
+    vmm.console.wait_for("TINY-BOOT", 60, since)
+    assert vmm.control("quit") == {"ok": True}
+    assert vmm.wait(30) == 0
+
+
 def test_pause_holds_the_vcpus_and_resume_releases_them(
     vmm_factory: MakeVmm, workdir: Path
 ) -> None:

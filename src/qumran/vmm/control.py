@@ -1,9 +1,11 @@
 """The control socket: JSON lines over a UNIX socket.
 
-Request ``{"cmd": "status"|"pause"|"resume"|"shutdown"|"quit"|"stats", "id": any?}``;
+Request ``{"cmd": "status"|"pause"|"resume"|"shutdown"|"reset"|"quit"|"stats", "id": any?}``;
 reply ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``, echoing
 ``id`` when given. ``shutdown`` presses the ACPI power button (the guest decides);
-``quit`` stops the VM at once, like QEMU's ``quit``.
+``reset`` is the reset button: the guest starts again from its kernel at once, in the same
+process (a paused VM stays paused), like QEMU's ``system_reset``; ``quit`` stops the VM at
+once, like QEMU's ``quit``.
 """
 
 from __future__ import annotations
@@ -112,11 +114,14 @@ class ControlServer:
             case "shutdown":
                 machine.power_button()
                 return {"state": machine.state.value}
+            case "reset":
+                machine.reset()
+                return {"state": machine.state.value, "reboots": machine.reboots}
             case "quit":
                 return {}
             case _:
                 raise UnknownCommand(
-                    f"unknown command {cmd!r}; try status, pause, resume, shutdown, quit, stats"
+                    f"unknown command {cmd!r}; try status, pause, resume, shutdown, reset, quit, stats"
                 )
 
     def close(self) -> None:

@@ -115,20 +115,20 @@ class Machine:
 
     # --- lifecycle (main thread) ----------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, paused: bool = False) -> None:
         self.boot = self._booter(self)
         for v in self.boot.vcpus:
-            v.start()
-        self.state = MachineState.RUNNING
+            v.start(paused)
+        self.state = MachineState.PAUSED if paused else MachineState.RUNNING
 
     def reboot(self) -> None:
+        """A new boot in the same process; a paused machine comes back paused, with its
+        vCPUs held before their first instruction."""
         was_paused = self.state is MachineState.PAUSED
         self._teardown()
         self.memory.discard()
         self.reboots += 1
-        self.start()
-        if was_paused:
-            self.pause()
+        self.start(paused=was_paused)
 
     def shutdown_now(self) -> None:
         """Stop every vCPU and release the VM (memory stays until :meth:`close`)."""
@@ -189,6 +189,11 @@ class Machine:
             raise InvalidState("the guest is paused; resume it before asking it to shut down")
         boot.pm.press_power_button()
         self.state = MachineState.SHUTDOWN
+
+    def reset(self) -> None:
+        """The reset button: a new boot now, whatever the guest is doing (main thread)."""
+        self._require_boot()
+        self.reboot()
 
     def feed_console(self, data: bytes) -> None:
         if self.boot is not None:
