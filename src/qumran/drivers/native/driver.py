@@ -46,6 +46,8 @@ def build_argv(spec: VmSpec, paths: RunPaths, binary: str) -> list[str]:
     ]  # fmt: skip
     if spec.boot.initrd is not None:
         argv += ["--initrd", str(spec.boot.initrd)]
+    for disk in spec.disks:  # virtio-blk, in order: /dev/vda, /dev/vdb, ...
+        argv += ["--disk", f"{disk.path},ro" if disk.readonly else str(disk.path)]
     return argv
 
 
@@ -58,7 +60,7 @@ class NativeInstance(Instance):
         await self.control.call("shutdown")
 
     async def reset(self) -> None:
-        raise InvalidState("qumran-vmm VMs cannot be reset from outside yet; reboot the guest")
+        await self.control.call("reset")
 
     async def request_reboot(self) -> None:
         raise InvalidState(
@@ -97,10 +99,23 @@ class NativeDriver(Driver):
     def check(self, spec: VmSpec) -> None:
         if not isinstance(spec.boot, KernelBoot):
             raise InvalidArgument("boot: qumran-vmm boots a kernel; disk boot needs QEMU")
-        if spec.disks or spec.nics or spec.graphics:
+        for i, disk in enumerate(spec.disks):
+            if "," in str(disk.path):  # qumran-vmm's --disk takes PATH[,ro]
+                raise InvalidArgument(
+                    f"disks[{i}].path: qumran-vmm cannot open a path with a comma in it"
+                    f" ({disk.path}); rename the image or link to it"
+                )
+            if disk.format != "raw":
+                raise InvalidArgument(
+                    f"disks[{i}].format: qumran-vmm reads raw images, not {disk.format}; convert"
+                    f" it (qemu-img convert -O raw {disk.path} NEW.img) or use hypervisor: qemu"
+                )
+        if spec.nics:
             raise InvalidArgument(
-                "disks, nics and graphics are not supported by qumran-vmm yet; use hypervisor: qemu"
+                "nics: qumran-vmm has no user-mode networking (type: user); use hypervisor: qemu"
             )
+        if spec.graphics:
+            raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
         check_files(spec)
 
     async def launch(

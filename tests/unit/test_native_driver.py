@@ -1,0 +1,63 @@
+"""The native driver's checks and its qumran-vmm command line (the kvm tier boots it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qumran.config.spec import VmSpec
+from qumran.drivers.base import RunPaths
+from qumran.drivers.native.driver import NativeDriver, build_argv
+from qumran.errors import InvalidArgument
+from qumran.vmm import cmdline
+from qumran.vmm.devices.virtio.backends import DiskSpec
+
+PATHS = RunPaths(Path("/run/qumran/vms/web"))
+
+
+def spec(tmp: Path, **fields: Any) -> VmSpec:
+    for name in ("vmlinuz", "initrd", "a.img", "b.img"):
+        (tmp / name).write_bytes(b"\0" * 4096)
+    doc: dict[str, Any] = {
+        "name": "web", "memory": "256M", "hypervisor": "native",
+        "boot": {"kernel": str(tmp / "vmlinuz"), "initrd": str(tmp / "initrd")},
+    }  # fmt: skip
+    return VmSpec.model_validate({**doc, **fields})
+
+
+def test_raw_disks_become_virtio_blk_in_order_and_qumran_vmm_reads_them_back(
+    tmp_path: Path,
+) -> None:
+    disks = [{"path": str(tmp_path / "a.img")}, {"path": str(tmp_path / "b.img"), "readonly": True}]
+    s = spec(tmp_path, disks=disks)
+    NativeDriver("qumran-vmm").check(s)
+    args = cmdline.parse(build_argv(s, PATHS, "qumran-vmm")[1:])
+    assert [DiskSpec.parse(d) for d in args.disk] == [
+        DiskSpec(str(tmp_path / "a.img"), False),
+        DiskSpec(str(tmp_path / "b.img"), True),
+    ]
+
+
+QCOW2 = {"disks": [{"path": "/img/a.qcow2", "format": "qcow2"}]}
+COMMA = {"disks": [{"path": "/img/a,b.img"}]}
+MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (QCOW2, "disks[0].format: qumran-vmm reads raw images, not qcow2; convert it"),
+        (COMMA, "disks[0].path: qumran-vmm cannot open a path with a comma"),
+        ({"nics": [{}]}, "nics: qumran-vmm has no user-mode networking"),
+        ({"graphics": True}, "graphics: qumran-vmm has no display"),
+        (MISSING, "disks[0].path: /nonexistent/a.img does not exist"),
+    ],
+)
+def test_what_qumran_vmm_cannot_do_is_one_clear_error(
+    tmp_path: Path, fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        NativeDriver("qumran-vmm").check(spec(tmp_path, **fields))
+    assert str(err.value).startswith(message)
