@@ -39,6 +39,16 @@ def test_guest_poweroff_exits_zero(vmm_factory: MakeVmm, workdir: Path) -> None:
     assert "TINY-HELLO" in vmm.console.text
 
 
+def test_console_log_keeps_every_boot_of_the_guest(vmm_factory: MakeVmm, workdir: Path) -> None:
+    kernel = _kernel(workdir, "hello", tinykernel.hello_then_poweroff())
+    log = workdir / "console.log"
+    for _ in range(2):  # appended to, as qumrand keeps one log across a VM's runs
+        vmm = vmm_factory(kernel, memory="64M", extra=["--force-kvm", "--console-log", str(log)])
+        assert vmm.start().wait(60) == 0
+    assert log.read_text().count("TINY-HELLO") == 2
+    assert log.stat().st_mode & 0o777 == 0o600
+
+
 def test_triple_fault_is_a_crash(vmm_factory: MakeVmm, workdir: Path) -> None:
     vmm = _tiny(vmm_factory, workdir, "crash", tinykernel.triple_fault())
     assert vmm.wait(60) == 2

@@ -113,6 +113,20 @@ def test_missing_kernel_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert status == 1 and "cannot read kernel" in err and err.count("\n") == 1
 
 
+def test_a_console_log_that_cannot_be_opened_is_one_line_and_leaves_no_socket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "no-such-dir" / "console.log"
+    console = f"socket:{tmp_path}/k.sock"
+    argv = ["--name", "x", "--kernel", str(tmp_path / "k"), "--console", console]
+    status, err = _run_main(capsys, *argv, "--console-log", str(log))
+    assert status == 1
+    assert (
+        err == f"qumran-vmm: error: cannot open the console log {log}: No such file or directory\n"
+    )
+    assert list(tmp_path.glob("*.sock")) == []
+
+
 def test_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path) -> None:
     path = str(tmp_path / "s.sock")
     first = bind_unix_socket(path)

@@ -71,6 +71,7 @@ OPTIONS = (
     Option("--memory", "SIZE", "guest RAM: 256M (default), 1G; a bare number is MiB", parse_memory),
     Option("--vcpus", "N", "virtual CPUs (1)", _vcpu_count),
     Option("--console", "WHERE", "serial console: stdio, socket:PATH or none (stdio)"),
+    Option("--console-log", "PATH", "append the serial console's output to PATH"),
     Option("--control", "PATH", "path of the JSON control socket"),
     Option("--force-kvm", None, "skip the vmx/svm host check"),
     Option("--disk", "PATH[,ro]", "raw disk image as virtio-blk (repeatable)", repeat=True),
@@ -95,6 +96,7 @@ class VmmArgs:
         self.memory = 256 << 20
         self.vcpus = 1
         self.console = "stdio"
+        self.console_log: str | None = None
         self.control: str | None = None
         self.force_kvm = False
         self.disk: list[str] = []

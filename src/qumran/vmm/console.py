@@ -163,6 +163,30 @@ class SocketConsole(Console):
             os.unlink(self.path)
 
 
+class ConsoleLog:
+    """``--console-log PATH``: every byte of guest output appended to a file, as it comes,
+    so the console's history outlives clients and a restarted qumrand (QEMU's
+    ``logfile=``). Written on the vCPU thread, in order; a full disk loses log lines,
+    never guest output."""
+
+    def __init__(self, path: str, write: Callable[[bytes], None]) -> None:
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ValueError(f"cannot open the console log {path}: {exc.strerror}") from None
+        self._write = write
+
+    def write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.fd, data)
+        self._write(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
 def open_console(spec: str) -> Console:
     """``stdio``, ``socket:PATH`` or ``none``."""
     if spec == "stdio":

@@ -121,7 +121,8 @@ class ControlServer:
                 return {}
             case _:
                 raise UnknownCommand(
-                    f"unknown command {cmd!r}; try status, pause, resume, shutdown, reset, quit, stats"
+                    f"unknown command {cmd!r};"
+                    " try status, pause, resume, shutdown, reset, quit, stats"
                 )
 
     def close(self) -> None:

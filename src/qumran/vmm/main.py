@@ -1,7 +1,8 @@
 """qumran-vmm: one process per VM.
 
     qumran-vmm --name N --kernel bzImage [--initrd F] [--cmdline S] [--memory 256M]
-               [--vcpus 2] [--console stdio|socket:PATH|none] [--control PATH]
+               [--vcpus 2] [--console stdio|socket:PATH|none] [--console-log PATH]
+               [--control PATH]
                [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC]]... [--rng]
                [--virtio-console socket:PATH]
 
@@ -29,7 +30,7 @@ from qumran.errors import QumranError
 from qumran.vmm import log as vmm_log
 from qumran.vmm.builder import VmSpec, build_machine
 from qumran.vmm.cmdline import VmmArgs, parse_or_exit
-from qumran.vmm.console import Console, open_console
+from qumran.vmm.console import Console, ConsoleLog, open_console
 from qumran.vmm.control import ControlServer
 from qumran.vmm.events import GuestEvent, GuestEventNotice
 from qumran.vmm.machine import Machine
@@ -62,6 +63,7 @@ class VmmProcess:
         self.args = args
         self.loop = MainLoop()
         self.console: Console | None = None
+        self.console_log: ConsoleLog | None = None
         self.hvc: Console | None = None
         self.control: ControlServer | None = None
         self.machine: Machine | None = None
@@ -75,12 +77,16 @@ class VmmProcess:
             try:
                 self.console = open_console(a.console)
                 self.hvc = open_console(a.virtio_console) if a.virtio_console else None
+                output = self.console.write
+                if a.console_log:
+                    self.console_log = ConsoleLog(a.console_log, output)
+                    output = self.console_log.write
             except ValueError as exc:
                 raise QumranError(str(exc)) from None
             devices = self._device_specs(*device_args) if device_args is not None else None
             spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm,
                           a.kvm_device, devices)  # fmt: skip
-            self.machine = build_machine(spec, self.console.write, self._post)
+            self.machine = build_machine(spec, output, self._post)
             if a.control:
                 self.control = ControlServer(a.control, self.machine, self._quit)
             self.console.on_input = self.machine.feed_console
@@ -151,6 +157,8 @@ class VmmProcess:
             self.console.close()
         if self.hvc is not None:
             self.hvc.close()
+        if self.console_log is not None:
+            self.console_log.close()
         self.loop.close()
 
 

@@ -42,6 +42,7 @@ def build_argv(spec: VmSpec, paths: RunPaths, binary: str) -> list[str]:
         binary, "--name", spec.name, "--kernel", str(spec.boot.kernel),
         "--cmdline", spec.boot.cmdline, "--memory", f"{spec.memory}M",
         "--vcpus", str(spec.vcpus), "--console", f"socket:{paths.console}",
+        "--console-log", str(paths.console_log),
         "--control", str(paths.monitor),
     ]  # fmt: skip
     if spec.boot.initrd is not None:
