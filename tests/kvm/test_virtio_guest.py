@@ -454,12 +454,13 @@ def test_vhost_moves_tcp_both_ways_intact_with_offloads(
     assert vmm.wait(30) == 0
 
 
-def test_vhost_survives_a_driver_reset_on_intx(
+def test_vhost_survives_a_driver_reset_and_a_reboot_on_intx(
     vmm_factory: MakeVmm, demo: DemoImage, netns: str
 ) -> None:
     """vhost=on without MSI (pci=nomsi): the kernel's interrupts reach the guest through
     the VMM's relay and the INTx line. Unbinding the driver resets the device (the kernel
-    lets go of the rings); binding it again starts them anew, and traffic flows again."""
+    lets go of the rings); binding it again starts them anew, and traffic flows again; so
+    it does after a guest reboot, which builds a new device on the same vhost-net."""
     _need_vhost()
     vmm = _boot_on_tap(vmm_factory, demo, netns, "tap=qtap0,vhost=on", "pci=nomsi")
     irqs = vmm.command("grep virtio /proc/interrupts")
@@ -473,5 +474,12 @@ def test_vhost_survives_a_driver_reset_on_intx(
     assert "3 packets received" in out, out
     _guest_to_host(vmm, netns)
     assert _net_status(vmm)["vhost"] is True
+    since = vmm.console.mark()
+    vmm.type("reboot\n")
+    vmm.console.wait_for(demo.ready_line, BOOT_TIMEOUT, since)
+    vmm.command("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up", timeout=60)
+    out = vmm.command("ping -c 3 -W 5 10.0.2.2", timeout=60)
+    assert "3 packets received" in out, out
+    assert vmm.control("status")["reboots"] == 1
     vmm.control("quit")
     assert vmm.wait(30) == 0

@@ -162,12 +162,12 @@ class VhostNet:
 
     def __init__(self, fd: int, features: int, path: str) -> None:
         self.fd, self.features, self.path = fd, features, path
+        # One relay per queue (receive, transmit): the call eventfd when not the irqfd.
         self._relays = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2)]
         self._calls: dict[int, int] = {}  # queue -> eventfd the kernel signals now
         self._running: list[int] = []  # queues with the TAP attached
         self._ctx: DeviceContext | None = None
         self._kernel: KernelQueues | None = None
-        self.direct = 0  # how many queues interrupt through their irqfd right now
 
     @classmethod
     def open(cls, path: str | None = None) -> VhostNet:
@@ -247,10 +247,12 @@ class VhostNet:
             log.warning("%s", exc)
             return
         self._calls[index] = fd
-        self.direct = sum(fd != self._relays[i] for i, fd in self._calls.items())
 
     def stop(self) -> None:
-        """Detach the TAP and take the rings back; safe to call when not started."""
+        """Detach the TAP and take the rings back; safe to call when not started, or
+        after a start that failed half-way."""
+        if self._kernel is None:
+            return
         ctx, self._ctx = self._ctx, None
         for index in self._running:
             self._quiet(VHOST_NET_SET_BACKEND, vhost_vring_file(index, -1))
@@ -258,7 +260,7 @@ class VhostNet:
             state = vhost_vring_state(index, 0)
             if self._quiet(VHOST_GET_VRING_BASE, state) and ctx is not None:
                 ctx.queues[index].last_avail = state.num  # where the kernel stopped
-        for index in list(self._calls) + self._running:
+        for index in range(len(self._relays)):
             self._quiet(VHOST_SET_VRING_KICK, vhost_vring_file(index, -1))
             self._quiet(VHOST_SET_VRING_CALL, vhost_vring_file(index, -1))
         if ctx is not None:
@@ -266,7 +268,7 @@ class VhostNet:
                 ctx.loop.remove_reader(relay)
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(relay)
-        self._running, self._calls, self._kernel, self.direct = [], {}, None, 0
+        self._running, self._calls, self._kernel = [], {}, None
 
     def close(self) -> None:
         self.stop()
