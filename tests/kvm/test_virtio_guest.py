@@ -454,6 +454,21 @@ def test_vhost_moves_tcp_both_ways_intact_with_offloads(
     assert vmm.wait(30) == 0
 
 
+def test_vhost_on_a_tap_passed_as_fd(vmm_factory: MakeVmm, demo: DemoImage, netns: str) -> None:
+    _need_vhost()
+    vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline,
+                      extra=["--net", "fd=TAPFD,vhost=on"])  # fmt: skip
+    vmm.argv = ["ip", "netns", "exec", netns, sys.executable, "-c", _WITH_TAP_FD, *vmm.argv]
+    vmm.start()
+    _link_up(vmm, demo, netns, "qtap1")
+    out = vmm.command("ping -c 2 -W 5 10.0.2.2", timeout=60)
+    assert "2 packets received" in out, out
+    net = _net_status(vmm)
+    assert net["tap"] == "qtap1" and net["vhost"] is True, net
+    vmm.control("quit")
+    assert vmm.wait(30) == 0
+
+
 def test_vhost_survives_a_driver_reset_and_a_reboot_on_intx(
     vmm_factory: MakeVmm, demo: DemoImage, netns: str
 ) -> None:
