@@ -3,7 +3,8 @@ and virtio-net-pci on a TAP, same kernel, initrd, memory, raw image and network.
 real KVM and, on the host, ``apt-get install -y fio iperf3``; run it inside the test host:
 
     python -m tests.kvmhost run --timeout 1500 --cwd "$PWD" -- \\
-        "$PWD/.venv/bin/python" bench/vmm_virtio.py [--mib 128] [--runs 2] [--only net]
+        "$PWD/.venv/bin/python" bench/vmm_virtio.py [--mib 128] [--runs 2] [--only net] \\
+        [--vhost]
 
 In the guest: sequential ``dd`` with 1 MiB blocks, a read of /dev/vda after dropping the
 guest's page cache, and a write ending with fsync, each larger than the guest's RAM and
@@ -20,7 +21,10 @@ faster; for CPU per GiB, above 1: qumran-vmm spends more). For qumran-vmm alone,
 table profiles the disk's device thread per part: guest requests per kick, interrupts per
 request, and the CPU time of the device threads (the ``virtio-io`` loop and the disk's
 helpers) per request (from the control
-socket's device counters and /proc/PID/task). Measures; never asserts.
+socket's device counters and /proc/PID/task). With ``--vhost``, two more contenders run
+the network part only, both with vhost-net (``--net ...,vhost=on`` and QEMU's
+``-netdev tap,...,vhost=on``), and a second table compares them; the first table stays
+userspace virtio-net against QEMU's vhost=off. Measures; never asserts.
 """
 
 from __future__ import annotations
@@ -115,7 +119,25 @@ class Guest:
         self.proc.wait()
 
 
-def contenders(demo: DemoImage, initrd: Path, image: Path) -> dict[str, list[str]]:
+VHOST = " vhost=on"  # suffix of the contenders with vhost-net
+
+
+def contenders(demo: DemoImage, initrd: Path, image: Path, vhost: bool = False
+               ) -> dict[str, list[str]]:  # fmt: skip
+    """qumran-vmm and QEMU, then with ``vhost`` the same two with vhost-net on."""
+    plain = _contenders(demo, initrd, image)
+    if not vhost:
+        return plain
+    on = {"qumran-vmm": f"tap={TAP},mac={MAC},vhost=on", "QEMU": f"tap,id=n0,ifname={TAP},"
+          "script=no,downscript=no,vhost=on"}  # fmt: skip
+    with_vhost = {}
+    for name, argv in plain.items():
+        i = argv.index("--net" if name == "qumran-vmm" else "-netdev") + 1
+        with_vhost[name + VHOST] = [*argv[:i], on[name], *argv[i + 1 :]]
+    return plain | with_vhost
+
+
+def _contenders(demo: DemoImage, initrd: Path, image: Path) -> dict[str, list[str]]:
     return {
         "qumran-vmm": [QUMRAN_VMM, "--name", "bench", "--control", str(CONTROL),
                        "--kernel", str(demo.kernel),
@@ -261,19 +283,19 @@ def iperf_run(guest: Guest, net: Netns, pid: int, seconds: int, res: Result) -> 
     res["iperf3 non-guest cpu s/GiB"] = (cpu1 - cpu0 - (g1 - g0)) / gib
 
 
-def measure(argv: list[str], demo: DemoImage, net: Netns | None, args: argparse.Namespace
-            ) -> Result:  # fmt: skip
+def measure(argv: list[str], demo: DemoImage, net: Netns | None, args: argparse.Namespace,
+            parts: set[str]) -> Result:  # fmt: skip
     guest = Guest(net.wrap(argv) if net else argv)
     res: Result = {}
     try:
         pid = guest.proc.pid  # `ip netns exec` execs the VMM: same PID
         probe = DiskProbe(pid) if str(CONTROL) in argv else None
         guest.wait_for(demo.ready_line, 240)
-        if "dd" in args.only:
+        if "dd" in parts:
             disk_runs(guest, pid, args.mib, res, probe)
-        if "fio" in args.only:
+        if "fio" in parts:
             fio_runs(guest, args.fio_seconds, res, probe)
-        if net is not None and "net" in args.only:
+        if net is not None and "net" in parts:
             iperf_run(guest, net, pid, args.iperf_seconds, res)
         return res
     except GuestStuck as exc:  # keep what this run measured; the table says what is missing
@@ -290,10 +312,11 @@ def _cell(values: list[float], runs: int, fmt: str = ".1f") -> str:
     return text + (f" [{len(values)} of {runs}]" if len(values) < runs else "")
 
 
-def table(results: dict[str, list[Result]], runs: int) -> str:
-    ours, qemu = results["qumran-vmm"], results["QEMU"]
+def table(results: dict[str, list[Result]], runs: int, suffix: str = "") -> str:
+    ours, qemu = results["qumran-vmm" + suffix], results["QEMU" + suffix]
     keys = list(dict.fromkeys(k for r in ours for k in r))
-    lines = [f"| median of {runs} | qumran-vmm | QEMU | ratio |", "|---|---|---|---|"]
+    head = f"| median of {runs}{',' + suffix if suffix else ''} | qumran-vmm | QEMU | ratio |"
+    lines = [head, "|---|---|---|---|"]
     own = []
     for key in keys:
         a, b = ([r[key] for r in rs if key in r] for rs in (ours, qemu))
@@ -318,6 +341,11 @@ def main() -> int:
         default="dd,fio,net",
         help="comma-separated parts to run: dd, fio, net (default: all)",
     )
+    p.add_argument(
+        "--vhost",
+        action="store_true",
+        help="also run the network part with vhost-net on, in both VMMs (a second table)",
+    )
     args = p.parse_args()
     args.only = set(args.only.split(","))
     if not args.only <= {"dd", "fio", "net"}:
@@ -339,8 +367,11 @@ def main() -> int:
                 for _ in range(args.mib + 16):
                     f.write(chunk)
             for _ in range(args.runs):  # interleaved, so drifting load hits both alike
-                for name, argv in contenders(demo, initrd, image).items():
-                    res = measure(argv, demo, net, args)
+                for name, argv in contenders(demo, initrd, image, args.vhost).items():
+                    parts = args.only & {"net"} if name.endswith(VHOST) else args.only
+                    if not parts:
+                        continue
+                    res = measure(argv, demo, net, args, parts)
                     results.setdefault(name, []).append(res)
                     shown = ", ".join(f"{k} {v:.2f}" for k, v in res.items())
                     print(f"{name}: {shown}", file=sys.stderr, flush=True)
@@ -348,7 +379,11 @@ def main() -> int:
         if net is not None:
             net.close()
     print(f"load average at end: {os.getloadavg()}", file=sys.stderr)
-    print(table(results, args.runs))
+    if "qumran-vmm" in results:
+        print(table(results, args.runs))
+    if "qumran-vmm" + VHOST in results:
+        print()
+        print(table(results, args.runs, VHOST))
     return 0
 
 

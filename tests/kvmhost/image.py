@@ -19,10 +19,10 @@ from qumran.images.kmod import ModuleTree
 
 KERNEL_METAPACKAGE = "linux-image-amd64"
 # virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it.
-MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd")
+MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net")
 # Bump when init changes. Each version has its own cache directory, so checkouts of
 # different versions (worktrees, a CI clone) never rebuild each other's image.
-IMAGE_VERSION = "4"
+IMAGE_VERSION = "5-vhost"  # another branch built its own "5": the lead picks the number at merge
 
 
 @dataclass(frozen=True)

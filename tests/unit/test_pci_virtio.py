@@ -34,6 +34,9 @@ class Msi:
         self.fired.append(index)
         self.event.set()
 
+    def eventfd(self, index: int) -> int | None:
+        return None
+
 
 class Doorbells:
     def __init__(self) -> None:

@@ -75,7 +75,12 @@ OPTIONS = (
     Option("--control", "PATH", "path of the JSON control socket"),
     Option("--force-kvm", None, "skip the vmx/svm host check"),
     Option("--disk", "PATH[,ro]", "raw disk image as virtio-blk (repeatable)", repeat=True),
-    Option("--net", "tap=NAME|fd=N[,mac=MAC]", "virtio-net on a TAP (repeatable)", repeat=True),
+    Option(
+        "--net",
+        "tap=NAME|fd=N[,mac=MAC][,vhost=on|off]",
+        "virtio-net on a TAP (repeatable); vhost=on moves frames in the host kernel (off)",
+        repeat=True,
+    ),
     Option("--rng", None, "virtio-rng fed from /dev/urandom"),
     Option("--virtio-console", "socket:PATH", "hvc0 as a second console"),
     Option("--log-level", "LEVEL", "DEBUG, INFO, WARNING (default, or $QUMRAN_VMM_LOG), ERROR"),

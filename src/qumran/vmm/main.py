@@ -3,7 +3,7 @@
     qumran-vmm --name N --kernel bzImage [--initrd F] [--cmdline S] [--memory 256M]
                [--vcpus 2] [--console stdio|socket:PATH|none] [--console-log PATH]
                [--control PATH]
-               [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC]]... [--rng]
+               [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
                [--virtio-console socket:PATH]
 
 Exit status: 0 when the guest powers off or the VM is told to quit (control ``quit``,

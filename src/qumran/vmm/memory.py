@@ -47,11 +47,18 @@ class GuestMemory:
         )
         self.host_addr = ctypes.addressof(self._view)
 
-    def register(self, vm: Vm) -> None:
-        offset = 0
-        for slot, (gpa, length) in enumerate(self.ranges):
-            vm.set_user_memory_region(slot, gpa, length, self.host_addr + offset)
+    def regions(self) -> tuple[tuple[int, int, int], ...]:
+        """(guest address, size, host-virtual address) of each RAM range: what KVM and the
+        host kernel's vhost are told (the host address is that of our mapping)."""
+        out, offset = [], 0
+        for gpa, length in self.ranges:
+            out.append((gpa, length, self.host_addr + offset))
             offset += length
+        return tuple(out)
+
+    def register(self, vm: Vm) -> None:
+        for slot, (gpa, length, hva) in enumerate(self.regions()):
+            vm.set_user_memory_region(slot, gpa, length, hva)
 
     def _offset(self, gpa: int, length: int) -> int:
         offset = self._base

@@ -93,6 +93,9 @@ class KvmMsiVectors:
     def trigger(self, index: int) -> None:
         os.eventfd_write(self._fds[index], 1)
 
+    def eventfd(self, index: int) -> int | None:
+        return self._fds[index]
+
 
 class KvmDoorbells:
     """Queue-notify addresses bound to eventfds with KVM_IOEVENTFD (MMIO, any value)."""

@@ -30,6 +30,10 @@ class MsiSink(Protocol):
 
     def trigger(self, index: int) -> None: ...
 
+    def eventfd(self, index: int) -> int | None:
+        """An eventfd whose signal raises vector ``index`` without us (KVM irqfd), if any."""
+        ...
+
 
 class MsixTable:
     """``count`` vectors, table and PBA; thread-safe (vCPUs program, the I/O thread fires)."""
@@ -122,6 +126,16 @@ class MsixTable:
             else:  # routed: every table write that leaves a vector unmasked routes it
                 self._sink.trigger(index)
             return True
+
+    def direct_fd(self, index: int) -> int | None:
+        """The sink's eventfd for vector ``index`` while signalling it is always right to
+        do (MSI-X enabled, vector valid and unmasked), its route installed; else None, and
+        interrupts must come through :meth:`signal` (pending bit, INTx fallback)."""
+        with self._lock:
+            if not self.enabled or index >= self.count or self._masked(index):
+                return None
+            self._route(index)
+            return self._sink.eventfd(index)
 
     def reset(self) -> None:
         with self._lock:

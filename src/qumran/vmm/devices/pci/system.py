@@ -62,8 +62,9 @@ def attach_pci(
         assert bar + BAR_SIZE - 1 <= PCI_MMIO_END
         msi = system._router.vectors(len(device.queue_sizes) + 1)
         function = VirtioPciDevice(
-            device, bar, ram, loop, msi, irq_line(pci_intx_gsi(slot)), doorbells
-        )
+            device, bar, ram, loop, msi, irq_line(pci_intx_gsi(slot)), doorbells,
+            memory.regions(),
+        )  # fmt: skip
         if host.add(function) != slot:
             raise AssertionError("PCI slots are handed out in order")
         system.functions.append(function)

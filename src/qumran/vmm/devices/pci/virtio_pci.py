@@ -16,6 +16,11 @@ is handled by KVM and never stops the vCPU in Python; a write that still arrives
 MMIO exit (before binding) signals the same eventfd.
 
 Interrupts: MSI-X when the driver enabled it, else INTx (pin A) with the ISR byte.
+
+A device whose rings the host kernel serves (``rings_in_kernel``, vhost) gets the kick
+eventfds, the RAM regions and two interrupt paths in a :class:`KernelQueues` at DRIVER_OK;
+until the next reset the I/O loop stops reading those eventfds, and the device hears of
+every MSI-X table or control write (``vectors_changed``) to re-pick its interrupt path.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import functools
 import os
 import struct
 import threading
+from collections.abc import Sequence
 from typing import Protocol
 
 from qumran.vmm.devices.irq import IrqLine, IrqOutput
@@ -33,6 +39,7 @@ from qumran.vmm.devices.virtio.device import (
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_RING_EVENT_IDX,
     DeviceContext,
+    KernelQueues,
     VirtioDevice,
 )
 from qumran.vmm.devices.virtio.ioloop import IoLoop
@@ -79,8 +86,10 @@ class VirtioPciDevice:
     def __init__(
         self, device: VirtioDevice, bar_address: int, ram: GuestRam, loop: IoLoop,
         msi: MsiSink, intx: IrqLine, doorbells: Doorbells,
+        regions: Sequence[tuple[int, int, int]] = (),
     ) -> None:  # fmt: skip
         self.device = device
+        self._regions = tuple(regions)  # (guest address, size, host address), for vhost
         self._ram, self._loop, self._doorbells = ram, loop, doorbells
         self._lock = threading.RLock()
         nq = len(device.queue_sizes)
@@ -93,9 +102,12 @@ class VirtioPciDevice:
         self._bound: list[tuple[int, int]] = []
         # Guest kicks (eventfd counts), loop wake-ups they caused, used-buffer interrupts.
         self.counters = {"kicks": 0, "wakeups": 0, "interrupts": 0}
-        for index, fd in enumerate(self._kick_fds):
-            loop.add_reader(fd, functools.partial(self._on_kick, index, fd))
+        self._watch_kicks()
         self._reset_state()
+
+    def _watch_kicks(self) -> None:
+        for index, fd in enumerate(self._kick_fds):
+            self._loop.add_reader(fd, functools.partial(self._on_kick, index, fd))
 
     def _config_space(self, bar_address: int) -> ConfigSpace:
         dev_id = self.device.device_id
@@ -145,6 +157,7 @@ class VirtioPciDevice:
             cap = self._msix_cap
             if offset < cap + 4 and offset + size > cap + 2:
                 self.msix.set_control(self.config.read(cap + 2, 2))
+                self._vectors_changed()
             if self.bar_window() != before:
                 self._rebind()
 
@@ -187,6 +200,7 @@ class VirtioPciDevice:
                 self.device.write_config(offset - DEVICE_CFG, size, value)
             elif MSIX_TABLE <= offset < MSIX_TABLE + self.msix.table_size:
                 self.msix.write_table(offset - MSIX_TABLE, size, value)
+                self._vectors_changed()
 
     # --- common configuration -------------------------------------------------------------
 
@@ -245,6 +259,8 @@ class VirtioPciDevice:
             self.device.reset()
             self._unbind()
             self._reset_state()
+            if self.device.rings_in_kernel:  # the kernel let go of the kick eventfds
+                self._watch_kicks()
             return
         if value & FEATURES_OK and not self.status & FEATURES_OK:
             ok = self.driver_features & ~self.device.device_features == 0
@@ -289,6 +305,12 @@ class VirtioPciDevice:
         for q in self.queues:
             q.indirect = bool(self.driver_features & VIRTIO_F_INDIRECT_DESC)
             q.event_idx = bool(self.driver_features & VIRTIO_F_RING_EVENT_IDX)
+        kernel = None
+        if self.device.rings_in_kernel:
+            for fd in self._kick_fds:  # the kernel reads them now
+                self._loop.remove_reader(fd)
+            kernel = KernelQueues(list(self._kick_fds), self._regions, self._direct_irqfd,
+                                  self._queue_interrupt)  # fmt: skip
         ctx = DeviceContext(
             self._ram,
             self.queues,
@@ -297,8 +319,11 @@ class VirtioPciDevice:
             self._used,
             self._broken,
             self._lock,
+            kernel,
         )
         self.device.activate(ctx)
+        if kernel is not None:
+            return
         for index in range(len(self.queues)):  # anything made available before DRIVER_OK
             self._loop.call_soon(functools.partial(self._kick, index))
 
@@ -325,6 +350,20 @@ class VirtioPciDevice:
                 return
             self.counters["interrupts"] += 1
             self._interrupt(ISR_QUEUE, self.queue_vectors[index])
+
+    def _queue_interrupt(self, index: int) -> None:
+        """Queue ``index``'s interrupt, which the kernel found needed (``KernelQueues``)."""
+        with self._lock:
+            if self.status & DRIVER_OK:
+                self.counters["interrupts"] += 1
+                self._interrupt(ISR_QUEUE, self.queue_vectors[index])
+
+    def _direct_irqfd(self, index: int) -> int | None:
+        return self.msix.direct_fd(self.queue_vectors[index])
+
+    def _vectors_changed(self) -> None:
+        if self.status & DRIVER_OK and self.device.ctx is not None:
+            self.device.vectors_changed()
 
     def _broken(self, why: str) -> None:
         with self._lock:

@@ -43,16 +43,22 @@ class NetSpec:
     tap: str | None = None
     fd: int | None = None
     mac: str | None = None
+    vhost: bool = False  # off unless asked: the same data path on every host
 
     @classmethod
     def parse(cls, text: str) -> NetSpec:
-        """``tap=NAME[,mac=52:54:00:xx:xx:xx]`` or ``fd=N[,mac=..]``."""
+        """``tap=NAME[,mac=52:54:00:xx:xx:xx][,vhost=on|off]`` or ``fd=N[,..]``."""
         opts: dict[str, str] = {}
         for item in text.split(","):
             key, eq, value = item.partition("=")
-            if not eq or key not in ("tap", "fd", "mac") or key in opts:
-                raise DeviceError(f"--net {text!r}: expected tap=NAME or fd=N, then mac=..")
+            if not eq or key not in ("tap", "fd", "mac", "vhost") or key in opts:
+                raise DeviceError(
+                    f"--net {text!r}: expected tap=NAME or fd=N, then mac=.. and vhost=on|off"
+                )
             opts[key] = value
+        vhost = opts.get("vhost", "off")
+        if vhost not in ("on", "off"):
+            raise DeviceError(f"--net {text!r}: vhost must be on or off, not {vhost!r}")
         if ("tap" in opts) == ("fd" in opts):
             raise DeviceError(f"--net {text!r}: give exactly one of tap=NAME and fd=N")
         mac = opts.get("mac")
@@ -66,7 +72,7 @@ class NetSpec:
         tap = opts.get("tap")
         if tap is not None and not 0 < len(tap) < 16:
             raise DeviceError(f"--net {text!r}: TAP names are 1 to 15 characters")
-        return cls(tap, int(opts["fd"]) if "fd" in opts else None, mac)
+        return cls(tap, int(opts["fd"]) if "fd" in opts else None, mac, vhost == "on")
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,13 @@ def _open_net(backends: Backends, spec: NetSpec) -> None:
     from qumran.vmm.devices.virtio.net import VirtioNet, parse_mac, random_mac
     from qumran.vmm.devices.virtio.tap import Tap
 
+    vhost = None
+    if spec.vhost:  # before the TAP: a host without vhost-net fails without side effects
+        from qumran.vmm.devices.virtio.vhost import VhostNet
+
+        vhost = VhostNet.open()
+        backends.closers.append(vhost.close)
     tap = Tap.open(spec.tap, spec.fd)
     backends.closers.append(tap.close)
     mac = parse_mac(spec.mac) if spec.mac else random_mac()
-    backends.factories.append(lambda: VirtioNet(tap, mac))
+    backends.factories.append(lambda: VirtioNet(tap, mac, vhost))

@@ -40,6 +40,17 @@ class DeviceId:
 
 
 @dataclass
+class KernelQueues:
+    """What a device whose rings the host kernel serves (vhost) gets from the transport."""
+
+    kick_fds: list[int]  # per queue: the eventfd KVM signals on the guest's doorbell write
+    regions: tuple[tuple[int, int, int], ...]  # guest RAM: (guest address, size, host address)
+    irqfd: Callable[[int], int | None]  # queue -> eventfd raising its MSI-X vector in KVM, if
+    # the vector is enabled and unmasked now; None: go through ``interrupt``
+    interrupt: Callable[[int], None]  # raise queue i's interrupt (already found to be needed)
+
+
+@dataclass
 class DeviceContext:
     """What an active device works with, valid until the next reset."""
 
@@ -50,6 +61,7 @@ class DeviceContext:
     used: Callable[[int], None]  # "used buffer notification" for a queue (2.3)
     broken: Callable[[str], None]  # set DEVICE_NEEDS_RESET and tell the driver
     lock: threading.RLock  # the transport's: hold it in callbacks of your own
+    kernel: KernelQueues | None = None  # set for a device with ``rings_in_kernel``
 
 
 class VirtioDevice(ABC):
@@ -57,6 +69,9 @@ class VirtioDevice(ABC):
 
     device_id: int
     name: str = "virtio"
+    # True: the host kernel serves the rings once active (vhost); the transport then leaves
+    # the kick eventfds alone and hands the device a :class:`KernelQueues`.
+    rings_in_kernel: bool = False
 
     def __init__(self, queue_sizes: tuple[int, ...], features: int, config: bytes) -> None:
         self.queue_sizes = queue_sizes
@@ -84,6 +99,9 @@ class VirtioDevice(ABC):
 
     def activated(self, ctx: DeviceContext) -> None:  # noqa: B027
         """Hook: the driver set DRIVER_OK (e.g. start reading a TAP device)."""
+
+    def vectors_changed(self) -> None:  # noqa: B027
+        """Hook: the driver wrote the MSI-X table or control while the device is active."""
 
     def reset(self) -> None:
         """The driver reset the device (or the VM stops): forget the queues."""

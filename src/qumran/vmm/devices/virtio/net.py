@@ -24,6 +24,10 @@ A driver that refuses MRG_RXBUF gets one frame per chain.
 Each kick or wake-up drains its queue entirely and sends one interrupt for the batch. RX is
 driven by the device I/O loop: the TAP fd is watched while the guest has receive buffers;
 when it runs out, the watch stops until the guest kicks the receive queue.
+
+With vhost (``vhost.py``) the same device model hands both rings and the TAP to the host
+kernel at DRIVER_OK and takes them back at reset; nothing above runs then, and the frame
+counters stay at zero (the TAP's own counters on the host count the traffic).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import secrets
 import struct
 from collections.abc import Callable
 
+from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.device import DeviceContext, DeviceId, VirtioDevice
 from qumran.vmm.devices.virtio.queue import QueueError
 from qumran.vmm.devices.virtio.tap import (
@@ -45,6 +50,10 @@ from qumran.vmm.devices.virtio.tap import (
     Tap,
 )
 from qumran.vmm.log import get_logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qumran.vmm.devices.virtio.vhost import VhostNet
 
 log = get_logger(__name__)
 
@@ -112,10 +121,13 @@ class VirtioNet(VirtioDevice):
     device_id = DeviceId.NET
     name = "virtio-net"
 
-    def __init__(self, tap: Tap, mac: bytes) -> None:
+    def __init__(self, tap: Tap, mac: bytes, vhost: VhostNet | None = None) -> None:
         config = mac + struct.pack("<HH", LINK_UP, 1)  # 5.1.4: mac, status, max pairs
         super().__init__((QUEUE_SIZE, QUEUE_SIZE), offered_features(tap.supported), config)
-        self.tap, self.mac = tap, mac
+        self.tap, self.mac, self.vhost = tap, mac, vhost
+        if vhost is not None:
+            self.rings_in_kernel = True
+            self.device_features = vhost.offerable(self.device_features)
         # Receive chains popped but not filled yet: (head, bytes, number of views), their
         # views in one list for readv, and their bytes in all.
         self._chains: list[tuple[int, int, int]] = []
@@ -131,13 +143,27 @@ class VirtioNet(VirtioDevice):
         self.tap.set_offloads(offloads)
         self._merge = bool(ctx.features & F_MRG_RXBUF)
         self._need = MAX_GSO_FRAME if offloads & (TUN_F_TSO4 | TUN_F_TSO6) else MAX_FRAME
-        self._watch(ctx)
+        if self.vhost is None:
+            self._watch(ctx)
+            return
+        assert ctx.kernel is not None
+        try:
+            self.vhost.start(ctx, ctx.kernel, self.tap.fd)
+        except DeviceError as exc:
+            self.vhost.stop()
+            self.fail(str(exc))
+
+    def vectors_changed(self) -> None:
+        if self.vhost is not None:
+            self.vhost.update_calls()
 
     def reset(self) -> None:
         ctx = self.ctx
         if ctx is not None and self._watching:
             ctx.loop.remove_reader(self.tap.fd)
         self._watching = False
+        if self.vhost is not None:
+            self.vhost.stop()
         self._chains, self._iov, self._room = [], [], 0
         self.tap.set_offloads(0)  # the next driver may accept less
         super().reset()
@@ -148,6 +174,8 @@ class VirtioNet(VirtioDevice):
             ctx.loop.add_reader(self.tap.fd, functools.partial(self.serve, ctx, RX))
 
     def process(self, ctx: DeviceContext, index: int) -> None:
+        if self.vhost is not None:  # the kernel serves the rings
+            return
         if index == TX:
             if self._transmit(ctx):
                 # What was just sent is often answered at once (a TCP ACK, made by the host's
@@ -257,7 +285,8 @@ class VirtioNet(VirtioDevice):
 
     def status(self) -> dict[str, object]:
         offloads = [name for bit, name in _OFFLOAD_NAMES if self.tap.offloads & bit]
-        return {"type": "net", "tap": self.tap.name, "mac": self.mac.hex(":"),
+        vhost = self.vhost is not None
+        return {"type": "net", "tap": self.tap.name, "mac": self.mac.hex(":"), "vhost": vhost,
                 "rx_offloads": offloads, **self.counters}  # fmt: skip
 
 
