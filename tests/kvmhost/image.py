@@ -18,7 +18,8 @@ from qumran.images.kernel import vmlinux_from_bzimage
 from qumran.images.kmod import ModuleTree
 
 KERNEL_METAPACKAGE = "linux-image-amd64"
-# virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it.
+# virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it,
+# vhost_net for qumran-vmm's vhost=on (it brings tun).
 MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net")
 # Bump when init changes. Each version has its own cache directory, so checkouts of
 # different versions (worktrees, a CI clone) never rebuild each other's image.
