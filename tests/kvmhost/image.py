@@ -23,7 +23,7 @@ KERNEL_METAPACKAGE = "linux-image-amd64"
 MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net")
 # Bump when init changes. Each version has its own cache directory, so checkouts of
 # different versions (worktrees, a CI clone) never rebuild each other's image.
-IMAGE_VERSION = "6"
+IMAGE_VERSION = "7"
 
 
 @dataclass(frozen=True)
