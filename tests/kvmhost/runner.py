@@ -10,10 +10,12 @@ so a job that prints these words itself (the runner's own tests) cannot fool it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import select
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -86,6 +88,7 @@ def qemu_argv(kernel: Path, initrd: Path, cmdline: str, job: Job, kernel_log: Pa
         "-chardev", f"file,id=klog,path={kernel_log}", "-serial", "chardev:klog",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-virtfs", f"local,path=/,mount_tag=hostroot,{_VIRTFS_OPTS},readonly=on",
+        "-monitor", f"unix:{kernel_log.parent / MONITOR_SOCKET},server=on,wait=off",
     ]  # fmt: skip
     for index, share in enumerate(job.shares):
         argv += ["-virtfs", f"local,path={share},mount_tag=share{index},{_VIRTFS_OPTS}"]
@@ -113,6 +116,11 @@ def run_job(job: Job) -> tuple[int, bytes]:
         except BaseException:
             _stop(proc, grace=0)
             raise
+        if result[0] == TIMEOUT_STATUS:  # where the frozen test host's CPUs are, before the kill
+            state = cpu_state(jobdir / MONITOR_SOCKET)
+            if job.on_output is not None:
+                job.on_output(state)
+            result = result[0], result[1] + state
         # After the exit marker the guest powers off at once; after a timeout it is killed.
         _stop(proc, grace=10 if result[0] != TIMEOUT_STATUS else 0)
         if result[0] in (TIMEOUT_STATUS, BOOT_FAILED_STATUS):
@@ -131,6 +139,42 @@ def run_job(job: Job) -> tuple[int, bytes]:
 
 
 KERNEL_LOG_LINES = 80
+MONITOR_SOCKET = "monitor.sock"
+# Registers of every vCPU, then each one's local APIC (pending and in-service vectors).
+MONITOR_COMMANDS = ("info registers -a", "cpu 0", "info lapic", "cpu 1", "info lapic")
+
+
+def cpu_state(socket_path: Path, timeout: float = 5.0) -> bytes:
+    """What QEMU's human monitor answers to MONITOR_COMMANDS, as a note for the output
+    (empty if the monitor cannot be reached)."""
+    answers = bytearray()
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path))
+            _read_to_prompt(sock, answers)  # the greeting
+            answers.clear()
+            for command in MONITOR_COMMANDS:
+                sock.sendall(command.encode() + b"\n")
+                _read_to_prompt(sock, answers)
+    except OSError:
+        pass
+    if not answers:
+        return b""
+    # The monitor echoes each command key by key, with terminal escapes: drop the echo.
+    text = re.sub(rb"\x1b\[[0-9;]*[A-Za-z]", b"", bytes(answers)).replace(b"\r", b"")
+    echoes = tuple(command.encode() for command in MONITOR_COMMANDS)
+    lines = [line for line in text.split(b"\n") if line.strip() and not line.endswith(echoes)]
+    return b"\nkvmhost: the frozen test host's CPUs (QEMU monitor):\n" + b"\n".join(lines) + b"\n"
+
+
+def _read_to_prompt(sock: socket.socket, into: bytearray) -> None:
+    while not into.endswith(b"(qemu) "):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("the monitor closed")
+        into += chunk
+    del into[len(into) - len(b"(qemu) ") :]
 
 
 def kernel_log_note(path: Path, on_output: Callable[[bytes], None] | None) -> bytes:

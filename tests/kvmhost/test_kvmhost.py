@@ -53,6 +53,9 @@ def test_timeout_kills_the_guest(tmp_path: Path) -> None:
     note = output.split("timed out", 1)[1]
     assert "the test host's kernel said" in note and "qumran-probe: about to hang" in note
     assert "qumran-probe" in log.read_text()
+    # Where its CPUs were, from QEMU's monitor: both vCPUs' registers and local APICs.
+    cpus = output.split("the frozen test host's CPUs", 1)[1]
+    assert cpus.count("RIP=") == 2 and cpus.count("dumping local APIC state") == 2
 
 
 def test_a_dead_test_host_shows_its_kernel_log() -> None:
