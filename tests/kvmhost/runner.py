@@ -117,7 +117,7 @@ def run_job(job: Job) -> tuple[int, bytes]:
             _stop(proc, grace=0)
             raise
         if result[0] == TIMEOUT_STATUS:  # where the frozen test host's CPUs are, before the kill
-            state = cpu_state(jobdir / MONITOR_SOCKET)
+            state = cpu_state(jobdir / MONITOR_SOCKET, job.cpus)
             if job.on_output is not None:
                 job.on_output(state)
             result = result[0], result[1] + state
@@ -140,13 +140,18 @@ def run_job(job: Job) -> tuple[int, bytes]:
 
 KERNEL_LOG_LINES = 80
 MONITOR_SOCKET = "monitor.sock"
-# Registers of every vCPU, then each one's local APIC (pending and in-service vectors).
-MONITOR_COMMANDS = ("info registers -a", "cpu 0", "info lapic", "cpu 1", "info lapic")
 
 
-def cpu_state(socket_path: Path, timeout: float = 5.0) -> bytes:
-    """What QEMU's human monitor answers to MONITOR_COMMANDS, as a note for the output
-    (empty if the monitor cannot be reached)."""
+def monitor_commands(cpus: int) -> tuple[str, ...]:
+    """Registers of every vCPU, then each one's local APIC (pending and in-service vectors)."""
+    per_cpu = [command for cpu in range(cpus) for command in (f"cpu {cpu}", "info lapic")]
+    return ("info registers -a", *per_cpu)
+
+
+def cpu_state(socket_path: Path, cpus: int, timeout: float = 5.0) -> bytes:
+    """What QEMU's human monitor answers to :func:`monitor_commands`, as a note for the
+    output (empty if the monitor cannot be reached)."""
+    commands = monitor_commands(cpus)
     answers = bytearray()
     try:
         with socket.socket(socket.AF_UNIX) as sock:
@@ -154,7 +159,7 @@ def cpu_state(socket_path: Path, timeout: float = 5.0) -> bytes:
             sock.connect(str(socket_path))
             _read_to_prompt(sock, answers)  # the greeting
             answers.clear()
-            for command in MONITOR_COMMANDS:
+            for command in commands:
                 sock.sendall(command.encode() + b"\n")
                 _read_to_prompt(sock, answers)
     except OSError:
@@ -163,7 +168,7 @@ def cpu_state(socket_path: Path, timeout: float = 5.0) -> bytes:
         return b""
     # The monitor echoes each command key by key, with terminal escapes: drop the echo.
     text = re.sub(rb"\x1b\[[0-9;]*[A-Za-z]", b"", bytes(answers)).replace(b"\r", b"")
-    echoes = tuple(command.encode() for command in MONITOR_COMMANDS)
+    echoes = tuple(command.encode() for command in commands)
     lines = [line for line in text.split(b"\n") if line.strip() and not line.endswith(echoes)]
     return b"\nkvmhost: the frozen test host's CPUs (QEMU monitor):\n" + b"\n".join(lines) + b"\n"
 
