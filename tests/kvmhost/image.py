@@ -8,6 +8,7 @@ shares over it, then ``chroot``s into it to run the job the runner wrote (see ru
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,9 @@ KERNEL_METAPACKAGE = "linux-image-amd64"
 # virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it,
 # vhost_net for qumran-vmm's vhost=on (it brings tun).
 MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net")
-# Bump when init changes. Each version has its own cache directory, so checkouts of
-# different versions (worktrees, a CI clone) never rebuild each other's image.
+# Bump when the image changes in a way image_key() cannot see (how it is built). Each key
+# has its own cache directory, so checkouts that differ (worktrees, branches, a CI clone)
+# never use or rebuild each other's image.
 IMAGE_VERSION = "7"
 
 
@@ -32,8 +34,14 @@ class HostImage:
     initrd: Path
 
 
+def image_key() -> str:
+    """IMAGE_VERSION plus a digest of what goes into the image: init and the module list."""
+    digest = hashlib.sha256(repr((INIT_HEAD, INIT_TAIL, MODULES)).encode()).hexdigest()[:10]
+    return f"{IMAGE_VERSION}-{digest}"
+
+
 def default_cache_dir() -> Path:
-    return default_cache_root() / "images" / f"kvmhost-v{IMAGE_VERSION}"
+    return default_cache_root() / "images" / f"kvmhost-v{image_key()}"
 
 
 def build_image(cache_dir: Path | None = None, force: bool = False) -> HostImage:
@@ -42,7 +50,8 @@ def build_image(cache_dir: Path | None = None, force: bool = False) -> HostImage
     # The ELF kernel, booted through PVH: no xz decompression at every boot (kernel.py).
     image = HostImage(target / "vmlinux", target / "initrd.img")
     stamp = target / "version"
-    fresh = stamp.is_file() and stamp.read_text() == IMAGE_VERSION
+    key = image_key()
+    fresh = stamp.is_file() and stamp.read_text() == key
     if fresh and not force and image.kernel.is_file() and image.initrd.is_file():
         return image
     target.mkdir(parents=True, exist_ok=True)
@@ -51,7 +60,7 @@ def build_image(cache_dir: Path | None = None, force: bool = False) -> HostImage
     vmlinuz = sorted((kernel_root / "boot").glob("vmlinuz-*"))[-1]
     write_atomic(image.kernel, vmlinux_from_bzimage(vmlinuz.read_bytes()))
     host_archive(kernel_root, debs.unpack(rootfs.BUSYBOX_PACKAGE)).write_gzip(image.initrd)
-    write_atomic(stamp, IMAGE_VERSION.encode())
+    write_atomic(stamp, key.encode())
     return image
 
 
