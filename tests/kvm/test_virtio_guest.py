@@ -203,18 +203,22 @@ os.execv(argv[0], argv)
 """
 
 
+@pytest.mark.parametrize("vhost", ["off", "on"])
 def test_a_tap_passed_as_fd_is_adopted_with_offloads(
-    vmm_factory: MakeVmm, demo: DemoImage, netns: str
+    vmm_factory: MakeVmm, demo: DemoImage, netns: str, vhost: str
 ) -> None:
+    if vhost == "on":
+        _need_vhost()
     vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline,
-                      extra=["--net", "fd=TAPFD"])  # fmt: skip
+                      extra=["--net", f"fd=TAPFD,vhost={vhost}"])  # fmt: skip
     vmm.argv = ["ip", "netns", "exec", netns, sys.executable, "-c", _WITH_TAP_FD, *vmm.argv]
     vmm.start()
     _link_up(vmm, demo, netns, "qtap1")
     out = vmm.command("ping -c 2 -W 5 10.0.2.2", timeout=60)
     assert "2 packets received" in out, out
     net = _net_status(vmm)
-    assert net["tap"] == "qtap1" and {"csum", "tso4", "tso6"} <= set(net["rx_offloads"]), net
+    assert net["tap"] == "qtap1" and net["vhost"] is (vhost == "on"), net
+    assert {"csum", "tso4", "tso6"} <= set(net["rx_offloads"]), net
     vmm.control("quit")
     assert vmm.wait(30) == 0
 
@@ -450,21 +454,6 @@ def test_vhost_moves_tcp_both_ways_intact_with_offloads(
     assert (tx2 - tx1) / (txp2 - txp1) > 1514, (tx1, txp1, tx2, txp2)
     net = _net_status(vmm)
     assert net["rx_packets"] == net["tx_packets"] == net["kicks"] == 0, net
-    vmm.control("quit")
-    assert vmm.wait(30) == 0
-
-
-def test_vhost_on_a_tap_passed_as_fd(vmm_factory: MakeVmm, demo: DemoImage, netns: str) -> None:
-    _need_vhost()
-    vmm = vmm_factory(demo.kernel, initrd=demo.initrd, cmdline=demo.cmdline,
-                      extra=["--net", "fd=TAPFD,vhost=on"])  # fmt: skip
-    vmm.argv = ["ip", "netns", "exec", netns, sys.executable, "-c", _WITH_TAP_FD, *vmm.argv]
-    vmm.start()
-    _link_up(vmm, demo, netns, "qtap1")
-    out = vmm.command("ping -c 2 -W 5 10.0.2.2", timeout=60)
-    assert "2 packets received" in out, out
-    net = _net_status(vmm)
-    assert net["tap"] == "qtap1" and net["vhost"] is True, net
     vmm.control("quit")
     assert vmm.wait(30) == 0
 
