@@ -117,6 +117,14 @@ def test_a_native_vm_writes_its_raw_disk_and_resets(
         input=command, capture_output=True, text=True, env=kvm_daemon.env, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    # The daemon's statistics count the disk's bytes, from qumran-vmm's own counters.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        last = (qumran_json(kvm_daemon, "domstats", "k-disk")["samples"] or [{}])[-1]
+        if (last.get("disk_write_bytes") or 0) >= 512:
+            break
+        time.sleep(1)
+    assert last["disk_read_bytes"] > 0 and last["disk_write_bytes"] >= 512, last
 
     before = ready_lines_logged(kvm_daemon, "k-disk")
     last_event = qumran_json(kvm_daemon, "events")[-1]["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import RunPaths
-from qumran.drivers.native.driver import NativeDriver, build_argv
+from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
 from qumran.errors import InvalidArgument
 from qumran.vmm import cmdline
 from qumran.vmm.devices.virtio.backends import DiskSpec
@@ -61,3 +62,32 @@ def test_what_qumran_vmm_cannot_do_is_one_clear_error(
     with pytest.raises(InvalidArgument) as err:
         NativeDriver("qumran-vmm").check(spec(tmp_path, **fields))
     assert str(err.value).startswith(message)
+
+
+class _Control:
+    """The control socket's answer to ``status``, as qumran-vmm gives it."""
+
+    def __init__(self, devices: list[dict[str, Any]]) -> None:
+        self.devices = devices
+
+    async def call(self, cmd: str) -> dict[str, Any]:
+        assert cmd == "status"
+        return {"state": "running", "devices": self.devices}
+
+
+@pytest.mark.parametrize(
+    ("devices", "expected"),
+    [
+        ([], None),  # no disk: nothing to count, as QEMU without block devices
+        ([{"type": "net", "rx_bytes": 5}], None),
+        ([{"type": "disk", "read_bytes": 4096, "write_bytes": 512},
+          {"type": "rng"},
+          {"type": "disk", "read_bytes": 1, "write_bytes": 2}], (4097, 514)),
+    ],
+)  # fmt: skip
+def test_disk_bytes_come_from_qumran_vmm_counters(
+    devices: list[dict[str, Any]], expected: tuple[int, int] | None
+) -> None:
+    instance = NativeInstance.__new__(NativeInstance)
+    instance.control = _Control(devices)  # type: ignore[assignment]
+    assert asyncio.run(instance.block_io()) == expected

@@ -78,6 +78,16 @@ class NativeInstance(Instance):
     async def is_paused(self) -> bool:
         return (await self.control.call("status")).get("state") == "paused"
 
+    async def block_io(self) -> tuple[int, int] | None:
+        """Bytes read and written by the guest's disks since its last boot (the control
+        socket's per-device counters); None without a disk."""
+        devices = (await self.control.call("status")).get("devices", [])
+        disks = [d for d in devices if isinstance(d, dict) and d.get("type") == "disk"]
+        if not disks:
+            return None
+        return (sum(int(d.get("read_bytes", 0)) for d in disks),
+                sum(int(d.get("write_bytes", 0)) for d in disks))  # fmt: skip
+
     async def close(self) -> None:
         await self.control.close()
 
