@@ -116,7 +116,6 @@ class VirtioBlock(VirtioDevice):
         config = struct.pack("<QII", self.capacity, 0, QUEUE_SIZE - 2)
         super().__init__((QUEUE_SIZE,), features, config)
         self.image = image
-        self.ro = image.readonly
         self.serial = (serial or os.path.basename(image.path)).encode()[:ID_BYTES]
         self.counters = {"read_bytes": 0, "write_bytes": 0, "requests": 0, "flushes": 0}
         self._pool = IoPool(image.fd, default_helpers() if helpers is None else helpers)
@@ -131,7 +130,7 @@ class VirtioBlock(VirtioDevice):
         """Carry out a batch: reads and writes together (in parallel when large), a flush
         only once every request before it in the batch is done."""
         ready: list[Transfer] = []
-        capacity = self.capacity * SECTOR
+        capacity, readonly = self.capacity * SECTOR, self.image.readonly
         self.counters["requests"] += len(batch)
         for chain in batch:
             kind, sector, out_data, in_data, status_view = _parse(chain)
@@ -141,7 +140,7 @@ class VirtioBlock(VirtioDevice):
                 t = Transfer(write, views, sector * SECTOR, sum(map(len, views)))
                 t.head, t.status = chain.head, status_view
                 # Out of range, not whole sectors, or a write to a read-only disk: fails.
-                if t.length % SECTOR or t.offset + t.length > capacity or (write and self.ro):
+                if t.length % SECTOR or t.offset + t.length > capacity or (write and readonly):
                     t.length = -1
                 ready.append(t)
             elif kind == T_FLUSH:
@@ -156,8 +155,7 @@ class VirtioBlock(VirtioDevice):
             else:
                 status_view[0] = S_UNSUPP
                 queue.push(chain.head, 1)
-        if ready:
-            self._complete(queue, ready)
+        self._complete(queue, ready)
 
     def _complete(self, queue: SplitQueue, ready: list[Transfer]) -> None:
         """Move the data of ``ready`` requests, then return them to the driver."""

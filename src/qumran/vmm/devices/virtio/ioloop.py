@@ -37,11 +37,9 @@ class IoLoop:
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         with self._lock:
-            if fd in self._readers:
-                self._readers[fd] = callback
-            else:
-                self._readers[fd] = callback
+            if fd not in self._readers:
                 self._epoll.register(fd, select.EPOLLIN)
+            self._readers[fd] = callback
 
     def remove_reader(self, fd: int) -> None:
         with self._lock:

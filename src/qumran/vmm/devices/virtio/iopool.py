@@ -72,10 +72,7 @@ class IoPool:
             if t.length < 0:
                 return
             if t.write or t.length < self.split_bytes or not self._threads:
-                try:
-                    n = (os.pwritev if t.write else os.preadv)(self.fd, t.views, t.offset)
-                except OSError:
-                    n = -1
+                n = _io(self.fd, t.write, t.views, t.offset, t.length)
                 t.moved, t.ok = max(n, 0), n == t.length
                 return
         transfers = [t for t in transfers if t.length >= 0]
@@ -108,14 +105,8 @@ class IoPool:
 
     def _move(self, pieces: list[_Piece]) -> list[tuple[Transfer, int]]:
         """Each piece's transfer and the bytes it moved, -1 after an error."""
-        fd, done = self.fd, []
-        for t, views, offset, length in pieces:
-            try:
-                n = (os.pwritev if t.write else os.preadv)(fd, views, offset) if length else 0
-            except OSError:
-                n = -1
-            done.append((t, n if n == length else -1))
-        return done
+        fd = self.fd
+        return [(t, _io(fd, t.write, views, offset, length)) for t, views, offset, length in pieces]
 
     def _helper(self) -> None:
         set_thread_name(threading.current_thread().name)
@@ -128,6 +119,16 @@ class IoPool:
         for t in self._threads:
             t.join(10)
         self._threads = []
+
+
+def _io(fd: int, write: bool, views: list[memoryview], offset: int, length: int) -> int:
+    """``length`` bytes between ``views`` and the file at ``offset``: ``length``, or -1
+    after an error or a short transfer."""
+    try:
+        n = (os.pwritev if write else os.preadv)(fd, views, offset) if length else 0
+    except OSError:
+        return -1
+    return n if n == length else -1
 
 
 def _partition(pieces: list[_Piece], start: int, count: int) -> list[list[_Piece]]:
