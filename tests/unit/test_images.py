@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qumran.images import READY_LINE, build_demo, demo, initramfs, rootfs
+from qumran.images import READY_LINE, build_demo, demo, initramfs
 from qumran.images.debian import DebCache, parse_depends
 from qumran.images.errors import ArchiveError, ImageError, ModuleError
 from qumran.images.kernel import vmlinux_from_bzimage
@@ -178,19 +178,6 @@ def test_cycles_and_missing_modules_are_errors(tmp_path: Path) -> None:
         tree.load_order(["a"])
     with pytest.raises(ModuleError, match="nowhere"):
         tree.load_order(["c"])
-
-
-def test_insmod_script_passes_module_parameters(tmp_path: Path) -> None:
-    tree = ModuleTree(fake_kernel_tree(tmp_path, {"kvm": "", "kvm-amd": "kvm"}))
-    modules = tree.load_order(["kvm_amd"])
-    script = rootfs.insmod_script(tree, modules, {"kvm-amd": {"vgif": "0", "npt": "1"}})
-    lines = script.splitlines()
-    assert lines[0].startswith("insmod /lib/modules/6.1.0-99-test/kernel/drivers/kvm.ko ||")
-    assert lines[1].startswith("insmod /lib/modules/6.1.0-99-test/kernel/drivers/kvm-amd.ko "
-                               "vgif=0 npt=1 ||")  # fmt: skip
-    assert rootfs.insmod_script(tree, modules) == rootfs.insmod_script(tree, modules, {})
-    with pytest.raises(ImageError, match="kvm_intel"):
-        rootfs.insmod_script(tree, modules, {"kvm_intel": {"nested": "1"}})
 
 
 # --- bzImage ---------------------------------------------------------------------------------

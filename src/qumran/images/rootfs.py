@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 from qumran.images import initramfs
 from qumran.images.errors import ImageError
 from qumran.images.initramfs import Entry
-from qumran.images.kmod import Module, ModuleTree, canonical
+from qumran.images.kmod import Module, ModuleTree
 
 BUSYBOX_PACKAGE = "busybox-static"
 
@@ -59,26 +58,10 @@ def module_entries(tree: ModuleTree, modules: list[Module]) -> list[Entry]:
     return entries
 
 
-def insmod_script(
-    tree: ModuleTree,
-    modules: list[Module],
-    params: Mapping[str, Mapping[str, str]] | None = None,
-) -> str:
-    """Shell lines loading ``modules`` in order; a module that fails to load is reported.
-
-    ``params`` gives module parameters by module name (``{"kvm_amd": {"vgif": "0"}}``),
-    passed to ``insmod`` as ``name=value``. A name that is not among ``modules`` is an
-    error, so a misspelt module never leaves its parameters silently unused.
-    """
-    params = {canonical(name): values for name, values in (params or {}).items()}
-    unknown = set(params) - {mod.name for mod in modules}
-    if unknown:
-        raise ImageError(f"parameters for modules not loaded: {', '.join(sorted(unknown))}")
+def insmod_script(tree: ModuleTree, modules: list[Module]) -> str:
+    """Shell lines loading ``modules`` in order; a module that fails to load is reported."""
     lines = []
     for mod in modules:
         path = shlex.quote(f"/lib/modules/{tree.version}/{mod.path.relative_to(tree.base)}")
-        args = "".join(
-            f" {shlex.quote(f'{key}={value}')}" for key, value in params.get(mod.name, {}).items()
-        )
-        lines.append(f"insmod {path}{args} || echo 'qumran: cannot load {mod.name}' >&2")
+        lines.append(f"insmod {path} || echo 'qumran: cannot load {mod.name}' >&2")
     return "\n".join(lines) + "\n"
