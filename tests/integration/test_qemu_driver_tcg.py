@@ -193,13 +193,27 @@ def test_attach_from_a_second_driver(demo: DemoImage, paths: RunPaths) -> None:
     asyncio.run(scenario())
 
 
-def test_attach_refuses_a_process_that_is_not_this_vms_qemu(paths: RunPaths) -> None:
-    async def scenario() -> None:
-        spec = VmSpec.model_validate({"name": "x", "memory": 64, "boot": {"kernel": "/k"}})
-        with pytest.raises(HypervisorError, match="is not the QEMU of VM x"):
-            await QemuDriver().attach(spec, paths, os.getpid(), lambda e, d: None)
+def test_attach_refuses_a_process_that_is_not_this_vms_qemu(
+    demo: DemoImage, paths: RunPaths
+) -> None:
+    """A QEMU answers on the monitor socket, but not the process the daemon recorded."""
+    other = subprocess.Popen(["sleep", "60"])
 
-    asyncio.run(scenario())
+    async def scenario() -> None:
+        spec = demo_spec(demo)
+        first = await QemuDriver(accel="tcg").launch(spec, paths, OWNER, lambda e, d: None)
+        try:
+            with pytest.raises(HypervisorError, match=rf"answered by process {first.pid} "):
+                await QemuDriver().attach(spec, paths, other.pid, lambda e, d: None)
+        finally:
+            await first.close()
+            kill_if_running(first)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_bad_kernel_is_a_hypervisor_error_in_qemus_words(paths: RunPaths) -> None:
@@ -248,7 +262,11 @@ def test_disks_nics_and_vnc_are_accepted_by_qemu(paths: RunPaths) -> None:
             assert isinstance(blocks, list)
             nodes = {b["inserted"]["node-name"]: b["inserted"] for b in blocks if "inserted" in b}
             assert nodes["disk0"]["ro"] is True and nodes["disk1"]["drv"] == "qcow2"
-            assert paths.vnc.is_socket()
+            display = await instance.open_display()  # over QMP: no socket path exists
+            with display:
+                display.settimeout(10)
+                assert display.recv(12) == b"RFB 003.008\n"
+            assert not list(paths.root.glob("*vnc*"))
             # kill -9 is a supported way to destroy a VM: the session just ends.
             os.kill(instance.pid, signal.SIGKILL)
             assert await exit_status(instance, 10) == -signal.SIGKILL

@@ -7,6 +7,8 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -178,8 +180,9 @@ def test_powerdown_exits_0_after_a_shutdown_event(paths: RunPaths) -> None:
             await instance.is_paused()
 
     with_vm(paths, body)
-    assert not paths.console.exists() and not paths.monitor.exists()
-    assert not paths.pidfile.exists()
+    for path in (paths.console, paths.monitor):  # the daemon's sockets: nobody serves them
+        with pytest.raises(ConnectionRefusedError), socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(path))
 
 
 def test_guest_actions_typed_in_the_console(paths: RunPaths) -> None:
@@ -243,7 +246,7 @@ def test_a_failing_launch_quotes_the_process(paths: RunPaths) -> None:
         with pytest.raises(HypervisorError) as caught:
             await driver.launch(SPEC, paths, OWNER, lambda e, d: None)
         assert caught.value.message == (
-            "fake VM fk failed to start: fakevm: could not open disk image /x: Permission denied"
+            "fakevm failed to start VM fk: fakevm: could not open disk image /x: Permission denied"
         )
 
     asyncio.run(main())
@@ -281,12 +284,33 @@ def test_attach_from_a_second_driver(paths: RunPaths) -> None:
 
 
 def test_attach_refuses_gone_and_foreign_processes(paths: RunPaths) -> None:
+    """Only the recorded process itself may answer on the monitor socket (SO_PEERCRED)."""
+    impostor = socket.socket(socket.AF_UNIX)
+    impostor.bind(str(paths.monitor))
+    impostor.listen()
+    vm = subprocess.Popen(["sleep", "30"])
+
     async def main() -> None:
         driver = FakeDriver()
-        with pytest.raises(HypervisorError, match="is not the fake VM fk"):
-            await driver.attach(SPEC, paths, os.getpid(), lambda e, d: None)
+        with pytest.raises(HypervisorError, match=rf"answered by process {os.getpid()} .*not by"):
+            await driver.attach(SPEC, paths, vm.pid, lambda e, d: None)
         with pytest.raises(HypervisorError, match="is gone"):
             await driver.attach(SPEC, paths, _dead_pid(), lambda e, d: None)
+
+    try:
+        asyncio.run(main())
+    finally:
+        vm.kill()
+        vm.wait()
+        impostor.close()
+
+
+def test_attach_refuses_a_run_directory_others_may_write(paths: RunPaths) -> None:
+    paths.root.chmod(0o733)
+
+    async def main() -> None:
+        with pytest.raises(HypervisorError, match="not the daemon's alone"):
+            await FakeDriver().attach(SPEC, paths, os.getpid(), lambda e, d: None)
 
     asyncio.run(main())
 

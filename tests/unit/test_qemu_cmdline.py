@@ -3,16 +3,15 @@ check that QEMU accepts it)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qumran.config.spec import VmSpec
-from qumran.drivers.base import RunPaths
+from qumran.drivers.base import HandoffFds
 from qumran.drivers.qemu.cmdline import build_argv, default_mac, escape
 
-PATHS = RunPaths(Path("/run/qumran/vms/web"))
+FDS = HandoffFds(monitor=3, console=4, console_log=5)
 
 
 def spec(**fields: Any) -> VmSpec:
@@ -37,85 +36,85 @@ def value(argv: list[str], flag: str) -> str:
 
 
 def test_the_process_is_named_after_the_vm_and_has_no_defaults() -> None:
-    argv = build_argv(spec(), PATHS, "tcg")
+    argv = build_argv(spec(), FDS, "tcg")
     assert argv[0] == "qemu-system-x86_64"
     assert value(argv, "-name") == "guest=web,process=qumran-web,debug-threads=on"
     assert "-nodefaults" in argv and "-no-user-config" in argv
 
 
 def test_guest_poweroff_ends_the_process() -> None:
-    assert "-no-shutdown" not in build_argv(spec(), PATHS, "tcg")
+    assert "-no-shutdown" not in build_argv(spec(), FDS, "tcg")
 
 
 @pytest.mark.parametrize(("accel", "cpu"), [("kvm", "host"), ("tcg", "max")])
 def test_accelerator_chooses_the_cpu_model(accel: str, cpu: str) -> None:
-    argv = build_argv(spec(), PATHS, accel)  # type: ignore[arg-type]
+    argv = build_argv(spec(), FDS, accel)  # type: ignore[arg-type]
     assert value(argv, "-accel") == accel
     assert value(argv, "-cpu") == cpu
     assert value(argv, "-machine") == "q35"
 
 
 def test_memory_and_vcpus() -> None:
-    argv = build_argv(spec(memory="1G", vcpus=3), PATHS, "tcg")
+    argv = build_argv(spec(memory="1G", vcpus=3), FDS, "tcg")
     assert value(argv, "-m") == "1024"
     assert value(argv, "-smp") == "3"
 
 
 def test_kernel_boot() -> None:
-    argv = build_argv(spec(), PATHS, "tcg")
+    argv = build_argv(spec(), FDS, "tcg")
     assert value(argv, "-kernel") == "/boot/vmlinuz"
     assert value(argv, "-initrd") == "/boot/initrd"
     assert value(argv, "-append") == "console=ttyS0"
 
 
 def test_kernel_boot_without_initrd_or_cmdline() -> None:
-    argv = build_argv(spec(boot={"kernel": "/k"}), PATHS, "tcg")
+    argv = build_argv(spec(boot={"kernel": "/k"}), FDS, "tcg")
     assert value(argv, "-kernel") == "/k"
     assert "-initrd" not in argv and "-append" not in argv
 
 
-def test_monitor_is_qmp_on_the_monitor_socket() -> None:
-    argv = build_argv(spec(), PATHS, "tcg")
+def test_monitor_is_qmp_on_the_socket_the_daemon_made() -> None:
+    argv = build_argv(spec(), FDS, "tcg")
     chardevs = values(argv, "-chardev")
-    assert f"socket,id=monitor,path={PATHS.monitor},server=on,wait=off" in chardevs
+    assert "socket,id=monitor,fd=3,server=on,wait=off" in chardevs
     assert value(argv, "-mon") == "chardev=monitor,mode=control"
-    assert value(argv, "-pidfile") == str(PATHS.pidfile)
+    assert "-pidfile" not in argv  # QEMU writes nothing where the daemon keeps its files
 
 
-def test_serial_console_is_a_socket_with_a_log() -> None:
-    argv = build_argv(spec(), PATHS, "tcg")
+def test_serial_console_is_a_socket_with_a_log_the_daemon_opened() -> None:
+    argv = build_argv(spec(), FDS, "tcg")
     serial = values(argv, "-chardev")[0]
     assert serial == (
-        f"socket,id=serial0,path={PATHS.console},server=on,wait=off,"
-        f"logfile={PATHS.console_log},logappend=on"
+        "socket,id=serial0,fd=4,server=on,wait=off,logfile=/dev/fdset/1,logappend=on"
     )
+    assert value(argv, "-add-fd") == "fd=5,set=1,opaque=console.log"
     assert value(argv, "-serial") == "chardev:serial0"
 
 
 def test_console_listens_before_the_monitor() -> None:
     # Chardevs are created in order: once QMP answers, the console accepts too.
-    ids = [c.split(",")[1] for c in values(build_argv(spec(), PATHS, "tcg"), "-chardev")]
+    ids = [c.split(",")[1] for c in values(build_argv(spec(), FDS, "tcg"), "-chardev")]
     assert ids == ["id=serial0", "id=monitor"]
 
 
 def test_no_serial() -> None:
-    argv = build_argv(spec(serial=False), PATHS, "tcg")
-    assert "-serial" not in argv
+    argv = build_argv(spec(serial=False), HandoffFds(3, None, 5), "tcg")
+    assert "-serial" not in argv and "-add-fd" not in argv
     assert [c for c in values(argv, "-chardev") if "serial0" in c] == []
 
 
 def test_headless_unless_graphics() -> None:
-    argv = build_argv(spec(), PATHS, "tcg")
+    argv = build_argv(spec(), FDS, "tcg")
     assert value(argv, "-display") == "none"
     assert "-vnc" not in argv and "VGA" not in values(argv, "-device")
-    argv = build_argv(spec(graphics=True), PATHS, "tcg")
-    assert value(argv, "-vnc") == f"unix:{PATHS.vnc}"
+    argv = build_argv(spec(graphics=True), FDS, "tcg")
+    assert value(argv, "-vnc") == "none"  # viewers come over QMP (add_client), no socket
     assert "VGA" in values(argv, "-device")
 
 
 def test_disks_are_blockdev_nodes_behind_virtio_blk() -> None:
     disks = [{"path": "/img/a.qcow2", "format": "qcow2"}, {"path": "/img/b", "readonly": True}]
-    argv = build_argv(spec(disks=disks), PATHS, "tcg")
+    argv = build_argv(spec(disks=disks), FDS, "tcg")
     assert values(argv, "-blockdev") == [
         "driver=file,node-name=disk0-file,filename=/img/a.qcow2,read-only=off",
         "driver=qcow2,node-name=disk0,file=disk0-file,read-only=off",
@@ -129,7 +128,7 @@ def test_disks_are_blockdev_nodes_behind_virtio_blk() -> None:
 
 def test_disk_boot_marks_the_boot_disk_and_loads_no_kernel() -> None:
     disks = [{"path": "/img/data"}, {"path": "/img/root"}]
-    argv = build_argv(spec(disks=disks, boot={"disk": 1}), PATHS, "tcg")
+    argv = build_argv(spec(disks=disks, boot={"disk": 1}), FDS, "tcg")
     assert "-kernel" not in argv
     devices = [d for d in values(argv, "-device") if d.startswith("virtio-blk")]
     assert devices == [
@@ -139,7 +138,7 @@ def test_disk_boot_marks_the_boot_disk_and_loads_no_kernel() -> None:
 
 
 def test_nics_use_user_networking_and_virtio_net() -> None:
-    argv = build_argv(spec(nics=[{"mac": "52:54:00:aa:bb:cc"}, {}]), PATHS, "tcg")
+    argv = build_argv(spec(nics=[{"mac": "52:54:00:aa:bb:cc"}, {}]), FDS, "tcg")
     assert values(argv, "-netdev") == ["user,id=net0", "user,id=net1"]
     nets = [d for d in values(argv, "-device") if d.startswith("virtio-net")]
     assert nets == [
@@ -157,15 +156,13 @@ def test_default_macs_are_stable_unicast_and_distinct() -> None:
 
 
 def test_commas_in_paths_are_escaped() -> None:
-    paths = RunPaths(Path("/run/a,b"))
-    argv = build_argv(spec(disks=[{"path": "/img/x,y"}]), paths, "tcg")
-    assert "path=/run/a,,b/monitor.sock,server=on" in values(argv, "-chardev")[1]
+    argv = build_argv(spec(disks=[{"path": "/img/x,y"}]), FDS, "tcg")
     assert "filename=/img/x,,y," in values(argv, "-blockdev")[0]
     assert escape("a,b,,c") == "a,,b,,,,c"
     # -kernel and -append take a whole argument: nothing to escape there.
-    argv = build_argv(spec(boot={"kernel": "/k,1", "cmdline": "a=1,2"}), paths, "tcg")
+    argv = build_argv(spec(boot={"kernel": "/k,1", "cmdline": "a=1,2"}), FDS, "tcg")
     assert value(argv, "-kernel") == "/k,1" and value(argv, "-append") == "a=1,2"
 
 
 def test_a_panic_device_reports_guest_panics() -> None:
-    assert "pvpanic" in values(build_argv(spec(), PATHS, "tcg"), "-device")
+    assert "pvpanic" in values(build_argv(spec(), FDS, "tcg"), "-device")

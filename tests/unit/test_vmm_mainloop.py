@@ -177,3 +177,43 @@ def test_socket_console_drops_a_client_that_stops_reading(loop: LoopThread, tmp_
     stuck.close()
     live.close()
     loop.call(console.close)
+
+
+def test_control_and_console_on_sockets_inherited_as_fds(loop: LoopThread, tmp_path: Path) -> None:
+    """As qumrand starts the VMM: sockets it bound, passed as fd=N. The VMM listens on them
+    again, so clients see the VMM itself as their peer, and it never unlinks their paths."""
+    sockets = {}
+    for name in ("ctl", "con"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(tmp_path / f"{name}.sock"))
+        s.listen()
+        sockets[name] = s
+    server = ControlServer(f"fd={sockets['ctl'].detach()}", None, lambda: None)  # type: ignore[arg-type]
+    console = SocketConsole(f"fd={sockets['con'].detach()}")
+    console.on_input = lambda data: None
+    loop.call(lambda: server.start(loop.loop))
+    loop.call(lambda: console.start(loop.loop))
+    c = connect(tmp_path / "ctl.sock")
+    c.sendall(b'{"cmd": "quit", "id": 7}\n')
+    assert read_lines(c, 1) == [{"ok": True, "id": 7}]
+    v = connect(tmp_path / "con.sock")
+    deadline = time.monotonic() + 5
+    while not console._clients and time.monotonic() < deadline:  # accepted on the loop thread
+        loop.call(lambda: None)
+    console.write(b"hello")
+    assert v.recv(5) == b"hello"
+    c.close()
+    v.close()
+    loop.call(server.close)
+    loop.call(console.close)
+    assert (tmp_path / "ctl.sock").exists() and (tmp_path / "con.sock").exists()
+
+
+def test_an_inherited_fd_that_is_not_a_listening_socket_is_refused(tmp_path: Path) -> None:
+    from qumran.vmm.errors import VmmError
+    from qumran.vmm.sockets import adopt_socket
+
+    with open(tmp_path / "f", "w") as f, pytest.raises(VmmError, match=r"fd=.*socket"):
+        adopt_socket(str(f.fileno()))
+    with pytest.raises(VmmError, match="not a file descriptor number"):
+        adopt_socket("x")

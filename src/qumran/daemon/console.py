@@ -3,6 +3,7 @@
 The hypervisor serves the console on a UNIX socket that accepts one client: the daemon.
 The broker reads it, keeps the recent output (so a late viewer sees what was printed),
 and copies every byte to each subscriber. Input from any subscriber goes to the guest.
+The driver layer makes the connection (checking who answers); the broker only uses it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
+import socket
 
 log = logging.getLogger(__name__)
 
@@ -19,27 +20,18 @@ _QUEUE_CHUNKS = 4096
 
 
 class ConsoleBroker:
-    def __init__(self, path: Path, seed: bytes = b"") -> None:
-        self.path = path
+    def __init__(self, name: str, seed: bytes = b"") -> None:
+        self.name = name
         self._history = bytearray(seed[-HISTORY_BYTES:])
         self._subscribers: set[asyncio.Queue[bytes | None]] = set()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
 
-    async def open(self, timeout: float = 10.0) -> None:
-        """Connect to the hypervisor's console socket (retrying while it appears)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                reader, self._writer = await asyncio.open_unix_connection(str(self.path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
-        self._reader_task = asyncio.create_task(self._pump(reader), name=f"console {self.path}")
+    async def open(self, sock: socket.socket) -> None:
+        """Serve the hypervisor's console, connected as ``sock``."""
+        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        self._reader_task = asyncio.create_task(self._pump(reader), name=f"console {self.name}")
 
     async def _pump(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -54,7 +46,7 @@ class ConsoleBroker:
                     else:
                         queue.put_nowait(chunk)
         except OSError as exc:
-            log.debug("console %s: %s", self.path, exc)
+            log.debug("console of %s: %s", self.name, exc)
         finally:
             self._finish()
 
@@ -96,14 +88,3 @@ class ConsoleBroker:
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
         self._finish()
-
-
-def read_log_tail(path: Path, size: int = HISTORY_BYTES) -> bytes:
-    """The end of a console log, to seed the history of a re-attached console."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - size))
-            return f.read()
-    except OSError:
-        return b""

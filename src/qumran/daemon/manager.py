@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import time
 import uuid as uuidlib
@@ -21,13 +20,15 @@ from typing import Any
 
 from qumran.config.validate import validate_spec
 from qumran.daemon import supervisor
-from qumran.daemon.console import ConsoleBroker, read_log_tail
+from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
 from qumran.daemon.domain import Domain, Running, State
 from qumran.daemon.events import EventBus
 from qumran.daemon.stats import StatsSampler
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
-from qumran.drivers.base import Driver, GuestEvent, Owner, RunPaths
+from qumran.drivers import rundir
+from qumran.drivers.base import Driver, GuestEvent, Instance, Owner, RunPaths
 from qumran.drivers.process import ProcState, proc_state
+from qumran.drivers.startup import connect_to_process
 from qumran.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -138,20 +139,17 @@ class Manager:
     async def _launch(self, dom: Domain, reason: str) -> None:
         driver = self._driver(dom)
         driver.check(dom.spec)
-        paths = self._prepare_run_dir(dom)
+        paths = rundir.create(self._run_dir_of(dom))
         owner = Owner(dom.owner, dom.record.owner_gid)
         instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom))
         process = instance.process
-        console = ConsoleBroker(paths.console)
-        if dom.spec.serial:
-            try:
-                await console.open()
-            except OSError as exc:
-                os.kill(process.pid, signal.SIGKILL)
-                await instance.close()
-                raise InvalidState(f"VM {dom.name!r}: cannot attach its console: {exc}") from None
-        else:
-            console.closed.set()  # no serial console: viewers are told it is closed
+        console = ConsoleBroker(dom.name)
+        try:
+            await self._open_console(dom, instance, console)
+        except (QumranError, OSError) as exc:
+            os.kill(process.pid, signal.SIGKILL)
+            await instance.close()
+            raise InvalidState(f"VM {dom.name!r}: cannot attach its console: {exc}") from None
         run = Running(instance, process, paths, console, started_at=time.time())
         self.store.set_runtime(
             RuntimeRecord(
@@ -166,13 +164,16 @@ class Manager:
         self._adopt(dom, run)
         self._changed(dom, "started", State.RUNNING, reason, f"pid {process.pid}")
 
-    def _prepare_run_dir(self, dom: Domain) -> RunPaths:
-        root = self.run_dir / "vms" / dom.uuid[:13]
-        shutil.rmtree(root, ignore_errors=True)  # stale sockets of an earlier run
-        root.mkdir(parents=True, mode=0o700)
-        if os.geteuid() == 0 and dom.owner != 0:
-            os.chown(root, dom.owner, dom.record.owner_gid)
-        return RunPaths(root)
+    def _run_dir_of(self, dom: Domain) -> Path:
+        """The VM's run directory: the daemon's alone (drivers/rundir.py), not the owner's."""
+        return self.run_dir / "vms" / dom.uuid[:13]
+
+    @staticmethod
+    async def _open_console(dom: Domain, instance: Instance, console: ConsoleBroker) -> None:
+        if not dom.spec.serial:
+            console.closed.set()  # no serial console: viewers are told it is closed
+            return
+        await console.open(await connect_to_process(instance.paths.console, instance.process))
 
     def _adopt(self, dom: Domain, run: Running) -> None:
         dom.run = run
@@ -342,16 +343,24 @@ class Manager:
         if driver is None:
             log.error("cannot re-attach to %s: no %r driver in this daemon", dom.name, rt.driver)
             return
-        paths = RunPaths(Path(rt.run_dir))
+        paths = RunPaths(self._run_dir_of(dom))
+        if Path(rt.run_dir) != paths.root:
+            log.error("cannot re-attach to %s: its run directory was recorded as %s, not %s",
+                      dom.name, rt.run_dir, paths.root)  # fmt: skip
+            return
         try:
             instance = await driver.attach(dom.spec, paths, rt.pid, self._guest_events(dom))
-            console = ConsoleBroker(paths.console, seed=read_log_tail(paths.console_log))
-            if dom.spec.serial:
-                await console.open(timeout=2.0)
-            else:
-                console.closed.set()
         except (QumranError, OSError) as exc:
             log.error("cannot re-attach to %s (pid %d): %s", dom.name, rt.pid, exc)
+            return
+        try:
+            with rundir.RunDir(paths) as run_dir:
+                seed = run_dir.read(paths.console_log.name, -HISTORY_BYTES)
+            console = ConsoleBroker(dom.name, seed=seed)
+            await self._open_console(dom, instance, console)
+        except (QumranError, OSError) as exc:
+            log.error("cannot re-attach to the console of %s (pid %d): %s", dom.name, rt.pid, exc)
+            await instance.close()
             return
         run = Running(instance, instance.process, paths, console, started_at=rt.started_at)
         self._adopt(dom, run)

@@ -4,11 +4,16 @@ A driver launches one hypervisor process per VM and hands back an :class:`Instan
 the daemon's grip on that process (its monitor, its console socket, its pid). The
 daemon never speaks QMP or ioctls; it speaks this interface. Every driver also supports
 :meth:`Driver.attach`, which re-connects to a process started by an earlier daemon.
+
+Launch and attach are one pipeline for every driver (:mod:`qumran.drivers.startup`); a
+driver supplies only its command line (:meth:`Driver.command`) and how to speak to its
+monitor (:meth:`Driver.open_instance`).
 """
 
 from __future__ import annotations
 
 import enum
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +36,8 @@ class Owner:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one VM's runtime files live (a private folder per VM, owned by its owner)."""
+    """Where one VM's runtime files live: a folder per VM that only the daemon may write
+    (:mod:`qumran.drivers.rundir`)."""
 
     root: Path
 
@@ -54,11 +60,17 @@ class RunPaths:
 
     @property
     def pidfile(self) -> Path:
+        """The hypervisor's pid, written by the daemon."""
         return self.root / "pid"
 
-    @property
-    def vnc(self) -> Path:
-        return self.root / "vnc.sock"
+
+@dataclass(frozen=True)
+class HandoffFds:
+    """The fd numbers a new hypervisor process inherits from the daemon."""
+
+    monitor: int  # a listening UNIX socket
+    console: int | None  # a listening UNIX socket; None without a serial console
+    console_log: int  # a file open for appending: every byte of serial output
 
 
 class GuestEvent(enum.Enum):
@@ -124,11 +136,19 @@ class Instance(ABC):
         """Bytes read and written by the guest's disks, if the hypervisor counts them."""
         return None
 
+    async def open_display(self) -> socket.socket:
+        """A new connection to the guest's graphical display (RFB), for a viewer."""
+        from qumran.errors import InvalidState
+
+        raise InvalidState("this VM has no graphical display (graphics: true, QEMU driver)")
+
 
 class Driver(ABC):
     """Launches and re-attaches hypervisor processes of one kind."""
 
     name: str
+    program: str  # how messages name the hypervisor: "QEMU", "qumran-vmm", ...
+    start_timeout = 30.0  # seconds from exec to a monitor session
 
     @abstractmethod
     def host_info(self) -> HostInfo: ...
@@ -138,13 +158,38 @@ class Driver(ABC):
         """Raise InvalidArgument if this driver cannot run ``spec`` (before any launch)."""
 
     @abstractmethod
+    def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
+        """The argv that runs ``spec``; the process finds its monitor and console sockets
+        and its console log as the open fds ``fds``."""
+
+    @abstractmethod
+    async def open_instance(
+        self,
+        spec: VmSpec,
+        process: Spawned,
+        paths: RunPaths,
+        monitor: socket.socket,
+        events: EventSink,
+        *,
+        stopped: bool = False,
+    ) -> Instance:
+        """Speak to the process's monitor over ``monitor`` (connected) and wrap it up.
+        ``stopped``: the process is SIGSTOPped and will not answer before SIGCONT."""
+
     async def launch(
         self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
     ) -> Instance:
-        """Start the process and connect its monitor; raise HypervisorError with the
-        hypervisor's own error text if it fails. ``paths.root`` exists and is owned by
-        ``owner``. The console socket is ready when this returns."""
+        """Start the process as ``owner`` and connect its monitor; raise HypervisorError
+        with the hypervisor's own error text if it fails. ``paths.root`` is a fresh run
+        directory (:func:`qumran.drivers.rundir.create`). The console socket is listening
+        when this returns."""
+        from qumran.drivers.startup import launch
 
-    @abstractmethod
+        return await launch(self, spec, paths, owner, events)
+
     async def attach(self, spec: VmSpec, paths: RunPaths, pid: int, events: EventSink) -> Instance:
-        """Re-connect to a process an earlier daemon launched."""
+        """Re-connect to a process an earlier daemon launched, once the kernel vouches
+        that ``pid`` itself answers on the run directory's monitor socket."""
+        from qumran.drivers.startup import attach
+
+        return await attach(self, spec, paths, pid, events)

@@ -22,22 +22,13 @@ from qumran.drivers.base import (
     Driver,
     EventSink,
     GuestEvent,
+    HandoffFds,
     HostInfo,
     Instance,
-    Owner,
     RunPaths,
 )
 from qumran.drivers.checks import check_files
-from qumran.drivers.process import ProcState, Spawned, spawn
-from qumran.drivers.startup import (
-    ProcessExited,
-    cmdline_mentions,
-    file_size,
-    kill,
-    log_tail,
-    remove_stale,
-    wait_for_socket,
-)
+from qumran.drivers.process import Spawned
 from qumran.errors import HypervisorError, Timeout
 
 log = logging.getLogger(__name__)
@@ -58,6 +49,8 @@ class FakeDriver(Driver):
     """
 
     name = "fake"
+    program = "fakevm"
+    start_timeout = START_TIMEOUT
 
     def __init__(
         self,
@@ -79,63 +72,36 @@ class FakeDriver(Driver):
             return
         check_files(spec)
 
-    def argv(self, spec: VmSpec, paths: RunPaths) -> list[str]:
+    def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
         argv = [
             self.python, "-m", "qumran.drivers.fakevm",
             "--name", spec.name,
-            "--console-log", str(paths.console_log),
-            "--monitor", str(paths.monitor),
-            "--pidfile", str(paths.pidfile),
+            "--console-log", f"fd={fds.console_log}",
+            "--monitor", f"fd={fds.monitor}",
             "--powerdown-delay", str(self.powerdown_delay),
         ]  # fmt: skip
-        if spec.serial:  # as with QEMU, no serial port means no console socket
-            argv += ["--console", str(paths.console)]
+        if fds.console is not None:  # as with QEMU, no serial port means no console socket
+            argv += ["--console", f"fd={fds.console}"]
         if self.fail_next is not None:
             argv += ["--fail", self.fail_next]
             self.fail_next = None
         return argv
 
-    async def launch(
-        self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
+    async def open_instance(
+        self,
+        spec: VmSpec,
+        process: Spawned,
+        paths: RunPaths,
+        monitor: socket.socket,
+        events: EventSink,
+        *,
+        stopped: bool = False,
     ) -> FakeInstance:
-        self.check(spec)
-        argv = self.argv(spec, paths)
-        remove_stale((paths.monitor, paths.console, paths.pidfile))
-        offset = file_size(paths.log)
-        process = spawn(argv, owner, paths.log)
-        monitor = FakeMonitor(spec.name, events)
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                await monitor.connect(await wait_for_socket(process, paths.monitor))
-        except TimeoutError:
-            await kill(process)
-            raise Timeout(
-                f"fake VM {spec.name} did not start within {START_TIMEOUT:.0f} s"
-            ) from None
-        except BaseException as exc:
-            await kill(process)
-            if isinstance(exc, ProcessExited | OSError):
-                output = log_tail(paths.log, offset) or str(exc)
-                raise HypervisorError(f"fake VM {spec.name} failed to start: {output}") from exc
-            raise
-        return FakeInstance(process, paths, monitor)
-
-    async def attach(
-        self, spec: VmSpec, paths: RunPaths, pid: int, events: EventSink
-    ) -> FakeInstance:
-        process = Spawned(pid)
-        if process.state() is ProcState.GONE:
-            raise HypervisorError(f"the process {pid} of fake VM {spec.name} is gone")
-        if not cmdline_mentions(pid, str(paths.monitor)):
-            raise HypervisorError(f"process {pid} is not the fake VM {spec.name}")
-        monitor = FakeMonitor(spec.name, events)
-        try:
-            await monitor.connect(str(paths.monitor))
-        except OSError as exc:
-            raise HypervisorError(
-                f"cannot reach the monitor of fake VM {spec.name}: {exc}"
-            ) from exc
-        return FakeInstance(process, paths, monitor)
+        client = FakeMonitor(spec.name, events)
+        await client.connect(monitor)
+        if not stopped:
+            await client.execute("query-status")  # the process is up and answering
+        return FakeInstance(process, paths, client)
 
 
 class FakeMonitor:

@@ -3,12 +3,14 @@
 It is a real process, so ``kill -9``, ``kill -STOP`` and ``kill -CONT`` behave exactly as
 for a hypervisor, but it starts in a few tens of milliseconds and needs no kernel.
 
-- Console, a UNIX socket at ``--console`` (none for a VM without a serial port): the
+- Console, a UNIX socket at ``--console`` (a path, or ``fd=N``: an inherited listening
+  socket, as qumrand passes it; none for a VM without a serial port): the
   "guest" prints :data:`READY_LINE` at boot and echoes what it is sent. Everything
-  printed is appended to ``--console-log``. Unlike QEMU, output printed while no client
-  is connected is kept (up to 64 KiB) for the next client, so a test never races the
-  boot. Lines typed ``poweroff``, ``reboot`` or ``panic`` act like those in a guest.
-- Monitor, a UNIX socket at ``--monitor``: JSON lines. A request is
+  printed is appended to ``--console-log`` (a path or ``fd=N``). Unlike QEMU, output
+  printed while no client is connected is kept (up to 64 KiB) for the next client, so a
+  test never races the boot. Lines typed ``poweroff``, ``reboot`` or ``panic`` act like
+  those in a guest.
+- Monitor, a UNIX socket at ``--monitor`` (a path or ``fd=N``): JSON lines. A request is
   ``{"execute": CMD}``; the reply ``{"return": VALUE}`` or ``{"error": MESSAGE}``. Events
   arrive as ``{"event": NAME, "detail": TEXT}`` with NAME one of the values of
   :class:`qumran.drivers.base.GuestEvent`, plus ``host-shutdown`` for SIGTERM.
@@ -30,8 +32,8 @@ import asyncio
 import contextlib
 import ctypes
 import json
-import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,10 @@ class FakeVm:
     def __init__(self, args: argparse.Namespace) -> None:
         self.name: str = args.name
         self.powerdown_delay: float = args.powerdown_delay
-        self.log = open(args.console_log, "ab", buffering=0)  # noqa: SIM115 (lives as long as the VM)
+        log: Any = _inherited(args.console_log)
+        if log is None:
+            log = args.console_log
+        self.log = open(log, "ab", buffering=0)  # noqa: SIM115 (lives as long as the VM)
         self.consoles: set[asyncio.StreamWriter] = set()
         self.monitors: set[asyncio.StreamWriter] = set()
         self.held = bytearray()  # output nobody has read yet
@@ -184,7 +189,7 @@ async def run(args: argparse.Namespace) -> int:
     vm = FakeVm(args)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, vm.host_shutdown)
-    paths = [Path(p) for p in (args.console, args.monitor) if p]
+    paths = [Path(p) for p in (args.console, args.monitor) if p and _inherited(p) is None]
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -192,8 +197,8 @@ async def run(args: argparse.Namespace) -> int:
     # implies a console that accepts. No --console: a VM without a serial port.
     servers = []
     if args.console:
-        servers.append(await asyncio.start_unix_server(vm.serve_console, args.console))
-    servers.append(await asyncio.start_unix_server(vm.serve_monitor, args.monitor))
+        servers.append(await _serve(vm.serve_console, args.console))
+    servers.append(await _serve(vm.serve_monitor, args.monitor))
     vm.boot()
     await vm.exiting.wait()
     for writer in [*vm.monitors, *vm.consoles]:
@@ -201,12 +206,26 @@ async def run(args: argparse.Namespace) -> int:
             await writer.drain()
     for server in servers:
         server.close()
-    if args.pidfile:  # QEMU removes its pid file on exit too
-        paths.append(Path(args.pidfile))
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     return vm.status
+
+
+def _inherited(where: str) -> int | None:
+    """The fd number of ``fd=N``, else None (a path)."""
+    if where.startswith("fd=") and where[3:].isdigit():
+        return int(where[3:])
+    return None
+
+
+async def _serve(handler: Any, where: str) -> asyncio.AbstractServer:
+    fd = _inherited(where)
+    if fd is None:
+        return await asyncio.start_unix_server(handler, where)
+    sock = socket.socket(fileno=fd)
+    sock.listen(16)  # SO_PEERCRED of later clients: this process (see qumran.vmm.sockets)
+    return await asyncio.start_unix_server(handler, sock=sock)
 
 
 def set_process_name(name: str) -> None:
@@ -222,7 +241,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--console", help="socket path; none: the VM has no serial port")
     parser.add_argument("--console-log", required=True)
     parser.add_argument("--monitor", required=True)
-    parser.add_argument("--pidfile")
     parser.add_argument("--powerdown-delay", type=float, default=0.1)
     parser.add_argument("--fail")
     return parser.parse_args(argv)
@@ -234,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail:
         print(f"fakevm: {args.fail}", file=sys.stderr)
         return 1
-    if args.pidfile:
-        Path(args.pidfile).write_text(f"{os.getpid()}\n")
     return asyncio.run(run(args))
 
 

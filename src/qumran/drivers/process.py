@@ -12,7 +12,6 @@ import enum
 import os
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 
 from qumran.drivers.base import Owner
 
@@ -100,31 +99,30 @@ class Spawned:
 def spawn(
     argv: Sequence[str],
     owner: Owner,
-    log: Path,
+    output: int,
     *,
     env: dict[str, str] | None = None,
     pass_fds: Sequence[int] = (),
 ) -> Spawned:
-    """Start ``argv`` as ``owner`` in its own session, output appended to ``log``.
+    """Start ``argv`` as ``owner`` in its own session, its output going to fd ``output``.
 
     Its own session means a signal to the daemon's process group (Ctrl-C on a foreground
     qumrand, or a service manager stopping the daemon) does not reach the VM.
     """
     as_other = owner.uid != os.geteuid()
-    with open(log, "ab") as out:
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=tuple(pass_fds),
-            env=env,
-            user=owner.uid if as_other else None,
-            group=owner.gid if as_other else None,
-            extra_groups=_kvm_groups() if as_other else None,
-        )
+    popen = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=tuple(pass_fds),
+        env=env,
+        user=owner.uid if as_other else None,
+        group=owner.gid if as_other else None,
+        extra_groups=_kvm_groups() if as_other else None,
+    )
     return Spawned(popen.pid, popen)
 
 

@@ -70,9 +70,9 @@ OPTIONS = (
     Option("--cmdline", "TEXT", f'kernel command line (default "{DEFAULT_CMDLINE}")'),
     Option("--memory", "SIZE", "guest RAM: 256M (default), 1G; a bare number is MiB", parse_memory),
     Option("--vcpus", "N", "virtual CPUs (1)", _vcpu_count),
-    Option("--console", "WHERE", "serial console: stdio, socket:PATH or none (stdio)"),
-    Option("--console-log", "PATH", "append the serial console's output to PATH"),
-    Option("--control", "PATH", "path of the JSON control socket"),
+    Option("--console", "WHERE", "serial console: stdio, socket:PATH|fd=N or none (stdio)"),
+    Option("--console-log", "PATH|fd=N", "append the serial console's output to PATH"),
+    Option("--control", "PATH|fd=N", "the JSON control socket (fd=N: inherited, listening)"),
     Option("--force-kvm", None, "skip the vmx/svm host check"),
     Option("--disk", "PATH[,ro]", "raw disk image as virtio-blk (repeatable)", repeat=True),
     Option(

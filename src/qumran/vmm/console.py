@@ -17,7 +17,7 @@ import tty
 from collections.abc import Callable
 
 from qumran.vmm.mainloop import READ, Listener, MainLoop, Peer
-from qumran.vmm.sockets import bind_unix_socket
+from qumran.vmm.sockets import listen_unix_socket, remove_socket_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class SocketConsole(Console):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
-        self._sock = bind_unix_socket(path)
+        self._sock = listen_unix_socket(path)
         self._listener: Listener | None = None
         self._clients: set[Peer] = set()
         self._loop: MainLoop | None = None
@@ -159,8 +159,7 @@ class SocketConsole(Console):
             self._listener.close()
         else:
             self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        remove_socket_file(self.path)
 
 
 class ConsoleLog:
@@ -170,8 +169,14 @@ class ConsoleLog:
     never guest output."""
 
     def __init__(self, path: str, write: Callable[[bytes], None]) -> None:
+        """``path`` may be ``fd=N``: a file qumrand opened for appending and passed on."""
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            if path.startswith("fd=") and path[3:].isdigit():
+                self.fd = int(path[3:])
+                os.set_inheritable(self.fd, False)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+                self.fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise ValueError(f"cannot open the console log {path}: {exc.strerror}") from None
         self._write = write
@@ -188,7 +193,7 @@ class ConsoleLog:
 
 
 def open_console(spec: str) -> Console:
-    """``stdio``, ``socket:PATH`` or ``none``."""
+    """``stdio``, ``socket:PATH``, ``socket:fd=N`` (inherited, listening) or ``none``."""
     if spec == "stdio":
         return StdioConsole()
     if spec == "none":

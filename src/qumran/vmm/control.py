@@ -10,16 +10,14 @@ once, like QEMU's ``quit``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Callable
 
 from qumran.errors import InvalidArgument, QumranError
 from qumran.vmm.log import get_logger
 from qumran.vmm.machine import Machine
 from qumran.vmm.mainloop import Listener, MainLoop, Peer
-from qumran.vmm.sockets import bind_unix_socket
+from qumran.vmm.sockets import listen_unix_socket, remove_socket_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ class ControlServer:
         self.path = path
         self._machine = machine
         self._on_quit = on_quit
-        self._sock = bind_unix_socket(path)
+        self._sock = listen_unix_socket(path)
         self._listener: Listener | None = None
         self._loop: MainLoop | None = None
         self._clients: dict[Peer, bytearray] = {}  # each client's unfinished request line
@@ -132,8 +130,7 @@ class ControlServer:
             self._listener.close()
         else:
             self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        remove_socket_file(self.path)
 
 
 def _send(peer: Peer, reply: dict[str, Any]) -> None:

@@ -84,12 +84,17 @@ async def console_session(dom: Domain, websocket: WebSocket) -> None:
 
 
 async def vnc_session(dom: Domain, websocket: WebSocket) -> None:
-    """Relay RFB bytes between noVNC and the hypervisor's VNC UNIX socket."""
+    """Relay RFB bytes between noVNC and a connection the hypervisor's display serves."""
     assert dom.run is not None
     try:
-        reader, writer = await asyncio.open_unix_connection(str(dom.run.paths.vnc))
-    except OSError as exc:
-        await deny(websocket, InvalidState(f"VM {dom.name!r} has no display to connect to: {exc}"))
+        if not dom.spec.graphics:
+            raise InvalidState(f"VM {dom.name!r} has no graphical display (graphics: false)")
+        display = await dom.run.instance.open_display()
+        reader, writer = await asyncio.open_unix_connection(sock=display)
+    except (QumranError, OSError) as exc:
+        if isinstance(exc, OSError):
+            exc = InvalidState(f"VM {dom.name!r}: cannot reach its display: {exc.strerror}")
+        await deny(websocket, exc)
         return
     protocols = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="binary" if "binary" in protocols else None)

@@ -1,49 +1,36 @@
 """The native driver: one ``qumran-vmm`` process per VM, Qumran's own VMM on /dev/kvm.
 
-The same pipeline as the QEMU driver: check, build argv, spawn as the owner, wait for
-the control socket while watching the process, and quote its own words if it fails.
+The launch is every driver's (:mod:`qumran.drivers.startup`): this module gives it
+qumran-vmm's command line and speaks its control socket.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import socket
 import sys
 from pathlib import Path
 
 from qumran.config.spec import KernelBoot, VmSpec
-from qumran.drivers.base import Driver, EventSink, HostInfo, Instance, Owner, RunPaths
+from qumran.drivers.base import Driver, EventSink, HandoffFds, HostInfo, Instance, RunPaths
 from qumran.drivers.checks import check_files
 from qumran.drivers.native.control import VmmControl
-from qumran.drivers.process import ProcState, Spawned, spawn
-from qumran.drivers.startup import (
-    ProcessExited,
-    cmdline_mentions,
-    file_size,
-    kill,
-    log_tail,
-    remove_stale,
-    wait_for_socket,
-)
-from qumran.errors import HypervisorError, InvalidArgument, InvalidState, Timeout
-
-log = logging.getLogger(__name__)
-
-START_TIMEOUT = 30.0
+from qumran.drivers.process import Spawned
+from qumran.errors import InvalidArgument, InvalidState
 
 
 def vmm_binary() -> str:
     return str(Path(sys.executable).parent / "qumran-vmm")
 
 
-def build_argv(spec: VmSpec, paths: RunPaths, binary: str) -> list[str]:
+def build_argv(spec: VmSpec, fds: HandoffFds, binary: str) -> list[str]:
     assert isinstance(spec.boot, KernelBoot)
+    console = f"socket:fd={fds.console}" if fds.console is not None else "none"
     argv = [
         binary, "--name", spec.name, "--kernel", str(spec.boot.kernel),
         "--cmdline", spec.boot.cmdline, "--memory", f"{spec.memory}M",
-        "--vcpus", str(spec.vcpus), "--console", f"socket:{paths.console}",
-        "--console-log", str(paths.console_log),
-        "--control", str(paths.monitor),
+        "--vcpus", str(spec.vcpus), "--console", console,
+        "--console-log", f"fd={fds.console_log}",
+        "--control", f"fd={fds.monitor}",
     ]  # fmt: skip
     if spec.boot.initrd is not None:
         argv += ["--initrd", str(spec.boot.initrd)]
@@ -94,6 +81,7 @@ class NativeInstance(Instance):
 
 class NativeDriver(Driver):
     name = "native"
+    program = "qumran-vmm"
 
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or vmm_binary()
@@ -129,33 +117,21 @@ class NativeDriver(Driver):
             raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
         check_files(spec)
 
-    async def launch(
-        self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
-    ) -> NativeInstance:
-        self.check(spec)
-        argv = build_argv(spec, paths, self.binary)
-        remove_stale((paths.monitor, paths.console))
-        offset = file_size(paths.log)
-        process = spawn(argv, owner, paths.log)
-        control = VmmControl(spec.name)
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                await control.connect(await wait_for_socket(process, paths.monitor))
-        except TimeoutError:
-            await kill(process)
-            raise Timeout(f"qumran-vmm for VM {spec.name} did not start in time") from None
-        except ProcessExited:
-            raise HypervisorError(
-                f"qumran-vmm failed to start VM {spec.name}: {log_tail(paths.log, offset)}"
-            ) from None
-        return NativeInstance(process, paths, control)
+    def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
+        return build_argv(spec, fds, self.binary)
 
-    async def attach(
-        self, spec: VmSpec, paths: RunPaths, pid: int, events: EventSink
+    async def open_instance(
+        self,
+        spec: VmSpec,
+        process: Spawned,
+        paths: RunPaths,
+        monitor: socket.socket,
+        events: EventSink,
+        *,
+        stopped: bool = False,
     ) -> NativeInstance:
-        process = Spawned(pid)
-        if process.state() is ProcState.GONE or not cmdline_mentions(pid, str(paths.monitor)):
-            raise HypervisorError(f"process {pid} is not the qumran-vmm of VM {spec.name}")
         control = VmmControl(spec.name)
-        await control.connect(str(paths.monitor))
+        await control.connect(monitor)
+        if not stopped:
+            await control.call("status")  # the VMM is up and answering
         return NativeInstance(process, paths, control)

@@ -1,8 +1,12 @@
-"""The QEMU command line for a VM: a pure function of the spec, its paths and the accelerator.
+"""The QEMU command line for a VM: a pure function of the spec, the fds it inherits and
+the accelerator.
 
 Nothing here touches the system, so every option can be checked in a unit test. Options
 follow ``qemu-system-x86_64(1)`` for QEMU 7.2; key=value option strings escape a comma in
-a value by doubling it (QEMU's QemuOpts syntax), so any path is safe.
+a value by doubling it (QEMU's QemuOpts syntax), so any path is safe. QEMU opens no path
+of the daemon's: its monitor and console are sockets the daemon made (``fd=N``), its
+console log a file the daemon opened (an fd set), and its display has no socket at all
+(the daemon hands it each viewer's connection over QMP, ``add_client``).
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ import hashlib
 from typing import Literal
 
 from qumran.config.spec import Disk, DiskBoot, KernelBoot, Nic, VmSpec
-from qumran.drivers.base import RunPaths
+from qumran.drivers.base import HandoffFds
 
 Accel = Literal["kvm", "tcg"]
 QEMU_BINARY = "qemu-system-x86_64"
 MACHINE = "q35"
 
 
-def build_argv(spec: VmSpec, paths: RunPaths, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
+CONSOLE_LOG_FDSET = 1
+
+
+def build_argv(spec: VmSpec, fds: HandoffFds, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
     """The full argv (``binary`` first) that runs ``spec`` as one QEMU process."""
     return [
         binary,
@@ -27,11 +34,9 @@ def build_argv(spec: VmSpec, paths: RunPaths, accel: Accel, binary: str = QEMU_B
         *_boot(spec),
         *_disks(spec),
         *_nics(spec),
-        *_console(spec, paths),
-        *_display(spec, paths),
-        *_monitor(paths),
-        "-pidfile",
-        str(paths.pidfile),
+        *_console(spec, fds),
+        *_display(spec),
+        *_monitor(fds),
     ]
 
 
@@ -132,38 +137,44 @@ def default_mac(vm_name: str, index: int) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
-def _console(spec: VmSpec, paths: RunPaths) -> list[str]:
+def _console(spec: VmSpec, fds: HandoffFds) -> list[str]:
     # The daemon connects to this socket and fans the stream out to its clients; wait=off
     # lets the guest boot before anyone connects. The log file keeps everything the guest
-    # printed, so a restarted daemon can show recent output.
-    if not spec.serial:
+    # printed, so a restarted daemon can show recent output. QEMU opens a log file by
+    # name only, so the daemon's open file goes in an fd set (/dev/fdset/N), whose
+    # O_WRONLY|O_APPEND matches what QEMU asks for with logappend=on.
+    if not spec.serial or fds.console is None:
         return []
     chardev = (
-        f"socket,id=serial0,path={escape(str(paths.console))},server=on,wait=off,"
-        f"logfile={escape(str(paths.console_log))},logappend=on"
+        f"socket,id=serial0,fd={fds.console},server=on,wait=off,"
+        f"logfile=/dev/fdset/{CONSOLE_LOG_FDSET},logappend=on"
     )
-    return ["-chardev", chardev, "-serial", "chardev:serial0"]
+    return [
+        "-add-fd",
+        f"fd={fds.console_log},set={CONSOLE_LOG_FDSET},opaque=console.log",
+        "-chardev",
+        chardev,
+        "-serial",
+        "chardev:serial0",
+    ]
 
 
-def _display(spec: VmSpec, paths: RunPaths) -> list[str]:
+def _display(spec: VmSpec) -> list[str]:
+    # -vnc none: a VNC server with no listening socket. Viewers arrive one connection at
+    # a time, passed over QMP (getfd + add_client), so no socket path exists to abuse.
     if not spec.graphics:
         return ["-display", "none"]
-    return ["-display", "none", "-device", "VGA", "-vnc", f"unix:{escape(str(paths.vnc))}"]
+    return ["-display", "none", "-device", "VGA", "-vnc", "none"]
 
 
-def _monitor(paths: RunPaths) -> list[str]:
-    # Same as `-qmp unix:PATH,server=on,wait=off`, spelled as a chardev so the path can be
-    # escaped. It comes after the serial chardev: chardevs are created in command-line
-    # order, so once QMP answers, the console socket is listening too.
-    chardev = f"socket,id=monitor,path={escape(str(paths.monitor))},server=on,wait=off"
+def _monitor(fds: HandoffFds) -> list[str]:
+    # It comes after the serial chardev: chardevs are created in command-line order, and
+    # each re-listens on its socket (so SO_PEERCRED names QEMU), so once QMP answers, the
+    # console socket is QEMU's too.
+    chardev = f"socket,id=monitor,fd={fds.monitor},server=on,wait=off"
     return ["-chardev", chardev, "-mon", "chardev=monitor,mode=control"]
 
 
 def escape(value: str) -> str:
     """Escape a value inside a QEMU key=value option string (a comma is written twice)."""
     return value.replace(",", ",,")
-
-
-def describe(argv: list[str]) -> str:
-    """The argv as one shell-like line, for logs."""
-    return " ".join(arg if arg and " " not in arg else repr(arg) for arg in argv)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import socket
+
 from qumran.drivers.base import Instance, RunPaths
 from qumran.drivers.process import Spawned
 from qumran.drivers.qemu.monitor import QmpMonitor
@@ -10,9 +13,13 @@ from qumran.drivers.qemu.monitor import QmpMonitor
 class QemuInstance(Instance):
     """One QEMU process. ``process`` gives the daemon its pid, real state and exit status."""
 
-    def __init__(self, process: Spawned, paths: RunPaths, monitor: QmpMonitor) -> None:
+    def __init__(
+        self, process: Spawned, paths: RunPaths, monitor: QmpMonitor, *, graphics: bool = False
+    ) -> None:
         super().__init__(process, paths)
         self.monitor = monitor
+        self.graphics = graphics
+        self._viewers = itertools.count()
 
     async def powerdown(self) -> None:
         # ACPI power button: the guest decides whether and when to power off.
@@ -51,6 +58,25 @@ class QemuInstance(Instance):
             read += int(stats.get("rd_bytes", 0))
             written += int(stats.get("wr_bytes", 0))
         return read, written
+
+    async def open_display(self) -> socket.socket:
+        """One end of a new socket pair; QEMU's VNC server serves the other (add_client),
+        so the display never has a socket path anyone could point elsewhere."""
+        if not self.graphics:
+            return await super().open_display()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        name = f"vnc-viewer-{next(self._viewers)}"
+        try:
+            await self.monitor.pass_fd(theirs.fileno(), name)
+            await self.monitor.execute(
+                "add_client", {"protocol": "vnc", "fdname": name, "skipauth": True}
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
 
     async def close(self) -> None:
         await self.monitor.close()

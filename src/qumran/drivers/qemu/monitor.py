@@ -64,6 +64,7 @@ class QmpMonitor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: asyncio.Task[None] | None = None
         self._dc_task: asyncio.Task[None] | None = None
+        self._passing = asyncio.Lock()  # one fd in flight: getfd takes the last one sent
 
     @property
     def connected(self) -> bool:
@@ -86,7 +87,7 @@ class QmpMonitor:
         self._start(self._pump(), "events")
         self._start(self._watch(), "watch")
 
-    def connect_later(self, address: str) -> None:
+    def connect_later(self, address: str | socket.socket) -> None:
         """Connect in the background; commands wait for it. For a SIGSTOPped process,
         whose kernel accepts the connection but whose QEMU sends no greeting until SIGCONT."""
         self._session = asyncio.create_task(self.connect(address), name=f"qmp-{self.vm_name}")
@@ -110,6 +111,19 @@ class QmpMonitor:
             raise HypervisorError(
                 f"the monitor of VM {self.vm_name} is disconnected (has the process exited?)"
             ) from exc
+
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Give QEMU an open file descriptor under ``name`` (SCM_RIGHTS, then getfd)."""
+        async with self._passing:
+            try:
+                if self._session is not None:
+                    await asyncio.shield(self._session)
+                self._qmp.send_fd_scm(fd)
+            except (QMPError, OSError, AssertionError) as exc:
+                raise HypervisorError(
+                    f"cannot pass a file descriptor to the QEMU of VM {self.vm_name}: {exc}"
+                ) from exc
+            await self.execute("getfd", {"fdname": name})
 
     async def status(self) -> str:
         """QEMU's run state: "running", "paused", "internal-error", ... (query-status)."""
