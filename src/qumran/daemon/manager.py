@@ -27,6 +27,7 @@ from qumran.daemon.events import EventBus
 from qumran.daemon.stats import StatsSampler
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
 from qumran.drivers.base import Driver, GuestEvent, Owner, RunPaths
+from qumran.drivers.checks import check_memory
 from qumran.drivers.process import ProcState, proc_state
 from qumran.errors import (
     AlreadyExists,
@@ -87,12 +88,13 @@ class Manager:
         return driver
 
     # definitions
-    async def define(self, caller: Caller, doc: Any) -> Domain:
+    async def define(self, caller: Caller, doc: Any, *, force: bool = False) -> Domain:
         spec = validate_spec(doc)
+        check_memory(spec, force=force)
         driver = self.drivers.get(spec.hypervisor)
         if driver is None:
             raise InvalidArgument(f"hypervisor: {spec.hypervisor!r} is not available here")
-        driver.check(spec)
+        driver.check(spec, Owner(caller.uid, caller.gid))
         if spec.name in self.domains:
             raise AlreadyExists(f"a VM named {spec.name!r} already exists; pick another name")
         record = VmRecord(
@@ -137,9 +139,9 @@ class Manager:
 
     async def _launch(self, dom: Domain, reason: str) -> None:
         driver = self._driver(dom)
-        driver.check(dom.spec)
-        paths = self._prepare_run_dir(dom)
         owner = Owner(dom.owner, dom.record.owner_gid)
+        driver.check(dom.spec, owner)
+        paths = self._prepare_run_dir(dom)
         instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom))
         process = instance.process
         console = ConsoleBroker(paths.console)

@@ -74,10 +74,10 @@ class FakeDriver(Driver):
     def host_info(self) -> HostInfo:
         return HostInfo(self.name, "none", "the fake driver runs stand-in processes", "0")
 
-    def check(self, spec: VmSpec) -> None:
+    def check(self, spec: VmSpec, owner: Owner) -> None:
         if not self.check_paths:
             return
-        check_files(spec)
+        check_files(spec, owner)
 
     def argv(self, spec: VmSpec, paths: RunPaths) -> list[str]:
         argv = [
@@ -98,7 +98,7 @@ class FakeDriver(Driver):
     async def launch(
         self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
     ) -> FakeInstance:
-        self.check(spec)
+        self.check(spec, owner)
         argv = self.argv(spec, paths)
         remove_stale((paths.monitor, paths.console, paths.pidfile))
         offset = file_size(paths.log)

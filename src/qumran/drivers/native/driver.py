@@ -107,7 +107,7 @@ class NativeDriver(Driver):
         why = choice.reason.removeprefix("TCG: ")
         return HostInfo(self.name, "kvm", f"needs a hardware KVM: {why}", "qumran-vmm", False)
 
-    def check(self, spec: VmSpec) -> None:
+    def check(self, spec: VmSpec, owner: Owner) -> None:
         if not isinstance(spec.boot, KernelBoot):
             raise InvalidArgument("boot: qumran-vmm boots a kernel; disk boot needs QEMU")
         for i, disk in enumerate(spec.disks):
@@ -127,12 +127,12 @@ class NativeDriver(Driver):
             )
         if spec.graphics:
             raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
-        check_files(spec)
+        check_files(spec, owner)
 
     async def launch(
         self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
     ) -> NativeInstance:
-        self.check(spec)
+        self.check(spec, owner)
         argv = build_argv(spec, paths, self.binary)
         remove_stale((paths.monitor, paths.console))
         offset = file_size(paths.log)

@@ -66,13 +66,13 @@ class QemuDriver(Driver):
             return HostInfo(self.name, "none", f"{self.binary} does not run", "", False)
         return HostInfo(self.name, self.accel.accel, self.accel.reason, version)
 
-    def check(self, spec: VmSpec) -> None:
-        check_files(spec)
+    def check(self, spec: VmSpec, owner: Owner) -> None:
+        check_files(spec, owner)
 
     async def launch(
         self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
     ) -> QemuInstance:
-        self.check(spec)
+        self.check(spec, owner)
         argv = build_argv(spec, paths, self.accel.accel, self.binary)
         remove_stale((paths.monitor, paths.console, paths.vnc, paths.pidfile))
         log_offset = file_size(paths.log)
