@@ -101,14 +101,20 @@ class _Loader(yaml.SafeLoader):
 
 def load_yaml(text: str, source: str) -> Any:
     """Parse one YAML document; raise InvalidArgument with the file and line on error."""
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters already here
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         where = exc.problem_mark
         line = f" at line {where.line + 1}" if where is not None else ""
         raise InvalidArgument(f"{source}: invalid YAML{line}: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"{source}: invalid YAML: {exc}") from None
+    except yaml.reader.ReaderError as exc:
+        number = text.count("\n", 0, exc.position) + 1
+        char = f"U+{exc.character:04X}"
+        raise InvalidArgument(
+            f"{source}: invalid YAML at line {number}: character {char} is not allowed"
+        ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
