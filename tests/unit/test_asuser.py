@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -110,3 +112,35 @@ def test_errors_in_the_function_come_back_and_rights_are_restored() -> None:
 
 def test_the_daemons_own_uid_runs_in_place() -> None:
     assert run_as(os.geteuid(), os.getegid(), threading.get_native_id) == threading.get_native_id()
+
+
+@as_root
+def test_a_daemon_that_is_not_root_checks_with_its_own_rights(daemon_root: Path) -> None:
+    """A per-user qumrand cannot act as anyone else; its VMs run as it, so its own
+    rights are the ones to check with, and the answer names its own uid."""
+    secret = daemon_root / "secret"  # in a folder everyone may search (0755)
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    readable = daemon_root / "readable"
+    readable.write_text("anyone")
+    script = (
+        "import sys\n"
+        "from qumran.config.validate import validate_spec\n"
+        "from qumran.drivers.base import Owner\n"
+        "from qumran.drivers.checks import check_files\n"
+        "from qumran.errors import InvalidArgument\n"
+        "for path in sys.argv[1:]:\n"
+        "    doc = {'name': 'a', 'memory': 64, 'boot': {'kernel': path}}\n"
+        "    try:\n"
+        "        check_files(validate_spec(doc), Owner(0, 0))\n"
+        "        print('accepted')\n"
+        "    except InvalidArgument as exc:\n"
+        "        print(exc.message)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(readable), str(secret)],
+        capture_output=True, text=True, timeout=30, user=NOBODY, group=NOBODY, extra_groups=[],
+    )  # fmt: skip
+    lines = run.stdout.splitlines()
+    assert lines[0] == "accepted", run.stderr
+    assert lines[1].startswith(f"boot.kernel: {secret} cannot be opened by uid {NOBODY} (")
