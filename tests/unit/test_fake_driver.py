@@ -254,14 +254,14 @@ def test_a_failing_launch_quotes_the_process(paths: RunPaths) -> None:
 
 
 def test_check_refuses_missing_files_like_the_qemu_driver(tmp_path: Path) -> None:
-    FakeDriver().check(SPEC)
+    FakeDriver().check(SPEC, OWNER)
     missing = {"name": "m", "memory": 64, "boot": {"kernel": "/bin/sh", "initrd": "/no/initrd"}}
-    with pytest.raises(InvalidArgument, match=r"^boot.initrd: /no/initrd does not exist$"):
-        FakeDriver().check(VmSpec.model_validate(missing))
+    with pytest.raises(InvalidArgument, match=r"^boot.initrd: /no/initrd cannot be opened by"):
+        FakeDriver().check(VmSpec.model_validate(missing), OWNER)
     disk = {**missing, "boot": {"kernel": "/bin/sh"}, "disks": [{"path": str(tmp_path / "d")}]}
-    with pytest.raises(InvalidArgument, match=r"^disks\[0\].path: .*/d does not exist$"):
-        FakeDriver().check(VmSpec.model_validate(disk))
-    FakeDriver(check_paths=False).check(VmSpec.model_validate(missing))
+    with pytest.raises(InvalidArgument, match=r"^disks\[0\].path: .*/d cannot be opened by"):
+        FakeDriver().check(VmSpec.model_validate(disk), OWNER)
+    FakeDriver(check_paths=False).check(VmSpec.model_validate(missing), OWNER)
 
 
 def test_attach_from_a_second_driver(paths: RunPaths) -> None:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qumran.config.spec import VmSpec
-from qumran.drivers.base import RunPaths
+from qumran.drivers.base import Owner, RunPaths
 from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
 from qumran.errors import InvalidArgument
 from qumran.vmm import cmdline
 from qumran.vmm.devices.virtio.backends import DiskSpec
 
 PATHS = RunPaths(Path("/run/qumran/vms/web"))
+OWNER = Owner(os.getuid(), os.getgid())  # the test itself: files opened as it is
 
 
 def spec(tmp: Path, **fields: Any) -> VmSpec:
@@ -33,7 +35,7 @@ def test_raw_disks_become_virtio_blk_in_order_and_qumran_vmm_reads_them_back(
 ) -> None:
     disks = [{"path": str(tmp_path / "a.img")}, {"path": str(tmp_path / "b.img"), "readonly": True}]
     s = spec(tmp_path, disks=disks)
-    NativeDriver("qumran-vmm").check(s)
+    NativeDriver("qumran-vmm").check(s, OWNER)
     args = cmdline.parse(build_argv(s, PATHS, "qumran-vmm")[1:])
     assert [DiskSpec.parse(d) for d in args.disk] == [
         DiskSpec(str(tmp_path / "a.img"), False),
@@ -53,14 +55,14 @@ MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
         (COMMA, "disks[0].path: qumran-vmm cannot open a path with a comma"),
         ({"nics": [{}]}, "nics: qumran-vmm has no user-mode networking"),
         ({"graphics": True}, "graphics: qumran-vmm has no display"),
-        (MISSING, "disks[0].path: /nonexistent/a.img does not exist"),
+        (MISSING, "disks[0].path: /nonexistent/a.img cannot be opened by uid"),
     ],
 )
 def test_what_qumran_vmm_cannot_do_is_one_clear_error(
     tmp_path: Path, fields: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidArgument) as err:
-        NativeDriver("qumran-vmm").check(spec(tmp_path, **fields))
+        NativeDriver("qumran-vmm").check(spec(tmp_path, **fields), OWNER)
     assert str(err.value).startswith(message)
 
 

@@ -119,13 +119,14 @@ def do_host(args: argparse.Namespace) -> int:
 
 
 def _define_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="a definition file (.yaml, .yml or .toml)")
+    p.add_argument("file", metavar="FILE", help="a definition file (.yaml, .yml, .toml or .json)")
+    p.add_argument("--force", action="store_true", help="allow more memory than the host has")
 
 
 def do_define(args: argparse.Namespace) -> int:
     from qumran.config.files import read_definition
 
-    vm = _client(args).define(read_definition(args.file))
+    vm = _client(args).define(read_definition(args.file), force=args.force)
     return _done(args, vm, f"VM '{vm['name']}' defined from {args.file}")
 
 

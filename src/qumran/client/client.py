@@ -55,8 +55,8 @@ class Client:
         result: VmInfo = self._call("GET", _vm(name))
         return result
 
-    def define(self, doc: dict[str, Any]) -> VmInfo:
-        result: VmInfo = self._call("POST", "/v1/vms", doc)
+    def define(self, doc: dict[str, Any], *, force: bool = False) -> VmInfo:
+        result: VmInfo = self._call("POST", "/v1/vms?force=true" if force else "/v1/vms", doc)
         return result
 
     def undefine(self, name: str) -> None:

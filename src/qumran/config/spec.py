@@ -23,11 +23,57 @@ from pydantic import (
 
 from qumran.config.units import parse_size
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$"
-_NAME = re.compile(NAME_PATTERN)
-_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+# Matched with fullmatch: with re.match, "$" also matches before a final newline, and
+# "web\n" would be taken as a second VM that looks like "web" in `qumran list`.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}"
+_NAME = re.compile(NAME_PATTERN, re.ASCII)
+_MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", re.ASCII)
+
+# The bounds of a definition (docs/definitions.md lists them).
 MIN_MEMORY_MIB = 16
+MAX_MEMORY_MIB = 16 << 20  # 16 TiB; the host's RAM is checked at define (unless forced)
 MAX_VCPUS = 64
+MAX_DISKS = 16
+MAX_NICS = 8
+MAX_CMDLINE = 4096  # bytes; Linux itself keeps 2048 on x86 (COMMAND_LINE_SIZE)
+PATH_MAX = 4096  # linux/limits.h: bytes, the terminating NUL included
+NAME_MAX = 255  # linux/limits.h: bytes in one path component
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``repr`` of a user's value, cut short: an error message never echoes a megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _encoded(value: str, what: str) -> bytes:
+    """The bytes the kernel will see; refuses what cannot reach it intact."""
+    if "\0" in value:
+        raise ValueError(f"{what} contains a NUL character")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text") from None
+
+
+def _host_path(value: Any) -> Any:
+    """Bounds on a path field, checked before pydantic makes it a Path."""
+    if not isinstance(value, str):
+        return value  # pydantic's own type error says what was expected
+    if not value:
+        raise ValueError("path is empty; give an absolute path")
+    raw = _encoded(value, "path")
+    if len(raw) >= PATH_MAX:
+        raise ValueError(f"path is {len(raw)} bytes long; the limit is {PATH_MAX - 1}")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise ValueError(
+            f"path has a {len(longest)}-byte component; each file or folder name is at most "
+            f"{NAME_MAX} bytes"
+        )
+    if not value.startswith("/"):
+        raise ValueError(f"path must be absolute, got {shown(value)}")
+    return value
 
 
 class Spec(BaseModel):
@@ -43,18 +89,21 @@ class KernelBoot(Spec):
     initrd: Path | None = None
     cmdline: str = ""
 
-    @field_validator("kernel", "initrd")
+    _paths = field_validator("kernel", "initrd", mode="before")(_host_path)
+
+    @field_validator("cmdline")
     @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError(f"path must be absolute, got {str(value)!r}")
+    def _cmdline(cls, value: str) -> str:
+        size = len(_encoded(value, "cmdline"))
+        if size > MAX_CMDLINE:
+            raise ValueError(f"cmdline is {size} bytes long; the limit is {MAX_CMDLINE}")
         return value
 
 
 class DiskBoot(Spec):
     """Firmware boot from the first disk (QEMU driver only)."""
 
-    disk: int = Field(default=0, ge=0, description="index into `disks`")
+    disk: int = Field(default=0, ge=0, lt=MAX_DISKS, description="index into `disks`")
 
 
 def _boot_kind(value: Any) -> str:
@@ -74,12 +123,7 @@ class Disk(Spec):
     format: Literal["raw", "qcow2"] = "raw"
     readonly: bool = False
 
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"path must be absolute, got {str(value)!r}")
-        return value
+    _path = field_validator("path", mode="before")(_host_path)
 
 
 class Nic(Spec):
@@ -93,8 +137,8 @@ class Nic(Spec):
         if value is None:
             return None
         value = value.lower()
-        if not _MAC.match(value):
-            raise ValueError(f"{value!r} is not a MAC address such as 52:54:00:12:34:56")
+        if not _MAC.fullmatch(value):
+            raise ValueError(f"{shown(value)} is not a MAC address such as 52:54:00:12:34:56")
         if int(value[:2], 16) & 1:
             raise ValueError(f"{value!r} is a multicast address; use a unicast one")
         return value
@@ -108,17 +152,17 @@ class VmSpec(Spec):
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
     hypervisor: Literal["qemu", "native"] = "qemu"
     boot: Boot
-    disks: tuple[Disk, ...] = ()
-    nics: tuple[Nic, ...] = ()
+    disks: tuple[Disk, ...] = Field(default=(), max_length=MAX_DISKS)
+    nics: tuple[Nic, ...] = Field(default=(), max_length=MAX_NICS)
     serial: bool = Field(default=True, description="a serial console on COM1")
     graphics: bool = Field(default=False, description="a VNC display (QEMU driver)")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value) or value in {".", ".."}:
+        if not _NAME.fullmatch(value) or value in {".", ".."}:
             raise ValueError(
-                f"{value!r} is not a valid name: use 1-63 letters, digits, '.', '_', '+' "
+                f"{shown(value)} is not a valid name: use 1-63 letters, digits, '.', '_', '+' "
                 "or '-', starting with a letter or digit"
             )
         return value
@@ -131,6 +175,8 @@ class VmSpec(Spec):
         mib = parse_size(value, "M") // (1 << 20)
         if mib < MIN_MEMORY_MIB:
             raise ValueError(f"{mib} MiB is too little; at least {MIN_MEMORY_MIB} MiB")
+        if mib > MAX_MEMORY_MIB:  # the number itself may be thousands of digits: not shown
+            raise ValueError(f"more than any host has; at most {MAX_MEMORY_MIB} MiB (16T)")
         return mib
 
     @model_validator(mode="after")

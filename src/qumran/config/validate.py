@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qumran.config.spec import VmSpec
+from qumran.config.spec import VmSpec, shown
 from qumran.errors import InvalidArgument
+
+MAX_REPORTED = 10  # errors listed in one message; a hostile document may hold thousands
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -18,7 +20,9 @@ def _where(loc: tuple[int | str, ...]) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            # An unknown key is the user's text: show it quoted if it is not a plain word.
+            text = item if item.isidentifier() and len(item) <= 40 else shown(item)
+            parts.append(("." if parts else "") + text)
     return "".join(parts) or "(top level)"
 
 
@@ -28,6 +32,9 @@ def _reason(error: Any) -> str:
         return "unknown field (check the spelling; see docs/definitions.md)"
     if kind == "missing":
         return "required field is missing"
+    if kind == "too_long":
+        ctx = error.get("ctx", {})
+        return f"at most {ctx.get('max_length')} entries, got {ctx.get('actual_length')}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 
@@ -39,5 +46,8 @@ def validate_spec(doc: Any) -> VmSpec:
     try:
         return VmSpec.model_validate(doc)
     except ValidationError as exc:
-        lines = [f"{_where(e['loc'])}: {_reason(e)}" for e in exc.errors()]
+        errors = exc.errors()
+        lines = [f"{_where(e['loc'])}: {_reason(e)}" for e in errors[:MAX_REPORTED]]
+        if len(errors) > MAX_REPORTED:
+            lines.append(f"and {len(errors) - MAX_REPORTED} more errors")
         raise InvalidArgument("invalid definition: " + "; ".join(lines)) from None

@@ -86,8 +86,12 @@ def build_app(manager: Manager) -> FastAPI:
         return [VmInfo(**d.info()) for d in doms if all or d.active]
 
     @app.post("/v1/vms", status_code=201)
-    async def define(request: Request, doc: dict[str, Any] = Body(...)) -> VmInfo:  # noqa: B008
-        return VmInfo(**(await manager.define(caller_of(request), doc)).info())
+    async def define(
+        request: Request,
+        doc: dict[str, Any] = Body(...),  # noqa: B008
+        force: bool = False,  # memory beyond the host's RAM
+    ) -> VmInfo:
+        return VmInfo(**(await manager.define(caller_of(request), doc, force=force)).info())
 
     @app.get("/v1/vms/{name}")
     async def get_vm(request: Request, name: str) -> VmInfo:

@@ -27,6 +27,7 @@ from qumran.daemon.stats import StatsSampler
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
 from qumran.drivers import rundir
 from qumran.drivers.base import Driver, GuestEvent, Instance, Owner, RunPaths
+from qumran.drivers.checks import check_memory
 from qumran.drivers.process import ProcState, proc_state
 from qumran.drivers.startup import connect_to_process
 from qumran.errors import (
@@ -88,12 +89,13 @@ class Manager:
         return driver
 
     # definitions
-    async def define(self, caller: Caller, doc: Any) -> Domain:
+    async def define(self, caller: Caller, doc: Any, *, force: bool = False) -> Domain:
         spec = validate_spec(doc)
+        check_memory(spec, force=force)
         driver = self.drivers.get(spec.hypervisor)
         if driver is None:
             raise InvalidArgument(f"hypervisor: {spec.hypervisor!r} is not available here")
-        driver.check(spec)
+        driver.check(spec, Owner(caller.uid, caller.gid))
         if spec.name in self.domains:
             raise AlreadyExists(f"a VM named {spec.name!r} already exists; pick another name")
         record = VmRecord(
@@ -138,9 +140,8 @@ class Manager:
 
     async def _launch(self, dom: Domain, reason: str) -> None:
         driver = self._driver(dom)
-        driver.check(dom.spec)
-        paths = rundir.create(self._run_dir_of(dom))
         owner = Owner(dom.owner, dom.record.owner_gid)
+        paths = rundir.create(self._run_dir_of(dom))
         instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom))
         process = instance.process
         console = ConsoleBroker(dom.name)

@@ -154,8 +154,9 @@ class Driver(ABC):
     def host_info(self) -> HostInfo: ...
 
     @abstractmethod
-    def check(self, spec: VmSpec) -> None:
-        """Raise InvalidArgument if this driver cannot run ``spec`` (before any launch)."""
+    def check(self, spec: VmSpec, owner: Owner) -> None:
+        """Raise InvalidArgument if this driver cannot run ``spec`` for ``owner`` (before
+        any launch); files are checked with the owner's rights (drivers/checks.py)."""
 
     @abstractmethod
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:

@@ -25,6 +25,7 @@ from qumran.drivers.base import (
     HandoffFds,
     HostInfo,
     Instance,
+    Owner,
     RunPaths,
 )
 from qumran.drivers.checks import check_files
@@ -67,10 +68,10 @@ class FakeDriver(Driver):
     def host_info(self) -> HostInfo:
         return HostInfo(self.name, "none", "the fake driver runs stand-in processes", "0")
 
-    def check(self, spec: VmSpec) -> None:
+    def check(self, spec: VmSpec, owner: Owner) -> None:
         if not self.check_paths:
             return
-        check_files(spec)
+        check_files(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
         argv = [

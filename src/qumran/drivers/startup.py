@@ -43,6 +43,7 @@ class ProcessExited(Exception):
 async def launch(
     driver: Driver, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
 ) -> Instance:
+    driver.check(spec, owner)  # again at each start: files change after define
     with RunDir(paths) as run_dir:
         offset = run_dir.size(paths.log.name)
         handoff = Handoff(run_dir, serial=spec.serial)

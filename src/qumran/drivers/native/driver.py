@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 
 from qumran.config.spec import KernelBoot, VmSpec
-from qumran.drivers.base import Driver, EventSink, HandoffFds, HostInfo, Instance, RunPaths
+from qumran.drivers.base import (
+    Driver,
+    EventSink,
+    HandoffFds,
+    HostInfo,
+    Instance,
+    Owner,
+    RunPaths,
+)
 from qumran.drivers.checks import check_files
 from qumran.drivers.native.control import VmmControl
 from qumran.drivers.process import Spawned
@@ -95,7 +103,7 @@ class NativeDriver(Driver):
         why = choice.reason.removeprefix("TCG: ")
         return HostInfo(self.name, "kvm", f"needs a hardware KVM: {why}", "qumran-vmm", False)
 
-    def check(self, spec: VmSpec) -> None:
+    def check(self, spec: VmSpec, owner: Owner) -> None:
         if not isinstance(spec.boot, KernelBoot):
             raise InvalidArgument("boot: qumran-vmm boots a kernel; disk boot needs QEMU")
         for i, disk in enumerate(spec.disks):
@@ -115,7 +123,7 @@ class NativeDriver(Driver):
             )
         if spec.graphics:
             raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
-        check_files(spec)
+        check_files(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
         return build_argv(spec, fds, self.binary)

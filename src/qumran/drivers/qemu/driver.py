@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 
 from qumran.config.spec import VmSpec
-from qumran.drivers.base import Driver, EventSink, HandoffFds, HostInfo, RunPaths
+from qumran.drivers.base import Driver, EventSink, HandoffFds, HostInfo, Owner, RunPaths
 from qumran.drivers.checks import check_files
 from qumran.drivers.process import Spawned
 from qumran.drivers.qemu.accel import AccelChoice, choose_accel, qemu_version
@@ -53,8 +53,8 @@ class QemuDriver(Driver):
             return HostInfo(self.name, "none", f"{self.binary} does not run", "", False)
         return HostInfo(self.name, self.accel.accel, self.accel.reason, version)
 
-    def check(self, spec: VmSpec) -> None:
-        check_files(spec)
+    def check(self, spec: VmSpec, owner: Owner) -> None:
+        check_files(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
         return build_argv(spec, fds, self.accel.accel, self.binary)
