@@ -305,10 +305,15 @@ def make_private_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         st = os.stat(path)
+    except FileExistsError:
+        st = os.stat(path)
     except OSError as exc:
         raise StoreError(_os_problem(path, "the state directory", exc)) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"the state directory {path} is not a directory (use --state-dir)")
+        raise StoreError(
+            f"the state directory {path} is not a directory; move it away or point "
+            "--state-dir elsewhere"
+        )
     _check_owner(path, "the state directory", st)
     if stat.S_IMODE(st.st_mode) & 0o077:
         log.warning("the state directory %s was mode %o; making it 0700", path,
