@@ -248,3 +248,29 @@ def a_second_user() -> pwd.struct_passwd:
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
         return pwd.getpwnam(name)
+
+
+def test_a_qumrand_started_on_the_first_qumrans_store(daemon_root: Path) -> None:
+    state = daemon_root / "state"
+    state.mkdir(mode=0o755)  # as the first qumrand left it: readable by everyone
+    shutil.copy(FIXTURES / "store-v0.db", state / "qumran.db")
+    (state / "qumran.db").chmod(0o644)
+    daemon = Daemon(daemon_root)
+    daemon.start()
+    try:
+        vms = {vm["name"]: vm for vm in daemon.call("GET", "/v1/vms?all=true").json()}
+        assert {n: (v["uuid"], v["owner"], v["autostart"]) for n, v in vms.items()} == {
+            n: (uuid, owner, autostart) for n, (uuid, owner, autostart, _) in V0_VMS.items()
+        }
+        # web1's process (pid 4242 of another boot) is long gone; db keeps its reason.
+        assert (vms["web1"]["state"], vms["web1"]["reason"]) == ("shutoff", "gone")
+        assert (vms["db"]["state"], vms["db"]["reason"]) == ("shutoff", "killed")
+        assert vms["db"]["definition"]["hypervisor"] == "native"
+        events = daemon.call("GET", "/v1/events").json()
+        assert [e["id"] for e in events][:7] == [1, 2, 3, 4, 5, 6, 7]
+        assert (events[-1]["vm"], events[-1]["event"], events[-1]["reason"]) == (
+            "web1", "stopped", "gone",
+        )  # fmt: skip
+        assert mode(state) == 0o700 and mode(state / "qumran.db") == 0o600
+    finally:
+        daemon.cleanup()
