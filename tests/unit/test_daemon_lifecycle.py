@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import json
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -176,10 +177,13 @@ def test_vm_that_died_while_the_daemon_was_away(fake_daemon: Daemon) -> None:
     define(fake_daemon, "gone")
     pid = action(fake_daemon, "gone", "start")["pid"]
     fake_daemon.stop(signal.SIGKILL)
+    pidfd = os.pidfd_open(pid)
     os.kill(pid, signal.SIGKILL)
-    time.sleep(0.2)
+    assert select.select([pidfd], [], [], 10)[0]  # readable once the process has exited
+    os.close(pidfd)
     fake_daemon.start()
-    assert fake_daemon.vm("gone")["state"] == "shutoff"
+    info = fake_daemon.vm("gone")
+    assert (info["state"], info["reason"]) == ("shutoff", "gone")
 
 
 def test_autostart_starts_vms_with_the_daemon(fake_daemon: Daemon) -> None:
@@ -199,6 +203,7 @@ def test_events_record_transitions(fake_daemon: Daemon) -> None:
     action(fake_daemon, "ev", "destroy")
     events = [e["event"] for e in fake_daemon.call("GET", "/v1/events").json() if e["vm"] == "ev"]
     assert events == ["defined", "started", "stopped"]
+    assert fake_daemon.call("GET", f"/v1/events?since={2**70}").json() == []  # not a 500
 
 
 def test_reboot_asks_the_guest_and_reset_does_not(fake_daemon: Daemon) -> None:

@@ -67,6 +67,7 @@ def test_events_filtered_by_owner_and_cursor(tmp_path: Path) -> None:
     store.add_event("u2", "b", 1001, "started", "running", "booted", "")
     assert [e.vm for e in store.events(0, 1000)] == ["a"]
     assert [e.vm for e in store.events(first.id)] == ["b"]
+    assert store.events(2**70) == [] and len(store.events(-(2**70))) == 2  # no overflow
 
 
 # the schema's version -------------------------------------------------------------------
