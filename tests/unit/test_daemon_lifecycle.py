@@ -6,9 +6,11 @@ are real; only the hypervisor is pretend.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -175,10 +177,13 @@ def test_vm_that_died_while_the_daemon_was_away(fake_daemon: Daemon) -> None:
     define(fake_daemon, "gone")
     pid = action(fake_daemon, "gone", "start")["pid"]
     fake_daemon.stop(signal.SIGKILL)
+    pidfd = os.pidfd_open(pid)
     os.kill(pid, signal.SIGKILL)
-    time.sleep(0.2)
+    assert select.select([pidfd], [], [], 10)[0]  # readable once the process has exited
+    os.close(pidfd)
     fake_daemon.start()
-    assert fake_daemon.vm("gone")["state"] == "shutoff"
+    info = fake_daemon.vm("gone")
+    assert (info["state"], info["reason"]) == ("shutoff", "gone")
 
 
 def test_autostart_starts_vms_with_the_daemon(fake_daemon: Daemon) -> None:
@@ -198,6 +203,7 @@ def test_events_record_transitions(fake_daemon: Daemon) -> None:
     action(fake_daemon, "ev", "destroy")
     events = [e["event"] for e in fake_daemon.call("GET", "/v1/events").json() if e["vm"] == "ev"]
     assert events == ["defined", "started", "stopped"]
+    assert fake_daemon.call("GET", f"/v1/events?since={2**70}").json() == []  # not a 500
 
 
 def test_reboot_asks_the_guest_and_reset_does_not(fake_daemon: Daemon) -> None:
@@ -267,3 +273,60 @@ def test_events_are_pushed_live(fake_daemon: Daemon) -> None:
         action(fake_daemon, "live", "start")
         event = json.loads(ws.recv(timeout=5))
     assert (event["vm"], event["event"], event["state"]) == ("live", "started", "running")
+
+
+def fakevm_pids(daemon: Daemon) -> set[int]:
+    """Every stand-in VM process of this daemon, from /proc (whoever tracks it or not)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"qumran.drivers.fakevm" in argv and any(str(daemon.root).encode() in a for a in argv):
+            found.add(int(entry.name))
+    return found
+
+
+def tracked_pids(daemon: Daemon) -> set[int]:
+    return {vm["pid"] for vm in daemon.call("GET", "/v1/vms?all=true").json() if vm["pid"]}
+
+
+def test_undefine_racing_start_leaves_nothing_untracked(fake_daemon: Daemon) -> None:
+    """destroy, undefine 10 ms later, start 2 ms after that: the start that queued behind
+    the undefine must find the VM gone (404), never launch a process nobody tracks."""
+    ops = [(0.0, "POST", "/v1/vms/race/destroy"), (0.010, "DELETE", "/v1/vms/race"),
+           (0.012, "POST", "/v1/vms/race/start")]  # fmt: skip
+    # Whatever order the three end up in, it is some serial order of them: these codes.
+    serial = {
+        (200, 204, 404),  # destroy, undefine, start
+        (200, 409, 200),  # destroy, start, undefine (or undefine first, refused)
+        (200, 409, 409),  # undefine and start both before destroy
+        (200, 204, 409),  # start (already running), destroy, undefine
+    }
+    clients = [fake_daemon.client() for _ in ops]  # made beforehand: the timing is the calls'
+
+    def at(i: int) -> int:
+        delay, method, path = ops[i]
+        time.sleep(delay)  # the scenario's own timing, not a wait for something
+        return clients[i].request(method, path).status_code
+
+    outcomes: collections.Counter[tuple[int, ...]] = collections.Counter()
+    with concurrent.futures.ThreadPoolExecutor(len(ops)) as pool:
+        for _ in range(50):
+            define(fake_daemon, "race")
+            action(fake_daemon, "race", "start")
+            codes = tuple(pool.map(at, range(len(ops))))
+            outcomes[codes] += 1
+            assert codes in serial, codes  # above all: no 500
+            assert fakevm_pids(fake_daemon) == tracked_pids(fake_daemon), codes
+            if codes[2] == 200:  # the start went before the undefine: tidy up
+                action(fake_daemon, "race", "destroy")
+            if fake_daemon.call("GET", "/v1/vms/race").status_code == 200:
+                assert fake_daemon.call("DELETE", "/v1/vms/race").status_code == 204
+    for client in clients:
+        client.close()
+    assert outcomes[(200, 204, 404)] > 0, outcomes  # the race the test is about did happen
+    assert "bug:" not in fake_daemon.log.read_text()

@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
+from qumran.daemon.domain import Event, Reason, State
 from qumran.daemon.store import EventRecord, Store
 
 log = logging.getLogger(__name__)
@@ -18,10 +19,21 @@ class EventBus:
         self._subscribers: set[asyncio.Queue[EventRecord]] = set()
 
     def emit(
-        self, uuid: str, vm: str, owner: int, event: str, state: str, reason: str, detail: str = ""
+        self,
+        uuid: str,
+        vm: str,
+        owner: int,
+        event: Event,
+        state: State,
+        reason: Reason,
+        detail: str = "",
     ) -> EventRecord:
-        record = self._store.add_event(uuid, vm, owner, event, state, reason, detail)
-        log.info("vm %s: %s (state %s, reason %s) %s", vm, event, state, reason, detail)
+        """Record one event (the store keeps and the API sends the enums' string values)."""
+        record = self._store.add_event(
+            uuid, vm, owner, event.value, state.value, reason.value, detail
+        )
+        log.info("vm %s: %s (state %s, reason %s) %s", vm, event.value, state.value,
+                 reason.value, detail)  # fmt: skip
         for queue in list(self._subscribers):
             if queue.qsize() < 1000:
                 queue.put_nowait(record)

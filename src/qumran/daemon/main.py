@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -12,11 +13,14 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qumran.config.paths import default_socket_path, runtime_dir, state_dir
 from qumran.drivers.base import Driver
 from qumran.errors import QumranError
+
+if TYPE_CHECKING:
+    from qumran.daemon.manager import Manager
 
 log = logging.getLogger("qumran.daemon")
 
@@ -68,16 +72,45 @@ def bind_socket(path: str) -> socket.socket:
     except (FileNotFoundError, ConnectionRefusedError):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    except OSError as exc:
+        raise _socket_problem(path, exc) from None
     else:
-        raise QumranError(f"another qumrand is already listening on {path}")
+        raise QumranError(
+            f"another qumrand is already listening on {path}; stop it first, "
+            "or give this one another --socket"
+        )
     finally:
         probe.close()
-    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o666)  # anyone may connect; SO_PEERCRED decides what they may do
-    sock.listen(128)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        sock.bind(path)
+        os.chmod(path, 0o666)  # anyone may connect; SO_PEERCRED decides what they may do
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise _socket_problem(path, exc) from None
     return sock
+
+
+def _socket_problem(path: str, exc: OSError) -> QumranError:
+    return QumranError(
+        f"cannot listen on {path}: {exc.strerror or exc}; "
+        "choose another path with --socket (or QUMRAN_SOCKET)"
+    )
+
+
+def prepare_run_dir(run: Path) -> None:
+    """The run directory must exist and be ours to write: each VM's files go below it."""
+    try:
+        run.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if not os.access(run, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise QumranError(
+            f"cannot use the run directory {run}: {exc.strerror or exc}; make it writable "
+            "by the daemon's user or choose another with --run-dir"
+        ) from None
 
 
 def _server_class() -> type:
@@ -108,7 +141,10 @@ def bind_web(address: str) -> socket.socket:
         sock.bind((host, int(port)))
     except OSError as exc:
         sock.close()
-        raise QumranError(f"cannot serve the web manager on {address}: {exc.strerror}") from None
+        raise QumranError(
+            f"cannot serve the web manager on {address}: {exc.strerror}; "
+            "choose another address with --web HOST:PORT"
+        ) from None
     sock.listen(128)
     return sock
 
@@ -140,22 +176,44 @@ def _web_server(address: str, manager: Any, app: Any) -> Any:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from qumran.daemon.api import build_app
     from qumran.daemon.manager import Manager
-    from qumran.daemon.peer import PeerCredProtocol
     from qumran.daemon.store import Store
 
     socket_path = args.socket or default_socket_path()
     run = args.run_dir or runtime_dir()
     state = args.state_dir or state_dir()
-    run.mkdir(parents=True, exist_ok=True, mode=0o755)
-    store = Store(state / "qumran.db")
-    manager = Manager(store, make_drivers(args.driver), run)
-    web_sock = bind_web(args.web) if args.web else None
-    sock = bind_socket(socket_path)
-    await manager.restore()
+    with contextlib.ExitStack() as opened:  # what start-up got before a failure, let go
+        prepare_run_dir(run)
+        web_sock = bind_web(args.web) if args.web else None  # a busy port fails fast
+        if web_sock is not None:
+            opened.callback(web_sock.close)
+        # The socket before the store: a second qumrand stops here, not touching the store.
+        sock = bind_socket(socket_path)
+        opened.callback(_unlink, socket_path)
+        opened.callback(sock.close)
+        store = Store(state / "qumran.db")
+        opened.callback(store.close)
+        manager = Manager(store, make_drivers(args.driver), run)
+        await _serve(args, manager, sock, web_sock, socket_path)
+
+
+async def _serve(
+    args: argparse.Namespace,
+    manager: Manager,
+    sock: socket.socket,
+    web_sock: socket.socket | None,
+    socket_path: str,
+) -> None:
+    import uvicorn
+
+    from qumran.daemon.api import build_app
+    from qumran.daemon.peer import PeerCredProtocol
+
+    try:
+        await manager.restore()
+    except BaseException:
+        await manager.close()
+        raise
     app = build_app(manager)
     web = _web_server(args.web, manager, app) if args.web else None
     config = uvicorn.Config(
@@ -177,7 +235,8 @@ async def serve(args: argparse.Namespace) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    log.info("qumrand listening on %s (run dir %s, state %s)", socket_path, run, state)
+    log.info("qumrand listening on %s (run dir %s, state %s)", socket_path, manager.run_dir,
+             manager.store.path)  # fmt: skip
     try:
         if web is None:
             await server.serve(sockets=[sock])
@@ -187,10 +246,12 @@ async def serve(args: argparse.Namespace) -> None:
                 group.create_task(web.serve(sockets=[web_sock]))
     finally:
         await manager.close()
-        store.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
         log.info("qumrand stopped; running VMs keep running")
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one line for people; the traceback for --log-level debug
+        log.debug("qumrand failed", exc_info=exc)
+        print(f"qumrand: internal error: {exc!r} (--log-level debug shows where)", file=sys.stderr)
+        return 1
     return 0
 
 

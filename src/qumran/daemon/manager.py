@@ -1,8 +1,11 @@
 """The domain manager: definitions, ownership, lifecycle — the heart of qumrand.
 
 Every operation on a VM takes that VM's lock, so concurrent requests on one VM are
-serialised while different VMs proceed in parallel. State changes are made on the event
-loop, and each one is an event.
+serialised while different VMs proceed in parallel; under the lock it checks again that
+the VM is still defined (an undefine may have gone first). State changes are made on the
+event loop through the domain's transition table, and each one is an event. Every
+background task (a VM's watcher, letting go of a stopped VM) is the manager's, and
+:meth:`Manager.close` waits for them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import signal
 import time
 import uuid as uuidlib
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 from qumran.config.validate import validate_spec
 from qumran.daemon import supervisor
 from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
-from qumran.daemon.domain import Domain, Running, State
+from qumran.daemon.domain import Domain, Event, IllegalTransition, Reason, Running, State
 from qumran.daemon.events import EventBus
 from qumran.daemon.stats import StatsSampler
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
@@ -43,6 +47,9 @@ from qumran.errors import (
 log = logging.getLogger(__name__)
 
 DESTROY_GRACE_SECONDS = 3.0
+# Guest resets this close together are one reboot: firmware resets once more by itself,
+# and a guest may try several reset methods in a row (QEMU reports each one).
+RESET_BURST_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class Manager:
         self.domains: dict[str, Domain] = {}
         self.stats = StatsSampler(self.domains)
         self._admin_uid = os.geteuid()  # root, or the user a per-user daemon runs as
+        self._tasks: set[asyncio.Task[None]] = set()  # every background task; close() waits
 
     # ownership
     def _may_manage(self, caller: Caller, dom: Domain) -> bool:
@@ -78,6 +86,16 @@ class Manager:
         if not self._may_manage(caller, dom):
             raise PermissionDenied(f"VM {name!r} belongs to another user")
         return dom
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, caller: Caller, name: str) -> AsyncIterator[Domain]:
+        """The VM ``name``, its lock held, still defined: an operation queued behind an
+        undefine (or behind an undefine and a new define of the name) finds it gone."""
+        dom = self.get(caller, name)
+        async with dom.lock:
+            if dom.undefined or self.domains.get(name) is not dom:
+                raise NotFound(f"no VM named {name!r} (it was undefined meanwhile)")
+            yield dom
 
     def _driver(self, dom: Domain) -> Driver:
         driver = self.drivers.get(dom.spec.hypervisor)
@@ -108,37 +126,33 @@ class Manager:
         )
         self.store.add_vm(record)
         dom = Domain(record, spec)
-        dom.reason = "defined"
         self.domains[spec.name] = dom
-        self._changed(dom, "defined", State.SHUTOFF, "defined", "")
+        self._changed(dom, Event.DEFINED, Reason.DEFINED)
         return dom
 
     async def undefine(self, caller: Caller, name: str) -> None:
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             if dom.active:
                 raise InvalidState(f"VM {name!r} is {dom.state.value}; destroy it first")
             self.store.remove_vm(dom.uuid)
             del self.domains[name]
-            self._changed(dom, "undefined", State.SHUTOFF, "undefined", "")
+            self._changed(dom, Event.UNDEFINED, Reason.UNDEFINED)  # marks it: queued ops stop
 
     async def set_autostart(self, caller: Caller, name: str, enabled: bool) -> Domain:
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             self.store.set_autostart(dom.uuid, enabled)
             dom.autostart = enabled
         return dom
 
     # lifecycle
-    async def start(self, caller: Caller, name: str, reason: str = "booted") -> Domain:
-        dom = self.get(caller, name)
-        async with dom.lock:
+    async def start(self, caller: Caller, name: str, reason: Reason = Reason.BOOTED) -> Domain:
+        async with self._locked(caller, name) as dom:
             if dom.active:
                 raise InvalidState(f"VM {name!r} is already {dom.state.value}")
             await self._launch(dom, reason)
         return dom
 
-    async def _launch(self, dom: Domain, reason: str) -> None:
+    async def _launch(self, dom: Domain, reason: Reason) -> None:
         driver = self._driver(dom)
         owner = Owner(dom.owner, dom.record.owner_gid)
         paths = rundir.create(self._run_dir_of(dom))
@@ -163,7 +177,7 @@ class Manager:
             )
         )
         self._adopt(dom, run)
-        self._changed(dom, "started", State.RUNNING, reason, f"pid {process.pid}")
+        self._changed(dom, Event.STARTED, reason, f"pid {process.pid}")
 
     def _run_dir_of(self, dom: Domain) -> Path:
         """The VM's run directory: the daemon's alone (drivers/rundir.py), not the owner's."""
@@ -179,25 +193,24 @@ class Manager:
     def _adopt(self, dom: Domain, run: Running) -> None:
         dom.run = run
         dom.exited.clear()
-        run.watcher = asyncio.create_task(
+        run.watcher = self._spawn(
             supervisor.watch(dom, run, self._changed), name=f"watch {dom.name}"
         )
 
     async def shutdown(self, caller: Caller, name: str) -> Domain:
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             run = self._running(dom)
             if dom.state is State.PAUSED:
                 raise InvalidState(f"VM {name!r} is paused; resume it before shutting it down")
+            self._require(dom, Event.SHUTDOWN, "shut down")
             await _bounded(run.instance.powerdown(), dom)
-            self._changed(dom, "shutdown", State.SHUTDOWN, "user", "ACPI power button pressed")
+            self._changed(dom, Event.SHUTDOWN, Reason.USER, "ACPI power button pressed")
         return dom
 
     async def destroy(self, caller: Caller, name: str) -> Domain:
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             run = self._running(dom)
-            run.exit_reason = "destroyed"
+            run.exit_reason = Reason.DESTROYED
             await self._kill(dom, run)
         return dom
 
@@ -217,20 +230,21 @@ class Manager:
 
     async def reboot(self, caller: Caller, name: str) -> Domain:
         """Ask the guest to reboot; the guest's own reset, when it comes, is a "reset" event."""
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             run = self._running_unstopped(dom)
+            self._require(dom, Event.REBOOT_REQUESTED, "rebooted")
             await _bounded(run.instance.request_reboot(), dom)
-            self._changed(dom, "reboot-requested", dom.state, "user", "ctrl-alt-del")
+            self._changed(dom, Event.REBOOT_REQUESTED, Reason.USER, "ctrl-alt-del")
         return dom
 
     async def reset(self, caller: Caller, name: str) -> Domain:
         """Hard reset: the guest restarts at once, unsaved data in it is lost."""
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             run = self._running_unstopped(dom)
+            self._require(dom, Event.REBOOTED, "reset")
             await _bounded(run.instance.reset(), dom)
-            self._changed(dom, "rebooted", dom.state, "user", "reset")
+            run.last_reset = time.monotonic()  # the firmware's own reset that may follow
+            self._changed(dom, Event.REBOOTED, Reason.USER, "reset")
         return dom
 
     def _running_unstopped(self, dom: Domain) -> Running:
@@ -240,19 +254,18 @@ class Manager:
         return run
 
     async def suspend(self, caller: Caller, name: str) -> Domain:
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             run = self._running(dom)
             if dom.state is State.PAUSED:
                 raise InvalidState(f"VM {name!r} is already paused")
+            self._require(dom, Event.SUSPENDED, "suspended")
             await _bounded(run.instance.pause(), dom)
             run.paused_by_user = True
-            self._changed(dom, "suspended", State.PAUSED, "user", "")
+            self._changed(dom, Event.SUSPENDED, Reason.USER)
         return dom
 
     async def resume(self, caller: Caller, name: str) -> Domain:
-        dom = self.get(caller, name)
-        async with dom.lock:
+        async with self._locked(caller, name) as dom:
             run = self._running(dom)
             if dom.state is not State.PAUSED:
                 raise InvalidState(f"VM {name!r} is {dom.state.value}, not paused")
@@ -262,23 +275,42 @@ class Manager:
             if run.paused_by_user or await _bounded(run.instance.is_paused(), dom):
                 await _bounded(run.instance.resume(), dom)
                 run.paused_by_user = False
-            self._changed(dom, "resumed", State.RUNNING, "user", "")
+            self._changed(dom, Event.RESUMED, Reason.USER)
         return dom
 
     def _running(self, dom: Domain) -> Running:
-        if dom.run is None or not dom.active:
+        if dom.run is None:
             raise InvalidState(f"VM {dom.name!r} is not running")
         return dom.run
 
+    def _require(self, dom: Domain, event: Event, verb: str) -> None:
+        """Refuse an operation whose event the state does not allow, before acting."""
+        if not dom.allows(event):
+            raise InvalidState(f"VM {dom.name!r} is {dom.state.value}; it cannot be {verb} now")
+
     # state changes, from operations, the supervisor and the hypervisor
-    def _changed(self, dom: Domain, event: str, state: State, reason: str, detail: str) -> None:
-        dom.state, dom.reason = state, reason
-        if state is State.SHUTOFF and dom.run is not None:
+    def _changed(
+        self,
+        dom: Domain,
+        event: Event,
+        reason: Reason,
+        detail: str = "",
+        state: State | None = None,
+    ) -> None:
+        """Apply ``event`` through the domain's transition table, then record it."""
+        if event is Event.STOPPED and dom.run is not None:
+            # The process is gone whatever the table says: let go of it in every case.
             run, dom.run = dom.run, None
             self.store.clear_runtime(dom.uuid)
-            asyncio.get_running_loop().create_task(_release(run))
+            self._spawn(_release(run), name=f"release {dom.name}")
             dom.exited.set()
-        self.events.emit(dom.uuid, dom.name, dom.owner, event, state.value, reason, detail)
+        try:
+            new = dom.apply(event, reason, state)
+        except IllegalTransition as exc:
+            log.error("bug: VM %s: %s (%s, %s); not applied", dom.name, exc, reason.value,
+                      detail)  # fmt: skip
+            return
+        self.events.emit(dom.uuid, dom.name, dom.owner, event, new, reason, detail)
 
     def _guest_events(self, dom: Domain) -> Any:
         def on_event(event: GuestEvent, detail: str) -> None:
@@ -289,22 +321,43 @@ class Manager:
                 case GuestEvent.SHUTDOWN:
                     run.guest_shutdown = True
                     if dom.state is not State.SHUTDOWN:
-                        self._changed(dom, "shutdown", State.SHUTDOWN, "guest", detail)
+                        self._changed(dom, Event.SHUTDOWN, Reason.GUEST, detail)
                 case GuestEvent.RESET:
-                    self.events.emit(
-                        dom.uuid, dom.name, dom.owner, "reset", dom.state.value, "guest", detail
-                    )
+                    now = time.monotonic()
+                    if run.last_reset is not None and now - run.last_reset < RESET_BURST_SECONDS:
+                        log.debug("vm %s: one more reset in the same reboot: %s", dom.name, detail)
+                        return
+                    run.last_reset = now
+                    self._changed(dom, Event.RESET, Reason.GUEST, detail)
                 case GuestEvent.CRASH:
-                    self._changed(dom, "crashed", State.CRASHED, "crashed", detail)
+                    self._changed(dom, Event.CRASHED, Reason.CRASHED, detail)
                 case GuestEvent.STOP | GuestEvent.RESUME:
                     pass  # our own suspend/resume; SIGSTOP is seen by the supervisor
 
         return on_event
 
+    # background tasks
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task the manager owns: its failure is logged, and close() waits for it."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("%s failed: %s", task.get_name(), exc)
+            log.debug("%s failed", task.get_name(), exc_info=exc)
+
     # daemon start and stop
     async def restore(self) -> None:
         """Load definitions; re-attach to VMs that kept running; then autostart."""
         runtimes = self.store.runtimes()
+        last_events = self.store.last_events()
         for record in self.store.vms():
             try:
                 spec = validate_spec(record.definition)
@@ -312,7 +365,7 @@ class Manager:
                 log.error("definition of %s no longer validates: %s", record.name, exc)
                 continue
             dom = Domain(record, spec)
-            dom.reason = "daemon-start"
+            dom.restore_reason(last_events.get(record.uuid))
             self.domains[record.name] = dom
             rt = runtimes.get(record.uuid)
             if rt is not None:
@@ -322,22 +375,15 @@ class Manager:
             if dom.autostart and not dom.active:
                 try:
                     async with dom.lock:
-                        await self._launch(dom, "autostart")
+                        await self._launch(dom, Reason.AUTOSTART)
                 except QumranError as exc:
                     log.error("autostart of %s failed: %s", dom.name, exc)
 
     async def _reattach(self, dom: Domain, rt: RuntimeRecord) -> None:
         if proc_state(rt.pid, rt.start_time) is ProcState.GONE:
             self.store.clear_runtime(dom.uuid)
-            dom.reason = "gone"
-            self.events.emit(
-                dom.uuid,
-                dom.name,
-                dom.owner,
-                "stopped",
-                "shutoff",
-                "gone",
-                "the process ended while the daemon was away",
+            self._changed(
+                dom, Event.STOPPED, Reason.GONE, "the process ended while the daemon was away"
             )
             return
         driver = self.drivers.get(rt.driver)
@@ -368,24 +414,25 @@ class Manager:
         if instance.process.state() is ProcState.STOPPED:
             # A stopped hypervisor cannot answer its monitor; the supervisor reports
             # "paused (signal)" and SIGCONT brings it back.
-            self._changed(dom, "reattached", State.RUNNING, "daemon-restart", f"pid {rt.pid}")
+            self._changed(dom, Event.REATTACHED, Reason.DAEMON_RESTART, f"pid {rt.pid}",
+                          State.RUNNING)  # fmt: skip
             return
         run.paused_by_user = await _bounded(instance.is_paused(), dom)
         state = State.PAUSED if run.paused_by_user else State.RUNNING
-        self._changed(dom, "reattached", state, "daemon-restart", f"pid {rt.pid}")
+        self._changed(dom, Event.REATTACHED, Reason.DAEMON_RESTART, f"pid {rt.pid}", state)
 
     async def close(self) -> None:
-        """Let go of every VM without stopping it (the VMs outlive the daemon)."""
+        """Let go of every VM without stopping it (the VMs outlive the daemon), and wait
+        for every background task: watchers end, releases of stopped VMs finish."""
         await self.stats.stop()
         for dom in self.domains.values():
-            run = dom.run
-            if run is None:
-                continue
-            if run.watcher is not None:
-                run.watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run.watcher
-            await _release(run)
+            if dom.run is not None and dom.run.watcher is not None:
+                dom.run.watcher.cancel()
+        while self._tasks:  # a task may start another (a watcher's last word: a release)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for dom in self.domains.values():
+            if dom.run is not None:
+                await _release(dom.run)
 
 
 async def _release(run: Running) -> None:

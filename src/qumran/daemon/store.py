@@ -3,51 +3,94 @@
 The store is the daemon's memory across restarts. A definition survives every failed
 operation and a killed daemon: writes are single transactions, and the database runs in
 WAL mode with synchronous=FULL so a committed definition is on disk.
+
+It holds every user's definitions, command lines and events, so it is private to the
+daemon's user: the directory 0700, the database and its -wal/-shm files 0600 (looser
+modes left by an earlier qumrand are tightened at start; a directory or file owned by
+someone else is refused, since its owner could rewrite what the daemon trusts).
+
+The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` are applied in
+order, each in one transaction, so a store written by any earlier qumrand opens with
+nothing lost. A store from a newer qumrand is refused before anything is written to it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qumran.errors import AlreadyExists
+from qumran.errors import AlreadyExists, QumranError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vms (
-    uuid TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    owner INTEGER NOT NULL,
-    owner_gid INTEGER NOT NULL,
-    definition TEXT NOT NULL,
-    autostart INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runtime (
-    uuid TEXT PRIMARY KEY REFERENCES vms(uuid) ON DELETE CASCADE,
-    driver TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    start_time INTEGER,
-    run_dir TEXT NOT NULL,
-    started_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    uuid TEXT NOT NULL,
-    vm TEXT NOT NULL,
-    owner INTEGER NOT NULL,
-    event TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-"""
+log = logging.getLogger(__name__)
+
+SQLITE_MAX_INT = 2**63 - 1  # a larger cursor is past every event, not an overflow
+
+
+class StoreError(QumranError):
+    """The store cannot be used: unreadable, not a database, foreign, or too new."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int  # the user_version once applied
+    what: str
+    statements: tuple[str, ...]
+
+
+# Version 0 is the unversioned schema of the first qumrand: the same three tables, made
+# with CREATE TABLE IF NOT EXISTS, so migration 1 is a no-op on such a store and creates
+# them in a new one. Never edit a migration once released; append a new one.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "definitions, runtime records and the event log",
+        (
+            """CREATE TABLE IF NOT EXISTS vms (
+                uuid TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                owner INTEGER NOT NULL,
+                owner_gid INTEGER NOT NULL,
+                definition TEXT NOT NULL,
+                autostart INTEGER NOT NULL DEFAULT 0,
+                created REAL NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS runtime (
+                uuid TEXT PRIMARY KEY REFERENCES vms(uuid) ON DELETE CASCADE,
+                driver TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                start_time INTEGER,
+                run_dir TEXT NOT NULL,
+                started_at REAL NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                time REAL NOT NULL,
+                uuid TEXT NOT NULL,
+                vm TEXT NOT NULL,
+                owner INTEGER NOT NULL,
+                event TEXT NOT NULL,
+                state TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT ''
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "each VM's last event, found without a scan (a restarted daemon keeps the reason)",
+        ("CREATE INDEX IF NOT EXISTS events_by_vm ON events (uuid, id)",),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 @dataclass(frozen=True)
@@ -89,15 +132,41 @@ class Store:
     EVENTS_KEPT = 10_000
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self.path = path
+        make_private_dir(path.parent)
+        for each in _files_of(path):
+            make_private_file(each)
+        if not path.exists():
+            _create_private(path)
+        check_version(path)  # before the read-write open: a newer store stays untouched
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")  # not settable inside a transaction
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from None
+        for each in _files_of(path):  # SQLite made -wal and -shm: check them too
+            make_private_file(each)
 
     def close(self) -> None:
         self._db.close()
+
+    def version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        for migration in MIGRATIONS:
+            with self._tx() as db:
+                # Read inside the transaction: the version and the change move together.
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) >= migration.version:
+                    continue
+                for statement in migration.statements:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {migration.version:d}")
+            log.info("store %s: schema version %d (%s)", self.path, migration.version,
+                     migration.what)  # fmt: skip
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -155,7 +224,9 @@ class Store:
             db.execute("DELETE FROM runtime WHERE uuid = ?", (uuid,))
 
     def runtimes(self) -> dict[str, RuntimeRecord]:
-        rows = self._db.execute("SELECT * FROM runtime")
+        rows = self._db.execute(
+            "SELECT uuid, driver, pid, start_time, run_dir, started_at FROM runtime"
+        )
         return {r[0]: RuntimeRecord(*r) for r in rows}
 
     # events
@@ -177,11 +248,123 @@ class Store:
     def events(
         self, since: int = 0, owner: int | None = None, limit: int = 1000
     ) -> list[EventRecord]:
-        query = "SELECT * FROM events WHERE id > ?"
-        args: list[Any] = [since]
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ?"
+        args: list[Any] = [max(0, min(since, SQLITE_MAX_INT))]
         if owner is not None:
             query += " AND owner = ?"
             args.append(owner)
         query += " ORDER BY id LIMIT ?"
         args.append(limit)
         return [EventRecord(*r) for r in self._db.execute(query, args)]
+
+    def last_events(self) -> dict[str, EventRecord]:
+        """Each VM's most recent event (by uuid), for the state a restarted daemon shows."""
+        rows = self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events"
+            " WHERE id IN (SELECT MAX(id) FROM events GROUP BY uuid)"
+        )
+        return {r[2]: EventRecord(*r) for r in rows}
+
+
+_EVENT_COLUMNS = "id, time, uuid, vm, owner, event, state, reason, detail"
+
+
+def check_version(path: Path) -> int:
+    """The store's schema version, read without writing; refuse one this qumrand cannot read.
+
+    A read-only connection never checkpoints the WAL into the database file, so a store
+    from a newer qumrand is left exactly as it was."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"the store {path} is not a qumran database ({exc}); "
+            "move it away to start with an empty store, or point --state-dir elsewhere"
+        ) from None
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the store {path}: {exc}") from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the store {path} has schema version {version}, written by a newer qumrand; "
+            f"this one knows versions up to {SCHEMA_VERSION} (run the newer qumrand, "
+            "or point --state-dir elsewhere)"
+        )
+    return version
+
+
+# privacy of the store ------------------------------------------------------------------
+
+
+def _files_of(path: Path) -> list[Path]:
+    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if os.path.lexists(p)]
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` 0700 (parents as needed), or make an existing one ours and 0700."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.stat(path)
+    except FileExistsError:
+        st = os.stat(path)
+    except OSError as exc:
+        raise StoreError(_os_problem(path, "the state directory", exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(
+            f"the state directory {path} is not a directory; move it away or point "
+            "--state-dir elsewhere"
+        )
+    _check_owner(path, "the state directory", st)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        log.warning("the state directory %s was mode %o; making it 0700", path,
+                    stat.S_IMODE(st.st_mode))  # fmt: skip
+        _chmod(path, 0o700, "the state directory")
+
+
+def make_private_file(path: Path) -> None:
+    """An existing database file: a regular file of ours, mode 0600 (tightened if looser)."""
+    try:
+        st = os.lstat(path)  # the directory is ours and 0700 now: nobody swaps it after this
+    except OSError as exc:
+        raise StoreError(_os_problem(path, "the store file", exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(
+            f"the store file {path} is not a regular file (a symbolic link or a device?); "
+            "move it away"
+        )
+    _check_owner(path, "the store file", st)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        log.warning("the store file %s was mode %o; making it 0600", path,
+                    stat.S_IMODE(st.st_mode))  # fmt: skip
+        _chmod(path, 0o600, "the store file")
+
+
+def _create_private(path: Path) -> None:
+    # Created 0600 before SQLite sees it: SQLite gives its -wal and -shm the same mode.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except OSError as exc:
+        raise StoreError(_os_problem(path, "the store file", exc)) from None
+
+
+def _check_owner(path: Path, what: str, st: os.stat_result) -> None:
+    if st.st_uid != os.geteuid():
+        raise StoreError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to this daemon's user "
+            f"(uid {os.geteuid()}); its owner could rewrite the store. chown it to "
+            "the daemon's user or point --state-dir elsewhere"
+        )
+
+
+def _chmod(path: Path, mode: int, what: str) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        raise StoreError(_os_problem(path, what, exc)) from None
+
+
+def _os_problem(path: Path, what: str, exc: OSError) -> str:
+    return (
+        f"cannot use {what} {path}: {exc.strerror or exc}; "
+        "make it writable by the daemon's user or point --state-dir elsewhere"
+    )

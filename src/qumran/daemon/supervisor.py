@@ -15,14 +15,14 @@ import os
 import signal
 from collections.abc import Callable
 
-from qumran.daemon.domain import Domain, Running, State
+from qumran.daemon.domain import Domain, Event, Reason, Running
 from qumran.drivers.process import ProcState
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 
-StateChange = Callable[[Domain, str, State, str, str], None]  # dom, event, state, reason, detail
+StateChange = Callable[[Domain, Event, Reason, str], None]  # dom, event, reason, detail
 
 
 async def watch(dom: Domain, run: Running, changed: StateChange) -> None:
@@ -50,7 +50,7 @@ async def watch(dom: Domain, run: Running, changed: StateChange) -> None:
             os.close(pidfd)
     status = run.process.reap()
     reason, detail = exit_reason(run, status)
-    changed(dom, "stopped", State.SHUTOFF, reason, detail)
+    changed(dom, Event.STOPPED, reason, detail)
 
 
 def _sync_stop_state(dom: Domain, run: Running, changed: StateChange) -> None:
@@ -59,21 +59,21 @@ def _sync_stop_state(dom: Domain, run: Running, changed: StateChange) -> None:
         return
     run.stopped_by_signal = stopped
     if stopped:
-        changed(dom, "suspended", State.PAUSED, "signal", "the process was stopped (SIGSTOP)")
+        changed(dom, Event.SUSPENDED, Reason.SIGNAL, "the process was stopped (SIGSTOP)")
     elif run.paused_by_user:
         pass  # SIGCONT, but the monitor still holds the vCPUs: still paused
     else:
-        changed(dom, "resumed", State.RUNNING, "signal", "the process was continued (SIGCONT)")
+        changed(dom, Event.RESUMED, Reason.SIGNAL, "the process was continued (SIGCONT)")
 
 
-def exit_reason(run: Running, status: int | None) -> tuple[str, str]:
+def exit_reason(run: Running, status: int | None) -> tuple[Reason, str]:
     if run.exit_reason is not None:
         return run.exit_reason, ""
     if run.guest_shutdown or status == 0:
-        return "shutdown", "the guest powered off"
+        return Reason.SHUTDOWN, "the guest powered off"
     if status is None:
-        return "killed", "the process ended while not a child of this daemon"
+        return Reason.KILLED, "the process ended while not a child of this daemon"
     if status < 0:
         name = signal.Signals(-status).name
-        return "killed", f"the process was killed by {name}"
-    return "crashed", f"the hypervisor exited with status {status}"
+        return Reason.KILLED, f"the process was killed by {name}"
+    return Reason.CRASHED, f"the hypervisor exited with status {status}"
