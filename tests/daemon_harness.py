@@ -110,7 +110,7 @@ class Daemon:
             self.stop(signal.SIGKILL)
         for pidfile in (self.root / "run").glob("vms/*/pid"):
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
         subprocess.run(["pkill", "-KILL", "-f", str(self.root)], check=False)
 
 

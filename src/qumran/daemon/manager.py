@@ -32,7 +32,7 @@ from qumran.daemon.store import RuntimeRecord, Store, VmRecord
 from qumran.drivers import rundir
 from qumran.drivers.base import Driver, GuestEvent, Instance, Owner, RunPaths
 from qumran.drivers.checks import check_memory
-from qumran.drivers.process import ProcState, proc_state
+from qumran.drivers.process import ProcState, proc_state, processes_marked
 from qumran.drivers.startup import connect_to_process
 from qumran.errors import (
     AlreadyExists,
@@ -370,6 +370,7 @@ class Manager:
             rt = runtimes.get(record.uuid)
             if rt is not None:
                 await self._reattach(dom, rt)
+        self._kill_unrecorded(set(runtimes))
         self.stats.start()
         for dom in list(self.domains.values()):
             if dom.autostart and not dom.active:
@@ -378,6 +379,21 @@ class Manager:
                         await self._launch(dom, Reason.AUTOSTART)
                 except QumranError as exc:
                     log.error("autostart of %s failed: %s", dom.name, exc)
+
+    def _kill_unrecorded(self, recorded: set[str]) -> None:
+        """Kill hypervisor processes of VMs whose start was never recorded: an earlier
+        daemon died between spawning one and committing the start, so no client was
+        told it started, and left running it would be a VM nobody manages. A VM whose
+        start was recorded is never killed here, even if re-attaching to it failed.
+        Only a process running as the VM's owner is touched."""
+        owners = {str(self._run_dir_of(d)): d for d in self.domains.values()}
+        for pid, (run_dir, uid) in processes_marked().items():
+            dom = owners.get(run_dir)
+            if dom is None or dom.uuid in recorded or uid != dom.owner:
+                continue
+            log.warning("killing process %d of %s: started but not tracked", pid, run_dir)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     async def _reattach(self, dom: Domain, rt: RuntimeRecord) -> None:
         if proc_state(rt.pid, rt.start_time) is ProcState.GONE:

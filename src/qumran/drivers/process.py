@@ -70,6 +70,33 @@ def proc_rss_bytes(pid: int) -> int:
         return 0
 
 
+RUN_DIR_VAR = "QUMRAN_RUN_DIR"  # in every hypervisor's environment: whose process it is
+
+
+def processes_marked(var: str = RUN_DIR_VAR) -> dict[int, tuple[str, int]]:
+    """Every live process whose environment has ``var``: pid -> (its value, the uid).
+
+    The environment is set at exec, before the process runs a single instruction of its
+    own, so a process the daemon spawned carries it even if the daemon died before it
+    could write anything down."""
+    prefix = var.encode() + b"="
+    found: dict[int, tuple[str, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+            uid = entry.stat().st_uid
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(prefix):
+                found[int(entry.name)] = (item[len(prefix) :].decode(errors="replace"), uid)
+                break
+    return found
+
+
 class Spawned:
     """A hypervisor process: its pid, and its Popen while this daemon is its parent.
 

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import Driver, EventSink, Instance, Owner, RunPaths
-from qumran.drivers.process import ProcState, Spawned, spawn
+from qumran.drivers.process import RUN_DIR_VAR, ProcState, Spawned, spawn
 from qumran.drivers.rundir import Handoff, RunDir
 from qumran.errors import HypervisorError, Timeout
 
@@ -51,13 +51,14 @@ async def launch(
             argv = driver.command(spec, handoff.numbers)
             log.info("VM %s: starting %s", spec.name, describe(argv))
             try:
-                process = spawn(argv, owner, handoff.log, pass_fds=handoff.fds)
+                env = {**os.environ, RUN_DIR_VAR: str(paths.root)}
+                process = spawn(argv, owner, handoff.log, env=env, pass_fds=handoff.fds)
             except OSError as exc:
                 raise HypervisorError(f"cannot run {argv[0]}: {exc.strerror}") from None
+            run_dir.write_pid(process.pid)
             monitor = await _connect(paths.monitor)
         finally:
             handoff.close()  # the process has its own copies; the monitor socket dies with it
-        run_dir.write_pid(process.pid)
         try:
             async with asyncio.timeout(driver.start_timeout):
                 return await _until_exit(
