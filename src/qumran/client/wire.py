@@ -11,7 +11,6 @@ from __future__ import annotations
 # _socket, the C module, not socket.py: socket.py adds ~2.5 ms of imports (selectors,
 # array, ...) to every `qumran` run, for conveniences a one-request client does not need.
 import _socket
-import contextlib  # imported by runpy for `-m` and the entry point anyway
 import io
 
 from qumran.client.errors import DaemonNotRunning, ProtocolError
@@ -115,10 +114,10 @@ def request(
     """Send one request and read its whole response."""
     sock = connect(socket_path, timeout)
     try:
-        # The daemon may answer and close before reading the request (too many
-        # connections): its answer is still there to read.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        try:  # noqa: SIM105 (contextlib.suppress: an import the CLI does without)
             sock.sendall(encode_request(method, target, body))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before reading our request (too many connections?)
         with io.BufferedReader(_SocketReader(sock)) as stream:
             return read_response(stream, head_request=method == "HEAD")
     except TimeoutError:
