@@ -106,6 +106,8 @@ def flooder() -> pwd.struct_passwd:
 
 def qumran_list(daemon: Daemon, user: pwd.struct_passwd | None) -> subprocess.CompletedProcess[str]:
     env = {"QUMRAN_SOCKET": daemon.socket, "PATH": os.environ["PATH"], "HOME": "/tmp"}
+    if "PYTHONPATH" in os.environ:  # the source under test, when it is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     who = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     return subprocess.run(
         [QUMRAN, "list", "--all"], capture_output=True, text=True, env=env, timeout=30, **who

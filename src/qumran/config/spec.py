@@ -17,6 +17,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -28,6 +29,17 @@ _NAME = re.compile(NAME_PATTERN)
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 MIN_MEMORY_MIB = 16
 MAX_VCPUS = 64
+# What the memory field accepts, for the JSON schema (the validator reads it as a size).
+_MEMORY_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": MIN_MEMORY_MIB},
+            {"type": "string", "pattern": r"^\s*\d+\s*[KMGTkmgt]?([iI]?[bB])?\s*$"},
+        ],
+        "description": "MiB; accepts 256, '256M', '1G'",
+    },
+    mode="validation",
+)
 
 
 class Spec(BaseModel):
@@ -104,7 +116,7 @@ class VmSpec(Spec):
     """A virtual machine definition."""
 
     name: str = Field(description="unique per host; safe as a file name")
-    memory: int = Field(description="MiB; accepts 256, '256M', '1G'")
+    memory: Annotated[int, _MEMORY_SCHEMA] = Field(description="MiB; accepts 256, '256M', '1G'")
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
     hypervisor: Literal["qemu", "native"] = "qemu"
     boot: Boot

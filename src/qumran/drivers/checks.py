@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from qumran.config.spec import KernelBoot, VmSpec
@@ -25,9 +26,13 @@ def check_files(spec: VmSpec) -> None:
 
 
 def check_file(field: str, path: Path) -> None:
-    if not path.exists():
-        raise InvalidArgument(f"{field}: {path} does not exist")
-    if not path.is_file() and not path.is_block_device():
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InvalidArgument(f"{field}: {path} does not exist") from None
+    except OSError as exc:  # a name over the length limit, a loop of links, ...
+        raise InvalidArgument(f"{field}: {path} cannot be used: {exc.strerror}") from None
+    if not stat.S_ISREG(mode) and not stat.S_ISBLK(mode):
         raise InvalidArgument(f"{field}: {path} is not a file")
     if not os.access(path, os.R_OK):
         raise InvalidArgument(f"{field}: {path} is not readable")
