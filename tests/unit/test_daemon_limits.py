@@ -7,6 +7,7 @@ daemon whose caps are small, and root is still answered at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -276,3 +277,31 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(daemon_root: Path) -> 
 
 def definition(name: str) -> dict[str, object]:
     return {"name": name, "memory": 64, "boot": {"kernel": "/bin/sh"}}
+
+
+def test_the_web_listener_answers_an_oversized_body_413(daemon: Daemon) -> None:
+    assert daemon.web is not None
+    response = httpx.post(f"http://{daemon.web}/logout", content=b"x" * 5000)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too-large"
+
+
+def test_websockets_count_against_the_cap_while_they_are_open(daemon_root: Path) -> None:
+    d = Daemon(daemon_root, driver="fake", options=("--max-conns-privileged", "3"))
+    d.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            streams = [
+                stack.enter_context(unix_connect(d.socket, uri="ws://q/v1/events/stream"))
+                for _ in range(3)
+            ]
+            response = d.call("GET", "/v1/vms")  # root's share is taken by the WebSockets
+            assert response.status_code == 503
+            assert "at most 3" in response.json()["error"]["message"]
+            streams[0].close()
+            deadline = time.monotonic() + 10
+            while (response := d.call("GET", "/v1/vms")).status_code == 503:
+                assert time.monotonic() < deadline
+            assert response.json() == []
+    finally:
+        d.cleanup()
