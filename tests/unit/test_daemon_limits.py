@@ -135,6 +135,8 @@ def test_a_users_flood_is_refused_past_the_cap_and_root_is_answered(
         assert refused.returncode == 1
         assert "too many connections" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
+        # One line in the daemon's log for the whole burst, not one per refusal.
+        assert daemon.log.read_text().count("refusing connections") == 1
     finally:
         flood.kill()
         flood.wait()

@@ -32,14 +32,22 @@ class Slots:
         self.total = total
         self.count: Counter[Hashable] = Counter()
         self.held: dict[asyncio.BaseTransport, Hashable] = {}
+        self.warned: set[Hashable] = set()  # keys refused since they last gave a slot back
 
     def take(self, transport: asyncio.BaseTransport, key: Hashable) -> str | None:
         """Hold a slot for this connection, or say why not."""
         cap = self.cap(key)
+        refused = None
         if self.count[key] >= cap:
-            return f"too many connections from {key} (at most {cap} at a time)"
-        if self.total is not None and len(self.held) >= self.total:
-            return f"too many connections (at most {self.total} at a time)"
+            refused = f"too many connections from {key} (at most {cap} at a time)"
+        elif self.total is not None and len(self.held) >= self.total:
+            refused = f"too many connections (at most {self.total} at a time)"
+        if refused is not None:
+            # Once per burst: a flood of refusals must not become a flood of log lines.
+            if key not in self.warned:
+                self.warned.add(key)
+                log.warning("refusing connections: %s", refused)
+            return refused
         self.count[key] += 1
         self.held[transport] = key
         return None
@@ -47,6 +55,7 @@ class Slots:
     def give_back(self, transport: asyncio.BaseTransport) -> None:
         key = self.held.pop(transport, None)
         if key is not None:
+            self.warned.discard(key)
             self.count[key] -= 1
             if self.count[key] <= 0:
                 del self.count[key]
@@ -62,7 +71,8 @@ class BoundedHTTP(H11Protocol):
     slots: ClassVar[Slots]
     request_timeout: ClassVar[float]
 
-    def key(self, transport: asyncio.Transport) -> Hashable:
+    def identify(self, transport: asyncio.Transport) -> Hashable:
+        """Who is connecting: the key the connection's slot counts under."""
         peer = transport.get_extra_info("peername")
         return peer[0] if isinstance(peer, tuple) else "?"
 
@@ -70,9 +80,8 @@ class BoundedHTTP(H11Protocol):
         super().connection_made(transport)
         self.deadline: asyncio.TimerHandle | None = None
         self.upgraded = False  # handed to a WebSocket protocol: no longer ours to time
-        refused = self.slots.take(transport, self.key(transport))
+        refused = self.slots.take(transport, self.identify(transport))
         if refused is not None:
-            log.warning("refused a connection: %s", refused)
             body = error_body("too-many-connections", refused + "; close some and retry")
             transport.write(
                 b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"

@@ -30,10 +30,11 @@ def peer_credentials(sock: socket.socket) -> Caller:
 
 
 class PeerCredProtocol(BoundedHTTP):
-    def key(self, transport: asyncio.Transport) -> Hashable:
+    def identify(self, transport: asyncio.Transport) -> Hashable:
+        """The peer's uid, which is also the caller every request on it acts as."""
         sock: Any = transport.get_extra_info("socket")
         if sock is None or sock.family != socket.AF_UNIX:
-            return super().key(transport)
+            return super().identify(transport)
         peer = peer_credentials(sock)
         self.app_state = {**self.app_state, "peer": peer}
         return f"uid {peer.uid}"
