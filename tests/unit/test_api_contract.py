@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
+from qumran.client.schema import HostInfo, VmInfo
 from qumran.daemon.api import build_app
 from qumran.daemon.manager import Caller, Manager
 
@@ -197,3 +198,12 @@ def test_an_internal_error_carries_no_exception_text(caplog: pytest.LogCaptureFi
 async def _get(transport: httpx.ASGITransport, path: str) -> httpx.Response:
     async with httpx.AsyncClient(transport=transport, base_url="http://qumrand") as c:
         return await c.get(path)
+
+
+def test_the_vm_document_is_the_one_declared_for_the_client(daemon: Daemon) -> None:
+    declared = set(VmInfo.__annotations__)
+    assert set(DOCUMENT["components"]["schemas"]["VmInfo"]["required"]) == declared
+    body = {"name": "declared", "memory": 64, "boot": {"kernel": "/bin/sh"}}
+    assert set(daemon.call("POST", "/v1/vms", json=body).json()) == declared
+    assert set(daemon.vm("declared")) == declared
+    assert set(daemon.call("GET", "/v1/host").json()) == set(HostInfo.__annotations__)

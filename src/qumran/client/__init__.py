@@ -9,6 +9,10 @@ from qumran.client.client import Client, error_from_response
 from qumran.client.errors import DaemonNotRunning, ProtocolError
 from qumran.client.paths import default_socket_path
 
+TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+if TYPE_CHECKING:
+    from qumran.client.schema import DriverInfo, Event, HostInfo, Stats, VmInfo
+
 _SCHEMA = frozenset({"DriverInfo", "Event", "HostInfo", "Stats", "VmInfo"})
 
 __all__ = [
