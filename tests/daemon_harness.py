@@ -32,7 +32,9 @@ class Daemon:
         driver: str = "fake",
         web: str | None = None,
         start_timeout: float = DAEMON_START_TIMEOUT,
+        options: tuple[str, ...] = (),
     ) -> None:
+        self.options = options  # more qumrand options, such as smaller limits
         self.root = root
         self.start_timeout = start_timeout
         self.driver = driver
@@ -56,6 +58,7 @@ class Daemon:
         ]  # fmt: skip
         if self.web is not None:
             argv += ["--web", self.web]
+        argv += self.options
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.start_timeout

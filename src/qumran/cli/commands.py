@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 
 from qumran.cli import output
-from qumran.client import Client, VmInfo
+from qumran.client import Client
 from qumran.errors import InvalidArgument, Timeout
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
     from typing import Any
+
+    from qumran.client.schema import VmInfo
 
 
 class Command:

@@ -7,7 +7,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from qumran.client.schema import Event, HostInfo, VmInfo
+TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+if TYPE_CHECKING:
+    from qumran.client.schema import Event, HostInfo, Sample, VmInfo
 
 # virsh's words for the states whose API names read oddly in a table.
 _STATE_WORDS = {"shutoff": "shut off", "shutdown": "in shutdown"}
@@ -114,7 +116,7 @@ def _bytes(value: object) -> str:
     return f"{size:.1f} GiB"
 
 
-def domstats(name: str, samples: list[dict[str, object]]) -> str:
+def domstats(name: str, samples: list[Sample]) -> str:
     """The latest sample, in the spirit of `virsh domstats`."""
     if not samples:
         return f"{name}: no samples yet (the VM is not running, or has just started)\n"
@@ -126,6 +128,6 @@ def domstats(name: str, samples: list[dict[str, object]]) -> str:
         ("block.written", _bytes(last["disk_write_bytes"])),
         ("net.rx", _bytes(last["net_rx_bytes"])),
         ("net.tx", _bytes(last["net_tx_bytes"])),
-        ("samples", f"{len(samples)} over {float(last['t']) - float(samples[0]['t']):.0f} s"),  # type: ignore[arg-type]
+        ("samples", f"{len(samples)} over {last['t'] - samples[0]['t']:.0f} s"),
     ]
     return f"Domain: '{name}'\n" + "".join(f"  {k}={v}\n" for k, v in rows)

@@ -9,7 +9,6 @@ import json
 
 from qumran.client.errors import ProtocolError
 from qumran.client.paths import default_socket_path
-from qumran.client.schema import Event, HostInfo, LoginToken, VmInfo
 from qumran.client.wire import quote, request
 from qumran.errors import (
     InvalidArgument,
@@ -24,6 +23,8 @@ from qumran.errors import (
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
     from typing import Any
+
+    from qumran.client.schema import Event, HostInfo, LoginToken, Stats, VmInfo
 
 # For error bodies without our {"error": {...}} envelope (say, from the web framework).
 _BY_STATUS: dict[int, type[QumranError]] = {
@@ -90,9 +91,9 @@ class Client:
         result: VmInfo = self._call("PUT", _vm(name) + "/autostart", doc)
         return result
 
-    def stats(self, name: str) -> dict[str, Any]:
+    def stats(self, name: str) -> Stats:
         """Samples of CPU, memory and I/O for the last 10 minutes, newest last."""
-        result: dict[str, Any] = self._call("GET", f"{_vm(name)}/stats")
+        result: Stats = self._call("GET", f"{_vm(name)}/stats")
         return result
 
     def events(self, since: int | None = None) -> list[Event]:

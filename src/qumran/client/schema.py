@@ -1,57 +1,110 @@
-"""The shapes of the API's JSON documents (docs/api.md), for type checkers.
+"""The API's JSON documents (docs/api.md), declared once for the daemon, the client and the CLI.
 
-They are plain dicts at run time: the client hands back what the daemon sent, so a
-newer daemon's extra fields pass through untouched (and ``--json`` prints them).
+qumrand's routes answer with these (FastAPI reads them as response models, so the
+OpenAPI document at ``/openapi.json`` is built from them); ``Domain.info()`` is typed
+with :class:`VmInfo`; the client hands back what the daemon sent as plain dicts (a
+newer daemon's extra fields pass through untouched, and ``--json`` prints them) typed
+with these; the CLI reads them typed.
+
+Importing this module costs ``typing`` (about 2.5 ms): the client and the CLI name it
+only for the type checker (``if TYPE_CHECKING:``), so it stays off ``qumran``'s fast
+path; ``qumran.client`` still offers the names at run time, imported on first use.
 """
 
 from __future__ import annotations
 
-# Not `from typing import ...` at run time: typing costs the CLI ~2.5 ms on every run.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, TypedDict
+from typing import Any
 
-    class VmInfo(TypedDict):
-        name: str
-        uuid: str
-        owner: int
-        state: str  # shutoff | running | paused | shutdown | crashed
-        reason: str
-        hypervisor: str
-        pid: int | None
-        vcpus: int
-        memory_mib: int
-        autostart: bool
-        cpu_time: float | None
-        rss_bytes: int | None
-        started_at: float | None
-        definition: dict[str, Any]
+# typing_extensions' TypedDict: pydantic reads typing's own only from Python 3.12 on.
+from typing_extensions import TypedDict
 
-    class DriverInfo(TypedDict):
-        driver: str
-        accelerator: str
-        reason: str
-        version: str
-        available: bool
 
-    class HostInfo(TypedDict):
-        hostname: str
-        uid: int
-        drivers: list[DriverInfo]
-        version: str
+class VmInfo(TypedDict):
+    """A VM: its definition and, while it runs, its process."""
 
-    class Event(TypedDict):
-        id: int
-        time: float
-        vm: str
-        owner: int
-        event: str
-        state: str
-        reason: str
-        detail: str
+    name: str
+    uuid: str
+    owner: int  # the uid that defined it
+    state: str  # shutoff | running | paused | shutdown | crashed
+    reason: str  # why: user, guest, killed, crashed, daemon-restart, booted, ...
+    hypervisor: str  # qemu | native
+    pid: int | None  # the hypervisor process; null when shut off
+    vcpus: int
+    memory_mib: int
+    autostart: bool
+    cpu_time: float | None  # seconds
+    rss_bytes: int | None
+    started_at: float | None  # UNIX time
+    uptime: float | None  # seconds
+    definition: dict[str, Any]  # the validated definition (see docs/definitions.md)
 
-    class LoginToken(TypedDict):
-        token: str
-        url: str
-else:
-    VmInfo = DriverInfo = HostInfo = Event = LoginToken = dict
+
+class DriverInfo(TypedDict):
+    """One hypervisor driver on this host."""
+
+    driver: str
+    accelerator: str  # kvm | tcg
+    reason: str  # why that accelerator, in one sentence
+    version: str
+    available: bool
+
+
+class HostInfo(TypedDict):
+    """The host, the daemon, and who is asking."""
+
+    hostname: str
+    version: str
+    uid: int  # the caller's, as the kernel reports it (SO_PEERCRED)
+    daemon_uid: int
+    drivers: list[DriverInfo]
+
+
+class Event(TypedDict):
+    """A lifecycle event of a VM."""
+
+    id: int
+    time: float
+    uuid: str
+    vm: str
+    owner: int
+    event: str
+    state: str
+    reason: str
+    detail: str
+
+
+class Sample(TypedDict):
+    """One sample of a running VM's counters (null where the hypervisor has none)."""
+
+    t: float
+    cpu_percent: float
+    rss_bytes: int
+    disk_read_bytes: int | None
+    disk_write_bytes: int | None
+    net_rx_bytes: int | None
+    net_tx_bytes: int | None
+
+
+class Stats(TypedDict):
+    """The last 10 minutes of samples, newest last."""
+
+    interval: float
+    samples: list[Sample]
+
+
+class LoginToken(TypedDict):
+    """A one-time login URL for the web manager."""
+
+    token: str
+    url: str
+
+
+class ErrorDetail(TypedDict):
+    code: str  # stable: invalid-argument, not-found, ... (docs/api.md)
+    message: str  # for a person: what went wrong, where, and how to fix it
+
+
+class ErrorBody(TypedDict):
+    """Every non-2xx answer of the API."""
+
+    error: ErrorDetail

@@ -114,7 +114,10 @@ def request(
     """Send one request and read its whole response."""
     sock = connect(socket_path, timeout)
     try:
-        sock.sendall(encode_request(method, target, body))
+        try:  # noqa: SIM105 (contextlib.suppress: an import the CLI does without)
+            sock.sendall(encode_request(method, target, body))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before reading our request (too many connections?)
         with io.BufferedReader(_SocketReader(sock)) as stream:
             return read_response(stream, head_request=method == "HEAD")
     except TimeoutError:

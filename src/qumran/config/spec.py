@@ -17,6 +17,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -74,6 +75,19 @@ def _host_path(value: Any) -> Any:
     if not value.startswith("/"):
         raise ValueError(f"path must be absolute, got {shown(value)}")
     return value
+
+
+# What the memory field accepts, for the JSON schema (the validator reads it as a size).
+_MEMORY_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": MIN_MEMORY_MIB},
+            {"type": "string", "pattern": r"^\s*\d+\s*[KMGTkmgt]?([iI]?[bB])?\s*$"},
+        ],
+        "description": "MiB; accepts 256, '256M', '1G'",
+    },
+    mode="validation",
+)
 
 
 class Spec(BaseModel):
@@ -148,7 +162,7 @@ class VmSpec(Spec):
     """A virtual machine definition."""
 
     name: str = Field(description="unique per host; safe as a file name")
-    memory: int = Field(description="MiB; accepts 256, '256M', '1G'")
+    memory: Annotated[int, _MEMORY_SCHEMA] = Field(description="MiB; accepts 256, '256M', '1G'")
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
     hypervisor: Literal["qemu", "native"] = "qemu"
     boot: Boot

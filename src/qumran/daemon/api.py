@@ -1,41 +1,62 @@
-"""The HTTP/JSON + WebSocket API (docs/api.md), served on qumrand's UNIX socket."""
+"""The HTTP/JSON + WebSocket API (docs/api.md), served on qumrand's UNIX socket.
+
+The OpenAPI document (``/openapi.json``) is the contract, checked by schemathesis in the
+tests: every answer, errors included, is described there. The documents are declared
+once, in ``qumran.client.schema``; a definition's schema is ``VmSpec``'s, the model the
+daemon validates with.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket as socketlib
-from typing import Any
+from typing import Annotated, Any, cast
 
-from fastapi import Body, FastAPI, Request, WebSocket
+from fastapi import FastAPI, Path, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from qumran import __version__
+from qumran.client.schema import DriverInfo, ErrorBody, Event, HostInfo, Sample, Stats, VmInfo
+from qumran.config.spec import VmSpec
 from qumran.daemon import streams
 from qumran.daemon.manager import Caller, Manager
-from qumran.errors import InvalidState, PermissionDenied, QumranError
+from qumran.drivers.base import HostInfo as DriverHostInfo
+from qumran.errors import InvalidArgument, InvalidState, PermissionDenied, QumranError
 
 log = logging.getLogger(__name__)
 
+MAX_EVENT_ID = 2**63 - 1  # SQLite's INTEGER
+Name = Annotated[str, Path(description="the VM's name", examples=["demo"])]
 
-class VmInfo(BaseModel):
-    name: str
-    uuid: str
-    owner: int
-    state: str
-    reason: str
-    hypervisor: str
-    pid: int | None
-    vcpus: int
-    memory_mib: int
-    autostart: bool
-    cpu_time: float | None
-    rss_bytes: int | None
-    started_at: float | None
-    uptime: float | None
-    definition: dict[str, Any]
+# Each status an API answer can have beside success, with the codes it carries.
+ERRORS: dict[int, str] = {
+    400: "invalid-argument: a malformed request, or a definition that fails validation",
+    403: "permission-denied: the VM belongs to another user (or the caller is unknown)",
+    404: "not-found: no such VM (or no such route)",
+    405: "method-not-allowed: the route has no such method (`Allow` lists those it has)",
+    409: "already-exists (define) or invalid-state (the VM's state does not allow it)",
+    413: "too-large: the request body is over the limit (qumrand --max-body)",
+    500: "hypervisor-error or internal (details in qumrand's log)",
+    503: "too-many-connections: the caller holds its share of connections already",
+    504: "timeout: the hypervisor did not answer in time",
+}
+# Every route: a bad request, an unknown caller, a large body, an internal error, a flood.
+COMMON = (400, 403, 413, 500, 503)
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route, in the documented error format."""
+    return {
+        status: {"model": ErrorBody, "description": ERRORS[status]}
+        for status in sorted({*statuses, *COMMON})
+    }
 
 
 class Autostart(BaseModel):
@@ -49,97 +70,195 @@ def caller_of(conn: Request | WebSocket) -> Caller:
     return peer
 
 
+def error(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    body: ErrorBody = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def build_app(manager: Manager) -> FastAPI:
     app = FastAPI(title="qumrand", version=__version__, description="Qumran management API")
+    _handle_errors(app)
+    _routes(app, manager)
+    app.openapi = lambda: _contract(app)  # type: ignore[method-assign]
+    return app
 
+
+def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(QumranError)
-    async def _qumran_error(request: Request, exc: QumranError) -> JSONResponse:
-        return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status)
+    async def _qumran_error(request: Request, exc: QumranError) -> Response:
+        return error(exc.code, exc.message, exc.http_status)
 
     @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        body = {"error": {"code": "invalid-argument", "message": f"bad request: {detail}"}}
-        return JSONResponse(body, status_code=400)
+        return error("invalid-argument", f"bad request: {detail}", 400)
+
+    @app.exception_handler(HTTPException)
+    async def _routing(request: Request, exc: HTTPException) -> Response:
+        method, path = request.method, request.url.path
+        if exc.status_code == 404:
+            return error("not-found", f"no route {path} (see /openapi.json)", 404)
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(app, request))
+            message = f"{method} is not allowed on {path}; it takes {allow}"
+            return error("method-not-allowed", message, 405, {"allow": allow})
+        if exc.status_code < 500:  # the framework could not read the body
+            return error("invalid-argument", f"bad request: {exc.detail}", 400)
+        return _internal_error(request, exc)
 
     @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s %s: %s", request.method, request.url.path, exc)
-        log.debug("traceback", exc_info=exc)
-        body = {"error": {"code": "internal", "message": f"internal error: {exc}"}}
-        return JSONResponse(body, status_code=500)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        return _internal_error(request, exc)
 
-    @app.get("/v1/host")
-    async def host(request: Request) -> dict[str, Any]:
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    # The text of an unexpected exception may name paths or data of the daemon's: the
+    # log has it, the caller gets a fixed message.
+    log.error("internal error on %s %s: %r", request.method, request.url.path, exc)
+    log.debug("traceback", exc_info=exc)
+    return error("internal", "internal error in qumrand (details in its log)", 500)
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """The methods the routes at this path take: the same as the OpenAPI document's."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def _routes(app: FastAPI, manager: Manager) -> None:
+    @app.get("/v1/host", responses=errors())
+    async def host(request: Request) -> HostInfo:
         caller = caller_of(request)
         return {
             "hostname": socketlib.gethostname(),
             "version": __version__,
             "uid": caller.uid,
             "daemon_uid": os.geteuid(),
-            "drivers": [vars(d.host_info()) for d in manager.drivers.values()],
+            "drivers": [_driver(d.host_info()) for d in manager.drivers.values()],
         }
 
-    @app.get("/v1/vms")
+    @app.get("/v1/vms", responses=errors())
     async def list_vms(request: Request, all: bool = False) -> list[VmInfo]:
         doms = manager.visible(caller_of(request))
-        return [VmInfo(**d.info()) for d in doms if all or d.active]
+        return [d.info() for d in doms if all or d.active]
 
-    @app.post("/v1/vms", status_code=201)
-    async def define(
-        request: Request,
-        doc: dict[str, Any] = Body(...),  # noqa: B008
-        force: bool = False,  # memory beyond the host's RAM
-    ) -> VmInfo:
-        return VmInfo(**(await manager.define(caller_of(request), doc, force=force)).info())
+    @app.post("/v1/vms", status_code=201, responses=errors(409), openapi_extra=DEFINITION)
+    async def define(request: Request, force: bool = False) -> VmInfo:
+        """``force``: allow more memory than the host has."""
+        caller = caller_of(request)
+        doc = _json(await request.body())
+        return (await manager.define(caller, doc, force=force)).info()
 
-    @app.get("/v1/vms/{name}")
-    async def get_vm(request: Request, name: str) -> VmInfo:
-        return VmInfo(**manager.get(caller_of(request), name).info())
+    @app.get("/v1/vms/{name}", responses=errors(404))
+    async def get_vm(request: Request, name: Name) -> VmInfo:
+        return manager.get(caller_of(request), name).info()
 
-    @app.delete("/v1/vms/{name}", status_code=204)
-    async def undefine(request: Request, name: str) -> Response:
+    @app.delete("/v1/vms/{name}", status_code=204, responses=errors(404, 409))
+    async def undefine(request: Request, name: Name) -> Response:
         await manager.undefine(caller_of(request), name)
         return Response(status_code=204)
 
-    @app.put("/v1/vms/{name}/autostart")
-    async def autostart(request: Request, name: str, body: Autostart) -> VmInfo:
-        dom = await manager.set_autostart(caller_of(request), name, body.enabled)
-        return VmInfo(**dom.info())
+    @app.put("/v1/vms/{name}/autostart", responses=errors(404))
+    async def autostart(request: Request, name: Name, body: Autostart) -> VmInfo:
+        return (await manager.set_autostart(caller_of(request), name, body.enabled)).info()
 
     for action in ("start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume"):
         _add_action(app, manager, action)
 
-    @app.get("/v1/vms/{name}/stats")
-    async def stats(request: Request, name: str) -> dict[str, Any]:
+    @app.get("/v1/vms/{name}/stats", responses=errors(404))
+    async def stats(request: Request, name: Name) -> Stats:
         dom = manager.get(caller_of(request), name)
-        return {"interval": manager.stats.interval, "samples": manager.stats.samples(dom)}
+        # The sampler's dataclasses as dicts: FastAPI checks them against Sample on the way out.
+        samples = cast("list[Sample]", manager.stats.samples(dom))
+        return {"interval": manager.stats.interval, "samples": samples}
+
+    @app.get("/v1/events", responses=errors())
+    async def events(
+        request: Request, since: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0
+    ) -> list[Event]:
+        caller = caller_of(request)
+        everything = caller.uid in (0, os.geteuid())
+        history = manager.events.history(since, None if everything else caller.uid)
+        return cast("list[Event]", history)  # EventRecords as dicts, checked on the way out
 
     @app.websocket("/v1/events/stream")
     async def event_stream(websocket: WebSocket) -> None:
         await _event_session(manager, websocket)
 
-    @app.get("/v1/events")
-    async def events(request: Request, since: int = 0) -> list[dict[str, Any]]:
-        caller = caller_of(request)
-        everything = caller.uid in (0, os.geteuid())
-        return manager.events.history(since, None if everything else caller.uid)
-
     @app.websocket("/v1/vms/{name}/console")
     async def console(websocket: WebSocket, name: str) -> None:
         await _console_session(manager, websocket, name)
 
-    return app
+
+# The definition is read and validated by qumran.config.validate (field-path messages);
+# the document describes it with the same model's JSON schema.
+DEFINITION: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "a VM definition (docs/definitions.md)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VmSpec"}}},
+    }
+}
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise InvalidArgument(f"the body is not a JSON document: {exc.msg} at {where}") from None
+    except ValueError:  # a number past Python's int conversion limit (4300 digits)
+        raise InvalidArgument("the body has a number too long to read") from None
+    except RecursionError:
+        raise InvalidArgument("the body is nested too deeply") from None
+
+
+def _driver(info: DriverHostInfo) -> DriverInfo:
+    return {
+        "driver": info.driver,
+        "accelerator": info.accelerator,
+        "reason": info.reason,
+        "version": info.version,
+        "available": info.available,
+    }
 
 
 def _add_action(app: FastAPI, manager: Manager, action: str) -> None:
-    method = getattr(manager, action)
-
-    async def handler(request: Request, name: str) -> VmInfo:
-        return VmInfo(**(await method(caller_of(request), name)).info())
+    async def handler(request: Request, name: Name) -> VmInfo:
+        dom = await getattr(manager, action)(caller_of(request), name)
+        info: VmInfo = dom.info()
+        return info
 
     handler.__name__ = action
-    app.post(f"/v1/vms/{{name}}/{action}", name=action, summary=f"{action} a VM")(handler)
+    app.post(
+        f"/v1/vms/{{name}}/{action}",
+        name=action,
+        summary=f"{action} a VM",
+        responses=errors(404, 409, 504),
+    )(handler)
+
+
+def _contract(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with VmSpec's schema and without the 422 we never answer."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        spec = VmSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(spec.pop("$defs", {}))
+        schemas["VmSpec"] = spec
+        for operations in doc["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)  # our validation errors are 400s
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 async def _event_session(manager: Manager, websocket: WebSocket) -> None:

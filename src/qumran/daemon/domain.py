@@ -17,8 +17,8 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from qumran.client.schema import VmInfo
 from qumran.config.spec import VmSpec
 from qumran.daemon.console import ConsoleBroker
 from qumran.daemon.store import EventRecord, VmRecord
@@ -191,7 +191,7 @@ class Domain:
         else:
             self.reason = Reason.UNKNOWN
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> VmInfo:
         run = self.run
         pid = run.process.pid if run else None
         return {

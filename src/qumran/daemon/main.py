@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qumran.config.paths import default_socket_path, runtime_dir, state_dir
+from qumran.daemon import limits
 from qumran.drivers.base import Driver
 from qumran.errors import QumranError
 
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help="also serve the web manager on this TCP address (alone: %(const)s)",
     )
+    limits.add_options(parser)
     return parser.parse_args(argv)
 
 
@@ -149,10 +151,11 @@ def bind_web(address: str) -> socket.socket:
     return sock
 
 
-def _web_server(address: str, manager: Any, app: Any) -> Any:
+def _web_server(address: str, manager: Any, app: Any, bounds: limits.Limits) -> Any:
     """The web manager on TCP; its login tokens are issued on the UNIX API (`qumran web`)."""
     import uvicorn
 
+    from qumran.daemon.connections import web_protocols
     from qumran.web.api import token_router
     from qumran.web.auth import WebAuth
     from qumran.web.server import build_web_app
@@ -160,8 +163,9 @@ def _web_server(address: str, manager: Any, app: Any) -> Any:
     auth = WebAuth(f"http://{address}")
     app.include_router(token_router(auth))
     config = uvicorn.Config(
-        build_web_app(manager, auth),
-        ws="websockets-sansio",
+        limits.BodyLimit(build_web_app(manager, auth), bounds.max_body),
+        **web_protocols(bounds),
+        timeout_keep_alive=bounds.idle_timeout,
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -179,6 +183,7 @@ async def serve(args: argparse.Namespace) -> None:
     from qumran.daemon.manager import Manager
     from qumran.daemon.store import Store
 
+    limits.raise_fd_limit()  # before the socket is bound: up to the caps' needs from the start
     socket_path = args.socket or default_socket_path()
     run = args.run_dir or runtime_dir()
     state = args.state_dir or state_dir()
@@ -207,7 +212,7 @@ async def _serve(
     import uvicorn
 
     from qumran.daemon.api import build_app
-    from qumran.daemon.peer import PeerCredProtocol
+    from qumran.daemon.peer import api_protocols
 
     try:
         await manager.restore()
@@ -215,11 +220,12 @@ async def _serve(
         await manager.close()
         raise
     app = build_app(manager)
-    web = _web_server(args.web, manager, app) if args.web else None
+    bounds = limits.Limits.from_args(args)
+    web = _web_server(args.web, manager, app, bounds) if args.web else None
     config = uvicorn.Config(
-        app,
-        http=PeerCredProtocol,
-        ws="websockets-sansio",
+        limits.BodyLimit(app, bounds.max_body),
+        **api_protocols(bounds),
+        timeout_keep_alive=bounds.idle_timeout,
         lifespan="off",
         log_level="warning",
         access_log=False,
