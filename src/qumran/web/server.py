@@ -65,7 +65,8 @@ def build_web_app(manager: Manager, auth: WebAuth) -> ASGIApp:
     async def _internal(request: Request, exc: Exception) -> Response:
         log.error("web: internal error on %s %s: %s", request.method, request.url.path, exc)
         log.debug("traceback", exc_info=exc)
-        body = {"error": {"code": "internal", "message": f"internal error: {exc}"}}
+        # The exception's text may name the daemon's paths or data: the log has it.
+        body = {"error": {"code": "internal", "message": "internal error in qumrand (see its log)"}}
         return JSONResponse(body, status_code=500)
 
     return HostCheck(SecurityHeaders(app), auth)
