@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from daemon_harness import Daemon
+from qumran.drivers.process import RUN_DIR_VAR
 
 
 def define(daemon: Daemon, name: str, **extra: Any) -> dict[str, Any]:
@@ -203,7 +204,7 @@ def test_events_record_transitions(fake_daemon: Daemon) -> None:
     action(fake_daemon, "ev", "destroy")
     events = [e["event"] for e in fake_daemon.call("GET", "/v1/events").json() if e["vm"] == "ev"]
     assert events == ["defined", "started", "stopped"]
-    assert fake_daemon.call("GET", f"/v1/events?since={2**70}").json() == []  # not a 500
+    assert fake_daemon.call("GET", f"/v1/events?since={2**70}").status_code == 400  # not a 500
 
 
 def test_reboot_asks_the_guest_and_reset_does_not(fake_daemon: Daemon) -> None:
@@ -276,16 +277,18 @@ def test_events_are_pushed_live(fake_daemon: Daemon) -> None:
 
 
 def fakevm_pids(daemon: Daemon) -> set[int]:
-    """Every stand-in VM process of this daemon, from /proc (whoever tracks it or not)."""
+    """Every stand-in VM process of this daemon, from /proc (whoever tracks it or not):
+    each carries its run directory in its environment."""
+    mine = f"{RUN_DIR_VAR}={daemon.root}/".encode()
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"qumran.drivers.fakevm" in argv and any(str(daemon.root).encode() in a for a in argv):
+        if any(item.startswith(mine) for item in environ):
             found.add(int(entry.name))
     return found
 
