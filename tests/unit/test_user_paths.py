@@ -121,6 +121,13 @@ def test_a_file_the_user_may_read_is_accepted_through_a_group_too(
     status, err = define(fake_daemon, t2, "t2vm", boot=boot)
     assert status == 1 and err.startswith(f"error: boot.initrd: {group_only} cannot be opened")
     assert fake_daemon.vm("grouped")["owner"] == t1.pw_uid
+    # The VM process gets the groups its files were checked with, so it can open them too.
+    assert fake_daemon.call("POST", "/v1/vms/grouped/start").status_code == 200
+    pid = fake_daemon.vm("grouped")["pid"]
+    status_lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    groups = next(line for line in status_lines if line.startswith("Groups:")).split()[1:]
+    assert str(grp.getgrnam(GROUP).gr_gid) in groups
+    fake_daemon.call("POST", "/v1/vms/grouped/destroy")
 
 
 def test_a_writable_disk_needs_the_right_to_write(

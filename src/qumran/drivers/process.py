@@ -8,11 +8,13 @@ may linger as a zombie for a while, so ``kill(pid, 0)`` would still say "alive".
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import subprocess
 from collections.abc import Sequence
 
+from qumran.drivers.asuser import groups_of
 from qumran.drivers.base import Owner
 
 
@@ -148,14 +150,15 @@ def spawn(
         env=env,
         user=owner.uid if as_other else None,
         group=owner.gid if as_other else None,
-        extra_groups=_kvm_groups() if as_other else None,
+        extra_groups=_groups(owner) if as_other else None,
     )
     return Spawned(popen.pid, popen)
 
 
-def _kvm_groups() -> list[int]:
-    """Supplementary groups for a VM process: the group owning /dev/kvm, if any."""
-    try:
-        return [os.stat("/dev/kvm").st_gid]
-    except OSError:
-        return []
+def _groups(owner: Owner) -> list[int]:
+    """Supplementary groups for a VM process: the owner's login groups (the same rights
+    its files were checked with, drivers/checks.py) and the group owning /dev/kvm."""
+    groups = set(groups_of(owner.uid, owner.gid))
+    with contextlib.suppress(OSError):
+        groups.add(os.stat("/dev/kvm").st_gid)
+    return sorted(groups)
