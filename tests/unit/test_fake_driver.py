@@ -20,7 +20,7 @@ import pytest
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import GuestEvent, Owner, RunPaths
 from qumran.drivers.fake import READY_LINE, FakeDriver, FakeInstance
-from qumran.drivers.process import ProcState
+from qumran.drivers.process import ProcState, proc_state
 from qumran.errors import HypervisorError, InvalidArgument
 
 OWNER = Owner(os.getuid(), os.getgid())
@@ -334,3 +334,20 @@ def _dead_pid() -> int:
         os._exit(0)
     os.waitpid(pid, 0)
     return pid
+
+
+def test_a_cancelled_launch_leaves_no_process(paths: RunPaths) -> None:
+    """Whatever stops a launch half-way — here the caller's cancellation while the
+    monitor session opens — the process it spawned is killed, not left untracked."""
+
+    async def main() -> int:
+        task = asyncio.create_task(FakeDriver().launch(SPEC, paths, OWNER, lambda e, d: None))
+        while not paths.pidfile.exists():  # spawned: the pid file is written right after
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return int(paths.pidfile.read_text())
+
+    pid = asyncio.run(main())
+    assert proc_state(pid) is ProcState.GONE

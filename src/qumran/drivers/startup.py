@@ -50,35 +50,35 @@ async def launch(
         try:
             argv = driver.command(spec, handoff.numbers)
             log.info("VM %s: starting %s", spec.name, describe(argv))
+            env = {**os.environ, RUN_DIR_VAR: str(paths.root)}
             try:
-                env = {**os.environ, RUN_DIR_VAR: str(paths.root)}
                 process = spawn(argv, owner, handoff.log, env=env, pass_fds=handoff.fds)
             except OSError as exc:
                 raise HypervisorError(f"cannot run {argv[0]}: {exc.strerror}") from None
             run_dir.write_pid(process.pid)
-            monitor = await _connect(paths.monitor)
         finally:
-            handoff.close()  # the process has its own copies; the monitor socket dies with it
+            handoff.close()  # the process has its own copies; its sockets die with it
+        monitor: socket.socket | None = None
         try:
             async with asyncio.timeout(driver.start_timeout):
+                monitor = await _connect(paths.monitor)
                 return await _until_exit(
                     process, driver.open_instance(spec, process, paths, monitor, events)
                 )
-        except TimeoutError:
-            monitor.close()
+        except BaseException as exc:  # cancellation too: never leave the process behind
+            if monitor is not None:
+                monitor.close()
             await kill(process)
-            raise Timeout(
-                f"{driver.program} for VM {spec.name} did not open its monitor within "
-                f"{driver.start_timeout:g} s; it was killed. Its output: "
-                f"{run_dir.log_tail(offset) or '(none)'}"
-            ) from None
-        except BaseException as exc:
-            monitor.close()
-            await kill(process)
+            said = run_dir.log_tail(offset)
+            if isinstance(exc, TimeoutError):
+                raise Timeout(
+                    f"{driver.program} for VM {spec.name} did not open its monitor within "
+                    f"{driver.start_timeout:g} s; it was killed. Its output: {said or '(none)'}"
+                ) from None
             if isinstance(exc, ProcessExited | HypervisorError | OSError):
-                said = run_dir.log_tail(offset) or str(exc) or "it exited"
                 raise HypervisorError(
-                    f"{driver.program} failed to start VM {spec.name}: {said}"
+                    f"{driver.program} failed to start VM {spec.name}: "
+                    f"{said or str(exc) or 'it exited'}"
                 ) from None
             raise
 
