@@ -160,22 +160,27 @@ class Manager:
         process = instance.process
         console = ConsoleBroker(dom.name)
         try:
-            await self._open_console(dom, instance, console)
-        except (QumranError, OSError) as exc:
-            os.kill(process.pid, signal.SIGKILL)
-            await instance.close()
-            raise InvalidState(f"VM {dom.name!r}: cannot attach its console: {exc}") from None
-        run = Running(instance, process, paths, console, started_at=time.time())
-        self.store.set_runtime(
-            RuntimeRecord(
-                dom.uuid,
-                dom.spec.hypervisor,
-                process.pid,
-                process.start_time,
-                str(paths.root),
-                run.started_at,
+            try:
+                await self._open_console(dom, instance, console)
+            except (QumranError, OSError) as exc:
+                raise InvalidState(f"VM {dom.name!r}: cannot attach its console: {exc}") from None
+            run = Running(instance, process, paths, console, started_at=time.time())
+            self.store.set_runtime(
+                RuntimeRecord(
+                    dom.uuid,
+                    dom.spec.hypervisor,
+                    process.pid,
+                    process.start_time,
+                    str(paths.root),
+                    run.started_at,
+                )
             )
-        )
+        except BaseException:  # not recorded: a process nobody would track
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            await console.close()
+            await instance.close()
+            raise
         self._adopt(dom, run)
         self._changed(dom, Event.STARTED, reason, f"pid {process.pid}")
 
