@@ -112,7 +112,7 @@ class Daemon:
         if self.proc is not None:
             self.stop(signal.SIGKILL)
         for pidfile in (self.root / "run").glob("vms/*/pid"):
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, IndexError):
                 os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
         subprocess.run(["pkill", "-KILL", "-f", str(self.root)], check=False)
 

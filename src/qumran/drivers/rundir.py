@@ -116,9 +116,14 @@ class RunDir:
 
     def write_pid(self, pid: int) -> None:
         """The hypervisor's pid, for people and scripts (as libvirt keeps NAME.pid)."""
-        fd = os.open(self.paths.pidfile.name, _APPEND | os.O_TRUNC, 0o644, dir_fd=self.fd)
+        name = self.paths.pidfile.name
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{name}.new", dir_fd=self.fd)
+        fd = os.open(f"{name}.new", _APPEND | os.O_EXCL, 0o644, dir_fd=self.fd)
         with open(fd, "w") as f:
             f.write(f"{pid}\n")
+        # Whole or absent, whenever the daemon dies: readers never see an empty pid file.
+        os.replace(f"{name}.new", name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     def log_tail(self, offset: int) -> str:
         """What the hypervisor wrote to its log since ``offset``, as one line of text."""
