@@ -80,7 +80,8 @@ def find(images: list[Image], name: str) -> Image:
 def _scan(root: Path) -> list[_Found]:
     """Runs with the user's rights: lists, stats and reads, nothing else."""
     try:
-        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        with os.scandir(root) as entries:
+            names = sorted(entry.name for entry in entries)
     except OSError:  # no cache yet, or not readable by this user: no images to offer
         return []
     found: list[_Found] = []
