@@ -24,6 +24,12 @@
     return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1).replace(/\.0$/, "") : v.toFixed(2).replace(/\.?0+$/, "");
   }
 
+  function timeRange(t) {
+    const newest = t && t.length ? t[t.length - 1] : Date.now() / 1000;
+    const oldest = t && t.length ? t[0] : newest;
+    return [Math.min(oldest, newest - 60), newest];
+  }
+
   function clock(t) {
     return new Date(t * 1000).toLocaleTimeString([], { hour: "numeric", minute: "2-digit", second: "2-digit" });
   }
@@ -52,7 +58,9 @@
       scales: {
         // At least a minute wide, so a fresh VM's first samples are not spread over the
         // whole width as fractions of a second.
-        x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] },
+        // Read from the data itself: uPlot's own min/max for a single sample is no range,
+        // and an empty chart's would be the epoch (1970).
+        x: { time: true, range: (u) => timeRange(u.data[0]) },
         y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
       },
       series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false }))],
@@ -65,6 +73,7 @@
   }
 
   const charts = {};
+  window.qumranCharts = charts; // for the browser tests: the scales uPlot drew
   function chart(id, series, yLabel) {
     const el = document.getElementById(id);
     if (!el || typeof uPlot === "undefined") return null;
