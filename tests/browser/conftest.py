@@ -18,7 +18,7 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "web"
 VENDOR = Path(__file__).resolve().parents[2] / "src" / "qumran" / "web" / "static" / "vendor"
 
 
@@ -60,9 +60,15 @@ class Web:
         return page
 
     @staticmethod
-    def shot(page: Any, name: str) -> None:
+    def shot(page: Any, name: str) -> str:
+        """Keep a screenshot in artifacts/web/ and return the page's visible text, checked
+        for what a person should never see: epoch dates and "--" placeholders."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        text: str = page.inner_text("body")
+        for bad in ("1969", "1970", "--", "undefined", "NaN"):
+            assert bad not in text, f"{name}: {bad!r} shown on the page:\n{text}"
+        return text
 
 
 @pytest.fixture(scope="module")

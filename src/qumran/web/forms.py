@@ -6,11 +6,13 @@ person sees is the daemon's own validation message, word for word as the API giv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from qumran.web.images import Image, find
+
 FIELDS = (
-    "name", "memory", "vcpus", "hypervisor", "boot", "kernel", "initrd", "cmdline",
+    "name", "memory", "vcpus", "hypervisor", "boot", "image", "kernel", "initrd", "cmdline",
     "boot_disk", "disks", "nics", "serial", "graphics",
 )  # fmt: skip
 
@@ -20,8 +22,18 @@ DEFAULTS = {
 }  # fmt: skip
 
 
-def definition_from_form(form: Mapping[str, str]) -> dict[str, Any]:
-    """A definition document from the form's fields (strings, as the browser sent them)."""
+def definition_from_form(form: Mapping[str, str], images: Sequence[Image] = ()) -> dict[str, Any]:
+    """A definition document from the form's fields (strings, as the browser sent them).
+
+    ``boot=image`` boots one of ``images`` (the user's own, as :mod:`qumran.web.images`
+    listed them): its kernel and initrd, and its command line unless one was typed.
+    """
+    if form.get("boot") == "image":
+        image = find(list(images), form.get("image", ""))
+        form = {
+            **form, "boot": "kernel", "kernel": image.kernel, "initrd": image.initrd or "",
+            "cmdline": form.get("cmdline", "").strip() or image.cmdline or "",
+        }  # fmt: skip
     doc: dict[str, Any] = {
         "name": form.get("name", "").strip(),
         "memory": form.get("memory", "").strip(),

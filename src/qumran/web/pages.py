@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
+import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,16 +17,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from qumran.daemon.domain import Domain
-from qumran.daemon.manager import Manager
+from qumran.daemon.manager import Caller, Manager
 from qumran.errors import InvalidArgument, InvalidState, QumranError
+from qumran.web import definition, images, lifecycle
 from qumran.web.auth import COOKIE, Session
 from qumran.web.forms import DEFAULTS, FIELDS, definition_from_form
 from qumran.web.guard import acting, auth_of, caller, current
+from qumran.web.lifecycle import action_table, duration, mebibytes
 
 User = Annotated[Session, Depends(current)]  # any page or read: a logged-in session
 Actor = Annotated[Session, Depends(acting)]  # a change: the session and its CSRF token
 ACTIONS = ("start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.globals |= {"action_table": action_table(), "lifecycle": lifecycle}
+templates.env.filters["date"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
 
 def page(request: Request, name: str, session: Session | None, status: int = 200,
@@ -40,7 +48,19 @@ def vm_summary(manager: Manager, dom: Domain) -> dict[str, Any]:
         "hypervisor": info["hypervisor"], "pid": info["pid"],
         "graphics": bool(dom.spec.graphics), "serial": bool(dom.spec.serial),
         "cpu": [s["cpu_percent"] for s in samples],
+        "memory": mebibytes(info["memory_mib"]),
+        "uptime": duration(info["uptime"]) if info["uptime"] is not None else "",
+        "disks": len(dom.spec.disks), "nics": len(dom.spec.nics),
+        # What the list says where addresses go: none are known until networks report them.
+        "addresses": [], "network": network_summary(dom),
     }  # fmt: skip
+
+
+def network_summary(dom: Domain) -> str:
+    kinds = sorted({nic.type for nic in dom.spec.nics})
+    if not kinds:
+        return "no network"
+    return ", ".join(f"{kind}-mode" for kind in kinds)
 
 
 def routes(manager: Manager) -> APIRouter:
@@ -80,29 +100,59 @@ def routes(manager: Manager) -> APIRouter:
 
     @r.get("/vms/new")
     async def new(request: Request, session: User) -> Response:
-        return page(request, "create.html", session, form=DEFAULTS, error=None)
+        found = await _images(session)
+        form = {**DEFAULTS, "boot": "image" if found else "kernel"}
+        if found:
+            form |= {"image": found[0].name, "cmdline": found[0].cmdline or DEFAULTS["cmdline"]}
+        return create_page(request, session, 200, form, None, found)
 
     @r.post("/vms")
     async def create(request: Request, session: Actor) -> Response:
         raw = await request.form()
         form = {k: v for k in FIELDS if isinstance(v := raw.get(k, ""), str)}
+        found = await _images(session) if form.get("boot") == "image" else []
         try:
-            dom = await manager.define(caller(session), definition_from_form(form))
+            dom = await manager.define(caller(session), definition_from_form(form, found))
         except QumranError as exc:
-            return page(request, "create.html", session, exc.http_status, form=form,
-                        error=exc.message)  # fmt: skip
+            found = found or await _images(session)
+            return create_page(request, session, exc.http_status, form, exc.message, found)
         return RedirectResponse(f"/vms/{dom.name}", status_code=303)
 
     @r.get("/vms/{name}")
     async def details(request: Request, name: str, session: User) -> Response:
         dom = manager.get(caller(session), name)
         return page(request, "vm.html", session, vm=vm_summary(manager, dom), info=dom.info(),
-                    events=recent_events(manager, dom), actions=ACTIONS)  # fmt: skip
+                    events=recent_events(manager, dom), actions=ACTIONS,
+                    definition_yaml=definition.to_yaml(dom.record.definition),
+                    saved=request.query_params.get("saved") == "1")  # fmt: skip
+
+    @r.get("/vms/{name}/edit")
+    async def edit(request: Request, name: str, session: User) -> Response:
+        dom = manager.get(caller(session), name)
+        text = definition.to_yaml(dom.record.definition)
+        return edit_page(request, session, 200, vm_summary(manager, dom), text, [])
+
+    @r.post("/vms/{name}/edit")
+    async def save(request: Request, name: str, session: Actor) -> Response:
+        dom = manager.get(caller(session), name)
+        raw = (await request.form()).get("definition", "")
+        text = raw if isinstance(raw, str) else ""
+        try:
+            doc = definition.parse(text)
+            await _redefine(manager)(caller(session), name, doc)
+        except QumranError as exc:
+            found = definition.problems(exc.message, text)
+            return edit_page(request, session, exc.http_status, vm_summary(manager, dom), text,
+                             found)  # fmt: skip
+        return RedirectResponse(f"/vms/{name}?saved=1", status_code=303)
 
     @r.get("/api/vms/{name}/stats")
     async def stats(name: str, session: User) -> dict[str, Any]:
         dom = manager.get(caller(session), name)
-        return {"interval": manager.stats.interval, "samples": manager.stats.samples(dom)}
+        # This run's samples only: an earlier run's would join it across the shut-off gap.
+        run = dom.run
+        samples = [s for s in manager.stats.samples(dom) if run and s["t"] >= run.started_at]
+        return {"interval": manager.stats.interval, "samples": samples}
 
     @r.post("/vms/{name}/{action}")
     async def act(request: Request, name: str, action: str, session: Actor) -> Response:
@@ -129,6 +179,40 @@ def routes(manager: Manager) -> APIRouter:
         return page(request, "display.html", session, vm=vm_summary(manager, dom))
 
     return r
+
+
+def create_page(request: Request, session: Session, status: int, form: dict[str, str],
+                error: str | None, found: list[images.Image]) -> HTMLResponse:  # fmt: skip
+    where = images.images_dir(session.uid)
+    return page(request, "create.html", session, status, form=form, error=error,
+                images=found, images_dir=str(where) if where else None)  # fmt: skip
+
+
+def edit_page(request: Request, session: Session, status: int, vm: dict[str, Any], text: str,
+              found: list[definition.Problem]) -> HTMLResponse:  # fmt: skip
+    lines = sorted({p.line for p in found if p.line is not None})
+    return page(request, "edit.html", session, status, vm=vm, text=text, problems=found,
+                error_lines=lines)  # fmt: skip
+
+
+async def _images(session: Session) -> list[images.Image]:
+    # A hand-off to the credentials thread, off the event loop: a slow home directory
+    # (NFS) delays this page only.
+    return await asyncio.to_thread(images.user_images, session.uid, session.gid)
+
+
+Redefine = Callable[[Caller, str, Any], Awaitable[Domain]]
+
+
+def _redefine(manager: Manager) -> Redefine:
+    """``Manager.redefine`` (the API's ``PUT /v1/vms/{name}/definition``)."""
+    method: Redefine | None = getattr(manager, "redefine", None)
+    if method is not None:
+        return method
+    # TEMPORARY, until Manager.redefine is merged: drop with redefine_shim.py.
+    from qumran.web import redefine_shim
+
+    return functools.partial(redefine_shim.redefine, manager)
 
 
 def _visible(manager: Manager, session: Session) -> list[Domain]:

@@ -3,17 +3,9 @@
 const qumran = (() => {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const hooks = [];
-  const ACTIVE = ["running", "paused", "shutdown"];
-  const ALLOWED = {
-    start: (s) => !ACTIVE.includes(s),
-    shutdown: (s) => s === "running",
-    reboot: (s) => s === "running",
-    reset: (s) => s === "running",
-    suspend: (s) => s === "running",
-    resume: (s) => s === "paused",
-    destroy: (s) => ACTIVE.includes(s),
-    undefine: (s) => !ACTIVE.includes(s),
-  };
+  // The state -> actions table of lifecycle.py, as the page was served with it.
+  const TABLE = JSON.parse(document.querySelector('meta[name="qumran-actions"]').content);
+  const ORDER = ["start", "shutdown", "reboot", "suspend", "resume", "reset", "destroy", "undefine"];
 
   function flash(message) {
     const box = document.getElementById("flash");
@@ -34,15 +26,47 @@ const qumran = (() => {
     return body;
   }
 
+  // One primary button for the state, the other allowed actions in the ⋮ menu (as the
+  // server first rendered them: _actions.html); buttons of disallowed actions are hidden.
+  function arrange(form, state) {
+    const slot = form.querySelector(".primary-slot");
+    const menu = form.querySelector(".menu-items");
+    const first = TABLE.primary[state] || "destroy";
+    const valid = TABLE.valid[state] || ["destroy"];
+    const edit = menu.querySelector('[data-menu="edit"]');
+    for (const action of ORDER) {
+      const button = form.querySelector(`button[data-action="${action}"]`);
+      if (!button) continue;
+      const allowed = valid.includes(action);
+      button.hidden = !allowed;
+      button.disabled = !allowed;
+      if (action === first) {
+        slot.appendChild(button);
+        continue;
+      }
+      if (action === "undefine" && edit) menu.appendChild(edit); // edit, then delete: last
+      menu.appendChild(button);
+    }
+    form.action = `/vms/${encodeURIComponent(form.dataset.vm)}/${first}`;
+    const more = form.querySelector("details.menu");
+    more.hidden = !menu.querySelector("button:not([hidden]), a");
+  }
+
   function enableButtons(root) {
     for (const form of root.querySelectorAll("form.actions")) {
       const holder = form.closest("[data-state]") || document.getElementById("vm");
-      const state = holder ? holder.dataset.state : "shutoff";
-      for (const button of form.querySelectorAll("button[data-action]")) {
-        button.disabled = !ALLOWED[button.dataset.action](state);
-      }
+      arrange(form, holder ? holder.dataset.state : "shutoff");
     }
   }
+
+  // One menu open at a time; a click elsewhere or Escape closes it.
+  function closeMenus(except) {
+    for (const open of document.querySelectorAll("details.menu[open]")) {
+      if (open !== except) open.open = false;
+    }
+  }
+  document.addEventListener("click", (event) => closeMenus(event.target.closest("details.menu")));
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeMenus(null); });
 
   function setState(name, state, reason) {
     for (const el of document.querySelectorAll(`[data-vm="${CSS.escape(name)}"][data-state]`)) {
@@ -63,6 +87,7 @@ const qumran = (() => {
     if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
     const name = button.closest("form").dataset.vm;
     const action = button.dataset.action;
+    closeMenus(null);
     button.disabled = true;
     try {
       const body = await post(`/vms/${encodeURIComponent(name)}/${action}`);

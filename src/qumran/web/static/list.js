@@ -1,4 +1,5 @@
-// The VM list: CPU sparklines, refreshed every few seconds; new or removed VMs reload it.
+// The VM list: uptime and CPU sparklines, refreshed every few seconds; new or removed VMs
+// reload it.
 "use strict";
 (() => {
   function spark(canvas, values) {
@@ -34,6 +35,7 @@
       row.querySelector("canvas.spark").dataset.cpu = JSON.stringify(vm.cpu);
       const now = row.querySelector('[data-field="cpu"]');
       now.textContent = vm.cpu.length ? `${Math.round(vm.cpu[vm.cpu.length - 1])}%` : "";
+      row.querySelector('[data-field="uptime"]').textContent = vm.uptime;
     }
     drawAll();
   }
@@ -44,6 +46,7 @@
     if (row && event.state === "shutoff") {
       row.querySelector("canvas.spark").dataset.cpu = "[]";
       row.querySelector('[data-field="cpu"]').textContent = "";
+      row.querySelector('[data-field="uptime"]').textContent = "";
       drawAll();
     }
   });
