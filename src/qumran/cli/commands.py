@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from qumran.cli import output
+from qumran.cli import daemonctl, output
 from qumran.client import Client
 from qumran.errors import InvalidArgument, Timeout
 
@@ -339,6 +339,9 @@ COMMANDS = [
     Command("events", "show VM lifecycle events", _events_args, do_events),
     Command("image", "build guest images", _image_args, do_image),
     Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
+    Command(
+        "daemon", "qumrand's status; stop or restart it", daemonctl.arguments, daemonctl.handler
+    ),
 ]
 
 NAMES = frozenset(c.name for c in COMMANDS)
