@@ -287,7 +287,10 @@ def do_web(args: argparse.Namespace) -> int:
         doc = _client(args).web_token()
     except NotFound:
         raise NotFound(
-            "qumrand does not serve the web manager: start it with --web [HOST:PORT]"
+            "qumrand does not serve the web manager: turn it on with `enabled = true` under "
+            "[web] in its settings file (/etc/qumran/qumrand.toml for root's qumrand, "
+            "~/.config/qumran/qumrand.toml for your own), then `qumran daemon restart`; "
+            "or start it with --web [HOST:PORT]"
         ) from None
     if args.json:
         output.print_json(doc)
