@@ -77,7 +77,7 @@ def test_the_file_sets_and_the_command_line_overrides(daemon_root: Path) -> None
     path.write_text(
         f'log-level = "debug"\n'
         f'run-dir = "{daemon_root}/elsewhere"\n'
-        f"[web]\nenabled = true\naddress = \"127.0.0.1:{port}\"\n"
+        f'[web]\nenabled = true\naddress = "127.0.0.1:{port}"\n'
         f"[limits]\nmax-body = 2000\nheader-timeout = 3.5\n"
     )
     # The harness's --no-config comes first; the last of --config/--no-config counts.

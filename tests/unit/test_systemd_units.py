@@ -84,7 +84,7 @@ def test_the_example_settings_are_the_defaults(tmp_path: Path) -> None:
     assert config.apply_file(config.Settings.defaults(), plain, True).limits == config.Limits()
     # Every setting uncommented, but the root-only paths: still the defaults.
     uncommented = re.sub(r"(?m)^# ([a-z-]+ = )", r"\1", example)
-    uncommented = re.sub(r'(?m)^(state-dir|run-dir) = .*$', "", uncommented)
+    uncommented = re.sub(r"(?m)^(state-dir|run-dir) = .*$", "", uncommented)
     plain.write_text(uncommented)
     settings = config.apply_file(config.Settings.defaults(), plain, True)
     assert settings == config.Settings(

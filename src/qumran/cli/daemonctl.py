@@ -155,7 +155,6 @@ def _restart(client: Client, info: DaemonInfo, timeout: float) -> int:
     finally:
         os.close(pidfd)
     print(
-        f"qumrand restarted (pid {now['pid']}); its socket stayed open and running VMs "
-        "kept running"
+        f"qumrand restarted (pid {now['pid']}); its socket stayed open and running VMs kept running"
     )
     return 0

@@ -55,8 +55,10 @@ def listen_fds() -> tuple[dict[str, socket.socket], str]:
         raise QumranError(f"LISTEN_FDS={env['LISTEN_FDS']!r} is not a number") from None
     names = (env["LISTEN_FDNAMES"] or "").split(":")
     named = [names[i] if i < len(names) else "" for i in range(count)]
-    api = named.index(API) if API in named else next(
-        (i for i, name in enumerate(named) if name != WEB), None
+    api = (
+        named.index(API)
+        if API in named
+        else next((i for i, name in enumerate(named) if name != WEB), None)
     )
     found: dict[str, socket.socket] = {}
     for index, name in enumerate(named):

@@ -86,23 +86,50 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add = parser.add_argument
-    add("--config", type=Path, metavar="FILE",
-        help=f"settings file (default: {config}; a missing default file means no settings)")
-    add("--no-config", dest="config", action="store_const", const=_NO_FILE,
-        help="read no settings file (the last of --config and --no-config counts)")
-    add("--socket", metavar="PATH",
-        help=f"API socket (default: {here.socket}; clients look there too)")
-    add("--state-dir", type=Path, metavar="DIR",
-        help=f"where the database lives (default: {here.state_dir})")
-    add("--run-dir", type=Path, metavar="DIR",
-        help=f"runtime files of VMs (default: {here.run_dir})")
-    add("--driver", choices=("real", "fake"),
-        help="'fake' runs stand-in VM processes instead of hypervisors, for tests "
-             "(default: real)")
+    add(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"settings file (default: {config}; a missing default file means no settings)",
+    )
+    add(
+        "--no-config",
+        dest="config",
+        action="store_const",
+        const=_NO_FILE,
+        help="read no settings file (the last of --config and --no-config counts)",
+    )
+    add(
+        "--socket",
+        metavar="PATH",
+        help=f"API socket (default: {here.socket}; clients look there too)",
+    )
+    add(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where the database lives (default: {here.state_dir})",
+    )
+    add(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"runtime files of VMs (default: {here.run_dir})",
+    )
+    add(
+        "--driver",
+        choices=("real", "fake"),
+        help="'fake' runs stand-in VM processes instead of hypervisors, for tests (default: real)",
+    )
     add("--log-level", choices=LOG_LEVELS, help="how much qumrand logs (default: info)")
-    add("--web", nargs="?", const=_WEB_ON, metavar="HOST:PORT",
+    add(
+        "--web",
+        nargs="?",
+        const=_WEB_ON,
+        metavar="HOST:PORT",
         help="also serve the web manager, on this TCP address (alone: the settings "
-             f"file's address, else {DEFAULT_WEB}; default: off, unless the file turns it on)")
+        f"file's address, else {DEFAULT_WEB}; default: off, unless the file turns it on)",
+    )
     add("--no-web", action="store_true",
         help="do not serve the web manager, whatever the settings file says")  # fmt: skip
     limits.add_options(parser)
@@ -222,7 +249,7 @@ def _boolean(value: object) -> bool:
 
 def _address(value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} must be HOST:PORT in quotes, such as \"{DEFAULT_WEB}\"")
+        raise ValueError(f'{value!r} must be HOST:PORT in quotes, such as "{DEFAULT_WEB}"')
     parse_address(value)
     return value
 
