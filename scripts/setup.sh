@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Qumran needs on Debian 12: system packages, a virtualenv with Qumran in it,
-# and (with --test) what the tests need. Safe to run again: it skips what is there.
+# and (with --test) what the tests need; puts the commands on PATH (symlinks in
+# /usr/local/bin for root, ~/.local/bin for a user); where systemd runs, installs and
+# enables qumrand's socket-activated units (contrib/systemd/: the system ones for root,
+# the user ones for a user). Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +14,8 @@ packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static pr
 # The web manager's front-end libraries come from npm; NodeSource's nodejs brings its own npm.
 command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then
-    packages+=(acpica-tools hyperfine passwd util-linux chromium)
+    # systemd: systemd-analyze and systemd-socket-activate, to check qumrand's units.
+    packages+=(acpica-tools hyperfine passwd util-linux chromium systemd)
 fi
 
 missing=()
@@ -33,7 +37,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras=""
 [ "$want_tests" = 1 ] && extras="[test]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+# Installed for this pyproject.toml and these extras already: nothing to do (and a user
+# using a clone someone else set up does not need to write to its .venv).
+stamp="$(sha256sum pyproject.toml | cut -c1-16)${extras}"
+if [ "$(cat .venv/.qumran-setup 2>/dev/null)" != "$stamp" ]; then
+    if [ -w .venv ]; then
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+        echo "$stamp" > .venv/.qumran-setup
+    else
+        echo "setup: $PWD/.venv is $(stat -c %U .venv)'s, not yours: using it as it is"
+    fi
+fi
 
 # The web manager's xterm.js, noVNC and uPlot, copied from npm into the package (no CDN).
 web/build.sh --if-needed
+
+scripts/install-commands.sh

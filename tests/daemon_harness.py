@@ -55,6 +55,7 @@ class Daemon:
             "--run-dir", str(self.root / "run"),
             "--driver", self.driver,
             "--log-level", "debug",
+            "--no-config",  # the machine's own settings file is not the test's
         ]  # fmt: skip
         if self.web is not None:
             argv += ["--web", self.web]

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from qumran.client import Client, DaemonNotRunning, ProtocolError, default_socket_path
 from qumran.client.wire import quote, read_response, request
-from qumran.config import paths as config_paths
 from qumran.errors import (
     AlreadyExists,
     ConnectionFailed,
@@ -327,26 +326,7 @@ def test_empty_name_is_refused_before_any_request() -> None:
 # --- socket paths -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("env", "uid", "expected"),
-    [
-        ({"QUMRAN_SOCKET": "/tmp/x.sock"}, 1000, "/tmp/x.sock"),
-        ({"QUMRAN_SOCKET": "/tmp/x.sock"}, 0, "/tmp/x.sock"),
-        ({}, 0, "/run/qumran/qumrand.sock"),
-        ({"XDG_RUNTIME_DIR": "/run/user/1000"}, 0, "/run/qumran/qumrand.sock"),
-        ({"XDG_RUNTIME_DIR": "/xdg"}, 1000, "/xdg/qumran/qumrand.sock"),
-        ({}, 1000, "/run/user/1000/qumran/qumrand.sock"),
-    ],
-)
-def test_socket_path_agrees_with_the_daemon(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], uid: int, expected: str
-) -> None:
-    for name in ("QUMRAN_SOCKET", "XDG_RUNTIME_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert default_socket_path(uid) == expected
-    assert config_paths.default_socket_path(uid) == expected
+# The rules themselves, for every kind of session: tests/unit/test_runtime_paths.py.
 
 
 def test_socket_path_defaults_to_the_effective_user(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,7 +135,7 @@ def test_a_busy_web_port(daemon_root: Path) -> None:
         line = one_line(qumrand(daemon_root, "--web", address))
     assert line == (
         f"qumrand: cannot serve the web manager on {address}: Address already in use; "
-        "choose another address with --web HOST:PORT"
+        "choose another address with --web HOST:PORT or in the settings file ([web] address)"
     )
     assert not (daemon_root / "state").exists()
 

@@ -205,7 +205,8 @@ def test_qumran_web_without_the_web_manager(fake_daemon: Daemon) -> None:
         [QUMRAN, "web"], env=fake_daemon.env, capture_output=True, text=True, timeout=30
     )
     assert cli.returncode == 1
-    assert "start it with --web" in cli.stderr
+    assert "turn it on with `enabled = true` under [web] in its settings file" in cli.stderr
+    assert "then `qumran daemon restart`; or start it with --web" in cli.stderr
 
 
 def test_a_browser_that_vanishes_leaves_no_error(daemon: Daemon) -> None:

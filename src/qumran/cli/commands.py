@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from qumran.cli import output
+from qumran.cli import daemonctl, output
 from qumran.client import Client
 from qumran.errors import InvalidArgument, Timeout
 
@@ -287,7 +287,10 @@ def do_web(args: argparse.Namespace) -> int:
         doc = _client(args).web_token()
     except NotFound:
         raise NotFound(
-            "qumrand does not serve the web manager: start it with --web [HOST:PORT]"
+            "qumrand does not serve the web manager: turn it on with `enabled = true` under "
+            "[web] in its settings file (/etc/qumran/qumrand.toml for root's qumrand, "
+            "~/.config/qumran/qumrand.toml for your own), then `qumran daemon restart`; "
+            "or start it with --web [HOST:PORT]"
         ) from None
     if args.json:
         output.print_json(doc)
@@ -339,6 +342,9 @@ COMMANDS = [
     Command("events", "show VM lifecycle events", _events_args, do_events),
     Command("image", "build guest images", _image_args, do_image),
     Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
+    Command(
+        "daemon", "qumrand's status; stop or restart it", daemonctl.arguments, daemonctl.handler
+    ),
 ]
 
 NAMES = frozenset(c.name for c in COMMANDS)

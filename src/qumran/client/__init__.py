@@ -11,12 +11,13 @@ from qumran.client.paths import default_socket_path
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
-    from qumran.client.schema import DriverInfo, Event, HostInfo, Stats, VmInfo
+    from qumran.client.schema import DaemonInfo, DriverInfo, Event, HostInfo, Stats, VmInfo
 
-_SCHEMA = frozenset({"DriverInfo", "Event", "HostInfo", "Stats", "VmInfo"})
+_SCHEMA = frozenset({"DaemonInfo", "DriverInfo", "Event", "HostInfo", "Stats", "VmInfo"})
 
 __all__ = [
     "Client",
+    "DaemonInfo",
     "DaemonNotRunning",
     "DriverInfo",
     "Event",

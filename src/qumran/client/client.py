@@ -24,7 +24,7 @@ TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
     from typing import Any
 
-    from qumran.client.schema import Event, HostInfo, LoginToken, Stats, VmInfo
+    from qumran.client.schema import DaemonInfo, Event, HostInfo, LoginToken, Stats, VmInfo
 
 # For error bodies without our {"error": {...}} envelope (say, from the web framework).
 _BY_STATUS: dict[int, type[QumranError]] = {
@@ -46,6 +46,11 @@ class Client:
 
     def host(self) -> HostInfo:
         result: HostInfo = self._call("GET", "/v1/host")
+        return result
+
+    def daemon(self) -> DaemonInfo:
+        """qumrand itself: pid, socket, settings (``qumran daemon status``)."""
+        result: DaemonInfo = self._call("GET", "/v1/daemon")
         return result
 
     def list_vms(self, all: bool = False) -> list[VmInfo]:

@@ -59,6 +59,23 @@ class HostInfo(TypedDict):
     drivers: list[DriverInfo]
 
 
+class DaemonInfo(TypedDict):
+    """qumrand itself: its process, where it listens and keeps things, its settings."""
+
+    pid: int
+    uid: int
+    version: str
+    started_at: float  # UNIX time this process image started (a restart renews it)
+    socket: str
+    socket_source: str  # qumrand (bound it itself) | systemd (socket activation)
+    systemd_unit: str | None  # the systemd unit it runs in, if any
+    config_file: str | None  # the settings file read, if any
+    run_dir: str
+    state_dir: str
+    log_level: str
+    web: str | None  # the web manager's URL, null when it is off
+
+
 class Event(TypedDict):
     """A lifecycle event of a VM."""
 

@@ -23,9 +23,19 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from qumran import __version__
-from qumran.client.schema import DriverInfo, ErrorBody, Event, HostInfo, Sample, Stats, VmInfo
+from qumran.client.schema import (
+    DaemonInfo,
+    DriverInfo,
+    ErrorBody,
+    Event,
+    HostInfo,
+    Sample,
+    Stats,
+    VmInfo,
+)
 from qumran.config.spec import VmSpec
 from qumran.daemon import streams
+from qumran.daemon.admin import daemon_info
 from qumran.daemon.manager import Caller, Manager
 from qumran.drivers.base import HostInfo as DriverHostInfo
 from qumran.errors import InvalidArgument, InvalidState, PermissionDenied, QumranError
@@ -140,6 +150,10 @@ def _routes(app: FastAPI, manager: Manager) -> None:
             "daemon_uid": os.geteuid(),
             "drivers": [_driver(d.host_info()) for d in manager.drivers.values()],
         }
+
+    @app.get("/v1/daemon", responses=errors())
+    async def daemon(request: Request) -> DaemonInfo:
+        return daemon_info(request.app.state)
 
     @app.get("/v1/vms", responses=errors())
     async def list_vms(request: Request, all: bool = False) -> list[VmInfo]:

@@ -1,22 +1,27 @@
-"""qumrand: the management daemon (the libvirtd role)."""
+"""qumrand: the management daemon (the libvirtd role).
+
+Settings: ``qumran.daemon.config`` (defaults, the settings file, the command line).
+Sockets: bound here, or passed in by systemd or by the qumrand before a restart
+(``qumran.daemon.activation``). SIGTERM stops it, SIGHUP restarts it in place; running
+VMs keep running either way and the next qumrand re-attaches to them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qumran.config.paths import default_socket_path, runtime_dir, state_dir
-from qumran.daemon import limits
+from qumran.config.paths import is_fallback
+from qumran.daemon import activation, admin, config, limits, listeners
 from qumran.drivers.base import Driver
 from qumran.errors import QumranError
 
@@ -27,27 +32,8 @@ log = logging.getLogger("qumran.daemon")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="qumrand", description="The Qumran management daemon.")
-    parser.add_argument("--socket", default=None, help="API socket (default: %(default)s)")
-    parser.add_argument("--state-dir", type=Path, default=None, help="where the database lives")
-    parser.add_argument("--run-dir", type=Path, default=None, help="runtime files of VMs")
-    parser.add_argument(
-        "--driver",
-        choices=("real", "fake"),
-        default="real",
-        help="'fake' runs stand-in VM processes instead of hypervisors (for tests)",
-    )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    parser.add_argument(
-        "--web",
-        nargs="?",
-        const="127.0.0.1:8090",
-        default=None,
-        metavar="HOST:PORT",
-        help="also serve the web manager on this TCP address (alone: %(const)s)",
-    )
-    limits.add_options(parser)
-    return parser.parse_args(argv)
+    """The options given (absent ones are left to the settings file; see ``config``)."""
+    return config.build_parser().parse_args(argv)
 
 
 def make_drivers(kind: str) -> dict[str, Driver]:
@@ -66,53 +52,10 @@ def make_drivers(kind: str) -> dict[str, Driver]:
     return drivers
 
 
-def bind_socket(path: str) -> socket.socket:
-    """Bind the API socket; refuse if another daemon answers on it, else clear a stale one."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    except OSError as exc:
-        raise _socket_problem(path, exc) from None
-    else:
-        raise QumranError(
-            f"another qumrand is already listening on {path}; stop it first, "
-            "or give this one another --socket"
-        )
-    finally:
-        probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        sock.bind(path)
-        os.chmod(path, 0o666)  # anyone may connect; SO_PEERCRED decides what they may do
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise _socket_problem(path, exc) from None
-    return sock
-
-
-def _socket_problem(path: str, exc: OSError) -> QumranError:
-    return QumranError(
-        f"cannot listen on {path}: {exc.strerror or exc}; "
-        "choose another path with --socket (or QUMRAN_SOCKET)"
-    )
-
-
-def prepare_run_dir(run: Path) -> None:
-    """The run directory must exist and be ours to write: each VM's files go below it."""
-    try:
-        run.mkdir(parents=True, exist_ok=True, mode=0o755)
-        if not os.access(run, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-    except OSError as exc:
-        raise QumranError(
-            f"cannot use the run directory {run}: {exc.strerror or exc}; make it writable "
-            "by the daemon's user or choose another with --run-dir"
-        ) from None
+# How long, on a restart, a connection accepted but still silent gets to send its request
+# before the old qumrand lets go of it (uvicorn would close it unanswered at once). Ours
+# send at once; this bounds what a client that never sends can hold up.
+FIRST_REQUEST_GRACE = 1.0
 
 
 def _server_class() -> type:
@@ -121,34 +64,46 @@ def _server_class() -> type:
     class Server(uvicorn.Server):
         """uvicorn's server without its signal capture: qumrand handles SIGTERM itself
         (uvicorn would re-raise the signal on the way out, killing the daemon before it
-        has let go of its VMs)."""
+        has let go of its VMs). On a restart (``handing_over``), it stops accepting,
+        lets every connection already accepted send its request, and answers those
+        before it goes; what was not accepted waits in the backlog for the next qumrand."""
+
+        handing_over = False
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.handing_over:
+                for server in self.servers:
+                    server.close()  # our duplicate keeps the socket listening
+                await self._let_requests_arrive()
+            await super().shutdown(sockets)
+
+        async def _let_requests_arrive(self) -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + FIRST_REQUEST_GRACE
+            # uvicorn has no event for "a request began"; a short poll, bounded.
+            while loop.time() < deadline and any(_silent(c) for c in self.server_state.connections):
+                await asyncio.sleep(0.005)
+
     return Server
 
 
-def bind_web(address: str) -> socket.socket:
-    """Bind the web manager's TCP address (before anything else, so a busy port fails fast)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise QumranError(f"--web wants HOST:PORT, such as 127.0.0.1:8090 (got {address!r})")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-    except OSError as exc:
-        sock.close()
-        raise QumranError(
-            f"cannot serve the web manager on {address}: {exc.strerror}; "
-            "choose another address with --web HOST:PORT"
-        ) from None
-    sock.listen(128)
-    return sock
+def _silent(connection: Any) -> bool:
+    """An HTTP connection accepted that has not sent (all of) its first request yet."""
+    import h11
+
+    conn = getattr(connection, "conn", None)
+    transport = getattr(connection, "transport", None)
+    return (
+        getattr(connection, "cycle", False) is None
+        and isinstance(conn, h11.Connection)
+        and conn.their_state is h11.IDLE
+        and transport is not None
+        and not transport.is_closing()
+    )
 
 
 def _web_server(address: str, manager: Any, app: Any, bounds: limits.Limits) -> Any:
@@ -179,35 +134,41 @@ def _web_server(address: str, manager: Any, app: Any, bounds: limits.Limits) -> 
     return _server_class()(config)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(settings: config.Settings) -> listeners.Listening | None:
+    """Run qumrand until SIGTERM (None) or SIGHUP (the sockets to restart with)."""
     from qumran.daemon.manager import Manager
     from qumran.daemon.store import Store
 
     limits.raise_fd_limit()  # before the socket is bound: up to the caps' needs from the start
-    socket_path = args.socket or default_socket_path()
-    run = args.run_dir or runtime_dir()
-    state = args.state_dir or state_dir()
+    passed, source = activation.listen_fds()
+    run, state = settings.run_dir, settings.state_dir
     with contextlib.ExitStack() as opened:  # what start-up got before a failure, let go
-        prepare_run_dir(run)
-        web_sock = bind_web(args.web) if args.web else None  # a busy port fails fast
+        for extra in passed.values():
+            opened.callback(extra.close)
+        listeners.prepare_run_dir(run)
+        if is_fallback(run):
+            log.warning(
+                "no runtime folder for uid %d ($XDG_RUNTIME_DIR unset or not yours, no "
+                "/run/user/%d): VMs' run files and the socket go in %s, private to this user",
+                os.geteuid(), os.geteuid(), run,
+            )  # fmt: skip
+        web_sock = listeners.web_listener(settings.web, passed.pop(activation.WEB, None))
         if web_sock is not None:
             opened.callback(web_sock.close)
         # The socket before the store: a second qumrand stops here, not touching the store.
-        sock = bind_socket(socket_path)
-        opened.callback(_unlink, socket_path)
-        opened.callback(sock.close)
+        passed_api = passed.pop(activation.API, None)
+        listening = listeners.api_listener(settings.socket, passed_api, source)
+        listening.web = web_sock
+        opened.callback(listeners.let_go, listening)
         store = Store(state / "qumran.db")
         opened.callback(store.close)
-        manager = Manager(store, make_drivers(args.driver), run)
-        await _serve(args, manager, sock, web_sock, socket_path)
+        manager = Manager(store, make_drivers(settings.driver), run)
+        await _serve(settings, manager, listening)
+        return listening if listening.handover is not None else None
 
 
 async def _serve(
-    args: argparse.Namespace,
-    manager: Manager,
-    sock: socket.socket,
-    web_sock: socket.socket | None,
-    socket_path: str,
+    settings: config.Settings, manager: Manager, listening: listeners.Listening
 ) -> None:
     import uvicorn
 
@@ -220,8 +181,11 @@ async def _serve(
         await manager.close()
         raise
     app = build_app(manager)
-    bounds = limits.Limits.from_args(args)
-    web = _web_server(args.web, manager, app, bounds) if args.web else None
+    unit = activation.under_systemd_service()
+    app.state.daemon = admin.describe(settings, listening.path, listening.source, unit)
+    bounds = settings.limits
+    web_sock = listening.web
+    web = _web_server(settings.web, manager, app, bounds) if settings.web else None
     config = uvicorn.Config(
         limits.BodyLimit(app, bounds.max_body),
         **api_protocols(bounds),
@@ -236,37 +200,72 @@ async def _serve(
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        activation.notify("STOPPING=1")
+        if listening.handover is not None:  # a stop during a restart wins: no new qumrand
+            for dup in listening.handover.values():
+                dup.close()
+            listening.handover = None
         for each in servers:
+            each.should_exit = True
+
+    def restart() -> None:
+        if listening.handover is not None:
+            return  # one restart at a time
+        # Duplicates, taken before uvicorn closes its sockets: they keep listening.
+        listening.handover = {activation.API: listening.sock.dup()}
+        if web_sock is not None:
+            listening.handover[activation.WEB] = web_sock.dup()
+        activation.notify(f"RELOADING=1\nMONOTONIC_USEC={activation.monotonic_usec()}")
+        log.info("restarting in place (SIGHUP): the sockets stay open; VMs keep running")
+        for each in servers:
+            each.handing_over = True
             each.should_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    log.info("qumrand listening on %s (run dir %s, state %s)", socket_path, manager.run_dir,
-             manager.store.path)  # fmt: skip
+    loop.add_signal_handler(signal.SIGHUP, restart)
+    if _early_restart.is_set():  # SIGHUP came while qumrand was starting
+        restart()
+    from_where = "" if listening.source == "qumrand" else f", socket from {listening.source}"
+    log.info("qumrand listening on %s (run dir %s, state %s%s)", listening.path,
+             manager.run_dir, manager.store.path, from_where)  # fmt: skip
+    activation.notify(f"READY=1\nSTATUS=listening on {listening.path}\nMAINPID={os.getpid()}")
     try:
         if web is None:
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=[listening.sock])
         else:
             async with asyncio.TaskGroup() as group:
-                group.create_task(server.serve(sockets=[sock]))
+                group.create_task(server.serve(sockets=[listening.sock]))
                 group.create_task(web.serve(sockets=[web_sock]))
     finally:
         await manager.close()
-        log.info("qumrand stopped; running VMs keep running")
+        if listening.handover is None:
+            log.info("qumrand stopped; running VMs keep running")
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+# Set by a SIGHUP that comes before the event loop handles it (during start-up).
+_early_restart = threading.Event()
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A restart execs us with SIGHUP ignored (see activation.reexec), so that a second
+    # SIGHUP cannot kill the new qumrand before it handles them; from here on, one is
+    # remembered. (A handler, not SIG_IGN, so VM processes started later get the default.)
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: _early_restart.set())
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    activation.take_notify_socket()
     try:
-        asyncio.run(serve(args))
+        settings = config.resolve(args)
+    except QumranError as exc:
+        print(f"qumrand: {exc.message}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.config_file is not None:
+        log.info("settings from %s", settings.config_file)
+    try:
+        listening = asyncio.run(serve(settings))
     except QumranError as exc:
         print(f"qumrand: {exc.message}", file=sys.stderr)
         return 1
@@ -276,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("qumrand failed", exc_info=exc)
         print(f"qumrand: internal error: {exc!r} (--log-level debug shows where)", file=sys.stderr)
         return 1
+    if listening is not None and listening.handover is not None:
+        try:
+            activation.reexec(listening.handover, listening.source)
+        except OSError as exc:
+            print(f"qumrand: cannot restart: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     return 0
 
 
