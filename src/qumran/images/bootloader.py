@@ -109,8 +109,10 @@ def install(disk: Path, part: Layout, loader: BootLoader) -> None:
     core = core_with_blocklist(loader.core_img)
     needed = (len(core) + SECTOR - 1) // SECTOR
     if needed > part.gap_sectors:
-        raise ImageError(f"GRUB's core image needs {needed} sectors; the gap before the "
-                         f"partition has {part.gap_sectors}")
+        raise ImageError(
+            f"GRUB's core image needs {needed} sectors; the gap before the "
+            f"partition has {part.gap_sectors}"
+        )
     with disk.open("r+b") as f:
         mbr = f.read(SECTOR)
         f.seek(CORE_LBA * SECTOR)

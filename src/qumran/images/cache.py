@@ -69,8 +69,10 @@ class ImageInfo:
             known = {f for f in cls.__dataclass_fields__}
             return cls(**{k: v for k, v in doc.items() if k in known})
         except (ValueError, TypeError) as exc:
-            raise ImageError(f"{where} is not a valid image description ({exc}): "
-                             f"remove that image with `qumran image rm`") from exc
+            raise ImageError(
+                f"{where} is not a valid image description ({exc}): "
+                f"remove that image with `qumran image rm`"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,7 @@ class ImageStore:
     def get(self, name: str) -> Image:
         image = self.find(name)
         if image is None:
-            raise ImageNotFound(f"no image named {name!r} in {self.root} "
-                                "(see `qumran image list`)")
+            raise ImageNotFound(f"no image named {name!r} in {self.root} (see `qumran image list`)")
         return image
 
     def remove(self, name: str) -> Image:
@@ -187,8 +188,9 @@ class ImageStore:
         check_name(name)
         target = self.root / name
         if target.exists() and not (target / INFO_FILE).is_file():
-            raise ImageError(f"{target} exists and is not an image entry (no {INFO_FILE}): "
-                             "choose another name")
+            raise ImageError(
+                f"{target} exists and is not an image entry (no {INFO_FILE}): choose another name"
+            )
         with self._lock(name):
             self._clean_leftovers(name)
             work = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=self.root))
@@ -248,8 +250,9 @@ class Staging:
         self.path.chmod(0o755)  # mkdtemp's 0700: readable like any cache entry
         aside: Path | None = None
         if self.target.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{self.target.name}-",
-                                          dir=self.target.parent))
+            aside = Path(
+                tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{self.target.name}-", dir=self.target.parent)
+            )
             self.target.rename(aside / "entry")
         self.path.rename(self.target)
         if aside is not None:

@@ -76,6 +76,8 @@ CLOUD_CFG = """\
 # Qumran: configuration comes from a NoCloud seed (a disk labelled cidata, or ds=nocloud
 # on the kernel command line or SMBIOS serial); do not probe cloud metadata services.
 datasource_list: [ NoCloud, None ]
+# C.UTF-8 is built into the C library: no locale to generate (a seed may choose another).
+locale: C.UTF-8
 """
 HOSTS = """\
 127.0.0.1\tlocalhost
@@ -193,8 +195,9 @@ def recipe(
         raise ImageError("give a Debian snapshot or a mirror, not both")
     if snapshot is not None:
         if not SNAPSHOT_PATTERN.fullmatch(snapshot):
-            raise ImageError(f"bad snapshot {snapshot!r}: use snapshot.debian.org's form, "
-                             "e.g. 20250520T000000Z")
+            raise ImageError(
+                f"bad snapshot {snapshot!r}: use snapshot.debian.org's form, e.g. 20250520T000000Z"
+            )
         return Recipe(
             mirror=f"{SNAPSHOT_URL}/debian/{snapshot}",
             security_mirror=f"{SNAPSHOT_URL}/debian-security/{snapshot}",
@@ -239,8 +242,14 @@ def build(
         progress.phase("installing the boot loader (GRUB)")
         bootloader.install(raw, part, bootloader.load(work))
         progress.phase("compressing the disk (qcow2)")
-        qemuimg.convert(raw, stage.path / DISK_FILE, source_format="raw",
-                        target_format="qcow2", compress=True, on_fraction=progress.fraction)
+        qemuimg.convert(
+            raw,
+            stage.path / DISK_FILE,
+            source_format="raw",
+            target_format="qcow2",
+            compress=True,
+            on_fraction=progress.fraction,
+        )
         progress.phase("storing the image")
         shutil.rmtree(work)
         (stage.path / CMDLINE_FILE).write_text(rec.cmdline + "\n")
@@ -267,7 +276,7 @@ def mmdebstrap_argv(rec: Recipe, work: Path, tarball: Path, archives: Path) -> l
         "--include=" + ",".join(rec.packages),
         # Reuse and keep the .deb files: a warm build downloads only what changed.
         "--skip=download/empty", "--skip=essential/unlink",
-        "--setup-hook=" + f'mkdir -p "$1"/var/cache/apt/archives',
+        "--setup-hook=" + 'mkdir -p "$1"/var/cache/apt/archives',
         "--setup-hook=" + shlex.join(["sync-in", str(archives), "/var/cache/apt/archives/"]),
         "--customize-hook=" + str(customize),
     ]  # fmt: skip
@@ -278,8 +287,9 @@ def mmdebstrap_argv(rec: Recipe, work: Path, tarball: Path, archives: Path) -> l
         outside.write_text(text)
         outside.chmod(0o644)
         argv.append("--customize-hook=" + shlex.join(["upload", str(outside), inside]))
-    argv.append("--customize-hook="
-                + shlex.join(["sync-out", "/var/cache/apt/archives", str(archives)]))
+    argv.append(
+        "--customize-hook=" + shlex.join(["sync-out", "/var/cache/apt/archives", str(archives)])
+    )
     if rec.snapshot:
         # A snapshot's Release files are past their Valid-Until date by design.
         argv.append('--aptopt=Acquire::Check-Valid-Until "false"')

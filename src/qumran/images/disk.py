@@ -94,7 +94,7 @@ def parse_mbr(sector: bytes) -> tuple[int, list[MbrEntry]]:
     (disk_id,) = struct.unpack_from("<I", sector, MBR_DISK_ID_OFFSET)
     entries = []
     for i in range(4):
-        raw = sector[MBR_ENTRIES_OFFSET + i * MBR_ENTRY_SIZE:][:MBR_ENTRY_SIZE]
+        raw = sector[MBR_ENTRIES_OFFSET + i * MBR_ENTRY_SIZE :][:MBR_ENTRY_SIZE]
         # status, CHS first (3), type, CHS last (3), LBA first, sector count
         status, ptype, start, count = struct.unpack("<B3xB3xII", raw)
         if ptype:
@@ -106,8 +106,11 @@ def make_disk(path: Path, part: Layout, disk_id: int) -> None:
     """A sparse file of ``part.disk_bytes`` with the partition table on it."""
     with path.open("wb") as f:
         f.truncate(part.disk_bytes)
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
-        "writing the partition table", stdin_text=sfdisk_script(part, disk_id))
+    run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
+        "writing the partition table",
+        stdin_text=sfdisk_script(part, disk_id),
+    )
     with path.open("rb") as f:
         found_id, entries = parse_mbr(f.read(SECTOR))
     want = MbrEntry(True, LINUX_PARTITION, part.start_lba, part.sectors)

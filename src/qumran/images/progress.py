@@ -113,7 +113,7 @@ class Bar(_Base):
         line = f"{self._prefix():<36} [{bar}] {int(done * 100):3d}%  {self._elapsed()}"
         if detail:
             line += f"  {detail}"
-        line = line[:_columns() - 1]
+        line = line[: _columns() - 1]
         # Pad over what a longer previous line left on the screen.
         self.stream.write("\r" + line.ljust(self._width))
         self._width = len(line)

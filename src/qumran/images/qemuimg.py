@@ -34,10 +34,9 @@ class DiskInfo:
 def info(path: Path) -> DiskInfo:
     """What ``qemu-img info --output=json`` says about ``path`` (its format probed)."""
     try:
-        out = run(["qemu-img", "info", "--output=json", "-U", "--", str(path)],
-                  f"reading {path}")
+        out = run(["qemu-img", "info", "--output=json", "-U", "--", str(path)], f"reading {path}")
     except ToolFailed as exc:
-        raise ImageRefused(f"{path} is not a disk image qemu-img can read: {exc.message}")
+        raise ImageRefused(f"{path} is not a disk image qemu-img can read: {exc.message}") from None
     try:
         doc = json.loads(out)
         specific = doc.get("format-specific", {}).get("data", {})
@@ -75,8 +74,10 @@ def check_importable(path: Path) -> DiskInfo:
             f"copy (`qemu-img convert -O qcow2 {path} NEW.qcow2`)"
         )
     if disk.data_file:
-        raise ImageRefused(f"{path} keeps its data in another file ({disk.data_file}): "
-                           "import a standalone copy made with `qemu-img convert`")
+        raise ImageRefused(
+            f"{path} keeps its data in another file ({disk.data_file}): "
+            "import a standalone copy made with `qemu-img convert`"
+        )
     if disk.format == "raw":
         _check_raw_disk(path, disk.virtual_size)
     return disk

@@ -62,6 +62,7 @@ def program(tool: str) -> str:
     """The path of ``tool``, or :class:`MissingTools` naming its package."""
     path = find(tool)
     if path is None:
-        raise MissingTools(f"{tool} is not installed: install it with `apt-get install "
-                           f"{PACKAGES.get(tool, tool)}`")
+        raise MissingTools(
+            f"{tool} is not installed: install it with `apt-get install {PACKAGES.get(tool, tool)}`"
+        )
     return path
