@@ -12,6 +12,8 @@ packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static pr
 command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then
     packages+=(acpica-tools hyperfine passwd util-linux chromium)
+    # `qumran image build debian-12` (the integration tier builds it once, then caches it).
+    packages+=(mmdebstrap e2fsprogs fdisk grub-pc-bin grub-common uidmap)
 fi
 
 missing=()

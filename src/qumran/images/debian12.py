@@ -6,9 +6,10 @@ The build, one step after another (:func:`build`):
    needed, and as root the host's mounts stay untouched); a customize hook configures the
    system and keeps the downloaded ``.deb`` files in ``~/.cache/qumran/debian-archives``
    so the next build downloads only what changed.
-2. The tarball is unpacked (inside mmdebstrap's user namespace when not root, so owners are
-   right) and ``mke2fs -d`` makes the ext4 root file system from it, straight into the
-   partition of a sparse raw disk that ``sfdisk`` partitioned (:mod:`qumran.images.disk`).
+2. The tarball is unpacked (in a user namespace when not root, so owners are right:
+   :mod:`qumran.images.userns`) and ``mke2fs -d`` makes the ext4 root file system from
+   it, straight into the partition of a sparse raw disk that ``sfdisk`` partitioned
+   (:mod:`qumran.images.disk`).
 3. GRUB's boot sector and core image go into the disk (:mod:`qumran.images.bootloader`).
 4. ``qemu-img convert -c`` makes the compressed qcow2 kept in the cache, with the kernel,
    initrd and command line beside it for direct kernel boot.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
@@ -31,7 +31,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qumran.images import bootloader, disk, qemuimg, tools
+from qumran.images import bootloader, disk, qemuimg, tools, userns
 from qumran.images.cache import Image, ImageInfo, ImageStore, now
 from qumran.images.debian import default_cache_root
 from qumran.images.errors import ImageError
@@ -85,9 +85,10 @@ HOSTS = """\
 ff02::1\t\tip6-allnodes
 ff02::2\t\tip6-allrouters
 """
-# Run by mmdebstrap (inside its namespace) once every package is installed; $1 is the root.
+# Run by mmdebstrap (inside its namespace, under sh) once every package is installed; $1 is
+# the root. Given inline, not as a file: in unshare mode the namespace's root is a
+# subordinate uid that may not read our staging directory.
 CUSTOMIZE = """\
-#!/bin/sh
 set -eu
 root="$1"
 mkdir -p "$root/boot/grub"
@@ -100,7 +101,7 @@ rm -f "$root/etc/.resolv.conf.systemd-resolved.bak"
 echo debian > "$root/etc/hostname"
 """
 # Unpack the tarball, keep the kernel and initrd, make the file system; the unpacked tree
-# is removed however this ends. Runs under `mmdebstrap --unshare-helper` (see module doc).
+# is removed however this ends. A normal user runs it in a user namespace (userns.helper).
 MAKE_ROOT = """\
 set -eu
 tree="$1" tarball="$2" kernel="$3" initrd="$4"
@@ -268,9 +269,6 @@ def image_info(rec: Recipe, digest: str) -> ImageInfo:
 
 def mmdebstrap_argv(rec: Recipe, work: Path, tarball: Path, archives: Path) -> list[str]:
     """The mmdebstrap command: packages, hooks and sources (see the module docstring)."""
-    customize = work / "customize.sh"
-    customize.write_text(CUSTOMIZE)
-    customize.chmod(0o755)
     argv = [
         "mmdebstrap", "--mode=unshare", "--variant=apt", "--components=main",
         "--include=" + ",".join(rec.packages),
@@ -278,7 +276,7 @@ def mmdebstrap_argv(rec: Recipe, work: Path, tarball: Path, archives: Path) -> l
         "--skip=download/empty", "--skip=essential/unlink",
         "--setup-hook=" + 'mkdir -p "$1"/var/cache/apt/archives',
         "--setup-hook=" + shlex.join(["sync-in", str(archives), "/var/cache/apt/archives/"]),
-        "--customize-hook=" + str(customize),
+        "--customize-hook=" + CUSTOMIZE,
     ]  # fmt: skip
     files = work / "files"
     files.mkdir()
@@ -323,7 +321,7 @@ def make_root_disk(rec: Recipe, tarball: Path, raw: Path, out: Path) -> disk.Lay
     tree = raw.parent / "root"
     mke2fs = disk.mke2fs_argv(raw, part, tree, rec.fs_uuid, ROOT_LABEL)
     mke2fs[0] = tools.program("mke2fs")
-    helper = [] if os.geteuid() == 0 else ["mmdebstrap", "--unshare-helper"]
+    helper = userns.helper()
     script = [
         "sh", "-c", MAKE_ROOT, "make-root", str(tree), str(tarball),
         str(out / KERNEL_FILE), str(out / INITRD_FILE), *mke2fs,

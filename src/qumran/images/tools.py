@@ -22,11 +22,13 @@ PACKAGES: dict[str, str] = {
     "qemu-img": "qemu-utils",
     "tar": "tar",
     "newuidmap": "uidmap",
+    "unshare": "util-linux",
+    "sh": "dash",
 }
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")
 GRUB_PC_PACKAGE = "grub-pc-bin"
-# Without root, mmdebstrap's unshare mode maps the build's users through newuidmap.
-ROOTLESS_TOOLS = ("newuidmap",)
+# Without root, user namespaces map the build's users through newuidmap (qumran.images.userns).
+ROOTLESS_TOOLS = ("newuidmap", "unshare")
 BUILD_TOOLS = ("mmdebstrap", "tar", "mke2fs", "sfdisk", "grub-mkimage", "qemu-img")
 IMPORT_TOOLS = ("qemu-img",)
 
