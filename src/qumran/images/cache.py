@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -261,4 +262,15 @@ class Staging:
 
 
 def remove_tree(path: Path) -> None:
+    """Remove ``path``; as a normal user, what subordinate uids own goes from a namespace.
+
+    A build killed with -9 as a normal user can leave files owned by its /etc/subuid range
+    (the unpacked tree): only "root" in a user namespace with that range may remove them.
+    """
     shutil.rmtree(path, ignore_errors=True)
+    if path.exists() and os.geteuid() != 0:
+        from qumran.images import userns
+
+        with contextlib.suppress(OSError, ImageError):
+            argv = [*userns.helper(), "rm", "-rf", "--", str(path)]
+            subprocess.run(argv, capture_output=True, check=False)
