@@ -37,7 +37,8 @@ pytestmark = [
     ),
 ]
 
-BOOT_TIMEOUT = 900.0  # TCG on a shared 2-core machine: about 90 s when it is quiet
+# TCG on a shared 2-core machine: 70-95 s measured; under the suite's 600 s test timeout.
+BOOT_TIMEOUT = 480.0
 HOSTNAME = "qumran-seeded"
 MARKER = "QUMRAN-NOCLOUD-RUNCMD-OK"
 

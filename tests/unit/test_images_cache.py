@@ -120,9 +120,7 @@ def test_what_is_not_a_file_is_refused(store: cache.ImageStore, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "UPPER", "x" * 64])
-def test_names_with_paths_are_refused(
-    store: cache.ImageStore, tmp_path: Path, name: str
-) -> None:
+def test_names_with_paths_are_refused(store: cache.ImageStore, tmp_path: Path, name: str) -> None:
     with pytest.raises(BadImageName):
         imports.import_image(name, raw_disk(tmp_path / "d.img"), store)
 
