@@ -16,6 +16,8 @@ command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then
     # systemd: systemd-analyze and systemd-socket-activate, to check qumrand's units.
     packages+=(acpica-tools hyperfine passwd util-linux chromium systemd)
+    # `qumran image build debian-12` (the integration tier builds it once, then caches it).
+    packages+=(mmdebstrap e2fsprogs fdisk grub-pc-bin grub-common uidmap)
 fi
 
 missing=()

@@ -1,7 +1,7 @@
 """The commands of `qumran`: each one parses nothing, makes one client call, prints.
 
 Heavy modules are imported inside the commands that need them: the definition reader
-(YAML) in ``define``, websockets in ``console``, the image builder in ``image demo``.
+(YAML) in ``define``, websockets in ``console``; `qumran image` is in ``imagecmd``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import sys
 import time
 from collections.abc import Callable
 
-from qumran.cli import daemonctl, output
+from qumran.cli import daemonctl, imagecmd, output
 from qumran.client import Client
 from qumran.errors import InvalidArgument, Timeout
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
-    from typing import Any
-
     from qumran.client.schema import VmInfo
 
 
@@ -246,36 +244,6 @@ def do_events(args: argparse.Namespace) -> int:
         events = client.events(since=last if last >= 0 else None)
 
 
-# --- images -----------------------------------------------------------------------------
-
-
-def _image_args(p: argparse.ArgumentParser) -> None:
-    kinds = p.add_subparsers(dest="image", metavar="IMAGE", required=True)
-    demo = kinds.add_parser("demo", help="build the demo guest (kernel + initramfs)")
-    demo.add_argument("--force", action="store_true", help="rebuild even if cached")
-
-
-def do_image(args: argparse.Namespace) -> int:
-    from qumran.images import build_demo
-
-    image = build_demo(force=args.force)
-    definition = getattr(image, "definition", None) or image.kernel.parent / "demo.yaml"
-    doc: dict[str, Any] = {
-        "kernel": str(image.kernel),
-        "initrd": str(image.initrd),
-        "cmdline": image.cmdline,
-        "ready_line": image.ready_line,
-        "definition": str(definition),
-    }
-    if args.json:
-        output.print_json(doc)
-    else:
-        pairs = [(k.replace("_", " ").capitalize(), str(v)) for k, v in doc.items()]
-        sys.stdout.write(output.key_values(pairs))
-        print(f"\nDefine it with:  qumran define {definition}")
-    return 0
-
-
 # --- the web manager ---------------------------------------------------------------
 
 
@@ -340,7 +308,9 @@ COMMANDS = [
     ),
     Command("host", "show the host and its hypervisor drivers", _nothing, do_host),
     Command("events", "show VM lifecycle events", _events_args, do_events),
-    Command("image", "build guest images", _image_args, do_image),
+    Command(
+        "image", "build, list, import and remove guest images", imagecmd.arguments, imagecmd.run
+    ),
     Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
     Command(
         "daemon", "qumrand's status; stop or restart it", daemonctl.arguments, daemonctl.handler
