@@ -127,6 +127,30 @@ def test_a_store_written_by_the_first_qumran_opens_with_nothing_lost(tmp_path: P
     assert Store(path).version() == SCHEMA_VERSION  # reopening migrates nothing twice
 
 
+def test_when_a_read_only_look_cannot_tell_the_version_the_read_write_open_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a crash SQLite may need to rebuild the WAL index, which a read-only
+    connection cannot do ("attempt to write a readonly database", seen once in a kill -9
+    soak): that is no reason to call the store "not a qumran database"."""
+    path = tmp_path / "qumran.db"
+    Store(path).close()
+    real_connect = sqlite3.connect
+
+    def read_only_fails(target: object, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if str(target).endswith("?mode=ro"):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real_connect(target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.sqlite3, "connect", read_only_fails)
+    Store(path).close()  # opens
+    db = real_connect(path, isolation_level=None)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="written by a newer qumrand"):
+        Store(path)  # still refused, by the read-write open, before any migration
+
+
 def test_a_store_from_a_newer_qumrand_is_refused_and_left_untouched(tmp_path: Path) -> None:
     made = tmp_path / "made"
     made.mkdir(mode=0o700)

@@ -141,10 +141,14 @@ class Store:
         check_version(path)  # before the read-write open: a newer store stays untouched
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
+            _refuse_newer(path, self.version())  # if the read-only look could not tell
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")  # not settable inside a transaction
             self._migrate()
+        except StoreError:
+            self._db.close()
+            raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from None
         for each in _files_of(path):  # SQLite made -wal and -shm: check them too
@@ -269,14 +273,20 @@ class Store:
 _EVENT_COLUMNS = "id, time, uuid, vm, owner, event, state, reason, detail"
 
 
-def check_version(path: Path) -> int:
+def check_version(path: Path) -> int | None:
     """The store's schema version, read without writing; refuse one this qumrand cannot read.
 
     A read-only connection never checkpoints the WAL into the database file, so a store
-    from a newer qumrand is left exactly as it was."""
+    from a newer qumrand is left exactly as it was. After a crash, though, a read-only
+    connection cannot rebuild the WAL's index (that writes the -shm file): then the
+    version is unknown here (None) and is checked right after the read-write open."""
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.OperationalError as exc:
+        if "readonly" in str(exc):
+            return None
+        raise StoreError(f"cannot read the store {path}: {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreError(
             f"the store {path} is not a qumran database ({exc}); "
@@ -284,13 +294,17 @@ def check_version(path: Path) -> int:
         ) from None
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the store {path}: {exc}") from None
+    _refuse_newer(path, version)
+    return version
+
+
+def _refuse_newer(path: Path, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"the store {path} has schema version {version}, written by a newer qumrand; "
             f"this one knows versions up to {SCHEMA_VERSION} (run the newer qumrand, "
             "or point --state-dir elsewhere)"
         )
-    return version
 
 
 # privacy of the store ------------------------------------------------------------------
