@@ -272,10 +272,11 @@ async def _event_session(manager: Manager, websocket: WebSocket) -> None:
 
 async def _console_session(manager: Manager, websocket: WebSocket, name: str) -> None:
     try:
+        history = streams.History.parse(websocket.query_params.get("history"))
         dom = manager.get(caller_of(websocket), name)
         if dom.run is None:
             raise InvalidState(f"VM {name!r} is not running; start it first")
     except QumranError as exc:
         await streams.deny(websocket, exc)
         return
-    await streams.console_stream(dom.run.console, websocket)
+    await streams.console_stream(dom.run.console, websocket, history)
