@@ -225,3 +225,26 @@ _UPGRADE = {
     "connection": "upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
     "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
 }  # fmt: skip
+
+
+def test_native_on_a_host_without_hardware_kvm_is_refused_at_define(
+    daemon_root: Path, tmp_path: Path
+) -> None:
+    """qumrand with its real drivers: `define` says this host cannot run qumran-vmm, and why."""
+    from qumran.drivers.qemu.accel import choose_accel
+
+    if choose_accel().accel == "kvm":
+        pytest.skip("this host has hardware KVM: qumran-vmm runs here (the kvm tier boots it)")
+    daemon = Daemon(daemon_root, driver="real")
+    daemon.start()
+    try:
+        path = tmp_path / "n.yaml"
+        path.write_text("name: n\nmemory: 64M\nhypervisor: native\nboot:\n  kernel: /bin/sh\n")
+        proc = qumran(daemon, "define", str(path))
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+        assert proc.stderr.startswith("error: hypervisor: native cannot run on this host: ")
+        assert "needs a hardware KVM" in proc.stderr and "use hypervisor: qemu" in proc.stderr
+        assert "--force-kvm" not in proc.stderr
+        assert as_json(daemon, "list", "--all") == []
+    finally:
+        daemon.cleanup()
