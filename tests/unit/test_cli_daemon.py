@@ -248,3 +248,27 @@ def test_native_on_a_host_without_hardware_kvm_is_refused_at_define(
         assert as_json(daemon, "list", "--all") == []
     finally:
         daemon.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("memory", "answer"),
+    [
+        ("512K", "error: invalid definition: memory: '512K' is too little; at least 16 MiB (16M)"),
+        ("1.3G", "error: invalid definition: memory: '1.3G' is not a whole number of MiB; "
+                 "use 1331M or 1332M"),
+        ("1T", "error: memory: 1048576 MiB is more than this host's "),
+        ("1.5G", "VM 'sz' defined from "),
+    ],
+)  # fmt: skip
+def test_memory_sizes_at_define(
+    fake_daemon: Daemon, tmp_path: Path, memory: str, answer: str
+) -> None:
+    path = tmp_path / "sz.yaml"
+    path.write_text(f"name: sz\nmemory: {memory}\nboot:\n  kernel: /bin/sh\n")
+    proc = qumran(fake_daemon, "define", str(path))
+    assert (proc.stderr + proc.stdout).startswith(answer)
+    assert (proc.stderr + proc.stdout).count("\n") == 1
+    if memory == "1.5G":
+        assert as_json(fake_daemon, "dominfo", "sz")["memory_mib"] == 1536
+    else:
+        assert proc.returncode == 1 and as_json(fake_daemon, "list", "--all") == []
