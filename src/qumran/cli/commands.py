@@ -133,6 +133,48 @@ def do_define(args: argparse.Namespace) -> int:
     return _done(args, vm, f"VM '{vm['name']}' defined from {args.file}")
 
 
+def _dumpdef_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument(
+        "--inactive",
+        action="store_true",
+        help="the definition its next start uses (differs after an edit while running)",
+    )
+
+
+def do_dumpdef(args: argparse.Namespace) -> int:
+    from qumran.cli.edit import dump_yaml, next_definition
+
+    vm = _client(args).get_vm(args.name)
+    definition = next_definition(vm) if args.inactive else vm["definition"]
+    if args.json:
+        output.print_json(definition)
+    else:
+        sys.stdout.write(dump_yaml(definition))
+    return 0
+
+
+def _edit_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--force", action="store_true", help="allow more memory than the host has")
+
+
+def do_edit(args: argparse.Namespace) -> int:
+    from qumran.cli.edit import Unchanged, edit
+
+    try:
+        vm = edit(_client(args), args.name, force=args.force)
+    except Unchanged:
+        print(f"VM '{args.name}': definition not changed")
+        return 0
+    message = f"VM '{args.name}' definition updated"
+    if vm.get("pending_definition") is not None:
+        message += (
+            f" (it is {output.state_word(vm['state'])}: the change applies from its next start)"
+        )
+    return _done(args, vm, message)
+
+
 def do_undefine(args: argparse.Namespace) -> int:
     _client(args).undefine(args.name)
     if not args.json:
@@ -337,6 +379,8 @@ COMMANDS = [
     Command("list", "list VMs (running and paused; --all for every one)", _list_args, do_list),
     Command("define", "define a VM from a YAML or TOML file", _define_args, do_define),
     Command("undefine", "remove a shut-off VM's definition", _name, do_undefine),
+    Command("dumpdef", "print a VM's definition as YAML", _dumpdef_args, do_dumpdef),
+    Command("edit", "edit a VM's definition in $VISUAL or $EDITOR", _edit_args, do_edit),
     Command("start", "start a VM", _start_args, do_start),
     Command(
         "shutdown",

@@ -162,6 +162,15 @@ def _routes(app: FastAPI, manager: Manager) -> None:
         await manager.undefine(caller_of(request), name)
         return Response(status_code=204)
 
+    @app.put("/v1/vms/{name}/definition", responses=errors(404), openapi_extra=DEFINITION)
+    async def redefine(request: Request, name: Name, force: bool = False) -> VmInfo:
+        """Replace the definition (``qumran edit``): a shut-off VM takes it at once; a
+        running one at its next start (``pending_definition`` until then). The name
+        cannot change. ``force``: allow more memory than the host has."""
+        caller = caller_of(request)
+        doc = _json(await request.body())
+        return (await manager.redefine(caller, name, doc, force=force)).info()
+
     @app.put("/v1/vms/{name}/autostart", responses=errors(404))
     async def autostart(request: Request, name: Name, body: Autostart) -> VmInfo:
         return (await manager.set_autostart(caller_of(request), name, body.enabled)).info()
