@@ -266,3 +266,10 @@ def run_on_terminal(
             proc.kill()
     assert "Traceback" not in seen.decode(errors="replace")
     return seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_a_json_definition_file_is_accepted(fake_daemon: Daemon, tmp_path: Path) -> None:
+    path = tmp_path / "j.json"
+    path.write_text(json.dumps({"name": "j", "memory": "64M", "boot": {"kernel": "/bin/sh"}}))
+    assert ok(fake_daemon, "define", str(path)) == f"VM 'j' defined from {path}\n"
+    assert info(fake_daemon, "j")["memory_mib"] == 64
