@@ -187,7 +187,8 @@ class VmSpec(Spec):
         if not isinstance(value, int | str):
             raise ValueError("expected a size such as 256M or 1G")
         if size_floor(value, "M") < MIN_MEMORY_MIB << 20:  # as given: 512K is not "0 MiB"
-            shown = f"{value} MiB" if isinstance(value, int) else repr(value.strip())
+            text = str(value).strip()
+            shown = f"{text} MiB" if text.isdigit() else repr(text)  # a bare number is MiB
             raise ValueError(f"{shown} is too little; at least {MIN_MEMORY_MIB} MiB (16M)")
         mib = parse_size(value, "M", whole_unit="M") >> 20  # 1.3G: says which MiB instead
         if mib > MAX_MEMORY_MIB:  # the number itself may be thousands of digits: not shown
