@@ -109,7 +109,7 @@ def test_saving_no_change_changes_nothing(fake_daemon: Daemon, tmp_path: Path) -
     ("editor", "complaint"),
     [
         (sed("s/^memory: 64$/memory: lots/"), "invalid definition: memory: 'lots' is not a size"),
-        (sed("s/^name: bad$/name: other/"), "error: name: a VM cannot be renamed by editing it"),
+        (sed("s/^name: bad$/name: other/"), "renaming a VM ('bad' to 'other') is not supported"),
         (sed("s/^vcpus: 2$/vcpus: [2/"), "error: "),
         (sed("s/^  kernel: .*/  kernel: missing-kernel/"), "boot.kernel: "),
         ("false", "error: the editor 'false' exited with status 1; nothing changed"),

@@ -140,8 +140,8 @@ class Manager:
             spec = validate_spec(doc)
             if spec.name != name:
                 raise InvalidArgument(
-                    f"name: a VM cannot be renamed by editing it ({name!r} to {spec.name!r}); "
-                    "keep the name, or define a new VM and undefine this one"
+                    f"name: renaming a VM ({name!r} to {spec.name!r}) is not supported; keep "
+                    "the name, or define a new VM and undefine this one"
                 )
             check_memory(spec, force=force)
             driver = self.drivers.get(spec.hypervisor)
