@@ -51,10 +51,13 @@ def qumran_json(daemon: Daemon, *args: str) -> Any:
     return json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
-def console_until(daemon: Daemon, text: str, keys: str = "", timeout: int = BOOT_TIMEOUT) -> str:
+def console_until(
+    daemon: Daemon, text: str, keys: str = "", timeout: int = BOOT_TIMEOUT, history: bool = False
+) -> str:
+    """`qumran console --until`: ``text`` must come after the console was attached."""
     proc = qumran(
         daemon, "console", "demo", "--until", text, "--timeout", str(timeout),
-        stdin=keys, timeout=timeout + 30,
+        *(["--history"] if history else []), stdin=keys, timeout=timeout + 30,
     )  # fmt: skip
     assert proc.returncode == 0, f"{text!r} not seen: {proc.stderr}\n{proc.stdout[-2000:]}"
     return str(proc.stdout)
@@ -72,11 +75,15 @@ def test_define_the_demo_vm(qemu_daemon: Daemon) -> None:
 
 
 def test_start_boots_to_the_ready_line(qemu_daemon: Daemon) -> None:
-    info = qumran_json(qemu_daemon, "start", "demo")
+    proc = qumran(
+        qemu_daemon, "start", "demo", "--console", "--until", READY_LINE,
+        "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 30,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stderr}\n{proc.stdout[-2000:]}"
+    info = qemu_daemon.vm("demo")
     assert info["state"] == "running"
     cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().split(b"\0")
     assert b"guest=demo,process=qumran-demo,debug-threads=on" in cmdline
-    assert READY_LINE in console_until(qemu_daemon, READY_LINE)
 
 
 def test_starting_a_running_vm_is_refused(qemu_daemon: Daemon) -> None:
@@ -90,7 +97,9 @@ def test_the_console_answers_a_command(qemu_daemon: Daemon) -> None:
 
 
 def test_a_late_viewer_sees_recent_output(qemu_daemon: Daemon) -> None:
-    assert READY_LINE in console_until(qemu_daemon, READY_LINE, timeout=10)
+    proc = qumran(qemu_daemon, "console", "demo", "--history", "--timeout", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert READY_LINE in proc.stdout
 
 
 def test_sigstop_and_sigcont_of_the_qemu_process(qemu_daemon: Daemon) -> None:
@@ -114,7 +123,9 @@ def test_daemon_restart_reattaches(qemu_daemon: Daemon, sig: int) -> None:
     qemu_daemon.restart(sig)
     info = qemu_daemon.vm("demo")
     assert (info["state"], info["pid"], info["reason"]) == ("running", pid, "daemon-restart")
-    out = console_until(qemu_daemon, "back-9", keys="echo back-$((4+5))\n", timeout=30)
+    out = console_until(
+        qemu_daemon, "back-9", keys="echo back-$((4+5))\n", timeout=30, history=True
+    )
     assert READY_LINE in out  # the history survived the restart (from the console log)
 
 

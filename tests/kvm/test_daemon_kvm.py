@@ -71,10 +71,9 @@ def test_boot_console_and_shutdown(
 ) -> None:
     name = f"k-{hypervisor}"
     define(kvm_daemon, demo, tmp_path, name, hypervisor)
-    info = qumran_json(kvm_daemon, "start", name)
-    assert info["state"] == "running"
-    proc = qumran(kvm_daemon, "console", name, "--until", READY_LINE, "--timeout", "150")
+    proc = qumran(kvm_daemon, "start", name, "--console", "--until", READY_LINE, "--timeout", "150")
     assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    assert kvm_daemon.vm(name)["state"] == "running"
     qumran_json(kvm_daemon, "shutdown", name)
     info = kvm_daemon.wait_state(name, "shutoff", timeout=90)
     assert info["reason"] == "shutdown"
@@ -103,10 +102,11 @@ def test_a_native_vm_writes_its_raw_disk_and_resets(
     path = tmp_path / "k-disk.json.yaml"
     path.write_text(json.dumps(doc))
     qumran_json(kvm_daemon, "define", str(path))
-    qumran_json(kvm_daemon, "start", "k-disk")
-    pid = kvm_daemon.vm("k-disk")["pid"]
-    proc = qumran(kvm_daemon, "console", "k-disk", "--until", READY_LINE, "--timeout", "150")
+    proc = qumran(
+        kvm_daemon, "start", "k-disk", "--console", "--until", READY_LINE, "--timeout", "150"
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    pid = kvm_daemon.vm("k-disk")["pid"]
     marker = "qumran-native-disk-ok"
     command = (
         f"printf {marker} | dd of=/dev/vda conv=fsync 2>/dev/null;"

@@ -50,7 +50,10 @@ def test_a_restarted_daemon_follows_no_symlink_of_the_owner(
     # Typed into the console: a definition, then a listing of every user's VMs.
     keys = http_request("POST", "/v1/vms", json.dumps(PWNED).encode(), close=False)
     keys += http_request("GET", "/v1/vms?all=true")
-    console = qumran(fake_daemon, users.a, "console", "avm", "--timeout", "3", stdin=keys.decode())
+    # --history: the recent output, seeded from console.log at the restart, is shown too.
+    console = qumran(
+        fake_daemon, users.a, "console", "avm", "--history", "--timeout", "3", stdin=keys.decode()
+    )
     seen = console.stdout + console.stderr
 
     context = f"planted: {planted}; A's console showed: {seen[-600:]!r}"

@@ -96,8 +96,10 @@ class StubDaemon:
         match method, parts:
             case "GET", ["host"]:
                 return 200, {"hostname": "h1", "uid": 0, "version": "0.1.0", "drivers": [
-                    {"driver": "qemu", "accelerator": "tcg", "reason": "no vmx/svm",
-                     "version": "7.2", "available": True}]}  # fmt: skip
+                    {"driver": "qemu", "accelerator": "tcg", "reason": QEMU_REASON,
+                     "version": "7.2", "available": True},
+                    {"driver": "native", "accelerator": "kvm", "reason": NATIVE_REASON,
+                     "version": "qumran-vmm", "available": False}]}  # fmt: skip
             case "GET", ["vms"]:
                 everything = query.get("all") == ["true"]
                 return 200, [v for v in self.vms.values() if everything or v["pid"]]
@@ -209,11 +211,31 @@ def test_domstate(stub: StubDaemon, capsys: Any, argv: list[str], expected: str)
     assert run(capsys, *argv) == (0, expected, "")
 
 
-def test_host(stub: StubDaemon, capsys: Any) -> None:
+QEMU_REASON = (
+    "TCG: /dev/kvm answers but the CPU has no vmx/svm flag (a software KVM cannot run a "
+    "stock kernel)"
+)
+NATIVE_REASON = "needs a hardware KVM: " + QEMU_REASON.removeprefix("TCG: ")
+
+
+def test_host_fits_80_columns_with_the_reasons_under_the_table(
+    stub: StubDaemon, capsys: Any
+) -> None:
     code, out, _ = run(capsys, "host")
     assert code == 0
     assert "Hostname:       h1\n" in out
-    assert " qemu     tcg           yes         7.2       no vmx/svm\n" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    table, reasons = out.split("\n\n")[1:]
+    assert table.splitlines()[2:] == [
+        " qemu     tcg           yes         7.2",
+        " native   kvm           no          qumran-vmm",
+    ]
+    assert reasons.splitlines() == [
+        " qemu:    TCG: /dev/kvm answers but the CPU has no vmx/svm flag (a software KVM",
+        "          cannot run a stock kernel)",
+        " native:  needs a hardware KVM: /dev/kvm answers but the CPU has no vmx/svm flag",
+        "          (a software KVM cannot run a stock kernel)",
+    ]
 
 
 @pytest.mark.parametrize(

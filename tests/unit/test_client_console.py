@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, unix_serve
 
 from qumran.client import DaemonNotRunning
-from qumran.client.console import ConsoleExit, attach_console
+from qumran.client.console import ConsoleExit, Replay, attach_console
 from qumran.errors import InvalidState, NotFound
 
 Script = Callable[[ServerConnection, "ConsoleServer"], None]
@@ -111,7 +111,7 @@ def test_keys_from_a_pipe_reach_the_guest_and_ctrl_bracket_leaves(
     why = attach_console(server.path, "web 1", pipes["in_r"], pipes["out_w"])
     assert why is ConsoleExit.ESCAPE
     assert server.wait_received(b"ls -l\nx") == b"ls -l\nx"
-    assert server.paths == ["/v1/vms/web%201/console"]
+    assert server.paths == ["/v1/vms/web%201/console?history=none"]
     assert "Connected to web 1 (escape character is ^])" in capfd.readouterr().err
 
 
@@ -136,6 +136,34 @@ def test_eof_on_a_pipe_does_not_end_the_session_until_text_does(
     assert time.monotonic() - started >= 0.3
     assert read_available(pipes["out_r"]) == b"pong\r\n"
     assert server.wait_received(b"ping\n") == b"ping\n"
+
+
+def replay_then_live(conn: ServerConnection, server: ConsoleServer) -> None:
+    # ?history=separate: the recent output alone in the first message, then live output.
+    with contextlib.suppress(ConnectionClosed):  # a client that matched the first has left
+        conn.send(b"boot 1: READY\r\n")
+        conn.send(b"boot 2: RE")
+        conn.send(b"ADY\r\n")
+    server.collect(conn)
+
+
+@pytest.mark.parametrize(
+    ("replay", "query"), [(Replay.SHOW, "?history=separate"), (Replay.MATCH, "")]
+)
+def test_what_the_recent_output_does(
+    console_server: Any, pipes: dict[str, int], replay: Replay, query: str
+) -> None:
+    server = console_server(replay_then_live)
+    why = attach_console(
+        server.path, "vm", pipes["in_r"], pipes["out_w"], until=b"READY", replay=replay
+    )
+    assert why is ConsoleExit.UNTIL
+    assert server.paths == [f"/v1/vms/vm/console{query}"]
+    shown = read_available(pipes["out_r"])
+    if replay is Replay.SHOW:  # shown, but --until waited for the live READY
+        assert shown == b"boot 1: READY\r\nboot 2: READY\r\n"
+    else:  # a VM this command started: its recent output counts
+        assert shown == b"boot 1: READY\r\n"
 
 
 def test_timeout_ends_a_quiet_session(console_server: Any, pipes: dict[str, int]) -> None:

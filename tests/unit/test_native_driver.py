@@ -12,12 +12,26 @@ import pytest
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import Owner, RunPaths
 from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
+from qumran.drivers.qemu.accel import AccelChoice
 from qumran.errors import InvalidArgument
 from qumran.vmm import cmdline
 from qumran.vmm.devices.virtio.backends import DiskSpec
 
 PATHS = RunPaths(Path("/run/qumran/vms/web"))
 OWNER = Owner(os.getuid(), os.getgid())  # the test itself: files opened as it is
+
+
+# What the host check answers on a host with and without hardware KVM (drivers/qemu/accel.py).
+def hardware_kvm() -> AccelChoice:
+    return AccelChoice("kvm", "KVM: the CPU has vmx and /dev/kvm answers API version 12")
+
+
+def software_kvm() -> AccelChoice:
+    return AccelChoice(
+        "tcg",
+        "TCG: /dev/kvm answers but the CPU has no vmx/svm flag "
+        "(a software KVM cannot run a stock kernel)",
+    )
 
 
 def spec(tmp: Path, **fields: Any) -> VmSpec:
@@ -35,7 +49,7 @@ def test_raw_disks_become_virtio_blk_in_order_and_qumran_vmm_reads_them_back(
 ) -> None:
     disks = [{"path": str(tmp_path / "a.img")}, {"path": str(tmp_path / "b.img"), "readonly": True}]
     s = spec(tmp_path, disks=disks)
-    NativeDriver("qumran-vmm").check(s, OWNER)
+    NativeDriver("qumran-vmm", probe=hardware_kvm).check(s, OWNER)
     args = cmdline.parse(build_argv(s, PATHS, "qumran-vmm")[1:])
     assert [DiskSpec.parse(d) for d in args.disk] == [
         DiskSpec(str(tmp_path / "a.img"), False),
@@ -62,7 +76,7 @@ def test_what_qumran_vmm_cannot_do_is_one_clear_error(
     tmp_path: Path, fields: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidArgument) as err:
-        NativeDriver("qumran-vmm").check(spec(tmp_path, **fields), OWNER)
+        NativeDriver("qumran-vmm", probe=hardware_kvm).check(spec(tmp_path, **fields), OWNER)
     assert str(err.value).startswith(message)
 
 
@@ -93,3 +107,16 @@ def test_disk_bytes_come_from_qumran_vmm_counters(
     instance = NativeInstance.__new__(NativeInstance)
     instance.control = _Control(devices)  # type: ignore[assignment]
     assert asyncio.run(instance.block_io()) == expected
+
+
+def test_a_host_without_hardware_kvm_is_refused_in_the_definitions_terms(tmp_path: Path) -> None:
+    driver = NativeDriver("qumran-vmm", probe=software_kvm)
+    with pytest.raises(InvalidArgument) as refused:
+        driver.check(spec(tmp_path), OWNER)
+    assert refused.value.message == (
+        "hypervisor: native cannot run on this host: qumran-vmm needs a hardware KVM: "
+        "/dev/kvm answers but the CPU has no vmx/svm flag (a software KVM cannot run a stock "
+        "kernel); use hypervisor: qemu, which emulates the CPU (TCG) where there is no KVM"
+    )
+    assert "--force-kvm" not in refused.value.message
+    assert driver.host_info().available is False

@@ -167,17 +167,22 @@ def test_web_viewers_and_the_api_console_share_one_stream(daemon: Daemon) -> Non
     me = Session(daemon, token_as(daemon, None)["url"])
     define(daemon, "con")
     assert me.post("/vms/con/start").status_code == 200
+    # `qumran console --until` matches only what comes after it connected ("Connected to").
+    cli = subprocess.Popen(
+        [QUMRAN, "console", "con", "--until", "typed in the web", "--timeout", "10"],
+        env=daemon.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert cli.stderr is not None and cli.stderr.readline().startswith("Connected to con")
     with me.ws("/ws/vms/con/console") as one, me.ws("/ws/vms/con/console") as two:
         for viewer in (one, two):
             read_until(viewer, "FAKE-VM READY")
         one.send(b"typed in the web\n")
         for viewer in (one, two):
             read_until(viewer, "typed in the web")
-    cli = subprocess.run(
-        [QUMRAN, "console", "con", "--until", "typed in the web", "--timeout", "10"],
-        env=daemon.env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert cli.returncode == 0, cli.stderr  # `qumran console` sees what the web typed
+    out, err = cli.communicate(timeout=30)
+    assert cli.returncode == 0, err  # `qumran console` sees what the web typed
+    assert "FAKE-VM READY" not in out  # printed before it connected
     assert me.post("/vms/con/destroy").status_code == 200
 
 

@@ -13,10 +13,13 @@ from collections.abc import Callable
 
 from qumran.cli import daemonctl, imagecmd, output
 from qumran.client import Client
-from qumran.errors import InvalidArgument, Timeout
+from qumran.errors import InvalidArgument, InvalidState, Timeout
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
+    from typing import Any
+
+    from qumran.client.console import Replay
     from qumran.client.schema import VmInfo
 
 
@@ -130,6 +133,48 @@ def do_define(args: argparse.Namespace) -> int:
     return _done(args, vm, f"VM '{vm['name']}' defined from {args.file}")
 
 
+def _dumpdef_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument(
+        "--inactive",
+        action="store_true",
+        help="the definition its next start uses (differs after an edit while running)",
+    )
+
+
+def do_dumpdef(args: argparse.Namespace) -> int:
+    from qumran.cli.edit import dump_yaml, next_definition
+
+    vm = _client(args).get_vm(args.name)
+    definition = next_definition(vm) if args.inactive else vm["definition"]
+    if args.json:
+        output.print_json(definition)
+    else:
+        sys.stdout.write(dump_yaml(definition))
+    return 0
+
+
+def _edit_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--force", action="store_true", help="allow more memory than the host has")
+
+
+def do_edit(args: argparse.Namespace) -> int:
+    from qumran.cli.edit import Unchanged, edit
+
+    try:
+        vm = edit(_client(args), args.name, force=args.force)
+    except Unchanged:
+        print(f"VM '{args.name}': definition not changed")
+        return 0
+    message = f"VM '{args.name}' definition updated"
+    if vm.get("pending_definition") is not None:
+        message += (
+            f" (it is {output.state_word(vm['state'])}: the change applies from its next start)"
+        )
+    return _done(args, vm, message)
+
+
 def do_undefine(args: argparse.Namespace) -> int:
     _client(args).undefine(args.name)
     if not args.json:
@@ -153,18 +198,26 @@ def do_autostart(args: argparse.Namespace) -> int:
 
 def _start_args(p: argparse.ArgumentParser) -> None:
     _name(p)
-    p.add_argument("--console", action="store_true", help="attach to its console once started")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="attach to its console once started (all it printed since the start counts)",
+    )
+    _console_options(p)
 
 
 def do_start(args: argparse.Namespace) -> int:
+    if not args.console and (args.until is not None or args.timeout is not None):
+        raise InvalidArgument("--until and --timeout wait on the console: add --console")
+    _check_timeout(args)
     client = _client(args)
     vm = client.start(args.name)
     _done(args, vm, f"VM '{args.name}' started")
     if args.console:
-        from qumran.client.console import attach_console
+        from qumran.client.console import Replay
 
-        sys.stdout.flush()
-        attach_console(client.socket_path, args.name)
+        # The console's recent output is this boot's: the VM was started just now.
+        _attach(args, client, Replay.MATCH)
     return 0
 
 
@@ -179,8 +232,7 @@ def _lifecycle(action: str, message: str) -> Callable[[argparse.Namespace], int]
 # --- console and events ---------------------------------------------------------------
 
 
-def _console_args(p: argparse.ArgumentParser) -> None:
-    _name(p)
+def _console_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--until",
         metavar="TEXT",
@@ -194,19 +246,47 @@ def _console_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _console_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    _console_options(p)
+    p.add_argument(
+        "--history",
+        action="store_true",
+        help="first show the guest's recent output (up to 64 KiB); --until never matches it",
+    )
+
+
+def _check_timeout(args: argparse.Namespace) -> None:
+    if args.timeout is not None and not args.timeout >= 0:  # also refuses nan
+        raise InvalidArgument("--timeout must be zero or more seconds")
+
+
 def do_console(args: argparse.Namespace) -> int:
+    from qumran.client.console import Replay
+
+    _check_timeout(args)
+    # --until waits for output that comes after this command: never the recent output.
+    _attach(args, _client(args), Replay.SHOW if args.history else Replay.NONE)
+    return 0
+
+
+def _attach(args: argparse.Namespace, client: Client, replay: Replay) -> None:
+    """The console session of `console` and `start --console`: an error when --until's
+    text did not come (within --timeout, or before the VM stopped)."""
     from qumran.client.console import ConsoleExit, attach_console
 
-    if args.timeout is not None and args.timeout < 0:
-        raise InvalidArgument("--timeout must be zero or more seconds")
     until = args.until.encode() if args.until else None
     sys.stdout.flush()
     why = attach_console(
-        Client(args.socket).socket_path, args.name, until=until, timeout=args.timeout
+        client.socket_path, args.name, until=until, timeout=args.timeout, replay=replay
     )
-    if why is ConsoleExit.TIMEOUT and until is not None:
+    if until is None:
+        return
+    if why is ConsoleExit.TIMEOUT:
         raise Timeout(f"{args.name}'s console did not print {args.until!r} in {args.timeout}s")
-    return 0
+    if why is ConsoleExit.CLOSED:
+        raise InvalidState(f"{args.name}'s console closed (the VM stopped) before it printed "
+                           f"{args.until!r}")  # fmt: skip
 
 
 def _events_args(p: argparse.ArgumentParser) -> None:
@@ -272,6 +352,8 @@ COMMANDS = [
     Command("list", "list VMs (running and paused; --all for every one)", _list_args, do_list),
     Command("define", "define a VM from a YAML or TOML file", _define_args, do_define),
     Command("undefine", "remove a shut-off VM's definition", _name, do_undefine),
+    Command("dumpdef", "print a VM's definition as YAML", _dumpdef_args, do_dumpdef),
+    Command("edit", "edit a VM's definition in $VISUAL or $EDITOR", _edit_args, do_edit),
     Command("start", "start a VM", _start_args, do_start),
     Command(
         "shutdown",

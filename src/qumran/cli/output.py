@@ -11,6 +11,8 @@ TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
     from qumran.client.schema import Event, HostInfo, Sample, VmInfo
 
+WIDTH = 80  # what people's output fits (a table's columns aside, which are as long as needed)
+
 # virsh's words for the states whose API names read oddly in a table.
 _STATE_WORDS = {"shutoff": "shut off", "shutdown": "in shutdown"}
 
@@ -73,17 +75,32 @@ def host(info: HostInfo) -> str:
             ("UID", user_label(info["uid"]) if "uid" in info else "-"),
         ]
     )
+    drivers = info.get("drivers", [])
     rows = [
         [
             d.get("driver", "?"),
             d.get("accelerator", "-"),
             "yes" if d.get("available", True) else "no",
             d.get("version", "-") or "-",
-            d.get("reason", ""),
         ]
-        for d in info.get("drivers", [])
+        for d in drivers
     ]
-    return head + "\n" + table(["Driver", "Accelerator", "Available", "Version", "Reason"], rows)
+    text = head + "\n" + table(["Driver", "Accelerator", "Available", "Version"], rows)
+    # Each reason is a sentence: under the table, wrapped, so the whole fits 80 columns.
+    reasons = [(d.get("driver", "?") + ":", d.get("reason", "")) for d in drivers]
+    if any(reason for _, reason in reasons):
+        indent = max(len(label) for label, _ in reasons) + 2
+        text += "\n" + "".join(hanging(label, reason, indent) for label, reason in reasons)
+    return text
+
+
+def hanging(label: str, text: str, indent: int, width: int = WIDTH) -> str:
+    """``label`` then ``text`` wrapped to ``width``, continuation lines under the text."""
+    import textwrap
+
+    lines = textwrap.wrap(text or "-", width - 1 - indent, break_on_hyphens=False) or [""]
+    first = " " + label.ljust(indent) + lines[0] + "\n"
+    return first + "".join(" " * (1 + indent) + line + "\n" for line in lines[1:])
 
 
 def event_line(ev: Event) -> str:

@@ -65,6 +65,12 @@ class Client:
         result: VmInfo = self._call("POST", "/v1/vms?force=true" if force else "/v1/vms", doc)
         return result
 
+    def redefine(self, name: str, doc: dict[str, Any], *, force: bool = False) -> VmInfo:
+        """Replace a VM's definition (a running VM takes it at its next start)."""
+        target = _vm(name) + ("/definition?force=true" if force else "/definition")
+        result: VmInfo = self._call("PUT", target, doc)
+        return result
+
     def undefine(self, name: str) -> None:
         self._call("DELETE", _vm(name))
 

@@ -6,6 +6,10 @@ guest. On a tty the terminal is put in raw mode (every key, Ctrl-C included, goe
 the guest) and restored on every way out. Ctrl-] (0x1d, as in telnet and virsh) leaves.
 EOF on a piped stdin does not end the session (the guest's answer is usually still on
 its way); ``until`` (leave once the guest printed that text) and ``timeout`` do.
+
+The daemon keeps the guest's recent output for late viewers. ``until`` must not be met
+by something printed before the session began (after a reboot, the previous boot's
+ready line), so what the recent output does is chosen with :class:`Replay`.
 """
 
 from __future__ import annotations
@@ -35,11 +39,26 @@ class ConsoleExit(enum.Enum):
     CLOSED = "closed"  # the daemon closed the stream (the VM stopped, or the daemon went away)
 
 
+class Replay(enum.Enum):
+    """What happens to the output printed before the session began."""
+
+    NONE = "none"  # not shown: the session starts with what the guest prints next
+    SHOW = "show"  # shown first; ``until`` looks only at what is printed after it
+    MATCH = "match"  # shown and searched like live output: for a VM this command started
+
+    @property
+    def query(self) -> str:
+        """The console route's ``history`` parameter (docs/api.md) for this replay."""
+        # MATCH asks for the undivided stream every daemon sends by default.
+        return {"none": "?history=none", "show": "?history=separate", "match": ""}[self.value]
+
+
 class _Session:
     """State shared by the output thread and the input loop."""
 
-    def __init__(self, until: bytes | None) -> None:
+    def __init__(self, until: bytes | None, replay: Replay) -> None:
         self.until = until
+        self.replay = replay
         self.tail = b""  # the end of the output so far, to match `until` across frames
         self.exit: ConsoleExit | None = None
         self.error: QumranError | None = None  # a refusal sent as a 4xxx close code
@@ -77,13 +96,14 @@ def attach_console(
     *,
     until: bytes | None = None,
     timeout: float | None = None,
+    replay: Replay = Replay.NONE,
     banner: bool = True,
 ) -> ConsoleExit:
     """Run a console session until escape, ``until``, ``timeout`` or the stream's end."""
-    session = _Session(until)
+    session = _Session(until, replay)
     saved = None
     try:
-        with _connect(socket_path, name) as ws:  # closed on every way out
+        with _connect(socket_path, name, replay) as ws:  # closed on every way out
             saved = _enter_raw(stdin_fd)
             raw = saved is not None
             if banner:
@@ -105,11 +125,11 @@ def attach_console(
         session.close()
 
 
-def _connect(socket_path: str, name: str) -> Any:
+def _connect(socket_path: str, name: str, replay: Replay) -> Any:
     from websockets.exceptions import InvalidStatus, WebSocketException
     from websockets.sync.client import unix_connect
 
-    uri = f"ws://localhost/v1/vms/{quote(name)}/console"
+    uri = f"ws://localhost/v1/vms/{quote(name)}/console{replay.query}"
     try:
         return unix_connect(socket_path, uri, close_timeout=2, compression=None)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -139,10 +159,10 @@ def _pump_output(ws: Any, stdout_fd: int, session: _Session) -> None:
 
     why = ConsoleExit.CLOSED
     try:
+        if session.replay is Replay.SHOW:  # the recent output comes alone, first
+            _write_all(stdout_fd, _bytes(ws.recv()))
         while True:
-            data = ws.recv()
-            if isinstance(data, str):
-                data = data.encode()
+            data = _bytes(ws.recv())
             _write_all(stdout_fd, data)
             if session.saw(data):
                 why = ConsoleExit.UNTIL
@@ -155,6 +175,10 @@ def _pump_output(ws: Any, stdout_fd: int, session: _Session) -> None:
         pass
     finally:
         session.finish(why)
+
+
+def _bytes(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else data
 
 
 def _forward_input(ws: Any, stdin_fd: int, session: _Session, timeout: float | None) -> ConsoleExit:

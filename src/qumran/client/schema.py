@@ -37,6 +37,8 @@ class VmInfo(TypedDict):
     started_at: float | None  # UNIX time
     uptime: float | None  # seconds
     definition: dict[str, Any]  # the validated definition (see docs/definitions.md)
+    # Edited while running: the definition the next start uses (null when there is none).
+    pending_definition: dict[str, Any] | None
 
 
 class DriverInfo(TypedDict):

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from qumran.config.units import parse_size
+from qumran.config.units import parse_size, size_floor
 
 # Matched with fullmatch: with re.match, "$" also matches before a final newline, and
 # "web\n" would be taken as a second VM that looks like "web" in `qumran list`.
@@ -82,9 +82,9 @@ _MEMORY_SCHEMA = WithJsonSchema(
     {
         "anyOf": [
             {"type": "integer", "minimum": MIN_MEMORY_MIB},
-            {"type": "string", "pattern": r"^\s*\d+\s*[KMGTkmgt]?([iI]?[bB])?\s*$"},
+            {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[KMGTkmgt]?([iI]?[bB])?\s*$"},
         ],
-        "description": "MiB; accepts 256, '256M', '1G'",
+        "description": "MiB; accepts 256, '256M', '1.5G'",
     },
     mode="validation",
 )
@@ -162,7 +162,7 @@ class VmSpec(Spec):
     """A virtual machine definition."""
 
     name: str = Field(description="unique per host; safe as a file name")
-    memory: Annotated[int, _MEMORY_SCHEMA] = Field(description="MiB; accepts 256, '256M', '1G'")
+    memory: Annotated[int, _MEMORY_SCHEMA] = Field(description="MiB; accepts 256, '256M', '1.5G'")
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
     hypervisor: Literal["qemu", "native"] = "qemu"
     boot: Boot
@@ -186,9 +186,11 @@ class VmSpec(Spec):
     def _memory(cls, value: Any) -> int:
         if not isinstance(value, int | str):
             raise ValueError("expected a size such as 256M or 1G")
-        mib = parse_size(value, "M") // (1 << 20)
-        if mib < MIN_MEMORY_MIB:
-            raise ValueError(f"{mib} MiB is too little; at least {MIN_MEMORY_MIB} MiB")
+        if size_floor(value, "M") < MIN_MEMORY_MIB << 20:  # as given: 512K is not "0 MiB"
+            text = str(value).strip()
+            shown = f"{text} MiB" if text.isdigit() else repr(text)  # a bare number is MiB
+            raise ValueError(f"{shown} is too little; at least {MIN_MEMORY_MIB} MiB (16M)")
+        mib = parse_size(value, "M", whole_unit="M") >> 20  # 1.3G: says which MiB instead
         if mib > MAX_MEMORY_MIB:  # the number itself may be thousands of digits: not shown
             raise ValueError(f"more than any host has; at most {MAX_MEMORY_MIB} MiB (16T)")
         return mib

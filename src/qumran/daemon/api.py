@@ -176,6 +176,15 @@ def _routes(app: FastAPI, manager: Manager) -> None:
         await manager.undefine(caller_of(request), name)
         return Response(status_code=204)
 
+    @app.put("/v1/vms/{name}/definition", responses=errors(404), openapi_extra=DEFINITION)
+    async def redefine(request: Request, name: Name, force: bool = False) -> VmInfo:
+        """Replace the definition (``qumran edit``): a shut-off VM takes it at once; a
+        running one at its next start (``pending_definition`` until then). The name
+        cannot change. ``force``: allow more memory than the host has."""
+        caller = caller_of(request)
+        doc = _json(await request.body())
+        return (await manager.redefine(caller, name, doc, force=force)).info()
+
     @app.put("/v1/vms/{name}/autostart", responses=errors(404))
     async def autostart(request: Request, name: Name, body: Autostart) -> VmInfo:
         return (await manager.set_autostart(caller_of(request), name, body.enabled)).info()
@@ -286,10 +295,11 @@ async def _event_session(manager: Manager, websocket: WebSocket) -> None:
 
 async def _console_session(manager: Manager, websocket: WebSocket, name: str) -> None:
     try:
+        history = streams.History.parse(websocket.query_params.get("history"))
         dom = manager.get(caller_of(websocket), name)
         if dom.run is None:
             raise InvalidState(f"VM {name!r} is not running; start it first")
     except QumranError as exc:
         await streams.deny(websocket, exc)
         return
-    await streams.console_stream(dom.run.console, websocket)
+    await streams.console_stream(dom.run.console, websocket, history)

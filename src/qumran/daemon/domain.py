@@ -143,7 +143,8 @@ class Running:
 class Domain:
     def __init__(self, record: VmRecord, spec: VmSpec) -> None:
         self.record = record
-        self.spec = spec
+        self.spec = spec  # the definition in effect (while it runs: the one it started with)
+        self.pending: VmSpec | None = None  # an edit saved while running, for the next start
         self.state = State.SHUTOFF
         self.reason = Reason.UNKNOWN
         self.autostart = record.autostart
@@ -210,4 +211,5 @@ class Domain:
             "started_at": run.started_at if run else None,
             "uptime": time.time() - run.started_at if run else None,
             "definition": self.record.definition,
+            "pending_definition": self.record.pending,
         }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qumran.config.spec import VmSpec
 from qumran.config.validate import validate_spec
 from qumran.daemon import supervisor
 from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
@@ -115,7 +117,7 @@ class Manager:
             raise InvalidArgument(f"hypervisor: {spec.hypervisor!r} is not available here")
         driver.check(spec, Owner(caller.uid, caller.gid))
         if spec.name in self.domains:
-            raise AlreadyExists(f"a VM named {spec.name!r} already exists; pick another name")
+            raise AlreadyExists(already_exists(spec.name))
         record = VmRecord(
             uuid=str(uuidlib.uuid4()),
             name=spec.name,
@@ -129,6 +131,48 @@ class Manager:
         self.domains[spec.name] = dom
         self._changed(dom, Event.DEFINED, Reason.DEFINED)
         return dom
+
+    async def redefine(self, caller: Caller, name: str, doc: Any, *, force: bool = False) -> Domain:
+        """Replace the definition of ``name`` (``qumran edit``). A shut-off VM takes it at
+        once; a running one keeps its own until it stops, and starts with this one next
+        (as libvirt keeps a running domain's live and inactive configurations)."""
+        async with self._locked(caller, name) as dom:
+            spec = validate_spec(doc)
+            if spec.name != name:
+                raise InvalidArgument(
+                    f"name: renaming a VM ({name!r} to {spec.name!r}) is not supported; keep "
+                    "the name, or define a new VM and undefine this one"
+                )
+            check_memory(spec, force=force)
+            driver = self.drivers.get(spec.hypervisor)
+            if driver is None:
+                raise InvalidArgument(f"hypervisor: {spec.hypervisor!r} is not available here")
+            # The files are the VM owner's to open, whoever edits it (root may).
+            driver.check(spec, Owner(dom.owner, dom.record.owner_gid))
+            definition = spec.model_dump(mode="json")
+            if dom.active:
+                self.store.set_pending(dom.uuid, definition)
+                dom.record = dataclasses.replace(dom.record, pending=definition)
+                dom.pending = spec
+                detail = "definition updated; the VM uses it from its next start"
+            else:
+                self.store.set_definition(dom.uuid, definition)
+                dom.record = dataclasses.replace(dom.record, definition=definition, pending=None)
+                dom.spec, dom.pending = spec, None
+                detail = "definition updated"
+            # Not a change of state: the state and its reason stay (a restart keeps them).
+            self.events.emit(dom.uuid, dom.name, dom.owner, Event.DEFINED, dom.state,
+                             dom.reason, detail)  # fmt: skip
+        return dom
+
+    def _apply_pending(self, dom: Domain) -> None:
+        """A stopped VM takes the definition saved for its next start."""
+        if dom.pending is None or dom.record.pending is None:
+            return
+        self.store.set_definition(dom.uuid, dom.record.pending)
+        definition = dom.record.pending
+        dom.record = dataclasses.replace(dom.record, definition=definition, pending=None)
+        dom.spec, dom.pending = dom.pending, None
 
     async def undefine(self, caller: Caller, name: str) -> None:
         async with self._locked(caller, name) as dom:
@@ -308,6 +352,7 @@ class Manager:
             run, dom.run = dom.run, None
             self.store.clear_runtime(dom.uuid)
             self._spawn(_release(run), name=f"release {dom.name}")
+            self._apply_pending(dom)
             dom.exited.set()
         try:
             new = dom.apply(event, reason, state)
@@ -371,10 +416,13 @@ class Manager:
                 continue
             dom = Domain(record, spec)
             dom.restore_reason(last_events.get(record.uuid))
+            dom.pending = _pending_spec(record)
             self.domains[record.name] = dom
             rt = runtimes.get(record.uuid)
             if rt is not None:
                 await self._reattach(dom, rt)
+            if not dom.active:
+                self._apply_pending(dom)  # it stopped while the daemon was away
         self._kill_unrecorded(set(runtimes))
         self.stats.start()
         for dom in list(self.domains.values()):
@@ -454,6 +502,23 @@ class Manager:
         for dom in self.domains.values():
             if dom.run is not None:
                 await _release(dom.run)
+
+
+def already_exists(name: str) -> str:
+    return (
+        f"a VM named {name!r} already exists: change it with `qumran edit {name}` (its "
+        f"definition: `qumran dumpdef {name}`), or remove it with `qumran undefine {name}`"
+    )
+
+
+def _pending_spec(record: VmRecord) -> VmSpec | None:
+    if record.pending is None:
+        return None
+    try:
+        return validate_spec(record.pending)
+    except QumranError as exc:
+        log.error("the pending definition of %s no longer validates: %s", record.name, exc)
+        return None
 
 
 async def _release(run: Running) -> None:

@@ -89,6 +89,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "each VM's last event, found without a scan (a restarted daemon keeps the reason)",
         ("CREATE INDEX IF NOT EXISTS events_by_vm ON events (uuid, id)",),
     ),
+    Migration(
+        3,
+        "a running VM's edited definition, kept for its next start (NULL: none)",
+        ("ALTER TABLE vms ADD COLUMN pending TEXT",),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -101,6 +106,9 @@ class VmRecord:
     owner_gid: int
     definition: dict[str, Any]
     autostart: bool
+    # An edit saved while the VM ran: the definition its next start uses (libvirt's
+    # inactive configuration); None when there is none.
+    pending: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +195,8 @@ class Store:
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO vms VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO vms (uuid, name, owner, owner_gid, definition, autostart,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.uuid,
                         record.name,
@@ -209,11 +218,29 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE vms SET autostart = ? WHERE uuid = ?", (int(enabled), uuid))
 
+    def set_definition(self, uuid: str, definition: dict[str, Any]) -> None:
+        """Replace a VM's definition (and drop any pending one)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE vms SET definition = ?, pending = NULL WHERE uuid = ?",
+                (json.dumps(definition), uuid),
+            )
+
+    def set_pending(self, uuid: str, definition: dict[str, Any] | None) -> None:
+        """Keep ``definition`` for the VM's next start (None: forget the pending one)."""
+        text = None if definition is None else json.dumps(definition)
+        with self._tx() as db:
+            db.execute("UPDATE vms SET pending = ? WHERE uuid = ?", (text, uuid))
+
     def vms(self) -> list[VmRecord]:
         rows = self._db.execute(
-            "SELECT uuid, name, owner, owner_gid, definition, autostart FROM vms ORDER BY name"
+            "SELECT uuid, name, owner, owner_gid, definition, autostart, pending FROM vms"
+            " ORDER BY name"
         )
-        return [VmRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5])) for r in rows]
+        return [
+            VmRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), bool(r[5]), _json_or_none(r[6]))
+            for r in rows
+        ]
 
     # what runs where
     def set_runtime(self, rec: RuntimeRecord) -> None:
@@ -268,6 +295,10 @@ class Store:
             " WHERE id IN (SELECT MAX(id) FROM events GROUP BY uuid)"
         )
         return {r[2]: EventRecord(*r) for r in rows}
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 
 _EVENT_COLUMNS = "id, time, uuid, vm, owner, event, state, reason, detail"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from qumran.daemon.console import ConsoleBroker
 from qumran.daemon.events import EventBus
-from qumran.errors import QumranError
+from qumran.errors import InvalidArgument, QumranError
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,47 @@ async def pump_both(
             await websocket.close()
 
 
-async def console_stream(broker: ConsoleBroker, websocket: WebSocket) -> None:
+class History(enum.Enum):
+    """How a console viewer gets the output printed before it connected (``?history=``).
+
+    A client that waits for a text (``qumran console --until``) must not find it in
+    what was printed before it asked: it needs the recent output apart from the live
+    output, or not at all. Older clients and the browser ask nothing and get INLINE.
+    """
+
+    INLINE = "inline"  # the recent output, then the live output, one undivided stream
+    SEPARATE = "separate"  # the first message is the recent output (maybe empty), alone
+    NONE = "none"  # only what is printed from now on
+
+    @classmethod
+    def parse(cls, value: str | None) -> History:
+        if value is None:
+            return cls.INLINE
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(h.value for h in cls)
+            raise InvalidArgument(
+                f"history={value[:40]!r} is not a console history mode; use one of {choices}"
+            ) from None
+
+
+async def console_stream(
+    broker: ConsoleBroker, websocket: WebSocket, history: History = History.INLINE
+) -> None:
     """One more viewer: the recent output, then everything that follows; keys to the guest."""
-    await websocket.accept()
-    history, queue = broker.subscribe()
+    # Subscribe before the handshake completes: once the client is connected, nothing
+    # the guest prints can fall between the recent output and the live stream.
+    recent, queue = broker.subscribe()
+    try:
+        await websocket.accept()
+    except BaseException:
+        broker.unsubscribe(queue)
+        raise
 
     async def to_viewer() -> None:
-        if history:
-            await websocket.send_bytes(history)
+        if history is History.SEPARATE or (history is History.INLINE and recent):
+            await websocket.send_bytes(recent)
         while (chunk := await queue.get()) is not None:
             await websocket.send_bytes(chunk)
         await websocket.close(code=1000, reason="the VM stopped")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qumran.config.spec import KernelBoot, VmSpec
 from qumran.drivers.base import (
@@ -24,6 +26,9 @@ from qumran.drivers.checks import check_files
 from qumran.drivers.native.control import VmmControl
 from qumran.drivers.process import Spawned
 from qumran.errors import InvalidArgument, InvalidState
+
+if TYPE_CHECKING:
+    from qumran.drivers.qemu.accel import AccelChoice
 
 
 def vmm_binary() -> str:
@@ -91,19 +96,30 @@ class NativeDriver(Driver):
     name = "native"
     program = "qumran-vmm"
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, *, probe: Callable[[], AccelChoice] | None = None
+    ) -> None:
         self.binary = binary or vmm_binary()
+        self.probe = probe  # tests give their own host
 
     def host_info(self) -> HostInfo:
         from qumran.drivers.qemu.accel import choose_accel
 
-        choice = choose_accel()  # the same host check as QEMU's: vmx/svm and /dev/kvm
+        choice = (self.probe or choose_accel)()  # QEMU's host check: vmx/svm and /dev/kvm
         if choice.accel == "kvm":
             return HostInfo(self.name, "kvm", choice.reason, "qumran-vmm", True)
         why = choice.reason.removeprefix("TCG: ")
         return HostInfo(self.name, "kvm", f"needs a hardware KVM: {why}", "qumran-vmm", False)
 
     def check(self, spec: VmSpec, owner: Owner) -> None:
+        host = self.host_info()
+        if not host.available:
+            # Refused at define (and at each start), in the definition's terms: qumran-vmm's
+            # own refusal would come only at start, naming a flag of its own.
+            raise InvalidArgument(
+                f"hypervisor: native cannot run on this host: qumran-vmm {host.reason}; "
+                "use hypervisor: qemu, which emulates the CPU (TCG) where there is no KVM"
+            )
         if not isinstance(spec.boot, KernelBoot):
             raise InvalidArgument("boot: qumran-vmm boots a kernel; disk boot needs QEMU")
         for i, disk in enumerate(spec.disks):
