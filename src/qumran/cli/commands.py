@@ -17,7 +17,6 @@ from qumran.errors import InvalidArgument, InvalidState, Timeout
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
-    from typing import Any
 
     from qumran.client.console import Replay
     from qumran.client.schema import VmInfo

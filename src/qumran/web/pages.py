@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from qumran.daemon.domain import Domain
-from qumran.daemon.manager import Caller, Manager
+from qumran.daemon.manager import Manager
 from qumran.errors import InvalidArgument, InvalidState, QumranError
 from qumran.web import definition, images, lifecycle
 from qumran.web.auth import COOKIE, Session
@@ -139,7 +137,7 @@ def routes(manager: Manager) -> APIRouter:
         text = raw if isinstance(raw, str) else ""
         try:
             doc = definition.parse(text)
-            await _redefine(manager)(caller(session), name, doc)
+            await manager.redefine(caller(session), name, doc)
         except QumranError as exc:
             found = definition.problems(exc.message, text)
             return edit_page(request, session, exc.http_status, vm_summary(manager, dom), text,
@@ -199,20 +197,6 @@ async def _images(session: Session) -> list[images.Image]:
     # A hand-off to the credentials thread, off the event loop: a slow home directory
     # (NFS) delays this page only.
     return await asyncio.to_thread(images.user_images, session.uid, session.gid)
-
-
-Redefine = Callable[[Caller, str, Any], Awaitable[Domain]]
-
-
-def _redefine(manager: Manager) -> Redefine:
-    """``Manager.redefine`` (the API's ``PUT /v1/vms/{name}/definition``)."""
-    method: Redefine | None = getattr(manager, "redefine", None)
-    if method is not None:
-        return method
-    # TEMPORARY, until Manager.redefine is merged: drop with redefine_shim.py.
-    from qumran.web import redefine_shim
-
-    return functools.partial(redefine_shim.redefine, manager)
 
 
 def _visible(manager: Manager, session: Session) -> list[Domain]:
