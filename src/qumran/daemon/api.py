@@ -173,7 +173,7 @@ def _routes(app: FastAPI, manager: Manager) -> None:
     async def stats(request: Request, name: Name) -> Stats:
         dom = manager.get(caller_of(request), name)
         # The sampler's dataclasses as dicts: FastAPI checks them against Sample on the way out.
-        samples = cast("list[Sample]", manager.stats.samples(dom))
+        samples = cast("list[Sample]", await manager.stats.fresh_samples(dom))
         return {"interval": manager.stats.interval, "samples": samples}
 
     @app.get("/v1/events", responses=errors())

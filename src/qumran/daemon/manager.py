@@ -69,6 +69,7 @@ class Manager:
         self.events = EventBus(store)
         self.domains: dict[str, Domain] = {}
         self.stats = StatsSampler(self.domains)
+        self.supervisor = supervisor.Supervisor(self._changed)
         self._admin_uid = os.geteuid()  # root, or the user a per-user daemon runs as
         self._tasks: set[asyncio.Task[None]] = set()  # every background task; close() waits
 
@@ -193,9 +194,8 @@ class Manager:
     def _adopt(self, dom: Domain, run: Running) -> None:
         dom.run = run
         dom.exited.clear()
-        run.watcher = self._spawn(
-            supervisor.watch(dom, run, self._changed), name=f"watch {dom.name}"
-        )
+        run.watcher = self._spawn(self.supervisor.watch(dom, run), name=f"watch {dom.name}")
+        self.stats.started(dom)
 
     async def shutdown(self, caller: Caller, name: str) -> Domain:
         async with self._locked(caller, name) as dom:
@@ -441,6 +441,7 @@ class Manager:
         """Let go of every VM without stopping it (the VMs outlive the daemon), and wait
         for every background task: watchers end, releases of stopped VMs finish."""
         await self.stats.stop()
+        self.supervisor.close()
         for dom in self.domains.values():
             if dom.run is not None and dom.run.watcher is not None:
                 dom.run.watcher.cancel()
