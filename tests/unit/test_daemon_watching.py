@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -19,8 +20,12 @@ from typing import Any
 from test_domain_states import in_manager
 
 from daemon_harness import Daemon
+from qumran.config.spec import VmSpec
 from qumran.daemon.domain import Domain, State
 from qumran.daemon.manager import Caller, Manager
+from qumran.daemon.store import Store
+from qumran.drivers.base import Instance, RunPaths
+from qumran.drivers.fake import FakeDriver
 
 DOC = {"memory": 64, "boot": {"kernel": "/bin/sh"}}
 ME = Caller(os.getuid(), os.getgid())
@@ -147,3 +152,51 @@ def test_the_stats_route_answers_with_a_sample_taken_now(fake_daemon: Daemon) ->
     stats = fake_daemon.call("GET", "/v1/vms/fresh/stats").json()
     assert stats["samples"] and stats["samples"][-1]["t"] >= before - 0.01
     assert stats["samples"][-1]["rss_bytes"] > 0
+
+
+class _GatedDriver(FakeDriver):
+    """Re-attaches only once ``count`` re-attaches are under way at the same time."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+        self.waiting = 0
+        self.all_in = asyncio.Event()
+
+    async def attach(self, spec: VmSpec, paths: RunPaths, pid: int, events: Any) -> Instance:
+        self.waiting += 1
+        if self.waiting == self.count:
+            self.all_in.set()
+        await asyncio.wait_for(self.all_in.wait(), timeout=10)
+        return await super().attach(spec, paths, pid, events)
+
+
+def test_a_restarted_daemon_reattaches_its_vms_at_the_same_time(tmp_path: Path) -> None:
+    run_dir = Path(os.path.realpath("/tmp")) / f"qra-{os.getpid()}-{time.monotonic_ns()}"
+    store_path = tmp_path / "state" / "qumran.db"
+
+    async def main() -> None:
+        first = Manager(Store(store_path), {"qemu": FakeDriver()}, run_dir)
+        doms = await start_many(first, 3)
+        pids = [d.run.process.pid for d in doms if d.run is not None]
+        await first.close()  # the VMs outlive their daemon
+        first.store.close()
+        gated = _GatedDriver(count=3)
+        second = Manager(Store(store_path), {"qemu": gated}, run_dir)
+        try:
+            await second.restore()  # one after another, the first attach would time out
+            assert gated.waiting == 3
+            states = {d.name: (d.state, d.reason.value) for d in second.domains.values()}
+            assert states == {d.name: (State.RUNNING, "daemon-restart") for d in doms}
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            for dom in second.domains.values():
+                await dom.exited.wait()
+            await second.close()
+            second.store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -358,6 +358,7 @@ class Manager:
         """Load definitions; re-attach to VMs that kept running; then autostart."""
         runtimes = self.store.runtimes()
         last_events = self.store.last_events()
+        reattach = []
         for record in self.store.vms():
             try:
                 spec = validate_spec(record.definition)
@@ -369,7 +370,12 @@ class Manager:
             self.domains[record.name] = dom
             rt = runtimes.get(record.uuid)
             if rt is not None:
-                await self._reattach(dom, rt)
+                reattach.append(self._reattach(dom, rt))
+        # All at once: each waits on its own hypervisor's monitor, not on the others. A
+        # failure still stops the start-up as before, once every re-attach has ended.
+        for failure in await asyncio.gather(*reattach, return_exceptions=True):
+            if isinstance(failure, BaseException):
+                raise failure
         self._kill_unrecorded(set(runtimes))
         self.stats.start()
         for dom in list(self.domains.values()):
