@@ -125,19 +125,21 @@ class Manager:
             definition=spec.model_dump(mode="json"),
             autostart=False,
         )
-        self.store.add_vm(record)
         dom = Domain(record, spec)
+        with self.store.transaction():  # the definition and its event: one commit
+            self.store.add_vm(record)
+            self._changed(dom, Event.DEFINED, Reason.DEFINED)
         self.domains[spec.name] = dom
-        self._changed(dom, Event.DEFINED, Reason.DEFINED)
         return dom
 
     async def undefine(self, caller: Caller, name: str) -> None:
         async with self._locked(caller, name) as dom:
             if dom.active:
                 raise InvalidState(f"VM {name!r} is {dom.state.value}; destroy it first")
-            self.store.remove_vm(dom.uuid)
+            with self.store.transaction():  # the removal and its event: one commit
+                self.store.remove_vm(dom.uuid)
+                self._changed(dom, Event.UNDEFINED, Reason.UNDEFINED)  # marks it: queued ops stop
             del self.domains[name]
-            self._changed(dom, Event.UNDEFINED, Reason.UNDEFINED)  # marks it: queued ops stop
 
     async def set_autostart(self, caller: Caller, name: str, enabled: bool) -> Domain:
         async with self._locked(caller, name) as dom:

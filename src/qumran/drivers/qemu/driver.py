@@ -75,4 +75,3 @@ class QemuDriver(Driver):
         else:
             await qmp.connect(monitor)
         return QemuInstance(process, paths, qmp, graphics=spec.graphics)
-
