@@ -75,3 +75,4 @@ class QemuDriver(Driver):
         else:
             await qmp.connect(monitor)
         return QemuInstance(process, paths, qmp, graphics=spec.graphics)
+
