@@ -34,7 +34,7 @@ from types import FrameType
 
 from vslib import bare
 from vslib.libvirt_stack import LibvirtStack
-from vslib.measure import BenchError, ensure_commands, hyperfine, rss_kib
+from vslib.measure import BenchError, cpu_seconds, ensure_commands, hyperfine, rss_kib, run
 from vslib.qumran_stack import QumranStack
 from vslib.report import Results, render, write_section
 
@@ -52,10 +52,19 @@ class Plan:
     warmup: int  # hyperfine warm-up runs
     boots: int  # measured start-to-ready runs per stack
     boot_warmup: int  # unmeasured rounds first (page cache, libvirt's caches)
+    few: int = 10  # `list --all` also with this many VMs defined (before the others)
+    many: int = 1000  # ... and with this many (defined after everything else)
+    idle_vms: int = 10  # real guests running in each stack while its daemon idles
+    idle_seconds: float = 30.0  # the window the idle daemons' CPU is read over
+    restarts: int = 3  # daemon restarts measured with the guests running
+    fake_vms: int = 100  # qumrand with the fake driver: stand-in VMs running, idle
 
 
 FULL = Plan("full run", vms=100, runs=30, warmup=3, boots=5, boot_warmup=1)
-QUICK = Plan("quick run (fewer VMs and runs)", vms=20, runs=5, warmup=1, boots=1, boot_warmup=0)
+QUICK = Plan(
+    "quick run (fewer VMs and runs)", vms=20, runs=5, warmup=1, boots=1, boot_warmup=0,
+    few=5, many=40, idle_vms=2, idle_seconds=5.0, restarts=1, fake_vms=10,
+)  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -140,14 +149,25 @@ def measure_all(plan: Plan, res: Results, cleanup: contextlib.ExitStack) -> None
     log("qumran: starting qumrand")
     q.compile()
     q.start_daemon()
-    names = [f"{PREFIX}{i:03d}" for i in range(plan.vms)]
+    names = [f"{PREFIX}{i:04d}" for i in range(max(plan.vms, plan.many))]
+    log(f"defining {plan.few} VMs in each stack")
+    lv.define_many(names[: plan.few])
+    q.define_many(names[: plan.few])
+    _list_timing(plan, res, q, f"list@{plan.few}")
     log(f"defining {plan.vms} VMs in each stack")
-    lv.define_many(names)
-    q.define_many(names)
+    lv.define_many(names[plan.few : plan.vms])
+    q.define_many(names[plan.few : plan.vms])
     res.versions = _versions(lv, q)
     _cli_timings(plan, res, lv, q, names[plan.vms // 2])
     _boot_timings(plan, res, lv, q, names, root / "bare", ready)
-    _memory(res, lv, q, names[-1], ready)
+    _memory(res, lv, q, names[plan.vms - 1], ready)
+    _idle(plan, res, "qumran", q, names[: plan.idle_vms], ready)
+    _idle(plan, res, "libvirt", lv, names[: plan.idle_vms], ready)
+    _fake_idle(plan, res, root / "fake", kernel, initrd, cmdline, cleanup)
+    log(f"defining {plan.many} VMs in each stack")
+    lv.define_many(names[plan.vms : plan.many])
+    q.define_many(names[plan.vms : plan.many])
+    _list_timing(plan, res, q, f"list@{plan.many}")
     res.meta["load"] += f" → {_load()} (before → after)"
     _method_notes(plan, res)
 
@@ -165,21 +185,101 @@ def _demo_image(folder: Path) -> tuple[Path, Path, str, bytes]:
     return kernel, initrd, image.cmdline, image.ready_line.encode()
 
 
+VIRSH = "virsh -c qemu:///system"
+RAW = REPO / "artifacts" / "vs_libvirt"
+
+
+def _list_timing(plan: Plan, res: Results, q: QumranStack, op: str) -> None:
+    _hyperfine(
+        plan, res, q, op, {"qumran": f"{q.cli} list --all", "libvirt": f"{VIRSH} list --all"}
+    )
+
+
+def _hyperfine(
+    plan: Plan, res: Results, q: QumranStack, op: str, commands: dict[str, str],
+    prepare: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    RAW.mkdir(parents=True, exist_ok=True)
+    res.meta["raw"] = f"`{RAW.relative_to(REPO)}/*.json`"
+    log(f"hyperfine: {op}")
+    try:
+        timings = hyperfine(
+            commands, RAW / f"{op.replace('@', '_')}.json", runs=plan.runs, warmup=plan.warmup,
+            env=q.env, prepare=prepare,
+        )  # fmt: skip
+        res.cli[op] = dict(timings)
+    except BenchError as exc:
+        res.cli[op] = {"qumran": str(exc), "libvirt": str(exc)}
+
+
 def _cli_timings(plan: Plan, res: Results, lv: LibvirtStack, q: QumranStack, one: str) -> None:
-    raw = REPO / "artifacts" / "vs_libvirt"
-    raw.mkdir(parents=True, exist_ok=True)
-    res.meta["raw"] = f"`{raw.relative_to(REPO)}/{{list,dominfo}}.json`"
-    virsh = "virsh -c qemu:///system"
-    for op, args in (("list", "list --all"), ("dominfo", f"dominfo {one}")):
-        log(f"hyperfine: {op}")
-        commands = {"qumran": f"{q.cli} {args}", "libvirt": f"{virsh} {args}"}
-        try:
-            timings = hyperfine(
-                commands, raw / f"{op}.json", runs=plan.runs, warmup=plan.warmup, env=q.env
-            )
-            res.cli[op] = dict(timings)
-        except BenchError as exc:
-            res.cli[op] = {"qumran": str(exc), "libvirt": str(exc)}
+    _list_timing(plan, res, q, "list")
+    dominfo = {"qumran": f"{q.cli} dominfo {one}", "libvirt": f"{VIRSH} dominfo {one}"}
+    _hyperfine(plan, res, q, "dominfo", dominfo)
+    # define and undefine, each run after the other one put the VM back (hyperfine's
+    # --prepare, not timed): the same VM defined and undefined over and over.
+    name = f"{PREFIX}def"
+    yaml_file, xml_file = q.definition_file(name), lv.definition_file(name)
+    define = {"qumran": f"{q.cli} define {yaml_file}", "libvirt": f"{VIRSH} define {xml_file}"}
+    undefine = {"qumran": f"{q.cli} undefine {name}", "libvirt": f"{VIRSH} undefine {name}"}
+    run(define["qumran"].split(), env=q.env)
+    run(define["libvirt"].split())
+    _hyperfine(plan, res, q, "define", define, prepare=undefine)
+    subprocess.run(undefine["qumran"].split(), env=q.env, capture_output=True)
+    subprocess.run(undefine["libvirt"].split(), capture_output=True)
+    _hyperfine(plan, res, q, "undefine", undefine, prepare=define)
+
+
+def _idle(
+    plan: Plan, res: Results, stack: str, s: QumranStack | LibvirtStack, names: list[str],
+    ready: bytes,
+) -> None:  # fmt: skip
+    """With ``names`` running and at their ready line, the daemon's CPU over a quiet
+    window and its memory then; then the daemon restarted, timed to its first full list."""
+    log(f"{stack}: starting {len(names)} guests, then {plan.idle_seconds:.0f} s of quiet")
+    try:
+        for name in names:
+            s.start_to_ready(name, ready)
+        time.sleep(IDLE)
+        pids = list(s.daemon_pids().values()) if isinstance(s, LibvirtStack) else [s.pid]
+        cpu0 = cpu_seconds(pids)
+        time.sleep(plan.idle_seconds)
+        used = cpu_seconds(pids) - cpu0
+        rss = sum(rss_kib(pid) for pid in pids)
+        res.idle[stack] = {"vms": len(names), "seconds": plan.idle_seconds, "cpu": used, "rss": rss}
+        res.restart[stack] = [s.restart_to_list(len(names)) for _ in range(plan.restarts)]
+    except Exception as exc:  # record and go on
+        res.idle_errors[stack] = res.restart_errors[stack] = f"{type(exc).__name__}: {exc}"[:300]
+        log(f"{stack}: idle measurement failed: {res.idle_errors[stack]}")
+    finally:
+        for name in names:
+            s.destroy(name)
+
+
+def _fake_idle(
+    plan: Plan, res: Results, root: Path, kernel: Path, initrd: Path, cmdline: str,
+    cleanup: contextlib.ExitStack,
+) -> None:  # fmt: skip
+    """qumrand with the fake driver and ``plan.fake_vms`` stand-in VMs running, idle."""
+    log(f"qumran, fake driver: {plan.fake_vms} stand-in VMs running, {plan.idle_seconds:.0f} s")
+    fake = QumranStack(root, REPO / ".venv" / "bin", kernel, initrd, cmdline, driver="fake")
+    cleanup.callback(_quietly("stopping the fake qumrand", fake.stop))
+    try:
+        fake.start_daemon()
+        names = [f"{PREFIX}fake{i:04d}" for i in range(plan.fake_vms)]
+        fake.define_many(names)
+        fake.start_many(names)
+        time.sleep(IDLE)
+        cpu0 = cpu_seconds([fake.pid])
+        time.sleep(plan.idle_seconds)
+        used = cpu_seconds([fake.pid]) - cpu0
+        res.idle["fake"] = {"vms": len(names), "seconds": plan.idle_seconds, "cpu": used,
+                            "rss": rss_kib(fake.pid)}  # fmt: skip
+    except Exception as exc:
+        res.idle_errors["fake"] = f"{type(exc).__name__}: {exc}"[:300]
+        log(f"fake qumrand: idle measurement failed: {res.idle_errors['fake']}")
+    finally:
+        fake.stop()
 
 
 def _boot_timings(
@@ -275,11 +375,15 @@ def _versions(lv: LibvirtStack, q: QumranStack) -> dict[str, str]:
 def _method_notes(plan: Plan, res: Results) -> None:
     n = plan.vms
     res.notes += [
-        f"`list --all` and `dominfo` (of a shut-off VM): hyperfine without a shell, "
-        f"{plan.warmup} warm-up runs, {plan.runs} runs, {n} VMs defined in each stack "
-        "(`qumran define` from YAML files, `virsh define` from XML with direct kernel boot); "
-        "ratios and the target use the medians, robust to load spikes from other work. "
-        "Qumran's modules are byte-compiled first, as an installed package's are.",
+        f"CLI rows: hyperfine without a shell, {plan.warmup} warm-up runs, {plan.runs} runs "
+        "per command, qumran's runs then virsh's; median and (min to max). `list --all` with "
+        f"{plan.few}, {n} and {plan.many} VMs defined in each stack (`qumran define` from "
+        "YAML files, `virsh define` from XML with direct kernel boot; real QEMU driver, all "
+        "shut off); `dominfo` of a shut-off VM; `define` of a YAML file against `virsh "
+        "define` of the same machine's XML, each run after an untimed undefine (hyperfine's "
+        "--prepare), and `undefine` after an untimed define. Ratios and targets use the "
+        "medians, robust to load spikes from other work. Qumran's modules are byte-compiled "
+        "first, as an installed package's are; `qumran` is the venv's pip-made launcher.",
         f"Start → ready: {plan.boots} measured rounds (after {plan.boot_warmup} unmeasured), "
         "stacks interleaved in rotating order, a different VM each round, each boot destroyed "
         "before the next. Ready = the guest printed `QUMRAN-DEMO READY` on its serial console.",
@@ -309,6 +413,19 @@ def _method_notes(plan: Plan, res: Results) -> None:
         "Memory: VmRSS from /proc/PID/status of qumrand, and of libvirtd + virtlogd (+ virtlockd "
         f"when running), {IDLE:.0f} s after one VM of each stack reached its ready line, "
         f"with {n} VMs defined.",
+        f"Idle: {plan.idle_vms} real guests started in one stack (each to its ready line), "
+        f"{IDLE:.0f} s of settling, then the daemons' utime + stime (/proc, 10 ms ticks) over "
+        f"{plan.idle_seconds:.0f} s with nothing asked of them; memory read at the end of "
+        "that window; then the other stack the same way. The target is the issue's: 0.01 % "
+        "of a CPU per running VM.",
+        f"Fake driver: a second qumrand, `--driver fake`, with {plan.fake_vms} stand-in VM "
+        "processes started (real processes, watched the same way: pidfd, the SIGSTOP timer, "
+        f"stats), {plan.idle_seconds:.0f} s idle. libvirt has no equivalent short of as many "
+        "real guests, so that row has qumran alone.",
+        f"Restart: with the {plan.idle_vms} guests still running, SIGTERM to the daemon, wait "
+        "for it to exit, exec it again (`qumrand ...`; `libvirtd -d`), and time from that "
+        "exec until `qumran list` / `virsh list --name` first succeeds showing every guest "
+        f"running (2 ms between tries); {plan.restarts} restarts each.",
     ]
 
 

@@ -2,12 +2,14 @@
 
 The argv comes from ``qumran.drivers.qemu.cmdline.build_argv`` with the accelerator the
 driver would choose on this host, so the only difference from ``qumran start`` is the
-daemon and the CLI around it. Ready is seen in the console log file QEMU writes.
+daemon and the CLI around it. The sockets and the console log are handed to QEMU as open
+fds, as the driver does. Ready is seen in the console log file QEMU writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -16,15 +18,37 @@ from pathlib import Path
 
 from vslib.measure import POLL, BenchError, now, wait_for_text
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qumran.drivers.base import HandoffFds
 
-def bare_argv(definition: dict[str, object], run_dir: Path) -> list[str]:
+
+def bare_argv(definition: dict[str, object], fds: HandoffFds) -> list[str]:
     from qumran.config.validate import validate_spec
-    from qumran.drivers.base import RunPaths
     from qumran.drivers.qemu.accel import choose_accel
     from qumran.drivers.qemu.cmdline import build_argv
 
     spec = validate_spec(definition)
-    return build_argv(spec, RunPaths(run_dir), choose_accel().accel)
+    return build_argv(spec, fds, choose_accel().accel)
+
+
+def _listening(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen(1)
+    return sock
+
+
+def handoff(run_dir: Path, stack: contextlib.ExitStack) -> HandoffFds:
+    """What the QEMU driver hands QEMU: listening monitor and console sockets and the
+    console log open for appending (their paths in ``run_dir``), as inherited fds."""
+    from qumran.drivers.base import HandoffFds
+
+    monitor = stack.enter_context(_listening(run_dir / "monitor.sock"))
+    console = stack.enter_context(_listening(run_dir / "console.sock"))
+    log = os.open(run_dir / "console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    stack.callback(os.close, log)
+    return HandoffFds(monitor=monitor.fileno(), console=console.fileno(), console_log=log)
 
 
 def accelerator() -> str:
@@ -39,15 +63,17 @@ def start_to_ready(
     """Seconds from exec of QEMU until ``ready`` is in its console log; QEMU is killed after."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    argv = bare_argv(definition, run_dir)
-    with open(run_dir / "hypervisor.log", "wb") as log:
+    with contextlib.ExitStack() as ours, open(run_dir / "hypervisor.log", "wb") as log:
+        fds = handoff(run_dir, ours)
+        argv = bare_argv(definition, fds)
         t0 = now()
         # Its own session, as the driver and libvirt give QEMU: with the scheduler's
         # autogroups a session shares the CPU as one, and this benchmark's session may hold
         # other busy processes.
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            pass_fds=(fds.monitor, fds.console or fds.monitor, fds.console_log),
+        )  # fmt: skip
     try:
         running = _main_loop_running(run_dir / "monitor.sock", t0 + timeout) - t0
         return {"ready": wait_for_text(run_dir / "console.log", ready, t0 + timeout) - t0,

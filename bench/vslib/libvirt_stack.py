@@ -149,6 +149,13 @@ class LibvirtStack:
 </domain>
 """
 
+    def definition_file(self, name: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{name}.xml"
+        path.write_text(self.domain_xml(name))
+        self.names.append(name)
+        return path
+
     def define_many(self, names: list[str]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         commands = []
@@ -198,6 +205,30 @@ class LibvirtStack:
 
     def start(self, name: str) -> None:
         run([*VIRSH, "start", name])
+
+    def restart_to_list(self, running: int, timeout: float = 60) -> float:
+        """Stop libvirtd (SIGTERM; its domains keep running), start it again, and return
+        the seconds from that exec until `virsh list` first succeeds showing ``running``."""
+        pids = pids_by_comm("libvirtd")
+        if not pids:
+            raise BenchError("libvirtd is not running")
+        os.kill(pids[0], signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while pids_by_comm("libvirtd"):
+            if time.monotonic() > deadline:
+                raise BenchError("libvirtd did not stop within 30 s of SIGTERM")
+            time.sleep(0.01)
+        t0 = now()
+        run(["libvirtd", "-d"])  # forks the daemon and returns
+        while now() < t0 + timeout:
+            done = subprocess.run([*VIRSH, "list", "--name"], capture_output=True, text=True)
+            if done.returncode == 0 and len(done.stdout.split()) >= running:
+                elapsed = now() - t0
+                if "libvirtd" in self.started:  # ours to stop at the end, under its new pid
+                    self.started["libvirtd"] = self._wait_for_pid("libvirtd")
+                return elapsed
+            time.sleep(0.002)
+        raise BenchError(f"restarted libvirtd did not list {running} running domains")
 
     def destroy(self, name: str) -> None:
         subprocess.run([*VIRSH, "destroy", name], capture_output=True, timeout=120)

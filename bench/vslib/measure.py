@@ -55,12 +55,16 @@ def hyperfine(
     runs: int,
     warmup: int,
     env: Mapping[str, str] | None = None,
+    prepare: Mapping[str, str] | None = None,
 ) -> dict[str, Timing]:
-    """Time ``commands`` (label -> command line) in one hyperfine run, without a shell."""
+    """Time ``commands`` (label -> command line) in one hyperfine run, without a shell;
+    ``prepare`` (label -> command line) runs untimed before each run of that command."""
     argv = ["hyperfine", "-N", "--style", "basic", "--warmup", str(warmup), "--runs", str(runs)]
     argv += ["--export-json", str(export)]
     for label, command in commands.items():
         argv += ["--command-name", label, command]
+    for label in commands if prepare else ():
+        argv += ["--prepare", prepare[label]]  # type: ignore[index]
     done = subprocess.run(argv, env=dict(env) if env else None, capture_output=True, text=True)
     if done.returncode != 0:
         raise BenchError(f"hyperfine failed: {(done.stderr or done.stdout).strip()[-500:]}")

@@ -25,8 +25,12 @@ DEFINE_WORKERS = 4  # `qumran define` processes at once (mostly Python start-up)
 
 
 class QumranStack:
-    def __init__(self, root: Path, bin_dir: Path, kernel: Path, initrd: Path, cmdline: str):
+    def __init__(
+        self, root: Path, bin_dir: Path, kernel: Path, initrd: Path, cmdline: str,
+        driver: str = "real",
+    ) -> None:  # fmt: skip
         self.root = root
+        self.driver = driver  # "fake": stand-in VM processes (qumrand --driver fake)
         self.bin_dir = bin_dir
         self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
         self.socket = str(root / "qumrand.sock")
@@ -58,15 +62,7 @@ class QumranStack:
     # --- the daemon ---------------------------------------------------------------------
 
     def start_daemon(self, timeout: float = 30) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        argv = [
-            str(self.bin_dir / "qumrand"),
-            "--socket", self.socket,
-            "--state-dir", str(self.root / "state"),
-            "--run-dir", str(self.root / "run"),
-        ]  # fmt: skip
-        with open(self.root / "qumrand.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self._exec_daemon()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -76,6 +72,37 @@ class QumranStack:
                 return
             time.sleep(0.05)
         raise BenchError(f"qumrand did not listen in {timeout}s: {self._log_tail()}")
+
+    def _exec_daemon(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(self.bin_dir / "qumrand"),
+            "--socket", self.socket,
+            "--state-dir", str(self.root / "state"),
+            "--run-dir", str(self.root / "run"),
+            "--driver", self.driver,
+        ]  # fmt: skip
+        with open(self.root / "qumrand.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def restart_to_list(self, running: int, timeout: float = 60) -> float:
+        """Stop qumrand (SIGTERM; its VMs keep running), exec it again, and return the
+        seconds from that exec until `qumran list` first succeeds showing ``running`` VMs."""
+        if self.proc is None:
+            raise BenchError("qumrand is not running")
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        t0 = now()
+        self._exec_daemon()
+        deadline = t0 + timeout
+        while now() < deadline:
+            done = subprocess.run([self.cli, "list"], env=self.env, capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout.count(" running") >= running:
+                return now() - t0
+            time.sleep(0.002)
+        raise BenchError(
+            f"restarted qumrand did not list {running} running VMs: {self._log_tail()}"
+        )
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -125,16 +152,22 @@ class QumranStack:
             f"  cmdline: {json.dumps(self.cmdline)}\n"
         )
 
-    def define_many(self, names: list[str]) -> None:
+    def definition_file(self, name: str) -> Path:
         folder = self.root / "definitions"
         folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for name in names:
-            path = folder / f"{name}.yaml"
-            path.write_text(self.definition(name))
-            files.append(path)
+        path = folder / f"{name}.yaml"
+        path.write_text(self.definition(name))
+        return path
+
+    def define_many(self, names: list[str]) -> None:
+        files = [self.definition_file(name) for name in names]
         with ThreadPoolExecutor(DEFINE_WORKERS) as pool:
             for _ in pool.map(lambda p: run([self.cli, "define", str(p)], env=self.env), files):
+                pass
+
+    def start_many(self, names: list[str]) -> None:
+        with ThreadPoolExecutor(DEFINE_WORKERS) as pool:
+            for _ in pool.map(lambda n: run([self.cli, "start", n], env=self.env), names):
                 pass
 
     def start_to_ready(self, name: str, ready: bytes, timeout: float = 120) -> dict[str, float]:

@@ -39,7 +39,7 @@ def sample() -> Results:
         "qumran": boots(2.1, forked=0.03, returned=0.1, delivery=0.002),
         "libvirt": boots(2.4, forked=0.02, returned=0.3),
     }
-    res.rss = {"qumran": {"qumrand": 50 * 1024}, "libvirt": {"libvirtd": 30 * 1024}}
+    res.rss = {"qumran": {"qumrand": 25 * 1024}, "libvirt": {"libvirtd": 30 * 1024}}
     return res
 
 
@@ -69,7 +69,44 @@ def test_verdicts_follow_the_targets() -> None:
     assert "| +100 ms | +400 ms | 0.25 | qumran ≤ ½ libvirt | ✓ |" in text
     # From the parts: 30 + 2 ms against 300 - 50 ms.
     assert "| +32 ms | +250 ms | 0.13 | qumran ≤ ½ libvirt | ✓ |" in text
-    assert row(text, "daemon RSS").endswith("| 1.67 | qumran ≤ 2x libvirt | ✓ |")
+    assert row(text, "daemon RSS").endswith("| 0.83 | qumran ≤ libvirt | ✓ |")
+
+
+def test_every_cli_row_has_its_range_runs_and_verdict() -> None:
+    res = sample()
+    res.meta["vms"] = "100"
+    res.cli["list@10"] = {"qumran": timing(12), "libvirt": timing(13)}
+    res.cli["define"] = {"qumran": timing(20), "libvirt": timing(15)}
+    text = render(res)
+    lines = [line for line in text.splitlines() if line.startswith("| `")]
+    assert [line.split(":")[0] for line in lines] == [
+        "| `list --all`, 10 defined",
+        "| `list --all`, 100 defined",
+        "| `define FILE`",
+    ]
+    assert row(text, "`list --all`, 10").startswith(
+        "| `list --all`, 10 defined: median (range), n=20 | 12.0 ms (12.0\u201312.0) |"
+    )
+    assert row(text, "`define FILE`").endswith("| 1.33 | qumran ≤ virsh | ✗ |")
+
+
+def test_idle_cpu_is_judged_per_running_vm_and_restart_against_150_ms() -> None:
+    res = sample()
+    res.idle = {
+        "qumran": {"vms": 10, "seconds": 30, "cpu": 0.02, "rss": 40 * 1024},
+        "libvirt": {"vms": 10, "seconds": 30, "cpu": 0.0, "rss": 30 * 1024},
+        "fake": {"vms": 100, "seconds": 30, "cpu": 0.5, "rss": 50 * 1024},
+    }
+    res.restart = {"qumran": [0.2, 0.3, 0.25], "libvirt": [0.9, 1.0, 1.1]}
+    text = render(res)
+    # 0.02 s in 30 s: 0.067 %, within 10 x 0.01 %; libvirt used nothing: no ratio.
+    assert row(text, "daemon CPU, idle").endswith("| - | qumran ≤ 0.01 % per VM | ✓ |")
+    assert "0.067 % (2 ticks in 30 s, 10 VMs)" in row(text, "daemon CPU, idle")
+    assert row(text, "qumrand CPU, idle, fake").endswith("| qumran ≤ 0.01 % per VM | ✗ |")
+    assert row(text, "daemon RSS then").endswith("| 1.33 | qumran ≤ libvirt | ✗ |")
+    restart = row(text, "daemon restarted")
+    assert "| 250 ms (200\u2013300), n=3 | 1000 ms (900\u20131100), n=3 | 0.25 |" in restart
+    assert restart.endswith("| qumran ≤ 150 ms | ✗ |")
 
 
 def test_a_slower_qumran_fails_its_targets() -> None:

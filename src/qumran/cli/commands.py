@@ -6,10 +6,8 @@ Heavy modules are imported inside the commands that need them: the definition re
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from collections.abc import Callable
 
 from qumran.cli import daemonctl, imagecmd, output
 from qumran.client import Client
@@ -17,6 +15,8 @@ from qumran.errors import InvalidArgument, InvalidState, Timeout
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
 
     from qumran.client.console import Replay
     from qumran.client.schema import VmInfo

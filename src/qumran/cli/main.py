@@ -8,15 +8,15 @@ the commands that need more import it themselves (see ``qumran.cli.commands``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from qumran.cli import commands
+from qumran.cli import commands, quick
 from qumran.errors import QumranError
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
+    import argparse
     from typing import Any, NoReturn
 
 _DESCRIPTION = "Manage Qumran virtual machines (through qumrand)."
@@ -24,27 +24,35 @@ _JSON = "print the API's JSON (for scripts)"
 _SOCKET = "qumrand's socket (default: $QUMRAN_SOCKET, else the per-user or system one)"
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter, minus its `import shutil` (2 ms of start-up) for the width."""
+def _parser_class() -> type[argparse.ArgumentParser]:
+    # argparse only when the quick reader (qumran.cli.quick) cannot read the line.
+    import argparse
 
-    def __init__(self, prog: str) -> None:
-        try:
-            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
-        except (ValueError, OSError):
-            width = 80
-        super().__init__(prog, width=max(width - 2, 40))
+    class _Formatter(argparse.HelpFormatter):
+        """argparse's formatter, minus its `import shutil` (2 ms of start-up) for the width."""
 
+        def __init__(self, prog: str) -> None:
+            try:
+                width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+            except (ValueError, OSError):
+                width = 80
+            super().__init__(prog, width=max(width - 2, 40))
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(formatter_class=_Formatter, **kwargs)
+    class _Parser(argparse.ArgumentParser):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(formatter_class=_Formatter, **kwargs)
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+    return _Parser
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command``, only that command's subparser is built (start-up)."""
+    import argparse
+
+    _Parser = _parser_class()
     # Global options are accepted before or after the command: the subcommands get them
     # too, with SUPPRESS so an absent option does not undo one given before the command.
     common = _Parser(add_help=False)
@@ -76,7 +84,9 @@ def _command_in(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_command_in(argv)).parse_args(argv)
+    args: Any = quick.parse(argv, commands.COMMANDS)
+    if args is None:
+        args = build_parser(_command_in(argv)).parse_args(argv)
     try:
         return int(args.handler(args))
     except QumranError as exc:

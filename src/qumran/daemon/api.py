@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -155,10 +156,10 @@ def _routes(app: FastAPI, manager: Manager) -> None:
     async def daemon(request: Request) -> DaemonInfo:
         return daemon_info(request.app.state)
 
-    @app.get("/v1/vms", responses=errors())
-    async def list_vms(request: Request, all: bool = False) -> list[VmInfo]:
+    @app.get("/v1/vms", response_model=list[VmInfo], responses=errors())
+    async def list_vms(request: Request, all: bool = False) -> Response:
         doms = manager.visible(caller_of(request))
-        return [d.info() for d in doms if all or d.active]
+        return _encoded([d.info() for d in doms if all or d.active])
 
     @app.post("/v1/vms", status_code=201, responses=errors(409), openapi_extra=DEFINITION)
     async def define(request: Request, force: bool = False) -> VmInfo:
@@ -167,9 +168,9 @@ def _routes(app: FastAPI, manager: Manager) -> None:
         doc = _json(await request.body())
         return (await manager.define(caller, doc, force=force)).info()
 
-    @app.get("/v1/vms/{name}", responses=errors(404))
-    async def get_vm(request: Request, name: Name) -> VmInfo:
-        return manager.get(caller_of(request), name).info()
+    @app.get("/v1/vms/{name}", response_model=VmInfo, responses=errors(404))
+    async def get_vm(request: Request, name: Name) -> Response:
+        return _encoded(manager.get(caller_of(request), name).info())
 
     @app.delete("/v1/vms/{name}", status_code=204, responses=errors(404, 409))
     async def undefine(request: Request, name: Name) -> Response:
@@ -196,7 +197,7 @@ def _routes(app: FastAPI, manager: Manager) -> None:
     async def stats(request: Request, name: Name) -> Stats:
         dom = manager.get(caller_of(request), name)
         # The sampler's dataclasses as dicts: FastAPI checks them against Sample on the way out.
-        samples = cast("list[Sample]", manager.stats.samples(dom))
+        samples = cast("list[Sample]", await manager.stats.fresh_samples(dom))
         return {"interval": manager.stats.interval, "samples": samples}
 
     @app.get("/v1/events", responses=errors())
@@ -226,6 +227,14 @@ DEFINITION: dict[str, Any] = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VmSpec"}}},
     }
 }
+
+
+def _encoded(doc: VmInfo | list[VmInfo]) -> Response:
+    """``doc`` as the answer, written straight to JSON. The route's ``response_model``
+    still documents it; FastAPI's check of it on the way out is skipped: the documents
+    are built by ``Domain.info`` (typed), and checking a 1,000-VM list took longer than
+    building it."""
+    return Response(to_json(doc), media_type="application/json")
 
 
 def _json(body: bytes) -> Any:

@@ -34,10 +34,13 @@ class EventBus:
         )
         log.info("vm %s: %s (state %s, reason %s) %s", vm, event.value, state.value,
                  reason.value, detail)  # fmt: skip
+        self._store.after_commit(lambda: self._push(record))  # never an uncommitted event
+        return record
+
+    def _push(self, record: EventRecord) -> None:
         for queue in list(self._subscribers):
             if queue.qsize() < 1000:
                 queue.put_nowait(record)
-        return record
 
     def subscribe(self) -> asyncio.Queue[EventRecord]:
         queue: asyncio.Queue[EventRecord] = asyncio.Queue()

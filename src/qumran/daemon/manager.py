@@ -71,6 +71,7 @@ class Manager:
         self.events = EventBus(store)
         self.domains: dict[str, Domain] = {}
         self.stats = StatsSampler(self.domains)
+        self.supervisor = supervisor.Supervisor(self._changed)
         self._admin_uid = os.geteuid()  # root, or the user a per-user daemon runs as
         self._tasks: set[asyncio.Task[None]] = set()  # every background task; close() waits
 
@@ -126,10 +127,11 @@ class Manager:
             definition=spec.model_dump(mode="json"),
             autostart=False,
         )
-        self.store.add_vm(record)
         dom = Domain(record, spec)
+        with self.store.transaction():  # the definition and its event: one commit
+            self.store.add_vm(record)
+            self._changed(dom, Event.DEFINED, Reason.DEFINED)
         self.domains[spec.name] = dom
-        self._changed(dom, Event.DEFINED, Reason.DEFINED)
         return dom
 
     async def redefine(self, caller: Caller, name: str, doc: Any, *, force: bool = False) -> Domain:
@@ -178,9 +180,10 @@ class Manager:
         async with self._locked(caller, name) as dom:
             if dom.active:
                 raise InvalidState(f"VM {name!r} is {dom.state.value}; destroy it first")
-            self.store.remove_vm(dom.uuid)
+            with self.store.transaction():  # the removal and its event: one commit
+                self.store.remove_vm(dom.uuid)
+                self._changed(dom, Event.UNDEFINED, Reason.UNDEFINED)  # marks it: queued ops stop
             del self.domains[name]
-            self._changed(dom, Event.UNDEFINED, Reason.UNDEFINED)  # marks it: queued ops stop
 
     async def set_autostart(self, caller: Caller, name: str, enabled: bool) -> Domain:
         async with self._locked(caller, name) as dom:
@@ -242,9 +245,8 @@ class Manager:
     def _adopt(self, dom: Domain, run: Running) -> None:
         dom.run = run
         dom.exited.clear()
-        run.watcher = self._spawn(
-            supervisor.watch(dom, run, self._changed), name=f"watch {dom.name}"
-        )
+        run.watcher = self._spawn(self.supervisor.watch(dom, run), name=f"watch {dom.name}")
+        self.stats.started(dom)
 
     async def shutdown(self, caller: Caller, name: str) -> Domain:
         async with self._locked(caller, name) as dom:
@@ -408,6 +410,7 @@ class Manager:
         """Load definitions; re-attach to VMs that kept running; then autostart."""
         runtimes = self.store.runtimes()
         last_events = self.store.last_events()
+        reattach = []
         for record in self.store.vms():
             try:
                 spec = validate_spec(record.definition)
@@ -420,7 +423,13 @@ class Manager:
             self.domains[record.name] = dom
             rt = runtimes.get(record.uuid)
             if rt is not None:
-                await self._reattach(dom, rt)
+                reattach.append(self._reattach(dom, rt))
+        # All at once: each waits on its own hypervisor's monitor, not on the others. A
+        # failure still stops the start-up as before, once every re-attach has ended.
+        for failure in await asyncio.gather(*reattach, return_exceptions=True):
+            if isinstance(failure, BaseException):
+                raise failure
+        for dom in self.domains.values():
             if not dom.active:
                 self._apply_pending(dom)  # it stopped while the daemon was away
         self._kill_unrecorded(set(runtimes))
@@ -494,6 +503,7 @@ class Manager:
         """Let go of every VM without stopping it (the VMs outlive the daemon), and wait
         for every background task: watchers end, releases of stopped VMs finish."""
         await self.stats.stop()
+        self.supervisor.close()
         for dom in self.domains.values():
             if dom.run is not None and dom.run.watcher is not None:
                 dom.run.watcher.cancel()

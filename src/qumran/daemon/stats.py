@@ -1,9 +1,15 @@
 """Per-VM statistics, sampled from the VM process and its monitor.
 
-Every ``INTERVAL`` seconds, for each running VM: CPU use (from /proc/PID/stat, as a
-percentage of one host CPU), resident memory, and disk bytes (from the hypervisor's own
-counters when it has them). Network counters are null for QEMU user-mode networking,
-which exposes none. The last ``KEEP_SECONDS`` are kept in memory.
+For each running VM: CPU use (from /proc/PID/stat, as a percentage of one host CPU since
+the sample before), resident memory, and disk bytes (from the hypervisor's own counters
+when it has them). Network counters are null for QEMU user-mode networking, which
+exposes none. The last ``KEEP_SECONDS`` are kept in memory.
+
+A sample costs a monitor round trip, so VMs are sampled every ``INTERVAL`` seconds only
+while someone watches them (a look at their statistics, through the API or the web
+manager, keeps them watched for ``WATCH_SECONDS``), and otherwise every
+``IDLE_INTERVAL`` seconds: an idle daemon with many VMs stays idle. One task samples
+every VM, waking only when the next sample is due.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from qumran.drivers.process import proc_cpu_seconds, proc_rss_bytes
 
 log = logging.getLogger(__name__)
 
-INTERVAL = 2.0
+INTERVAL = 2.0  # seconds between samples of a watched VM
+IDLE_INTERVAL = 60.0  # seconds between samples of a VM nobody looks at
+WATCH_SECONDS = 30.0  # how long one look at a VM's statistics keeps it watched
 KEEP_SECONDS = 600
 MONITOR_TIMEOUT = 1.0
 
@@ -38,12 +46,24 @@ class Sample:
 
 
 class StatsSampler:
-    def __init__(self, domains: dict[str, Domain], interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        domains: dict[str, Domain],
+        interval: float = INTERVAL,
+        idle_interval: float = IDLE_INTERVAL,
+        watch_seconds: float = WATCH_SECONDS,
+    ) -> None:
         self._domains = domains
         self.interval = interval
+        self.idle_interval = idle_interval
+        self.watch_seconds = watch_seconds
         self._history: dict[str, deque[Sample]] = {}
         self._last_cpu: dict[str, tuple[int, float, float]] = {}  # uuid -> (pid, wall, cpu)
+        self._due: dict[str, float] = {}  # uuid -> monotonic time its next sample is due
+        self._watched_until: dict[str, float] = {}  # uuid -> monotonic time
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.taken = 0  # samples taken so far (for tests: none while nobody watches)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stats sampler")
@@ -54,20 +74,75 @@ class StatsSampler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def started(self, dom: Domain) -> None:
+        """``dom``'s process is new: a first sample soon (the base for CPU use)."""
+        self._due[dom.uuid] = time.monotonic()
+        self._wake.set()
+
+    def watched(self, dom: Domain) -> bool:
+        return self._watched_until.get(dom.uuid, 0.0) > time.monotonic()
+
     def samples(self, dom: Domain) -> list[dict[str, Any]]:
+        """The samples kept for ``dom``, oldest first; someone is watching it now."""
+        self._watch(dom)
         return [asdict(s) for s in self._history.get(dom.uuid, ())]
+
+    async def fresh_samples(self, dom: Domain) -> list[dict[str, Any]]:
+        """As :meth:`samples`, with one taken now if the newest is older than the interval
+        (the VM was not watched until now)."""
+        history = self._history.get(dom.uuid)
+        if self._running(dom) and (not history or time.time() - history[-1].t >= self.interval):
+            self._watched_until[dom.uuid] = time.monotonic() + self.watch_seconds
+            await self.sample(dom)  # due again an interval from now: the loop must know
+            self._wake.set()
+        return self.samples(dom)
+
+    def _watch(self, dom: Domain) -> None:
+        now = time.monotonic()
+        was_watched = self._watched_until.get(dom.uuid, 0.0) > now
+        self._watched_until[dom.uuid] = now + self.watch_seconds
+        if not was_watched and self._running(dom):
+            self._due[dom.uuid] = now  # from the slow pace to the fast one, starting now
+            self._wake.set()
+
+    @staticmethod
+    def _running(dom: Domain) -> bool:
+        return dom.run is not None and dom.state in (State.RUNNING, State.SHUTDOWN)
 
     async def _run(self) -> None:
         while True:
+            now = time.monotonic()
+            next_due = now + self.idle_interval
+            due: list[Domain] = []
+            live: set[str] = set()
             for dom in list(self._domains.values()):
-                if dom.run is not None and dom.state in (State.RUNNING, State.SHUTDOWN):
-                    await self.sample(dom)
-            await asyncio.sleep(self.interval)
+                if not self._running(dom):
+                    continue
+                live.add(dom.uuid)
+                at = self._due.setdefault(dom.uuid, now)
+                if at <= now:
+                    due.append(dom)
+                else:
+                    next_due = min(next_due, at)
+            for uuid in [u for u in self._due if u not in live]:  # stopped or undefined
+                del self._due[uuid]
+                self._watched_until.pop(uuid, None)
+            for dom in due:
+                await self.sample(dom)
+            if due:
+                continue  # the next due times have moved: look again
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(next_due - now):
+                    await self._wake.wait()
 
     async def sample(self, dom: Domain) -> None:
         run = dom.run
         if run is None:
             return
+        watched = self.watched(dom)
+        self._due[dom.uuid] = time.monotonic() + (self.interval if watched else self.idle_interval)
+        self.taken += 1
         pid, now = run.process.pid, time.time()
         cpu = proc_cpu_seconds(pid)
         last = self._last_cpu.get(dom.uuid)
@@ -81,10 +156,10 @@ class StatsSampler:
                 io = await run.instance.block_io()
         except Exception as exc:  # a slow or dying monitor costs one sample, not the loop
             log.debug("vm %s: no block stats: %s", dom.name, exc)
-        history = self._history.setdefault(
-            dom.uuid, deque(maxlen=int(KEEP_SECONDS / self.interval))
-        )
+        history = self._history.setdefault(dom.uuid, deque())
         history.append(
             Sample(now, round(percent, 2), proc_rss_bytes(pid),
                    io[0] if io else None, io[1] if io else None)
         )  # fmt: skip
+        while history and history[0].t < now - KEEP_SECONDS:
+            history.popleft()

@@ -1,0 +1,160 @@
+"""The CLI's fast path: command lines read without argparse, answers read without json.
+
+The quick reader must give exactly what argparse gives, or step aside (None) so argparse
+reads the line; the JSON reader must give exactly what json.loads gives. And the common
+commands, run for real against a stand-in daemon, must not import argparse, json or re.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_cli import StubDaemon, stub, vm  # noqa: F401  (the stand-in daemon and its fixture)
+
+from qumran.cli import commands, quick
+from qumran.cli.main import build_parser
+from qumran.client.jsonread import loads
+
+LINES = [
+    ["list"],
+    ["list", "--all"],
+    ["--json", "list", "--all"],
+    ["list", "--all", "--json"],
+    ["--socket", "/tmp/s", "list"],
+    ["list", "--socket", "/tmp/s"],
+    ["--socket", "/a", "list", "--socket", "/b"],
+    ["dominfo", "demo"],
+    ["dominfo", "--json", "demo"],
+    ["dominfo", "-"],
+    ["dominfo", "list"],
+    ["domstate", "demo", "--reason"],
+    ["define", "vm.yaml", "--force"],
+    ["undefine", "demo"],
+    ["start", "demo", "--console"],
+    ["destroy", "demo"],
+    ["autostart", "demo", "--disable"],
+    ["events", "--since", "12"],
+    ["events", "--since", "x"],
+    ["events", "--follow"],
+    ["console", "demo", "--until", "READY", "--timeout", "2.5"],
+    ["console", "demo", "--timeout", "soon"],
+    ["host"],
+    ["web"],
+    ["image", "demo"],
+    # What the quick reader leaves to argparse: help, mistakes, unusual spellings.
+    [],
+    ["--help"],
+    ["list", "-h"],
+    ["list", "--al"],
+    ["list", "extra"],
+    ["dominfo"],
+    ["dominfo", "a", "b"],
+    ["dominfo", "--", "-x"],
+    ["--socket"],
+    ["--socket", "--json", "list"],
+    ["--socket=/tmp/s", "list"],
+    ["--all", "list"],
+    ["nosuchcommand"],
+    ["events", "--since"],
+    ["events", "--since", "-1"],
+]
+
+
+def argparse_reading(argv: list[str]) -> dict[str, Any] | str:
+    """What argparse makes of ``argv``: its namespace, or "exit N" (help or an error)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return f"exit {exc.code}"
+    return vars(args)
+
+
+@pytest.mark.parametrize("argv", LINES, ids=" ".join)
+def test_the_quick_reader_agrees_with_argparse_or_steps_aside(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = argparse_reading(argv)
+    capsys.readouterr()
+    got = quick.parse(argv, commands.COMMANDS)
+    if got is None:
+        return  # argparse reads it: the same answer by construction
+    assert vars(got) == expected
+
+
+def test_the_quick_reader_takes_the_common_lines() -> None:
+    for argv in (["list", "--all"], ["dominfo", "demo"], ["--json", "undefine", "demo"],
+                 ["define", "vm.yaml"], ["start", "demo"], ["destroy", "demo"]):  # fmt: skip
+        assert quick.parse(argv, commands.COMMANDS) is not None, argv
+    assert quick.parse(["image", "demo"], commands.COMMANDS) is None  # sub-subcommands
+    assert quick.parse(["list", "--help"], commands.COMMANDS) is None
+
+
+def test_a_command_declaring_more_than_the_reader_knows_goes_to_argparse() -> None:
+    def odd(p: argparse.ArgumentParser) -> None:
+        p.add_argument("names", nargs="+")
+
+    command = commands.Command("odd", "", odd, lambda args: 0)
+    assert quick.parse(["odd", "a"], [command]) is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=30,
+)
+
+
+@given(json_values, st.sampled_from(["", " ", "\n", "\t \r\n"]))
+def test_the_json_reader_reads_what_json_reads(value: Any, space: str) -> None:
+    text = space + json.dumps(value, ensure_ascii=False) + space
+    assert loads(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "{", "[1,]", "1 2", '{"a": 1} x', "nul", '"\x01"', "[1] ]", '{"a" 1}']
+)
+def test_a_malformed_answer_raises_what_json_raises(text: str) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(text)
+    with pytest.raises(ValueError) as got:
+        loads(text)
+    assert str(got.value) == str(expected.value)
+
+
+def test_the_json_reader_knows_json_s_constants() -> None:
+    assert loads("[Infinity, -Infinity]") == [math.inf, -math.inf]
+    assert math.isnan(loads("NaN"))
+
+
+@pytest.mark.parametrize("argv", [["list", "--all"], ["dominfo", "web1"], ["undefine", "web1"]])
+def test_common_commands_import_neither_argparse_nor_json_nor_re(
+    stub: StubDaemon,  # noqa: F811  (the fixture imported from test_cli)
+    argv: list[str],
+) -> None:
+    stub.vms["web1"] = vm("web1")
+    # The interpreter's own start-up (site) is left out: only what qumran adds counts.
+    script = (
+        "import sys; before = set(sys.modules)\n"
+        "from qumran.cli.main import main\n"
+        f"status = main({argv!r})\n"
+        "print(' '.join(sorted(set(sys.modules) - before)), file=sys.stderr)\n"
+        "sys.exit(status)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True, text=True, env={**os.environ, "QUMRAN_SOCKET": stub.path},
+        timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    imported = set(proc.stderr.split())
+    assert "qumran.client.wire" in imported  # the report is real
+    assert imported & {"argparse", "json", "re", "enum", "typing", "collections"} == set()
