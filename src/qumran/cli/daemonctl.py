@@ -13,7 +13,6 @@ running (as ``systemctl status`` and LSB init scripts do).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,8 +22,10 @@ from qumran.client import Client
 from qumran.client.errors import DaemonNotRunning
 from qumran.errors import InvalidState, PermissionDenied, QumranError, Timeout
 
-TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+TYPE_CHECKING = False  # typing and argparse stay out of the CLI's fast path (cli/quick.py)
 if TYPE_CHECKING:
+    import argparse
+
     from qumran.client.schema import DaemonInfo
 
 NOT_RUNNING = 3

@@ -7,14 +7,14 @@ are imported inside the handlers, so `qumran list` never loads them.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from qumran.cli import output
 from qumran.errors import InvalidArgument
 
-TYPE_CHECKING = False  # typing stays out of the CLI's fast path
+TYPE_CHECKING = False  # typing and argparse stay out of the CLI's fast path (cli/quick.py)
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
     from qumran.images.cache import Image
@@ -23,6 +23,8 @@ BUILDABLE = ("debian-12",)
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
+    import argparse
+
     # --json after the action too (`qumran image list --json`); SUPPRESS keeps one given
     # earlier on the line.
     common = argparse.ArgumentParser(add_help=False)
