@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # How often the timer looks for SIGSTOP/SIGCONT: well within the second users expect, at
 # about 2 us of CPU per VM per look (0.001 % of a CPU per VM at this rate).
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.5  # SIGSTOP/SIGCONT shown within a second; half the wake-ups of 0.25
 
 StateChange = Callable[[Domain, Event, Reason, str], None]  # dom, event, reason, detail
 
