@@ -10,10 +10,8 @@ manager as a user) and attacker.py (steps run as the attacker).
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 from attacker import as_user, read_bytes
 from security_tier import USERS, Users, free_port
 
-from daemon_harness import Daemon
+from daemon_harness import Daemon, system_user
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,12 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def users() -> Users:
     if os.geteuid() != 0:
         pytest.skip("the security tier creates users and runs a root qumrand; run it as root")
-    for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-    return Users(*(pwd.getpwnam(name) for name in USERS))
+    return Users(*(system_user(name) for name in USERS))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from websockets.sync.client import unix_connect
 
-from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
+from daemon_harness import Daemon, remove_tmpdir, short_tmpdir, system_user
 
 QUMRAN = str(Path(sys.executable).parent / "qumran")
 CAP = 8
@@ -91,11 +91,7 @@ def free_port() -> int:
 def flooder() -> pwd.struct_passwd:
     if os.geteuid() != 0:
         pytest.skip("creates a user; needs root")
-    try:
-        return pwd.getpwnam("qumran-t1")
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "qumran-t1"], check=True)
-        return pwd.getpwnam("qumran-t1")
+    return system_user("qumran-t1")
 
 
 def qumran_list(daemon: Daemon, user: pwd.struct_passwd | None) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from daemon_harness import Daemon
+from daemon_harness import Daemon, system_user
 from qumran.daemon.store import SCHEMA_VERSION, Store
 
 SECOND_USER = "qumran-t1"  # the same user as tests/unit/test_ownership.py
@@ -141,8 +141,4 @@ def test_a_busy_web_port(daemon_root: Path) -> None:
 
 
 def second_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(SECOND_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", SECOND_USER], check=True)
-        return pwd.getpwnam(SECOND_USER)
+    return system_user(SECOND_USER)

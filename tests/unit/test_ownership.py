@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from daemon_harness import Daemon
+from daemon_harness import Daemon, system_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates users; needs root")
 
@@ -27,12 +27,7 @@ USERS = ("qumran-t1", "qumran-t2")
 
 @pytest.fixture(scope="module")
 def users() -> dict[str, pwd.struct_passwd]:
-    for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-    return {name: pwd.getpwnam(name) for name in USERS}
+    return {name: system_user(name) for name in USERS}
 
 
 def qumran(daemon: Daemon, user: pwd.struct_passwd | None, *args: str) -> tuple[int, Any, str]:

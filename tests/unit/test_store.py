@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import Daemon
+from daemon_harness import Daemon, system_user
 from qumran.daemon import store as store_module
 from qumran.daemon.store import (
     MIGRATIONS,
@@ -267,12 +267,7 @@ def test_another_user_cannot_read_a_running_daemons_store(fake_daemon: Daemon) -
 
 
 def a_second_user() -> pwd.struct_passwd:
-    name = "qumran-t1"  # the same user as tests/unit/test_ownership.py
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
-        return pwd.getpwnam(name)
+    return system_user("qumran-t1")  # the same user as tests/unit/test_ownership.py
 
 
 def test_a_qumrand_started_on_the_first_qumrans_store(daemon_root: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from daemon_harness import Daemon
+from daemon_harness import Daemon, system_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates users; needs root")
 
@@ -31,10 +31,7 @@ GROUP = "qumran-tg"  # a supplementary group of qumran-t1 only
 @pytest.fixture(scope="module")
 def users() -> dict[str, pwd.struct_passwd]:
     for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+        system_user(name)
     try:
         grp.getgrnam(GROUP)
     except KeyError:
