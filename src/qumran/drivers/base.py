@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qumran.config.spec import VmSpec
+from qumran.errors import InvalidState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -138,8 +139,6 @@ class Instance(ABC):
 
     async def open_display(self) -> socket.socket:
         """A new connection to the guest's graphical display (RFB), for a viewer."""
-        from qumran.errors import InvalidState
-
         raise InvalidState("this VM has no graphical display (graphics: true, QEMU driver)")
 
 
