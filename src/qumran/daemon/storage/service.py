@@ -269,6 +269,11 @@ class Storage:
                     f"file: {file} depends on another file ({info.backing or info.data_file}); "
                     "import a standalone copy (`qemu-img convert -O qcow2 FILE NEW`)"
                 )
+            if info.format == "raw" and info.capacity % volumes.SECTOR:
+                raise InvalidArgument(
+                    f"file: {file} is not a disk image ({info.capacity} bytes is not a whole "
+                    "number of 512-byte sectors)"
+                )
             await volumes.check_space(who, found, info.capacity, "file")
             made = await volumes.copy(who, found, self.work, path, info, name)
         return self._volume_info(made)
