@@ -137,12 +137,16 @@ def _pool_pairs(pool: PoolInfo) -> list[tuple[str, str]]:
 
 
 def _vol_list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pool", metavar="POOL", nargs="?", default="default", help="default: default")
+    p.add_argument("pool_name", metavar="POOL", nargs="?", help="the pool (default: default)")
+    p.add_argument("--pool", metavar="POOL", help="the same, as the other vol-* commands take it")
     _owner(p)
 
 
 def do_vol_list(args: argparse.Namespace) -> int:
-    vols = _client(args).volumes(args.pool, owner=args.owner)
+    if args.pool_name and args.pool and args.pool_name != args.pool:
+        raise InvalidArgument(f"two pools given ({args.pool_name!r} and --pool {args.pool!r})")
+    pool = args.pool_name or args.pool or "default"
+    vols = _client(args).volumes(pool, owner=args.owner)
     if args.json:
         output.print_json(vols)
         return 0
