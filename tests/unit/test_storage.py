@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from storage_cli import QUMRAN, names, ok, qemu_img_check, refused
 
 from daemon_harness import Daemon
+from storage_cli import QUMRAN, names, ok, qemu_img_check, refused
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img"),
