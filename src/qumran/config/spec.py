@@ -16,9 +16,11 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -166,6 +168,18 @@ class Disk(Spec):
         if self.path is not None and self.format is None:
             object.__setattr__(self, "format", "raw")  # frozen: set once, while validating
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the fields of the kind of disk it is: a path disk dumps as it always did
+        (no ``volume: null, pool: default`` in every stored definition and dumpdef)."""
+        data: dict[str, Any] = handler(self)
+        unused = ("volume", "pool") if self.path is not None else ("path",)
+        for key in unused:
+            data.pop(key, None)
+        if data.get("format", "") is None:
+            del data["format"]  # a volume's format is what qemu-img finds
+        return data
 
     @property
     def host_path(self) -> Path:
