@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from qumran.cli import daemonctl, imagecmd, output
+from qumran.cli import daemonctl, imagecmd, output, storagecmd
 from qumran.client import Client
 from qumran.errors import InvalidArgument, InvalidState, Timeout
 
@@ -392,6 +392,7 @@ COMMANDS = [
     Command(
         "image", "build, list, import and remove guest images", imagecmd.arguments, imagecmd.run
     ),
+    *(Command(*spec) for spec in storagecmd.COMMANDS),
     Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
     Command(
         "daemon", "qumrand's status; stop or restart it", daemonctl.arguments, daemonctl.handler
