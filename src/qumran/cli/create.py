@@ -88,7 +88,11 @@ def do_create(args: argparse.Namespace) -> int:
         say(f"SSH key: {key_file}")
         user = {"name": args.user, "ssh_authorized_keys": [key], "sudo": "ALL=(ALL) NOPASSWD:ALL"}
         cloud_init = {"hostname": args.name, "users": [user]}
-    size = parse_size(args.disk_size, "G") if args.disk_size else max(DEFAULT_DISK_SIZE, image.info.virtual_size)
+    size = (
+        parse_size(args.disk_size, "G")
+        if args.disk_size
+        else max(DEFAULT_DISK_SIZE, image.info.virtual_size)
+    )
     port = free_port()
     client = Client(args.socket, timeout=600.0)
 
