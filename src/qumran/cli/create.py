@@ -82,12 +82,12 @@ def do_create(args: argparse.Namespace) -> int:
         user_data = Path(args.cloud_init).expanduser().absolute()
         if not user_data.is_file():
             raise NotFound(f"--cloud-init {args.cloud_init}: no such file")
-        cloud_init: dict[str, Any] = {"hostname": args.name, "user_data": str(user_data)}
+        cloud_init: dict[str, Any] = {"user_data": str(user_data)}
     else:
         key_file, key = ssh_key(args.ssh_key)
         say(f"SSH key: {key_file}")
         user = {"name": args.user, "ssh_authorized_keys": [key], "sudo": "ALL=(ALL) NOPASSWD:ALL"}
-        cloud_init = {"hostname": args.name, "users": [user]}
+        cloud_init = {"users": [user]}  # the host name: the VM's (docs/definitions.md)
     size = (
         parse_size(args.disk_size, "G")
         if args.disk_size
