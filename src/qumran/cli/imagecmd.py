@@ -7,14 +7,16 @@ are imported inside the handlers, so `qumran list` never loads them.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from qumran.cli import output
-from qumran.errors import InvalidArgument
+from qumran.errors import InvalidArgument, InvalidState
 
 TYPE_CHECKING = False  # typing and argparse stay out of the CLI's fast path (cli/quick.py)
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
     from typing import Any
 
     from qumran.images.cache import Image
@@ -52,6 +54,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
     rm = actions.add_parser("rm", parents=[common], help="remove a cached image")
     rm.add_argument("name", metavar="NAME")
+    rm.add_argument(
+        "--force", action="store_true",
+        help="remove it even if volumes are overlays on it (they stop working)",
+    )  # fmt: skip
     rm.set_defaults(image_handler=do_rm)
 
     imp = actions.add_parser(
@@ -109,12 +115,42 @@ def do_list(args: argparse.Namespace) -> int:
 def do_rm(args: argparse.Namespace) -> int:
     from qumran.images.cache import ImageStore
 
-    image = ImageStore().remove(args.name)
+    store = ImageStore()
+    if not args.force:
+        users = _overlays_on(args, store.get(args.name).path)
+        if users:
+            raise InvalidState(
+                f"image {args.name!r} is the backing file of volume(s) {', '.join(users)}: "
+                "they would stop working; delete them first (`qumran vol-delete`), or "
+                "remove it anyway with --force"
+            )
+    image = store.remove(args.name)
     if args.json:
         output.print_json(image.to_dict() | {"removed": True})
     else:
         print(f"image '{image.name}' removed ({image.path})")
     return 0
+
+
+def _overlays_on(args: argparse.Namespace, folder: Path) -> list[str]:
+    """The caller's volumes whose backing file is in ``folder`` (POOL/NAME), as qumrand
+    lists them; none when qumrand is not running (then nothing can be checked)."""
+    from qumran.client import Client
+    from qumran.client.errors import DaemonNotRunning
+
+    client = Client(args.socket)
+    try:
+        pools = client.pools()
+    except DaemonNotRunning:
+        return []
+    inside = f"{folder}/"
+    return [
+        f"{pool['name']}/{vol['name']}"
+        for pool in pools
+        if pool["owner"] == os.geteuid() and pool["usable"]
+        for vol in client.volumes(pool["name"])
+        if (vol["backing"] or "").startswith(inside)
+    ]
 
 
 def do_import(args: argparse.Namespace) -> int:
