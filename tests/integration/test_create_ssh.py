@@ -78,7 +78,7 @@ def user(debian_image: Image) -> Iterator[Session]:
 def test_create_waits_for_cloud_init(user: Session, debian_image: Image) -> None:
     out = user.ok(
         "create", "web1", "--image", debian_image.name, "--memory", "1G", "--vcpus", "2",
-        "--disk-size", str(DISK_SIZE), "--ssh-key", f"{user.key}.pub", "--wait",
+        "--disk-size", "6G", "--ssh-key", f"{user.key}.pub", "--wait",
         "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 60,
     )  # fmt: skip
     assert f"SSH key: {user.key}.pub" in out

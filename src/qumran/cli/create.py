@@ -89,7 +89,7 @@ def do_create(args: argparse.Namespace) -> int:
         user = {"name": args.user, "ssh_authorized_keys": [key], "sudo": "ALL=(ALL) NOPASSWD:ALL"}
         cloud_init = {"users": [user]}  # the host name: the VM's (docs/definitions.md)
     size = (
-        parse_size(args.disk_size, "G")
+        parse_size(args.disk_size, "M")
         if args.disk_size
         else max(DEFAULT_DISK_SIZE, image.info.virtual_size)
     )
