@@ -120,6 +120,8 @@ def test_refusals_are_the_daemons_words_and_change_nothing(web: Web) -> None:
          "base"),
         (f"/storage/pools/{ME}/default/undefine", {}, 409,
          "the default pool cannot be undefined (it is made again on use)"),
+        ("/storage/volumes/me/default/base/delete", {}, 400, "owner: 'me' is not a uid"),
+        (f"/storage/volumes/{ME}/default/base/shred", {}, 400, "unknown action 'shred'"),
         ("/storage/pools", {"name": "p", "path": "relative"}, 400,
          "path: 'relative' is not absolute; give the pool's full path"),
     ]  # fmt: skip

@@ -88,9 +88,15 @@ def _size(text: str, what: str) -> int:
 
 def _pool_field(text: str) -> tuple[int, str]:
     owner, _, name = text.partition("/")
-    if not owner.isdigit() or not name:
+    if not name:
         raise InvalidArgument(f"pool: {text!r} is not one of the pools listed; reload the page")
-    return int(owner), name
+    return _owner(owner), name
+
+
+def _owner(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise InvalidArgument(f"owner: {text!r} is not a uid; reload the Storage page")
+    return int(text)
 
 
 def routes(manager: Manager) -> APIRouter:
@@ -131,9 +137,11 @@ def routes(manager: Manager) -> APIRouter:
         return await attempt(request, session, work, form | {"open": "pool"})
 
     @r.post("/storage/pools/{owner}/{pool}/undefine")
-    async def undefine_pool(request: Request, owner: int, pool: str, session: Actor) -> Response:
-        work = manager.storage.undefine_pool(caller(session), pool, owner=owner)
-        return await attempt(request, session, work)
+    async def undefine_pool(request: Request, owner: str, pool: str, session: Actor) -> Response:
+        async def work() -> None:
+            await manager.storage.undefine_pool(caller(session), pool, owner=_owner(owner))
+
+        return await attempt(request, session, work())
 
     @r.post("/storage/volumes")
     async def create_volume(request: Request, session: Actor) -> Response:
@@ -151,20 +159,21 @@ def routes(manager: Manager) -> APIRouter:
         return await attempt(request, session, work(), form)
 
     @r.post("/storage/volumes/{owner}/{pool}/{name}/{action}")
-    async def volume_action(request: Request, owner: int, pool: str, name: str, action: str,
+    async def volume_action(request: Request, owner: str, pool: str, name: str, action: str,
                             session: Actor) -> Response:  # fmt: skip
         form = await fields(request)
         who = caller(session)
 
         async def work() -> None:
+            uid = _owner(owner)
             if action == "clone":
                 await manager.storage.clone_volume(who, name, form.get("new", ""), pool=pool,
-                                                   owner=owner)  # fmt: skip
+                                                   owner=uid)  # fmt: skip
             elif action == "resize":
                 await manager.storage.resize_volume(who, name, _size(form.get("size", ""), "size"),
-                                                    pool=pool, owner=owner)  # fmt: skip
+                                                    pool=pool, owner=uid)  # fmt: skip
             elif action == "delete":
-                await manager.storage.delete_volume(who, name, pool=pool, owner=owner)
+                await manager.storage.delete_volume(who, name, pool=pool, owner=uid)
             else:
                 raise InvalidArgument(f"unknown action {action!r}; one of: clone, resize, delete")
 
