@@ -8,6 +8,13 @@ is checked for epoch dates and "--" placeholders (Web.shot).
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +61,7 @@ def test_a_login_token_works_once(web: Web) -> None:
 def test_the_create_form_shows_the_daemons_validation_messages(web: Web) -> None:
     page = web.logged_in_page()
     page.goto(f"{web.base}/vms/new")
+    page.check("input[name=mode][value=custom]")  # "From an image" is first when there are images
     page.fill("input[name=name]", "bad name")
     page.fill("input[name=memory]", "1")
     page.fill("input[name=vcpus]", "two")
@@ -76,6 +84,9 @@ def test_create_the_demo_vm_from_its_image(web: Web) -> None:
     demo = build_demo()  # in this user's cache, where `qumran image demo` puts it
     page = web.logged_in_page()
     page.click("text=Create VM >> nth=0")
+    page.check("input[name=mode][value=custom]")
+    assert page.input_value("input[name=memory]") == "256M"  # the custom mode's default
+    assert not page.is_visible("textarea[name=ssh_key]")  # the other mode's fields hide
     assert page.is_checked("input[name=boot][value=image]")  # the built images, offered
     options = page.eval_on_selector_all("select[name=image] option", "os => os.map(o => o.value)")
     assert "demo" in options  # beside any other image this user has built (debian-12, ...)
@@ -95,7 +106,8 @@ def test_create_the_demo_vm_from_its_image(web: Web) -> None:
     assert info["definition"]["boot"] == {
         "kernel": str(demo.kernel), "initrd": str(demo.initrd), "cmdline": demo.cmdline,
     }  # fmt: skip
-    assert info["definition"]["nics"] == [{"type": "user", "model": "virtio", "mac": None}]
+    nic = {"type": "user", "model": "virtio", "mac": None, "forward": []}
+    assert info["definition"]["nics"] == [nic]
     page.context.close()
 
 
@@ -289,6 +301,7 @@ def test_the_graphical_console_connects_through_the_proxy(web: Web) -> None:
     demo = build_demo()
     page = web.logged_in_page()
     page.goto(f"{web.base}/vms/new")
+    page.check("input[name=mode][value=custom]")
     page.fill("input[name=name]", "screen")
     page.click("details.advanced summary")
     page.fill("input[name=kernel]", str(demo.kernel))
@@ -316,4 +329,108 @@ def test_the_graphical_console_connects_through_the_proxy(web: Web) -> None:
     row.locator("details.menu summary").click()
     row.locator("button[data-action=destroy]").click()
     page.wait_for_selector('tr[data-vm="screen"][data-state=shutoff]')
+    page.context.close()
+
+
+def test_the_storage_page_creates_lists_and_deletes_a_volume(web: Web) -> None:
+    page = web.logged_in_page()
+    page.click("header nav >> text=Storage")
+    assert page.url == f"{web.base}/storage"
+    assert page.inner_text("section.pool h2").startswith("Pool default")
+    form = page.locator("#new-volume")
+    form.locator("input[name=name]").fill("scratch")
+    form.locator("input[name=size]").fill("32M")
+    form.locator("select[name=format]").select_option("raw")
+    form.locator("button[type=submit]").click()
+    assert page.url == f"{web.base}/storage"
+    row = page.locator('tr[data-volume="scratch"]')
+    assert row.locator("[data-field=capacity]").inner_text() == "32 MiB"
+    assert row.locator("td").nth(1).inner_text() == "raw"
+    listed = web.daemon.call("GET", "/v1/pools/default/volumes").json()
+    assert [(v["name"], v["capacity"]) for v in listed] == [("scratch", 32 << 20)]
+
+    form.locator("input[name=name]").fill("scratch")  # the same name again: refused
+    form.locator("input[name=size]").fill("1M")
+    form.locator("button[type=submit]").click()
+    assert "scratch" in page.inner_text("#form-error")
+    assert page.locator('tr[data-volume="scratch"]').count() == 1
+    row = page.locator('tr[data-volume="scratch"]')
+    row.locator("details.menu summary").click()
+    assert row.locator("button[data-action=delete]").is_visible()
+    web.shot(page, "storage-menu")
+
+    asked: list[str] = []
+    page.on("dialog", lambda dialog: asked.append(dialog.message))
+    row.locator("button[data-action=delete]").click()
+    page.wait_for_selector('tr[data-volume="scratch"]', state="detached")
+    assert asked == ["Delete volume scratch? Its data is lost."]
+    assert web.daemon.call("GET", "/v1/pools/default/volumes").json() == []
+    page.context.close()
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBA8mOBRcChyI3GK2wtFIEt2QahBIOHADPL5wK5D3fjh t1@host"
+
+
+@pytest.fixture
+def tiny_image() -> Iterator[str]:
+    """A 16 MiB raw disk as an image entry of this user's cache (what `qumran image import`
+    leaves): it stands in for a real image, as only the overlay and the start matter here."""
+    name = f"webtest-{os.getpid()}"
+    entry = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache/qumran/images" / name
+    entry.mkdir(parents=True)
+    try:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(entry / "disk.raw"), "16M"],
+                       check=True)  # fmt: skip
+        info = {"name": name, "disk": "disk.raw", "format": "raw", "virtual_size": 16 << 20,
+                "digest": "0" * 64, "created": "2026-01-01T00:00:00+00:00",
+                "source": "imported", "version": 1}  # fmt: skip
+        (entry / "image.json").write_text(json.dumps(info))
+        yield name
+    finally:
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def test_create_a_vm_from_an_image_with_its_own_volume(web: Web, tiny_image: str) -> None:
+    page = web.logged_in_page()
+    page.goto(f"{web.base}/vms/new")
+    assert page.is_checked("input[name=mode][value=image]")
+    assert page.input_value("input[name=memory]") == "1G"
+    assert not page.is_visible("input[name=kernel]")  # the custom mode's fields hide
+    page.select_option("select[name=disk_image]", tiny_image)
+    assert page.input_value("input[name=disk_size]") == "8G"  # 8G, or the image's if larger
+    page.fill("input[name=name]", "web1")
+    page.fill("input[name=memory]", "256M")
+    page.fill("input[name=disk_size]", "64M")
+    page.fill("textarea[name=ssh_key]", KEY)
+    assert page.is_checked("input[name=start]")
+    text = web.shot(page, "create-from-image")
+    assert f"{tiny_image} (raw, 16 MiB" in text
+    page.click("#create button[type=submit]")
+    assert page.url == f"{web.base}/vms/web1"
+    page.wait_for_selector("#vm[data-state=running]")
+    info = web.daemon.vm("web1")
+    [rule] = info["definition"]["nics"][0]["forward"]
+    port = rule.split(":")[2].split("-")[0]
+    assert rule == f"tcp:127.0.0.1:{port}-:22"
+    ssh = page.inner_text("#ssh td")
+    assert ssh == f"forwarded from 127.0.0.1:{port} · log in with qumran ssh web1"
+    assert page.inner_text("#disks td") == "volume web1"
+    assert info["definition"]["cloud_init"]["users"][0]["ssh_authorized_keys"] == [KEY]
+    web.shot(page, "details-from-image")
+
+    page.click("#disks a")  # the volume, on the Storage page
+    assert page.url.startswith(f"{web.base}/storage")
+    row = page.locator('tr[data-volume="web1"]')
+    assert row.locator("[data-field=capacity]").inner_text() == "64 MiB"
+    assert row.locator("[data-field=used-by]").inner_text() == "web1"
+    assert f"image {tiny_image}" in row.inner_text()
+    web.shot(page, "storage")
+    page.on("dialog", lambda dialog: None)
+    row.locator("details.menu summary").click()
+    row.locator("button[data-action=delete]").click()  # in use: the daemon says by what
+    assert "volume 'web1' is used by VM 'web1'" in page.inner_text("#form-error")
+
+    web.daemon.call("POST", "/v1/vms/web1/destroy").raise_for_status()
+    web.daemon.call("DELETE", "/v1/vms/web1").raise_for_status()
+    web.daemon.call("DELETE", "/v1/pools/default/volumes/web1").raise_for_status()
     page.context.close()

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qumran.web.images import Image, find
+from qumran.web.images import Image, find, kernel_images
 
 FIELDS = (
-    "name", "memory", "vcpus", "hypervisor", "boot", "image", "kernel", "initrd", "cmdline",
-    "boot_disk", "disks", "nics", "serial", "graphics",
+    "mode", "name", "memory", "vcpus", "hypervisor", "boot", "image", "kernel", "initrd",
+    "cmdline", "boot_disk", "disks", "add_volume", "nics", "serial", "graphics",
 )  # fmt: skip
+VOLUME = "volume:"  # a disk line naming a volume: volume:NAME or volume:POOL/NAME
 
 DEFAULTS = {
     "memory": "256M", "vcpus": "1", "hypervisor": "qemu", "boot": "kernel",
@@ -23,15 +24,16 @@ DEFAULTS = {
 
 
 def definition_from_form(form: Mapping[str, str], images: Sequence[Image] = ()) -> dict[str, Any]:
-    """A definition document from the form's fields (strings, as the browser sent them).
+    """A definition document from the custom mode's fields (strings, as the browser sent
+    them; the "From an image" mode is :mod:`qumran.web.fromimage`).
 
     ``boot=image`` boots one of ``images`` (the user's own, as :mod:`qumran.web.images`
     listed them): its kernel and initrd, and its command line unless one was typed.
     """
     if form.get("boot") == "image":
-        image = find(list(images), form.get("image", ""))
+        image = find(kernel_images(list(images)), form.get("image", ""))
         form = {
-            **form, "boot": "kernel", "kernel": image.kernel, "initrd": image.initrd or "",
+            **form, "boot": "kernel", "kernel": image.kernel or "", "initrd": image.initrd or "",
             "cmdline": form.get("cmdline", "").strip() or image.cmdline or "",
         }  # fmt: skip
     doc: dict[str, Any] = {
@@ -43,7 +45,9 @@ def definition_from_form(form: Mapping[str, str], images: Sequence[Image] = ()) 
         "serial": form.get("serial") == "on",
         "graphics": form.get("graphics") == "on",
     }
-    disks = [_disk(line) for line in _lines(form.get("disks", ""))]
+    # The volume picker's choice (the browser's script moves it into the disks text).
+    picked = form.get("add_volume", "").strip()
+    disks = [_disk(line) for line in [*_lines(form.get("disks", "")), *_lines(picked)]]
     nics = [_nic(line) for line in _lines(form.get("nics", ""))]
     if disks:
         doc["disks"] = disks
@@ -73,9 +77,13 @@ def _lines(text: str) -> list[str]:
 
 
 def _disk(line: str) -> dict[str, Any]:
-    """``PATH [raw|qcow2] [ro]``."""
-    path, *options = line.split()
-    disk: dict[str, Any] = {"path": path}
+    """``PATH [raw|qcow2] [ro]``, or ``volume:[POOL/]NAME [ro]`` (a pool's volume; the
+    volume picker writes these lines)."""
+    where, *options = line.split()
+    disk: dict[str, Any] = {"path": where}
+    if where.startswith(VOLUME):
+        pool, _, name = where.removeprefix(VOLUME).rpartition("/")
+        disk = {"volume": name, "pool": pool or "default"}
     for option in options:
         if option.lower() in ("ro", "readonly"):
             disk["readonly"] = True

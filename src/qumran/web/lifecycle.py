@@ -76,3 +76,15 @@ def mebibytes(mib: int) -> str:
         return f"{mib} MiB"
     gib = mib / 1024
     return f"{gib:.0f} GiB" if gib == int(gib) else f"{gib:.1f} GiB"
+
+
+def size(nbytes: int) -> str:
+    """A disk size: "512 B", "64 MiB", "8 GiB", "1.5 GiB" (exact bytes are in the API)."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{nbytes} B"
+    return f"{value:.0f} {unit}" if value == int(value) or value >= 100 else f"{value:.1f} {unit}"

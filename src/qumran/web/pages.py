@@ -4,37 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import deque
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from qumran.daemon.domain import Domain
 from qumran.daemon.manager import Manager
 from qumran.errors import InvalidArgument, InvalidState, QumranError
-from qumran.web import definition, images, lifecycle
+from qumran.web import definition, fromimage, images, storage
 from qumran.web.auth import COOKIE, Session
 from qumran.web.forms import DEFAULTS, FIELDS, definition_from_form
 from qumran.web.guard import acting, auth_of, caller, current
-from qumran.web.lifecycle import action_table, duration, mebibytes
+from qumran.web.lifecycle import duration, mebibytes
+from qumran.web.render import page
 
 User = Annotated[Session, Depends(current)]  # any page or read: a logged-in session
 Actor = Annotated[Session, Depends(acting)]  # a change: the session and its CSRF token
 ACTIONS = ("start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume")
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-templates.env.globals |= {"action_table": action_table(), "lifecycle": lifecycle}
-templates.env.filters["date"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
-
-
-def page(request: Request, name: str, session: Session | None, status: int = 200,
-         **context: Any) -> HTMLResponse:  # fmt: skip
-    context |= {"session": session, "csrf": session.csrf if session else ""}
-    return templates.TemplateResponse(request, name, context, status_code=status)
 
 
 def vm_summary(manager: Manager, dom: Domain) -> dict[str, Any]:
@@ -49,6 +38,7 @@ def vm_summary(manager: Manager, dom: Domain) -> dict[str, Any]:
         "memory": mebibytes(info["memory_mib"]),
         "uptime": duration(info["uptime"]) if info["uptime"] is not None else "",
         "disks": len(dom.spec.disks), "nics": len(dom.spec.nics),
+        "ssh_port": fromimage.ssh_forward(dom.spec.nics),
         # What the list says where addresses go: none are known until networks report them.
         "addresses": [], "network": network_summary(dom),
     }  # fmt: skip
@@ -99,30 +89,45 @@ def routes(manager: Manager) -> APIRouter:
     @r.get("/vms/new")
     async def new(request: Request, session: User) -> Response:
         found = await _images(session)
-        form = {**DEFAULTS, "boot": "image" if found else "kernel"}
-        if found:
-            form |= {"image": found[0].name, "cmdline": found[0].cmdline or DEFAULTS["cmdline"]}
-        return create_page(request, session, 200, form, None, found)
+        kernels = images.kernel_images(found)
+        key = await asyncio.to_thread(fromimage.public_key, session.uid, session.gid)
+        form = {**DEFAULTS, **fromimage.defaults(found, key),
+                "boot": "image" if kernels else "kernel",
+                "mode": "image" if images.disk_images(found) else "custom"}  # fmt: skip
+        if form["mode"] == "image":
+            form["memory"] = fromimage.MEMORY
+        if kernels:
+            form |= {"image": kernels[0].name,
+                     "cmdline": kernels[0].cmdline or DEFAULTS["cmdline"]}  # fmt: skip
+        return await create_page(request, manager, session, 200, form, None, found)
 
     @r.post("/vms")
     async def create(request: Request, session: Actor) -> Response:
         raw = await request.form()
-        form = {k: v for k in FIELDS if isinstance(v := raw.get(k, ""), str)}
-        found = await _images(session) if form.get("boot") == "image" else []
+        names = FIELDS + fromimage.FIELDS
+        form = {k: v for k in names if isinstance(v := raw.get(k, ""), str)}
+        found = await _images(session)
+        who = caller(session)
         try:
-            dom = await manager.define(caller(session), definition_from_form(form, found))
+            if form.get("mode") == "image":
+                dom = await fromimage.create(manager, who, form, found)
+            else:
+                dom = await manager.define(who, definition_from_form(form, found))
         except QumranError as exc:
-            found = found or await _images(session)
-            return create_page(request, session, exc.http_status, form, exc.message, found)
+            return await create_page(request, manager, session, exc.http_status, form,
+                                     exc.message, found)  # fmt: skip
+        if form.get("mode") == "image" and form.get("start") == "on":
+            try:
+                await manager.start(who, dom.name)
+            except QumranError as exc:  # defined, kept to look at (as `qumran create` does)
+                return details_page(request, manager, session, dom, start_error=exc.message)
         return RedirectResponse(f"/vms/{dom.name}", status_code=303)
 
     @r.get("/vms/{name}")
     async def details(request: Request, name: str, session: User) -> Response:
         dom = manager.get(caller(session), name)
-        return page(request, "vm.html", session, vm=vm_summary(manager, dom), info=dom.info(),
-                    events=recent_events(manager, dom), actions=ACTIONS,
-                    definition_yaml=definition.to_yaml(dom.record.definition),
-                    saved=request.query_params.get("saved") == "1")  # fmt: skip
+        return details_page(request, manager, session, dom,
+                            saved=request.query_params.get("saved") == "1")  # fmt: skip
 
     @r.get("/vms/{name}/edit")
     async def edit(request: Request, name: str, session: User) -> Response:
@@ -179,11 +184,29 @@ def routes(manager: Manager) -> APIRouter:
     return r
 
 
-def create_page(request: Request, session: Session, status: int, form: dict[str, str],
-                error: str | None, found: list[images.Image]) -> HTMLResponse:  # fmt: skip
+async def create_page(request: Request, manager: Manager, session: Session, status: int,
+                      form: dict[str, str], error: str | None,
+                      found: list[images.Image]) -> HTMLResponse:  # fmt: skip
     where = images.images_dir(session.uid)
+    volumes = await storage.own_volumes(manager, caller(session))
     return page(request, "create.html", session, status, form=form, error=error,
-                images=found, images_dir=str(where) if where else None)  # fmt: skip
+                images=images.kernel_images(found), disk_images=images.disk_images(found),
+                volumes=volumes, images_dir=str(where) if where else None)  # fmt: skip
+
+
+def details_page(request: Request, manager: Manager, session: Session, dom: Domain, *,
+                 saved: bool = False, start_error: str | None = None) -> HTMLResponse:  # fmt: skip
+    return page(request, "vm.html", session, vm=vm_summary(manager, dom), info=dom.info(),
+                events=recent_events(manager, dom), actions=ACTIONS, saved=saved,
+                definition_yaml=definition.to_yaml(dom.record.definition),
+                disks=[_disk(d) for d in dom.spec.disks], start_error=start_error)  # fmt: skip
+
+
+def _disk(disk: Any) -> dict[str, Any]:
+    """A disk as the VM page lists it: a volume (linked to the Storage page) or a path."""
+    if disk.volume is not None:
+        return {"volume": disk.volume, "pool": disk.pool, "readonly": disk.readonly}
+    return {"path": str(disk.path), "format": disk.format, "readonly": disk.readonly}
 
 
 def edit_page(request: Request, session: Session, status: int, vm: dict[str, Any], text: str,

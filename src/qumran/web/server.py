@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qumran.daemon.manager import Manager
 from qumran.errors import QumranError
-from qumran.web import pages, sockets
+from qumran.web import pages, render, sockets, storage
 from qumran.web.auth import COOKIE, WebAuth
 from qumran.web.guard import HostCheck, LoginRequired, auth_of
 
@@ -46,6 +46,7 @@ def build_web_app(manager: Manager, auth: WebAuth) -> ASGIApp:
     app = FastAPI(title="Qumran web manager", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.auth = auth
     app.include_router(pages.routes(manager))
+    app.include_router(storage.routes(manager))
     app.include_router(sockets.routes(manager))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -59,7 +60,7 @@ def build_web_app(manager: Manager, auth: WebAuth) -> ASGIApp:
             else auth_of(request).session(request.cookies.get(COOKIE))
         )
         template = "login.html" if isinstance(exc, LoginRequired) else "error.html"
-        return pages.page(request, template, session, exc.http_status, message=exc.message)
+        return render.page(request, template, session, exc.http_status, message=exc.message)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:

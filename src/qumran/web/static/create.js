@@ -1,10 +1,25 @@
-// The Create VM form: picking an image takes its command line; typing a kernel path
-// selects the "by path" boot.
+// The Create VM form: the mode's fieldsets show by CSS (:has); here, switching modes swaps
+// an untouched memory default, picking a disk image takes its disk size, picking an image
+// takes its command line, typing a kernel path selects the "by path" boot, and a volume
+// picked is added to the disks as a volume: line.
 "use strict";
 (() => {
   const image = document.getElementById("image");
   const cmdline = document.getElementById("cmdline");
+  const memory = document.getElementById("memory");
   const radio = (value) => document.querySelector(`input[name=boot][value=${value}]`);
+  for (const mode of document.querySelectorAll("input[name=mode]")) {
+    mode.addEventListener("change", () => {
+      const other = mode.value === "image" ? "custom" : "image";
+      if (memory.value === memory.dataset[other]) memory.value = memory.dataset[mode.value];
+    });
+  }
+  const diskImage = document.getElementById("disk-image");
+  if (diskImage) {
+    diskImage.addEventListener("change", () => {
+      document.getElementById("disk-size").value = diskImage.selectedOptions[0].dataset.size;
+    });
+  }
   if (image) {
     image.addEventListener("change", () => {
       const chosen = image.selectedOptions[0];
@@ -16,4 +31,13 @@
     document.querySelector(`input[name=${name}]`).addEventListener("input", () => { radio("kernel").checked = true; });
   }
   document.querySelector("input[name=boot_disk]").addEventListener("input", () => { radio("disk").checked = true; });
+  // Without this script the form still works: the server adds the picked volume.
+  const pick = document.getElementById("add-volume");
+  const disks = document.getElementById("disks");
+  pick.addEventListener("change", () => {
+    if (!pick.value) return;
+    const text = disks.value.replace(/\s+$/, "");
+    disks.value = (text ? `${text}\n` : "") + pick.value;
+    pick.value = "";
+  });
 })();
