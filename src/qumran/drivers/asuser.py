@@ -25,6 +25,7 @@ import ctypes
 import os
 import platform
 import pwd
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,32 @@ def groups_of(uid: int, gid: int) -> list[int]:
     except KeyError:
         return [gid]
     return os.getgrouplist(name, gid)
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes | OSError | None:
+    """For ``fn`` of :func:`run_as`: the bytes of a regular file, at most ``limit`` + 1 (so
+    the caller can tell a file over the limit), None if it is not a regular file, or the
+    error opening or reading it. O_NONBLOCK: a FIFO in its place cannot hang the thread."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        return exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        return exc
+    finally:
+        os.close(fd)
 
 
 def run_as(uid: int, gid: int, fn: Callable[[], T]) -> T:

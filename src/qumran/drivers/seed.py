@@ -11,12 +11,10 @@ daemon writes the image into the VM's run directory and hands QEMU an fd to it
 from __future__ import annotations
 
 import errno
-import os
-import stat
 from pathlib import Path
 
 from qumran.config.spec import VmSpec
-from qumran.drivers.asuser import effective_uid, run_as
+from qumran.drivers.asuser import effective_uid, read_regular, run_as
 from qumran.drivers.base import Owner
 from qumran.errors import InvalidArgument
 from qumran.images.cloudinit import MAX_USER_DATA, build_seed
@@ -42,7 +40,7 @@ def check_seed(spec: VmSpec, owner: Owner) -> None:
 
 def read_user_data(path: Path, owner: Owner) -> bytes:
     """The bytes of the owner's ``user_data`` file, read with the owner's rights."""
-    result = run_as(owner.uid, owner.gid, lambda: _read(path))
+    result = run_as(owner.uid, owner.gid, lambda: read_regular(path, MAX_USER_DATA))
     uid = effective_uid(owner.uid)
     shown = str(path) if str(path).isprintable() else repr(str(path))
     where = f"{FIELD}: {shown}"
@@ -58,28 +56,3 @@ def read_user_data(path: Path, owner: Owner) -> bytes:
     if len(result) > MAX_USER_DATA:
         raise InvalidArgument(f"{where} is larger than {MAX_USER_DATA >> 20} MiB")
     return result
-
-
-def _read(path: Path) -> bytes | OSError | None:
-    """Runs as the owner: open, check it is a regular file, read at most one byte past
-    the limit, close. O_NONBLOCK so a FIFO cannot hang the daemon."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError as exc:
-        return exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_USER_DATA:
-            chunk = os.read(fd, MAX_USER_DATA + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        return exc
-    finally:
-        os.close(fd)

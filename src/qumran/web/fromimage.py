@@ -16,11 +16,9 @@ their ``~/.ssh`` with their own rights (never root's: ARCHITECTURE.md, "Trust bo
 from __future__ import annotations
 
 import contextlib
-import os
 import pwd
 import re
 import socket
-import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from qumran.config.units import format_size, parse_size
 from qumran.config.validate import validate_spec
 from qumran.daemon.domain import Domain
 from qumran.daemon.manager import Caller, Manager
-from qumran.drivers.asuser import effective_uid, run_as
+from qumran.drivers.asuser import effective_uid, read_regular, run_as
 from qumran.errors import InvalidArgument, QumranError
 from qumran.web.images import Image, disk_images, find
 
@@ -155,17 +153,5 @@ def public_key(uid: int, gid: int) -> str:
 
 def _read_key(path: Path) -> bytes | None:
     """Runs with the person's rights: a small regular file's bytes, or None."""
-    try:
-        # O_NONBLOCK: a FIFO named like the key cannot hang the credentials thread.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        raw = os.read(fd, MAX_KEY_BYTES + 1)
-        return raw if len(raw) <= MAX_KEY_BYTES else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    data = read_regular(path, MAX_KEY_BYTES)
+    return data if isinstance(data, bytes) and len(data) <= MAX_KEY_BYTES else None

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qumran.config.files import parse_definition
-from qumran.drivers.asuser import effective_uid, run_as
+from qumran.drivers.asuser import effective_uid, read_regular, run_as
 from qumran.errors import InvalidArgument, QumranError
 
 CACHE = Path(".cache") / "qumran" / "images"
@@ -145,19 +145,8 @@ def _regular(path: Path) -> os.stat_result | None:
 
 
 def _read_small(path: Path) -> bytes | None:
-    try:
-        # O_NONBLOCK: a FIFO named like the definition cannot hang the thread.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, MAX_YAML_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    data = read_regular(path, MAX_YAML_BYTES)
+    return data if isinstance(data, bytes) else None
 
 
 def _image(found: _Found) -> Image | None:

@@ -15,6 +15,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from qumran.drivers.asuser import read_regular
+
 # Work in progress: ``.NAME.part-<16 hex digits>``, renamed (linked) into place when done.
 PART = re.compile(r"\..+\.part-[0-9a-f]{16}", re.DOTALL)
 VOLUME_MODE = 0o600
@@ -180,13 +182,5 @@ def file_state(path: str) -> tuple[int, int] | OSError:
 
 def read_small(path: str, limit: int = 65536) -> bytes | OSError:
     """A small file's bytes (an image's ``image.json``), or why it cannot be read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError as exc:
-        return exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return OSError(0, "not a regular file")
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
+    data = read_regular(path, limit)
+    return OSError(0, "not a regular file") if data is None else data
