@@ -22,7 +22,7 @@ from qumran.errors import InvalidArgument
 
 # Errors that mean "not there, or not yours": one answer for all of them. (ENOTDIR and
 # ELOOP too: they come from a path component, which says as much as "missing".)
-_UNSEEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP}
+UNSEEN_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP}
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _judge(file: _File, result: int | OSError, uid: int) -> None:
     where = f"{file.field}: {_show(file.path)}"
     access = "read and write" if file.writable else "read"
     if isinstance(result, OSError):
-        if result.errno in _UNSEEN:
+        if result.errno in UNSEEN_ERRNOS:
             hint = " (or set readonly: true)" if file.writable else ""
             raise InvalidArgument(
                 f"{where} cannot be opened by uid {uid} (missing, or no permission); "

@@ -10,17 +10,16 @@ daemon writes the image into the VM's run directory and hands QEMU an fd to it
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 from qumran.config.spec import VmSpec
 from qumran.drivers.asuser import effective_uid, read_regular, run_as
 from qumran.drivers.base import Owner
+from qumran.drivers.checks import UNSEEN_ERRNOS
 from qumran.errors import InvalidArgument
 from qumran.images.cloudinit import MAX_USER_DATA, build_seed
 
 FIELD = "cloud_init.user_data"
-_UNSEEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP}
 
 
 def seed_for(spec: VmSpec, vm_uuid: str, owner: Owner) -> bytes | None:
@@ -45,7 +44,7 @@ def read_user_data(path: Path, owner: Owner) -> bytes:
     shown = str(path) if str(path).isprintable() else repr(str(path))
     where = f"{FIELD}: {shown}"
     if isinstance(result, OSError):
-        if result.errno in _UNSEEN:
+        if result.errno in UNSEEN_ERRNOS:
             raise InvalidArgument(
                 f"{where} cannot be opened by uid {uid} (missing, or no permission); check "
                 f"the path, and that uid {uid} may read it"

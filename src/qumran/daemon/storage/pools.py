@@ -10,7 +10,6 @@ not try; a user who wants it elsewhere defines ``default`` before first using it
 
 from __future__ import annotations
 
-import errno
 import os
 import pwd
 import stat
@@ -23,11 +22,11 @@ from qumran.daemon.storage import fsops
 from qumran.daemon.storage.asowner import call
 from qumran.daemon.store import PoolRecord, Store
 from qumran.drivers.base import Owner
+from qumran.drivers.checks import UNSEEN_ERRNOS
 from qumran.errors import InvalidArgument, InvalidState, NotFound
 
 DEFAULT = "default"
 USER_POOLS = Path(".local/share/qumran/pools")  # under a user's home
-_UNSEEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP}
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ async def check_dir(owner: Owner, path: Path) -> None:
     directory they own. A missing directory and one they may not open read the same."""
     found = await call(owner, lambda: fsops.dir_state(str(path)))
     if isinstance(found, OSError):
-        if found.errno in _UNSEEN:
+        if found.errno in UNSEEN_ERRNOS:
             raise InvalidArgument(
                 f"path: {path} cannot be opened as a directory by uid {owner.uid} (missing, "
                 "or no permission); create it, owned by you, first"

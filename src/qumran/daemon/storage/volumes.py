@@ -14,7 +14,6 @@ every check has passed, and qemu-img writes a qcow2's new size into its header l
 
 from __future__ import annotations
 
-import errno
 import secrets
 import stat
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ from qumran.daemon.storage import fsops, qemuimg
 from qumran.daemon.storage.asowner import call
 from qumran.daemon.storage.pools import Pool
 from qumran.drivers.base import Owner
+from qumran.drivers.checks import UNSEEN_ERRNOS
 from qumran.errors import AlreadyExists, InvalidArgument, NotFound
 
 SECTOR = 512
-_UNSEEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP}
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ async def readable_file(owner: Owner, path: Path, what: str, *, own: bool) -> No
     """Refuse unless ``owner``, with their own rights, can read the regular file ``path``
     (and, with ``own``, owns it). Missing, unreadable and not theirs read the same."""
     found = await call(owner, lambda: fsops.file_state(str(path)))
-    unseen = isinstance(found, OSError) and found.errno in _UNSEEN
+    unseen = isinstance(found, OSError) and found.errno in UNSEEN_ERRNOS
     if unseen or (own and not isinstance(found, OSError) and found[1] != owner.uid
                   and owner.uid != 0):  # fmt: skip
         raise InvalidArgument(
