@@ -175,6 +175,5 @@ class Guest:
         return ip, router
 
     def ping(self, address: str, count: int = 1) -> bool:
-        return (
-            self.ns.run("busybox", "ping", "-c", str(count), "-W", "2", address, check=False).returncode == 0
-        )
+        done = self.ns.run("busybox", "ping", "-c", str(count), "-W", "2", address, check=False)
+        return done.returncode == 0

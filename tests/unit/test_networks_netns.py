@@ -6,8 +6,10 @@ Nothing here touches the host's own network namespace, and dnsmasq forwards noth
 
 from __future__ import annotations
 
-import json
-import time
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,12 +104,11 @@ def test_nat_guest_gets_a_lease_resolves_names_and_goes_out_masqueraded(net: Net
             assert f"Address: {want}" in out, out
         leases = net.call("GET", "/v1/networks/lan/leases")
         assert {(x["mac"], x["ip"], x["hostname"]) for x in leases} == {
-            (g1.mac, ip1, "alpha"), (g2.mac, ip2, "beta")
+            (g1.mac, ip1, "alpha"),
+            (g2.mac, ip2, "beta"),
         }
         # Out through NAT: the outside sees the uplink's address, not the guest's.
-        listener = net.outside.popen(
-            "python3", "-c", LISTENER, OUTSIDE, stdout=__import__("subprocess").PIPE
-        )
+        listener = net.outside.popen("python3", "-c", LISTENER, OUTSIDE, stdout=subprocess.PIPE)
         try:
             assert listener.stdout is not None
             assert listener.stdout.readline().strip() == "ready"
@@ -166,9 +167,6 @@ def test_restart_readopts_without_rebuilding(net: NetDaemon) -> None:
         assert [x["ip"] for x in net.call("GET", "/v1/networks/lan/leases")] == [ip]
         assert guest.ping("192.168.150.1")
         # What is missing is repaired: dnsmasq killed, the table deleted.
-        import os
-        import signal
-
         os.kill(before_pids["lan"], signal.SIGKILL)
         net.ns.run("nft", "delete", "table", "inet", "qumran")
         net.daemon.restart()
@@ -197,7 +195,7 @@ def test_refusals_leave_nothing(net: NetDaemon) -> None:
     # dnsmasq failing (the DHCP port taken by another server): nothing is left behind.
     net.define(ISOLATED)
     before = net.snapshot()
-    blocker = net.ns.popen("python3", "-c", PORT67, stdout=__import__("subprocess").PIPE)
+    blocker = net.ns.popen("python3", "-c", PORT67, stdout=subprocess.PIPE)
     try:
         assert blocker.stdout is not None and blocker.stdout.readline().strip() == "ready"
         message = net.refused("POST", "/v1/networks/iso/start", 500)
@@ -276,11 +274,9 @@ asyncio.run(main(Path(sys.argv[1])))
 
 
 def test_destroy_with_vms_attached_is_refused_unless_forced(net: NetDaemon) -> None:
-    import sys
-
     root = net.root / "inproc"
     out = net.ns.run(sys.executable, "-c", ATTACHED, str(root),
-                     env={**__import__("os").environ}).stdout.splitlines()  # fmt: skip
+                     env={**os.environ}).stdout.splitlines()  # fmt: skip
     assert out[0] == (
         "network 'n' has VMs attached (db, web1); stop them first, or use "
         "`qumran net-destroy --force n`"
