@@ -6,10 +6,12 @@ Nothing here touches the host's own network namespace, and dnsmasq forwards noth
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,3 +295,77 @@ def test_autostart_networks_start_with_the_daemon(net: NetDaemon) -> None:
     assert info["active"] and info["dnsmasq_pid"] in net.ns.processes("dnsmasq")
     net.call("PUT", "/v1/networks/iso/autostart", json={"enabled": False})
     assert net.call("GET", "/v1/networks/iso")["autostart"] is False
+
+
+def test_cli_commands(net: NetDaemon) -> None:
+    lan = net.root / "lan.yaml"
+    lan.write_text(
+        "name: lan\ntype: nat\ndomain: lan.test\ndns: {forward: false}\n"
+        "ipv4:\n  address: 192.168.150.1/24\n"
+        "  dhcp: {start: 192.168.150.100, end: 192.168.150.120}\n"
+    )
+
+    def qumran(*argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "qumran.cli.main", *argv], text=True,
+                              capture_output=True, env=net.daemon.env, timeout=60)  # fmt: skip
+        assert (done.returncode == 0) == ok, done.stderr
+        return done
+
+    assert "network 'lan' defined from" in qumran("net-define", str(lan)).stdout
+    assert "started" in qumran("net-start", "lan").stdout
+    table = qumran("net-list").stdout
+    assert "lan" in table and "active" in table and "qbr-lan" in table
+    info = json.loads(qumran("--json", "net-info", "lan").stdout)
+    assert (
+        info["address"] == "192.168.150.1/24" and info["dhcp"] == "192.168.150.100-192.168.150.120"
+    )
+    assert "Bridge" in qumran("net-info", "lan").stdout
+    assert json.loads(qumran("net-dhcp-leases", "lan", "--json").stdout) == []
+    assert "Hostname" in qumran("net-dhcp-leases", "lan").stdout
+    assert json.loads(qumran("--json", "net-autostart", "lan").stdout)["autostart"] is True
+    refused = qumran("net-undefine", "lan", ok=False).stderr
+    assert refused.count("\n") == 1 and "net-destroy lan" in refused
+    assert "destroyed" in qumran("net-destroy", "lan", "--force").stdout
+    assert "undefined" in qumran("net-undefine", "lan").stdout
+    bad = net.root / "bad.toml"
+    bad.write_text('name = "x"\ntype = "nat"\n[ipv4]\naddress = "10.1.2.3/33"\n')
+    error = qumran("net-define", str(bad), ok=False).stderr
+    assert error.count("\n") == 1 and "ipv4.address" in error, error
+
+
+# A per-user qumrand: run as a system user (in a namespace all the same).
+def test_a_per_user_daemon_offers_user_networks_only() -> None:
+    from daemon_harness import system_user
+
+    account = system_user("qumran-netuser")
+    root = short_tmpdir()
+    os.chown(root, account.pw_uid, account.pw_gid)
+    with namespaces("u") as (ns,), open(root / "qumrand.log", "wb") as log:
+        daemon = Daemon(root)
+        argv = [
+            "runuser", "-u", account.pw_name, "--", sys.executable, "-m", "qumran.daemon.main",
+            "--socket", daemon.socket, "--state-dir", str(root / "state"),
+            "--run-dir", str(root / "run"), "--driver", "fake", "--no-config",
+        ]  # fmt: skip
+        env = {**os.environ, "HOME": str(root)}
+        proc = ns.popen(*argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while not Path(daemon.socket).exists():
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    root / "qumrand.log"
+                ).read_text()
+                time.sleep(0.05)
+            refused = daemon.call("POST", "/v1/networks", json=NAT)
+            assert refused.status_code == 400
+            message = refused.json()["error"]["message"]
+            assert "offers `user` networks only" in message and "not root" in message
+            made = daemon.call("POST", "/v1/networks", json={"name": "mine", "type": "user"})
+            assert made.status_code == 201, made.text
+            started = daemon.call("POST", "/v1/networks/mine/start").json()
+            assert started["active"] and started["bridge"] is None
+            assert set(ns.links()) == {"lo"}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            remove_tmpdir(root)
