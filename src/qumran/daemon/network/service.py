@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qumran.client.schema import LeaseInfo, NetworkInfo
-from qumran.config.network import NetworkSpec, check_name, validate_network
+from qumran.config.network import NetworkSpec, validate_network
 from qumran.daemon.network import addressing, dnsmasq, nft
 from qumran.daemon.network import tap as taps
 from qumran.daemon.network.plumbing import NetworkError, Plumbing, Runtime
@@ -82,10 +82,6 @@ class Networks:
         raise InvalidArgument(f"type: a {spec.type} network needs root's qumrand; {why}")
 
     def _get(self, caller: Caller, name: str) -> NetworkRecord:
-        try:
-            check_name(name)
-        except ValueError as exc:
-            raise InvalidArgument(f"network: {exc}") from None
         record = self.records.get(name)
         if record is None or not (self._admin(caller) or self.specs[name].shared):
             raise NotFound(f"no network named {name!r} (see `qumran net-list`)")
