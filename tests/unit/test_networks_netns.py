@@ -141,11 +141,15 @@ def test_isolated_guest_reaches_the_bridge_and_nothing_beyond(net: NetDaemon) ->
         assert router == ""  # no router offered on an isolated network
         assert a.ping("10.77.0.1") and a.ping(ip_b)
         a.ns.ip("route", "add", "default", "via", "10.77.0.1")
+        net.outside.ip("route", "add", "10.77.0.0/24", "via", UPLINK)  # a way back, too
         assert not a.ping(OUTSIDE)  # dropped by qumrand's forward rules
         n = net.guest(g3ns, "qbr-lan", "n")
         ip_n, _ = n.dhcp()
         assert n.ping(OUTSIDE)  # while the NAT network's guest gets out
         assert not a.ping(ip_n) and not n.ping(ip_a)  # and the networks do not meet
+        # The rules are what stops them: without the table, the same packets pass.
+        net.ns.run("nft", "delete", "table", "inet", "qumran")
+        assert a.ping(OUTSIDE) and a.ping(ip_n)
 
 
 def test_restart_readopts_without_rebuilding(net: NetDaemon) -> None:
