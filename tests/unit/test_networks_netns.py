@@ -373,3 +373,25 @@ def test_a_per_user_daemon_offers_user_networks_only() -> None:
             proc.terminate()
             proc.wait(timeout=30)
             remove_tmpdir(root)
+
+
+def test_the_default_network_is_made_once_on_a_free_subnet() -> None:
+    root = short_tmpdir()
+    with namespaces("d") as (ns,):
+        # 192.168.122.0/24 is taken here (an address): the next free /24 is chosen.
+        ns.ip("link", "add", "x0", "type", "veth", "peer", "name", "x1")
+        ns.ip("addr", "add", "192.168.122.7/24", "dev", "x0")
+        daemon = Daemon(root, netns=ns.name, options=("--default-network",))
+        daemon.start()
+        try:
+            info = daemon.call("GET", "/v1/networks/default").json()
+            assert info["type"] == "nat" and info["active"] and info["autostart"]
+            assert info["shared"] and info["address"] == "192.168.123.1/24"
+            assert "defined the default NAT network on 192.168.123.0/24" in daemon.log.read_text()
+            assert daemon.call("POST", "/v1/networks/default/destroy").status_code == 200
+            assert daemon.call("DELETE", "/v1/networks/default").status_code == 204
+            daemon.restart()
+            assert daemon.call("GET", "/v1/networks").json() == []  # undefined stays so
+        finally:
+            daemon.cleanup()
+            remove_tmpdir(root)
