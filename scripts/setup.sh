@@ -11,6 +11,8 @@ want_tests=0
 [ "${1:-}" = "--test" ] && want_tests=1
 
 packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static procps nodejs)
+# Virtual networks (docs/networks.md): nftables for NAT, dnsmasq for DHCP and DNS.
+packages+=(nftables dnsmasq-base iproute2)
 # The web manager's front-end libraries come from npm; NodeSource's nodejs brings its own npm.
 command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then

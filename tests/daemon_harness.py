@@ -34,8 +34,13 @@ class Daemon:
         web: str | None = None,
         start_timeout: float = DAEMON_START_TIMEOUT,
         options: tuple[str, ...] = (),
+        netns: str | None = None,
     ) -> None:
         self.options = options  # more qumrand options, such as smaller limits
+        # The network namespace qumrand runs in (tests/netns.py). Without one it manages
+        # no networks: a test's qumrand never makes a bridge, dnsmasq or firewall rule
+        # in the host's own namespace (ARCHITECTURE.md, "Network tests stay on this machine").
+        self.netns = netns
         self.root = root
         self.start_timeout = start_timeout
         self.driver = driver
@@ -60,6 +65,10 @@ class Daemon:
         ]  # fmt: skip
         if self.web is not None:
             argv += ["--web", self.web]
+        if self.netns is None:
+            argv.append("--no-networks")
+        else:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         argv += self.options
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

@@ -44,6 +44,13 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "409"]
 [[operations]]
 include-path-regex = "^/v1/pools"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+
+# Networks: a definition can fit the schema and be refused (a nat network needs ipv4; a
+# subnet may clash; this qumrand offers `user` networks only), a name may be of no
+# network (404), and a start or destroy may not apply to its state (409).
+[[operations]]
+include-path-regex = "^/v1/networks"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 """
 
 
@@ -56,6 +63,9 @@ def daemon() -> Iterator[Daemon]:
     for name in ("a", "0", "demo"):
         body = {"name": name, "memory": 64, "boot": {"kernel": "/bin/sh"}}
         assert d.call("POST", "/v1/vms", json=body).status_code == 201
+    for name in ("default", "a"):
+        body = {"name": name, "type": "user"}
+        assert d.call("POST", "/v1/networks", json=body).status_code == 201
     yield d
     d.cleanup()
     remove_tmpdir(root)
@@ -213,3 +223,12 @@ def test_the_vm_document_is_the_one_declared_for_the_client(daemon: Daemon) -> N
     assert set(daemon.call("POST", "/v1/vms", json=body).json()) == declared
     assert set(daemon.vm("declared")) == declared
     assert set(daemon.call("GET", "/v1/host").json()) == set(HostInfo.__annotations__)
+
+
+def test_the_contract_daemon_makes_no_host_network(daemon: Daemon) -> None:
+    """Generated requests start and stop networks: this qumrand runs in the host's network
+    namespace, so it must refuse every type that would make a bridge or a rule there."""
+    body = {"name": "n", "type": "isolated", "ipv4": {"address": "10.250.0.1/24"}}
+    refused = daemon.call("POST", "/v1/networks", json=body)
+    assert refused.status_code == 400
+    assert "manages no host networks" in refused.json()["error"]["message"]

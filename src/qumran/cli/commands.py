@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from qumran.cli import daemonctl, imagecmd, output, storagecmd
+from qumran.cli import daemonctl, imagecmd, netcmd, output, storagecmd
 from qumran.client import Client
 from qumran.errors import InvalidArgument, InvalidState, Timeout
 
@@ -422,6 +422,7 @@ COMMANDS = [
         "image", "build, list, import and remove guest images", imagecmd.arguments, imagecmd.run
     ),
     *(Command(*spec) for spec in storagecmd.COMMANDS),
+    *(Command(*spec) for spec in netcmd.COMMANDS),
     Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
     Command(
         "daemon", "qumrand's status; stop or restart it", daemonctl.arguments, daemonctl.handler

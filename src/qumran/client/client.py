@@ -27,7 +27,9 @@ if TYPE_CHECKING:
         DaemonInfo,
         Event,
         HostInfo,
+        LeaseInfo,
         LoginToken,
+        NetworkInfo,
         PoolInfo,
         Stats,
         VmInfo,
@@ -192,6 +194,41 @@ class Client:
         result: VolumeInfo = self._call("POST", target, {"file": file})
         return result
 
+    # virtual networks (docs/networks.md)
+    def networks(self) -> list[NetworkInfo]:
+        result: list[NetworkInfo] = self._call("GET", "/v1/networks")
+        return result
+
+    def network(self, name: str) -> NetworkInfo:
+        result: NetworkInfo = self._call("GET", _network(name))
+        return result
+
+    def define_network(self, doc: dict[str, Any]) -> NetworkInfo:
+        """Define a network from its definition (a plain document; qumrand validates it)."""
+        result: NetworkInfo = self._call("POST", "/v1/networks", doc)
+        return result
+
+    def undefine_network(self, name: str) -> None:
+        self._call("DELETE", _network(name))
+
+    def start_network(self, name: str) -> NetworkInfo:
+        result: NetworkInfo = self._call("POST", _network(name) + "/start")
+        return result
+
+    def destroy_network(self, name: str, *, force: bool = False) -> NetworkInfo:
+        """Stop a network; ``force``: even with VMs attached."""
+        target = _network(name) + "/destroy" + ("?force=true" if force else "")
+        result: NetworkInfo = self._call("POST", target)
+        return result
+
+    def set_network_autostart(self, name: str, enabled: bool) -> NetworkInfo:
+        result: NetworkInfo = self._call("PUT", _network(name) + "/autostart", {"enabled": enabled})
+        return result
+
+    def network_leases(self, name: str) -> list[LeaseInfo]:
+        result: list[LeaseInfo] = self._call("GET", _network(name) + "/leases")
+        return result
+
     def _action(self, name: str, action: str) -> VmInfo:
         result: VmInfo = self._call("POST", f"{_vm(name)}/{action}")
         return result
@@ -227,6 +264,12 @@ def _pool(name: str) -> str:
     if not name:
         raise InvalidArgument("a pool name cannot be empty")
     return "/v1/pools/" + quote(name)
+
+
+def _network(name: str) -> str:
+    if not name:
+        raise InvalidArgument("a network name cannot be empty")
+    return "/v1/networks/" + quote(name)
 
 
 def _volume(pool: str, name: str) -> str:

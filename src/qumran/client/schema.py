@@ -156,3 +156,31 @@ class VolumeInfo(TypedDict):
     backing: str | None  # an overlay's backing file (absolute path)
     backing_format: str | None
     used_by: list[str]  # the defined VMs whose disks name it
+
+
+class NetworkInfo(TypedDict):
+    """A virtual network (docs/networks.md)."""
+
+    name: str
+    type: str  # nat | isolated | bridge | user
+    active: bool
+    autostart: bool
+    shared: bool  # other users may attach their VMs to it
+    bridge: str | None  # the bridge NICs join (None for user networks)
+    address: str | None  # the bridge's address and prefix, 192.168.122.1/24
+    dhcp: str | None  # the DHCP range, "192.168.122.2-192.168.122.254"
+    domain: str | None
+    dns_forward: bool  # whether dnsmasq forwards other names to the host's resolvers
+    dnsmasq_pid: int | None  # while active (root sees it)
+    definition: dict[str, Any]
+
+
+class LeaseInfo(TypedDict):
+    """A DHCP lease dnsmasq handed out on a network."""
+
+    network: str
+    mac: str
+    ip: str
+    hostname: str | None
+    expires: int  # seconds since the epoch; 0: never
+    client_id: str | None

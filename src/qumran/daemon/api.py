@@ -54,7 +54,8 @@ ERRORS: dict[int, str] = {
     405: "method-not-allowed: the route has no such method (`Allow` lists those it has)",
     409: "already-exists (define) or invalid-state (the VM's state does not allow it)",
     413: "too-large: the request body is over the limit (qumrand --max-body)",
-    500: "hypervisor-error, storage-error (qemu-img failed) or internal (details in qumrand's log)",
+    500: "hypervisor-error, storage-error (qemu-img failed), network-error (netlink, nft or"
+    " dnsmasq failed) or internal (details in qumrand's log)",
     503: "too-many-connections: the caller holds its share of connections already",
     504: "timeout: the hypervisor did not answer in time",
 }
@@ -93,6 +94,9 @@ def build_app(manager: Manager) -> FastAPI:
     from qumran.daemon.api_storage import add_storage_routes  # it imports this module
 
     add_storage_routes(app, manager)
+    from qumran.daemon.api_networks import add_network_routes
+
+    add_network_routes(app, manager)
     app.openapi = lambda: _contract(app)  # type: ignore[method-assign]
     return app
 
@@ -287,6 +291,11 @@ def _contract(app: FastAPI) -> dict[str, Any]:
         spec = VmSpec.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(spec.pop("$defs", {}))
         schemas["VmSpec"] = spec
+        from qumran.config.network import NetworkSpec
+
+        net = NetworkSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(net.pop("$defs", {}))
+        schemas["NetworkSpec"] = net
         for operations in doc["paths"].values():
             for operation in operations.values():
                 operation["responses"].pop("422", None)  # our validation errors are 400s

@@ -15,6 +15,10 @@ options' names::
     [limits]
     max-conns-per-uid = 64
 
+    [networks]
+    enabled = true      # bridges, dnsmasq and nftables rules of virtual networks (root)
+    default = true      # define the `default` NAT network on first start
+
 A missing file is the defaults. A bad one stops qumrand with one line naming the file,
 the line and the key (:class:`ConfigError`); nothing in it is half-applied.
 """
@@ -56,6 +60,17 @@ class Settings:
     web_address: str = DEFAULT_WEB
     limits: Limits = field(default_factory=lambda: Limits())
     config_file: Path | None = None  # the file the settings came from, if one was read
+    # Virtual networks (docs/networks.md): manage bridges, dnsmasq and nftables (root's
+    # qumrand only); and define the `default` NAT network on the first start (None:
+    # automatic, for the system daemon only: root with the system state directory).
+    networks_enabled: bool = True
+    default_network: bool | None = None
+
+    @property
+    def make_default_network(self) -> bool:
+        if self.default_network is not None:
+            return self.default_network and self.networks_enabled
+        return self.networks_enabled and os.geteuid() == 0 and self.state_dir == paths.state_dir(0)
 
     @property
     def web(self) -> str | None:
@@ -132,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--no-web", action="store_true",
         help="do not serve the web manager, whatever the settings file says")  # fmt: skip
+    add("--no-networks", action="store_true",
+        help="manage no bridges, dnsmasq or firewall rules: offer `user` networks only "
+        "(default: root's qumrand manages them)")  # fmt: skip
+    add("--default-network", dest="default_network", action="store_const", const=True,
+        help="define the `default` NAT network on first start (default: only the system "
+        "daemon, root's with its own state directory, does)")  # fmt: skip
+    add("--no-default-network", dest="default_network", action="store_const", const=False,
+        help="do not define the `default` network")  # fmt: skip
     limits.add_options(parser)
     for action in parser._actions:
         # The defaults are in the help texts; absent options are left for the file.
@@ -173,6 +196,8 @@ def resolve(args: argparse.Namespace) -> Settings:
         web_enabled=enabled,
         web_address=address,
         limits=bounds,
+        networks_enabled=False if given.get("no_networks") else settings.networks_enabled,
+        default_network=given.get("default_network", settings.default_network),
     )
 
 
@@ -214,6 +239,8 @@ def apply_file(settings: Settings, path: Path, explicit: bool) -> Settings:
         web_enabled=values.get("web.enabled", settings.web_enabled),
         web_address=values.get("web.address", settings.web_address),
         limits=bounds,
+        networks_enabled=values.get("networks.enabled", settings.networks_enabled),
+        default_network=values.get("networks.default", settings.default_network),
         config_file=path,
     )
 
@@ -273,6 +300,7 @@ _TOP: dict[str, Callable[[object], Any]] = {
     "run-dir": _absolute_path,
 }
 _WEB: dict[str, Callable[[object], Any]] = {"enabled": _boolean, "address": _address}
+_NETWORKS: dict[str, Callable[[object], Any]] = {"enabled": _boolean, "default": _boolean}
 
 
 def _limit_keys() -> dict[str, tuple[str, Callable[[object], Any]]]:
@@ -304,7 +332,7 @@ class _FileReader:
 
     def read(self, doc: dict[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        tables = {"web": _WEB, "limits": None}
+        tables = {"web": _WEB, "networks": _NETWORKS, "limits": None}
         for key, value in doc.items():
             if key in _TOP:
                 values[key] = self._check(key, _TOP[key], value)
@@ -318,8 +346,9 @@ class _FileReader:
         return values
 
     def _table(self, table: str, doc: dict[str, Any]) -> dict[str, Any]:
-        if table == "web":
-            checks = {f"web.{k}": (f"web.{k}", check) for k, check in _WEB.items()}
+        if table in ("web", "networks"):
+            keys = _WEB if table == "web" else _NETWORKS
+            checks = {f"{table}.{k}": (f"{table}.{k}", check) for k, check in keys.items()}
         else:
             checks = {f"limits.{k}": (field, check) for k, (field, check) in _limit_keys().items()}
         out: dict[str, Any] = {}

@@ -188,7 +188,9 @@ async def serve(settings: config.Settings) -> listeners.Listening | None:
         opened.callback(listeners.let_go, listening)
         store = Store(state / "qumran.db")
         opened.callback(store.close)
-        manager = Manager(store, make_drivers(settings.driver), run)
+        manager = Manager(store, make_drivers(settings.driver), run,
+                          manage_networks=settings.networks_enabled,
+                          default_network=settings.make_default_network)  # fmt: skip
         await _serve(settings, manager, listening)
         return listening if listening.handover is not None else None
 

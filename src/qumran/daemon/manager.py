@@ -29,6 +29,7 @@ from qumran.daemon import supervisor
 from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
 from qumran.daemon.domain import Domain, Event, IllegalTransition, Reason, Running, State
 from qumran.daemon.events import EventBus
+from qumran.daemon.network import Networks
 from qumran.daemon.stats import StatsSampler
 from qumran.daemon.storage import Storage
 from qumran.daemon.storage.resolve import resolve
@@ -67,7 +68,8 @@ class Caller:
 
 
 class Manager:
-    def __init__(self, store: Store, drivers: dict[str, Driver], run_dir: Path) -> None:
+    def __init__(self, store: Store, drivers: dict[str, Driver], run_dir: Path, *,
+                 manage_networks: bool = False, default_network: bool = False) -> None:  # fmt: skip
         self.store = store
         self.drivers = drivers
         self.run_dir = run_dir
@@ -79,6 +81,11 @@ class Manager:
         self._tasks: set[asyncio.Task[None]] = set()  # every background task; close() waits
         # Pools and volumes (docs/storage.md); the store's folder is the state directory.
         self.storage = Storage(store, store.path.parent, self.domains, self._admin_uid)
+        # Virtual networks (docs/networks.md): bridges, dnsmasq and firewall rules only
+        # when asked (qumrand's settings); a Manager made in a test touches no host network.
+        self.networks = Networks(store, run_dir, store.path.parent, self._admin_uid,
+                                 manage_host=manage_networks)  # fmt: skip
+        self._default_network = default_network
 
     # ownership
     def _may_manage(self, caller: Caller, dom: Domain) -> bool:
@@ -419,7 +426,9 @@ class Manager:
 
     # daemon start and stop
     async def restore(self) -> None:
-        """Load definitions; re-attach to VMs that kept running; then autostart."""
+        """Load definitions; re-attach to VMs that kept running; then autostart.
+        Networks first: a VM's NICs need their bridges."""
+        await self.networks.restore(make_default=self._default_network)
         runtimes = self.store.runtimes()
         last_events = self.store.last_events()
         reattach = []

@@ -107,6 +107,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        5,
+        "virtual networks: root's definitions, autostart, and whether each is running",
+        (
+            """CREATE TABLE IF NOT EXISTS networks (
+                name TEXT PRIMARY KEY,
+                definition TEXT NOT NULL,
+                autostart INTEGER NOT NULL DEFAULT 0,
+                active INTEGER NOT NULL DEFAULT 0,
+                created REAL NOT NULL
+            )""",
+            # Things done once in a store's life (the default network made: an undefined
+            # default stays undefined).
+            """CREATE TABLE IF NOT EXISTS marks (
+                name TEXT PRIMARY KEY,
+                time REAL NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -131,6 +150,18 @@ class PoolRecord:
     owner: int
     name: str
     path: str
+    created: float
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    """A virtual network; ``active``: started and not yet destroyed (a restarted qumrand
+    re-adopts what such a network runs)."""
+
+    name: str
+    definition: dict[str, Any]
+    autostart: bool
+    active: bool
     created: float
 
 
@@ -336,6 +367,47 @@ class Store:
     def pools(self) -> list[PoolRecord]:
         rows = self._db.execute("SELECT owner, name, path, created FROM pools ORDER BY owner, name")
         return [PoolRecord(*r) for r in rows]
+
+    # networks
+    def add_network(self, record: NetworkRecord) -> None:
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO networks (name, definition, autostart, active, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (record.name, json.dumps(record.definition), int(record.autostart),
+                     int(record.active), record.created),
+                )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"a network named {record.name!r} already exists") from None
+
+    def remove_network(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM networks WHERE name = ?", (name,))
+
+    def set_network_flags(self, name: str, *, autostart: bool | None = None,
+                          active: bool | None = None) -> None:  # fmt: skip
+        with self._tx() as db:
+            if autostart is not None:
+                db.execute("UPDATE networks SET autostart = ? WHERE name = ?",
+                           (int(autostart), name))  # fmt: skip
+            if active is not None:
+                db.execute("UPDATE networks SET active = ? WHERE name = ?", (int(active), name))
+
+    def networks(self) -> list[NetworkRecord]:
+        rows = self._db.execute(
+            "SELECT name, definition, autostart, active, created FROM networks ORDER BY name"
+        )
+        return [NetworkRecord(n, json.loads(d), bool(a), bool(x), c) for n, d, a, x, c in rows]
+
+    def mark(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO marks (name, time) VALUES (?, ?)",
+                       (name, time.time()))  # fmt: skip
+
+    def marked(self, name: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM marks WHERE name = ?", (name,)).fetchone()
+        return row is not None
 
     # events
     def add_event(
