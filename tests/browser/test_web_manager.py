@@ -434,3 +434,32 @@ def test_create_a_vm_from_an_image_with_its_own_volume(web: Web, tiny_image: str
     web.daemon.call("DELETE", "/v1/vms/web1").raise_for_status()
     web.daemon.call("DELETE", "/v1/pools/default/volumes/web1").raise_for_status()
     page.context.close()
+
+
+def test_the_networks_page_defines_starts_and_stops_a_network(web: Web) -> None:
+    # The test daemon manages no host network (--no-networks): `user` networks only.
+    page = web.logged_in_page()
+    page.click("header nav >> text=Networks")
+    assert page.url == f"{web.base}/networks"
+    page.click("#define-network summary")
+    page.fill("textarea[name=definition]", "name: lab\ntype: nat\nipv4: {address: 10.77.0.1/24}\n")
+    page.click("#define-network button[type=submit]")
+    assert "needs root's qumrand" in page.inner_text("#form-error")
+    page.fill("textarea[name=definition]", "name: slirp\ntype: user\nshared: true\n")
+    page.click("#define-network button[type=submit]")
+    net = page.locator("section#net-slirp")
+    assert net.locator("[data-field=state]").inner_text() == "inactive"
+    net.locator("button[data-action=start]").click()
+    assert page.locator("section#net-slirp [data-field=state]").inner_text() == "active"
+    assert web.daemon.call("GET", "/v1/networks/slirp").json()["active"] is True
+    web.shot(page, "networks")
+
+    asked: list[str] = []
+    page.on("dialog", lambda dialog: asked.append(dialog.message))
+    page.locator("section#net-slirp button[data-action=stop]").click()
+    page.wait_for_selector("section#net-slirp [data-field=state]:text('inactive')")
+    assert asked == ["Stop network slirp? Its bridge, DHCP and NAT rules go away."]
+    page.locator("section#net-slirp button[data-action=undefine]").click()
+    page.wait_for_selector("section#net-slirp", state="detached")
+    assert web.daemon.call("GET", "/v1/networks").json() == []
+    page.context.close()

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qumran.daemon.manager import Manager
 from qumran.errors import QumranError
-from qumran.web import pages, render, sockets, storage
+from qumran.web import networks, pages, render, sockets, storage
 from qumran.web.auth import COOKIE, WebAuth
 from qumran.web.guard import HostCheck, LoginRequired, auth_of
 
@@ -47,6 +47,7 @@ def build_web_app(manager: Manager, auth: WebAuth) -> ASGIApp:
     app.state.auth = auth
     app.include_router(pages.routes(manager))
     app.include_router(storage.routes(manager))
+    app.include_router(networks.routes(manager))
     app.include_router(sockets.routes(manager))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -4,7 +4,7 @@ Every call goes through ``manager.storage`` (docs/storage.md) as the session's u
 who sees and touches what is the daemon's rule, not this page's: a user sees their own
 pools, root everyone's (with the owner shown; an action on another user's pool names it
 with ``owner=``). A refusal is shown on the page as the daemon words it, and changes
-nothing. The forms post plainly (no script needed); storage.js only asks before a delete.
+nothing. The forms post plainly (no script needed); confirm.js only asks before a delete.
 """
 
 from __future__ import annotations

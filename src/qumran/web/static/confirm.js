@@ -1,5 +1,5 @@
-// The Storage page: the forms post as they are; the ones that lose something (a delete,
-// undefining a pool) ask first.
+// Pages whose forms post as they are (Storage, Networks): the ones that lose something
+// (a delete, an undefine, stopping a network) ask first, in their data-confirm words.
 "use strict";
 (() => {
   document.addEventListener("submit", (event) => {
