@@ -18,6 +18,8 @@ if [ "$want_tests" = 1 ]; then
     packages+=(acpica-tools hyperfine passwd util-linux chromium systemd)
     # `qumran image build debian-12` (the integration tier builds it once, then caches it).
     packages+=(mmdebstrap e2fsprogs fdisk grub-pc-bin grub-common uidmap)
+    # ssh and ssh-keygen: the cloud-init integration test logs in to a seeded guest.
+    packages+=(openssh-client)
 fi
 
 missing=()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from qumran.images import debian12, progress, tools
+from qumran.images import tools
 from qumran.images.cache import Image
 
 pytestmark = [
@@ -41,15 +41,6 @@ pytestmark = [
 BOOT_TIMEOUT = 480.0
 HOSTNAME = "qumran-seeded"
 MARKER = "QUMRAN-NOCLOUD-RUNCMD-OK"
-
-
-@pytest.fixture(scope="session")
-def debian_image() -> Image:
-    started = time.monotonic()
-    image, built = debian12.build(progress=progress.for_stream(debian12.PHASES))
-    how = "built" if built else "cached"
-    print(f"\ndebian-12 {how} in {time.monotonic() - started:.1f} s: {image.path}")
-    return image
 
 
 class Console:

@@ -20,8 +20,11 @@ from qumran.config.spec import MAX_DISKS, MAX_MEMORY_MIB, MAX_NICS, MAX_VCPUS, V
 from qumran.config.validate import validate_spec
 from qumran.errors import InvalidArgument
 
-FIELDS = ["name", "memory", "vcpus", "hypervisor", "boot", "disks", "nics", "serial", "graphics"]
-SUBFIELDS = ["kernel", "initrd", "cmdline", "disk", "path", "format", "readonly", "type", "mac"]
+FIELDS = ["name", "memory", "vcpus", "hypervisor", "boot", "disks", "nics", "serial", "graphics",
+          "cloud_init"]  # fmt: skip
+SUBFIELDS = ["kernel", "initrd", "cmdline", "disk", "path", "format", "readonly", "type", "mac",
+             "forward", "hostname", "users", "name", "ssh_authorized_keys", "password", "packages",
+             "runcmd", "user_data", "network_config", "version"]  # fmt: skip
 # "invalid definition: " then a field path (a name, [i], .name or a quoted key), ": why"
 ERROR = re.compile(r"invalid definition: ((\(top level\))|[A-Za-z_'\"\[][^:]*): .+", re.DOTALL)
 

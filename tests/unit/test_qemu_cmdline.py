@@ -166,3 +166,44 @@ def test_commas_in_paths_are_escaped() -> None:
 
 def test_a_panic_device_reports_guest_panics() -> None:
     assert "pvpanic" in values(build_argv(spec(), FDS, "tcg"), "-device")
+
+
+def test_port_forwards_become_hostfwd_options_of_their_nic() -> None:
+    nics = [
+        {"forward": ["tcp:127.0.0.1:2222-:22", "udp::5353-10.0.2.15:53"]},
+        {},
+        {"forward": ["tcp::8080-:80"]},
+    ]
+    netdevs = values(build_argv(spec(nics=nics), FDS, "tcg"), "-netdev")
+    assert netdevs == [
+        "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp::5353-10.0.2.15:53",
+        "user,id=net1",
+        "user,id=net2,hostfwd=tcp::8080-:80",
+    ]
+
+
+def test_without_a_seed_fd_there_is_no_seed_disk() -> None:
+    argv = build_argv(spec(cloud_init={"hostname": "web"}), FDS, "tcg")
+    assert "/dev/fdset/2" not in " ".join(argv)
+    assert all("seed" not in device for device in values(argv, "-device"))
+
+
+def test_the_seed_is_a_read_only_virtio_disk_from_an_fd_set_after_the_vm_disks() -> None:
+    fds = HandoffFds(monitor=3, console=4, console_log=5, seed=6)
+    argv = build_argv(spec(disks=[{"path": "/img/a.qcow2", "format": "qcow2"}]), fds, "tcg")
+    assert values(argv, "-add-fd") == [
+        "fd=6,set=2,opaque=seed.iso",
+        "fd=5,set=1,opaque=console.log",
+    ]
+    blockdevs = values(argv, "-blockdev")
+    assert blockdevs[2:] == [
+        "driver=file,node-name=seed-file,filename=/dev/fdset/2,read-only=on",
+        "driver=raw,node-name=seed,file=seed-file,read-only=on",
+    ]
+    devices = values(argv, "-device")
+    disks = [d for d in devices if d.startswith("virtio-blk-pci")]
+    # The VM's own disks first (vda, ...), the seed last, and never a boot device.
+    assert disks == [
+        "virtio-blk-pci,drive=disk0,id=virtio-disk0",
+        "virtio-blk-pci,drive=seed,id=virtio-seed",
+    ]

@@ -21,7 +21,7 @@ from typing import Any
 from qumran.errors import InvalidArgument
 
 # Path fields, as (container key, field) pairs; resolved when they are strings.
-_PATH_FIELDS = (("boot", "kernel"), ("boot", "initrd"))
+_PATH_FIELDS = (("boot", "kernel"), ("boot", "initrd"), ("cloud_init", "user_data"))
 
 MAX_FILE_BYTES = 1 << 20  # a definition is a few hundred bytes
 MAX_DEPTH = 16  # a definition nests 3 levels (disks, a list, a disk)

@@ -7,7 +7,9 @@ the daemon's runtime state, kept apart (see ``qumran.daemon``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from qumran.config.cloudinit import CloudInit
 from qumran.config.units import parse_size, size_floor
 
 # Matched with fullmatch: with re.match, "$" also matches before a final newline, and
@@ -29,6 +32,8 @@ from qumran.config.units import parse_size, size_floor
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}"
 _NAME = re.compile(NAME_PATTERN, re.ASCII)
 _MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", re.ASCII)
+# QEMU's hostfwd: proto:[hostaddr]:hostport-[guestaddr]:guestport (IPv4, one port each).
+_FORWARD = re.compile(r"(tcp|udp):([0-9.]*):([0-9]{1,5})-([0-9.]*):([0-9]{1,5})", re.ASCII)
 
 # The bounds of a definition (docs/definitions.md lists them).
 MIN_MEMORY_MIB = 16
@@ -36,6 +41,7 @@ MAX_MEMORY_MIB = 16 << 20  # 16 TiB; the host's RAM is checked at define (unless
 MAX_VCPUS = 64
 MAX_DISKS = 16
 MAX_NICS = 8
+MAX_FORWARDS = 32  # per NIC
 MAX_CMDLINE = 4096  # bytes; Linux itself keeps 2048 on x86 (COMMAND_LINE_SIZE)
 PATH_MAX = 4096  # linux/limits.h: bytes, the terminating NUL included
 NAME_MAX = 255  # linux/limits.h: bytes in one path component
@@ -140,10 +146,90 @@ class Disk(Spec):
     _path = field_validator("path", mode="before")(_host_path)
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One parsed port forward of a user-mode NIC."""
+
+    proto: Literal["tcp", "udp"]
+    host_addr: str  # "" means every address, as in QEMU
+    host_port: int
+    guest_addr: str  # "" means the guest's DHCP address
+    guest_port: int
+
+    def clashes(self, other: Forward) -> bool:
+        """Both would bind the same host port (an empty address is every address)."""
+        return (
+            self.proto == other.proto
+            and self.host_port == other.host_port
+            and (self.host_addr == other.host_addr or "" in (self.host_addr, other.host_addr))
+        )
+
+
+def _ipv4(text: str, what: str, rule: str) -> str:
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{shown(rule)}: {what} {shown(text)} is not an IPv4 address") from None
+
+
+def _port(text: str, what: str, rule: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{shown(rule)}: {what} {port} is not a port (1-65535)")
+    return port
+
+
+def parse_forward(rule: str) -> Forward:
+    """A ``forward`` entry, checked: ``tcp:127.0.0.1:2222-:22`` (QEMU's hostfwd syntax)."""
+    match = _FORWARD.fullmatch(rule)
+    if match is None:
+        raise ValueError(
+            f"{shown(rule)} is not a port forward: write PROTO:[HOSTADDR]:HOSTPORT-"
+            "[GUESTADDR]:GUESTPORT, such as tcp:127.0.0.1:2222-:22 (PROTO tcp or udp, "
+            "addresses IPv4 or empty)"
+        )
+    proto, host_addr, host_port, guest_addr, guest_port = match.groups()
+    return Forward(
+        "tcp" if proto == "tcp" else "udp",
+        _ipv4(host_addr, "host address", rule),
+        _port(host_port, "host port", rule),
+        _ipv4(guest_addr, "guest address", rule),
+        _port(guest_port, "guest port", rule),
+    )
+
+
+def _no_clash(parsed: list[Forward], rules: tuple[str, ...]) -> None:
+    for i, forward in enumerate(parsed):
+        for j in range(i):
+            if forward.clashes(parsed[j]):
+                raise ValueError(
+                    f"{shown(rules[i])} and {shown(rules[j])} both forward host "
+                    f"{forward.proto} port {forward.host_port}; give each its own port"
+                )
+
+
 class Nic(Spec):
     type: Literal["user"] = "user"
     model: Literal["virtio"] = "virtio"
     mac: str | None = None
+    forward: tuple[str, ...] = Field(
+        default=(),
+        max_length=MAX_FORWARDS,
+        description="host ports forwarded to the guest: tcp:127.0.0.1:2222-:22 (QEMU hostfwd)",
+    )
+
+    @field_validator("forward")
+    @classmethod
+    def _forward(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parsed = [parse_forward(rule) for rule in value]
+        _no_clash(parsed, value)
+        return value
+
+    @property
+    def forwards(self) -> tuple[Forward, ...]:
+        return tuple(parse_forward(rule) for rule in self.forward)
 
     @field_validator("mac")
     @classmethod
@@ -170,6 +256,9 @@ class VmSpec(Spec):
     nics: tuple[Nic, ...] = Field(default=(), max_length=MAX_NICS)
     serial: bool = Field(default=True, description="a serial console on COM1")
     graphics: bool = Field(default=False, description="a VNC display (QEMU driver)")
+    cloud_init: CloudInit | None = Field(
+        default=None, description="a NoCloud seed for the guest's cloud-init (QEMU driver)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -194,6 +283,23 @@ class VmSpec(Spec):
         if mib > MAX_MEMORY_MIB:  # the number itself may be thousands of digits: not shown
             raise ValueError(f"more than any host has; at most {MAX_MEMORY_MIB} MiB (16T)")
         return mib
+
+    @field_validator("nics")
+    @classmethod
+    def _forwards_apart(cls, value: tuple[Nic, ...]) -> tuple[Nic, ...]:
+        # Within one NIC its own validator has looked; here, each pair across two NICs.
+        seen: list[tuple[int, str, Forward]] = []
+        for index, nic in enumerate(value):
+            for rule, forward in zip(nic.forward, nic.forwards, strict=True):
+                for other_index, other_rule, other in seen:
+                    if other_index != index and forward.clashes(other):
+                        raise ValueError(
+                            f"nics[{index}] forwards {shown(rule)} and nics[{other_index}] "
+                            f"{shown(other_rule)}: both host {forward.proto} port "
+                            f"{forward.host_port}; give each its own port"
+                        )
+                seen.append((index, rule, forward))
+        return value
 
     @model_validator(mode="after")
     def _boot_disk_exists(self) -> VmSpec:

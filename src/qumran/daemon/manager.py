@@ -35,6 +35,7 @@ from qumran.drivers import rundir
 from qumran.drivers.base import Driver, GuestEvent, Instance, Owner, RunPaths
 from qumran.drivers.checks import check_memory
 from qumran.drivers.process import ProcState, proc_state, processes_marked
+from qumran.drivers.seed import seed_for
 from qumran.drivers.startup import connect_to_process
 from qumran.errors import (
     AlreadyExists,
@@ -202,8 +203,11 @@ class Manager:
     async def _launch(self, dom: Domain, reason: Reason) -> None:
         driver = self._driver(dom)
         owner = Owner(dom.owner, dom.record.owner_gid)
+        # The seed is made anew at each start, so an edited cloud_init section (or
+        # user_data file) reaches the guest at its next boot.
+        seed = await asyncio.to_thread(seed_for, dom.spec, dom.uuid, owner)
         paths = rundir.create(self._run_dir_of(dom))
-        instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom))
+        instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom), seed=seed)
         process = instance.process
         console = ConsoleBroker(dom.name)
         try:

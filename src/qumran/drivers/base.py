@@ -60,6 +60,11 @@ class RunPaths:
         return self.root / "hypervisor.log"
 
     @property
+    def seed(self) -> Path:
+        """The cloud-init seed image, written by the daemon at each start."""
+        return self.root / "seed.iso"
+
+    @property
     def pidfile(self) -> Path:
         """The hypervisor's pid, written by the daemon."""
         return self.root / "pid"
@@ -72,6 +77,7 @@ class HandoffFds:
     monitor: int  # a listening UNIX socket
     console: int | None  # a listening UNIX socket; None without a serial console
     console_log: int  # a file open for appending: every byte of serial output
+    seed: int | None = None  # a cloud-init seed image open read-only; None without one
 
 
 class GuestEvent(enum.Enum):
@@ -177,15 +183,22 @@ class Driver(ABC):
         ``stopped``: the process is SIGSTOPped and will not answer before SIGCONT."""
 
     async def launch(
-        self, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
+        self,
+        spec: VmSpec,
+        paths: RunPaths,
+        owner: Owner,
+        events: EventSink,
+        *,
+        seed: bytes | None = None,
     ) -> Instance:
         """Start the process as ``owner`` and connect its monitor; raise HypervisorError
         with the hypervisor's own error text if it fails. ``paths.root`` is a fresh run
         directory (:func:`qumran.drivers.rundir.create`). The console socket is listening
-        when this returns."""
+        when this returns. ``seed``: the cloud-init seed image the VM gets as a read-only
+        disk (:mod:`qumran.drivers.seed`)."""
         from qumran.drivers.startup import launch
 
-        return await launch(self, spec, paths, owner, events)
+        return await launch(self, spec, paths, owner, events, seed=seed)
 
     async def attach(self, spec: VmSpec, paths: RunPaths, pid: int, events: EventSink) -> Instance:
         """Re-connect to a process an earlier daemon launched, once the kernel vouches

@@ -30,6 +30,7 @@ from qumran.drivers.base import (
 )
 from qumran.drivers.checks import check_files
 from qumran.drivers.process import Spawned
+from qumran.drivers.seed import check_seed
 from qumran.errors import HypervisorError, Timeout
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class FakeDriver(Driver):
         if not self.check_paths:
             return
         check_files(spec, owner)
+        check_seed(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
         argv = [

@@ -114,6 +114,31 @@ class RunDir:
             raise
         return sock
 
+    def write_file(self, name: str, data: bytes, mode: int = 0o600) -> None:
+        """``name`` holding ``data``, whole or not at all: written under a temporary name
+        and renamed over it, never through a symlink."""
+        temp = f".{name}.new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=self.fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, mode, dir_fd=self.fd)
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+            os.replace(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=self.fd)
+            raise
+
+    def open_read(self, name: str) -> int:
+        """``name`` opened read-only, never through a symlink; it must be a regular file."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafeRunDir(f"{self.paths.root / name} is not a regular file")
+        return fd
+
     def write_pid(self, pid: int) -> None:
         """The hypervisor's pid, for people and scripts (as libvirt keeps NAME.pid)."""
         name = self.paths.pidfile.name
@@ -133,9 +158,10 @@ class RunDir:
 
 class Handoff:
     """What the daemon hands a new hypervisor process, all open: its monitor and console
-    sockets (listening) and its console log and own log (for appending)."""
+    sockets (listening), its console log and own log (for appending) and its cloud-init
+    seed, written here and opened read-only."""
 
-    def __init__(self, run_dir: RunDir, *, serial: bool) -> None:
+    def __init__(self, run_dir: RunDir, *, serial: bool, seed: bytes | None = None) -> None:
         paths = run_dir.paths
         self._sockets: list[socket.socket] = []
         self._files: list[int] = []
@@ -149,6 +175,12 @@ class Handoff:
             self._files.append(self.console_log)
             self.log = run_dir.open_append(paths.log.name)
             self._files.append(self.log)
+            self.seed: int | None = None
+            if seed is not None:
+                # Written anew at each start: an edited section reaches the next boot.
+                run_dir.write_file(paths.seed.name, seed)
+                self.seed = run_dir.open_read(paths.seed.name)
+                self._files.append(self.seed)
         except BaseException:
             self.close()
             raise
@@ -160,7 +192,7 @@ class Handoff:
     @property
     def numbers(self) -> HandoffFds:
         console = self.console.fileno() if self.console is not None else None
-        return HandoffFds(self.monitor.fileno(), console, self.console_log)
+        return HandoffFds(self.monitor.fileno(), console, self.console_log, self.seed)
 
     def close(self) -> None:
         """Close the daemon's copies (the hypervisor keeps its own)."""

@@ -41,12 +41,18 @@ class ProcessExited(Exception):
 
 
 async def launch(
-    driver: Driver, spec: VmSpec, paths: RunPaths, owner: Owner, events: EventSink
+    driver: Driver,
+    spec: VmSpec,
+    paths: RunPaths,
+    owner: Owner,
+    events: EventSink,
+    *,
+    seed: bytes | None = None,
 ) -> Instance:
     driver.check(spec, owner)  # again at each start: files change after define
     with RunDir(paths) as run_dir:
         offset = run_dir.size(paths.log.name)
-        handoff = Handoff(run_dir, serial=spec.serial)
+        handoff = Handoff(run_dir, serial=spec.serial, seed=seed)
         try:
             argv = driver.command(spec, handoff.numbers)
             log.info("VM %s: starting %s", spec.name, describe(argv))

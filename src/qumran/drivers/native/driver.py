@@ -139,6 +139,10 @@ class NativeDriver(Driver):
             )
         if spec.graphics:
             raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
+        if spec.cloud_init is not None:
+            raise InvalidArgument(
+                "cloud_init: qumran-vmm cannot attach a cloud-init seed yet; use hypervisor: qemu"
+            )
         check_files(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:

@@ -23,6 +23,7 @@ MACHINE = "q35"
 
 
 CONSOLE_LOG_FDSET = 1
+SEED_FDSET = 2
 
 
 def build_argv(spec: VmSpec, fds: HandoffFds, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
@@ -33,6 +34,7 @@ def build_argv(spec: VmSpec, fds: HandoffFds, accel: Accel, binary: str = QEMU_B
         *_machine(spec, accel),
         *_boot(spec),
         *_disks(spec),
+        *_seed(fds),
         *_nics(spec),
         *_console(spec, fds),
         *_display(spec),
@@ -118,13 +120,41 @@ def _nics(spec: VmSpec) -> list[str]:
 
 
 def nic_args(index: int, nic: Nic, vm_name: str) -> list[str]:
-    """User-mode networking (slirp) behind a virtio-net device."""
+    """User-mode networking (slirp) behind a virtio-net device, with its port forwards."""
     mac = nic.mac if nic.mac is not None else default_mac(vm_name, index)
+    netdev = f"user,id=net{index}"
+    for fwd in nic.forwards:  # validated: no comma can reach the option string
+        netdev += (
+            f",hostfwd={fwd.proto}:{fwd.host_addr}:{fwd.host_port}"
+            f"-{fwd.guest_addr}:{fwd.guest_port}"
+        )
     return [
         "-netdev",
-        f"user,id=net{index}",
+        netdev,
         "-device",
         f"virtio-net-pci,netdev=net{index},mac={mac},id=virtio-net{index}",
+    ]
+
+
+def _seed(fds: HandoffFds) -> list[str]:
+    """The cloud-init seed, read-only, as one more virtio-blk disk after the VM's own.
+
+    A disk rather than a CD-ROM: q35's CD-ROM hangs off its AHCI controller, a driver a
+    cloud kernel may leave out, whereas virtio-blk is what the root disk already needs;
+    cloud-init finds a NoCloud seed by its label on any block device. QEMU opens no path:
+    the daemon's read-only fd is in an fd set, and /dev/fdset/N picks it for O_RDONLY.
+    """
+    if fds.seed is None:
+        return []
+    return [
+        "-add-fd",
+        f"fd={fds.seed},set={SEED_FDSET},opaque=seed.iso",
+        "-blockdev",
+        f"driver=file,node-name=seed-file,filename=/dev/fdset/{SEED_FDSET},read-only=on",
+        "-blockdev",
+        "driver=raw,node-name=seed,file=seed-file,read-only=on",
+        "-device",
+        "virtio-blk-pci,drive=seed,id=virtio-seed",
     ]
 
 

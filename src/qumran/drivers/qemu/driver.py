@@ -17,6 +17,8 @@ from qumran.drivers.qemu.accel import AccelChoice, choose_accel, qemu_version
 from qumran.drivers.qemu.cmdline import QEMU_BINARY, Accel, build_argv
 from qumran.drivers.qemu.instance import QemuInstance
 from qumran.drivers.qemu.monitor import QmpMonitor
+from qumran.drivers.qemu.ports import check_ports
+from qumran.drivers.seed import check_seed
 
 START_TIMEOUT = 30.0  # seconds from exec to a QMP session; QEMU itself needs ~50 ms
 
@@ -54,7 +56,9 @@ class QemuDriver(Driver):
         return HostInfo(self.name, self.accel.accel, self.accel.reason, version)
 
     def check(self, spec: VmSpec, owner: Owner) -> None:
+        check_ports(spec, owner)
         check_files(spec, owner)
+        check_seed(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
         return build_argv(spec, fds, self.accel.accel, self.binary)
@@ -75,4 +79,3 @@ class QemuDriver(Driver):
         else:
             await qmp.connect(monitor)
         return QemuInstance(process, paths, qmp, graphics=spec.graphics)
-
