@@ -189,9 +189,7 @@ def render(builds: list[Build], meta: dict[str, str], packages: tuple[int, int])
     if cold and warm:
         lines += ["", f"Warm/cold wall time: {warm.wall / cold.wall:.2f}."]
     lines += ["", "Phases (seconds from the exec when each began, the build's own lines):", ""]
-    for b in (cold, warm):
-        if b is None:
-            continue
+    for b in (x for x in (cold, warm) if x is not None):
         parts = [f"{name} {at:.0f}" for name, at in b.phases] + [f"done {b.wall:.0f}"]
         lines.append(f"- {b.kind}: " + "; ".join(parts))
         if b.returncode != 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import shutil
@@ -171,7 +172,7 @@ def measure(
                 log(f"{stack}: {name} failed: {res.errors[stack]}")
                 continue
             finally:
-                _quietly(f"removing {name}", lambda s=stack, n=name: removers[s](n))()
+                _quietly(f"removing {name}", functools.partial(removers[stack], name))()
                 time.sleep(SETTLE)
             what = "warm-up" if round_ < warmup else f"run {round_ - warmup + 1}/{runs}"
             log(f"{stack} {what}: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
