@@ -38,6 +38,12 @@ max-examples = {MAX_EXAMPLES}
 [[operations]]
 include-name = "POST /v1/vms"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "409"]
+
+# Storage: a well-formed request may name a pool or volume that is not there (404), one in
+# use or of that name already (409), or a directory, file or size the host refuses (400).
+[[operations]]
+include-path-regex = "^/v1/pools"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 """
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from qumran.cli import daemonctl, imagecmd, output
+from qumran.cli import daemonctl, imagecmd, output, storagecmd
 from qumran.client import Client
 from qumran.errors import InvalidArgument, InvalidState, Timeout
 
@@ -347,8 +347,37 @@ def do_web(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- from an image to a logged-in shell (their modules load only for these commands) ----
+
+
+def _create_args(p: argparse.ArgumentParser) -> None:
+    from qumran.cli import create
+
+    create.create_args(p)
+
+
+def do_create(args: argparse.Namespace) -> int:
+    from qumran.cli import create
+
+    return create.do_create(args)
+
+
+def _ssh_args(p: argparse.ArgumentParser) -> None:
+    from qumran.cli import guestssh
+
+    guestssh.ssh_args(p)
+
+
+def do_ssh(args: argparse.Namespace) -> int:
+    from qumran.cli import guestssh
+
+    return guestssh.do_ssh(args)
+
+
 COMMANDS = [
     Command("list", "list VMs (running and paused; --all for every one)", _list_args, do_list),
+    Command("create", "make a VM from an image: disk, cloud-init, start", _create_args, do_create),
+    Command("ssh", "log in to a VM with ssh (its host key checked)", _ssh_args, do_ssh),
     Command("define", "define a VM from a YAML or TOML file", _define_args, do_define),
     Command("undefine", "remove a shut-off VM's definition", _name, do_undefine),
     Command("dumpdef", "print a VM's definition as YAML", _dumpdef_args, do_dumpdef),
@@ -392,6 +421,7 @@ COMMANDS = [
     Command(
         "image", "build, list, import and remove guest images", imagecmd.arguments, imagecmd.run
     ),
+    *(Command(*spec) for spec in storagecmd.COMMANDS),
     Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
     Command(
         "daemon", "qumrand's status; stop or restart it", daemonctl.arguments, daemonctl.handler

@@ -23,7 +23,16 @@ TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
     from typing import Any
 
-    from qumran.client.schema import DaemonInfo, Event, HostInfo, LoginToken, Stats, VmInfo
+    from qumran.client.schema import (
+        DaemonInfo,
+        Event,
+        HostInfo,
+        LoginToken,
+        PoolInfo,
+        Stats,
+        VmInfo,
+        VolumeInfo,
+    )
 
 # For error bodies without our {"error": {...}} envelope (say, from the web framework).
 _BY_STATUS: dict[int, type[QumranError]] = {
@@ -117,6 +126,72 @@ class Client:
         result: LoginToken = self._call("POST", "/v1/web/token")
         return result
 
+    # storage pools and volumes (docs/storage.md); ``owner``: root naming another's pool
+    def pools(self) -> list[PoolInfo]:
+        result: list[PoolInfo] = self._call("GET", "/v1/pools")
+        return result
+
+    def pool(self, name: str, *, owner: int | None = None) -> PoolInfo:
+        result: PoolInfo = self._call("GET", _pool(name) + _owner(owner))
+        return result
+
+    def define_pool(self, name: str, path: str) -> PoolInfo:
+        result: PoolInfo = self._call("POST", "/v1/pools", {"name": name, "path": path})
+        return result
+
+    def undefine_pool(self, name: str, *, owner: int | None = None) -> None:
+        self._call("DELETE", _pool(name) + _owner(owner))
+
+    def volumes(self, pool: str = "default", *, owner: int | None = None) -> list[VolumeInfo]:
+        result: list[VolumeInfo] = self._call("GET", _pool(pool) + "/volumes" + _owner(owner))
+        return result
+
+    def volume(self, name: str, pool: str = "default", *, owner: int | None = None) -> VolumeInfo:
+        result: VolumeInfo = self._call("GET", _volume(pool, name) + _owner(owner))
+        return result
+
+    def create_volume(
+        self,
+        name: str,
+        size: int,
+        *,
+        pool: str = "default",
+        format: str = "qcow2",
+        backing: str | None = None,
+        owner: int | None = None,
+    ) -> VolumeInfo:
+        """A new volume of ``size`` bytes; with ``backing``, a qcow2 overlay on it."""
+        doc: dict[str, Any] = {"name": name, "size": size, "format": format}
+        if backing is not None:
+            doc["backing"] = backing
+        result: VolumeInfo = self._call("POST", _pool(pool) + "/volumes" + _owner(owner), doc)
+        return result
+
+    def clone_volume(
+        self, source: str, new: str, *, pool: str = "default", owner: int | None = None
+    ) -> VolumeInfo:
+        target = _volume(pool, source) + "/clone" + _owner(owner)
+        result: VolumeInfo = self._call("POST", target, {"new": new})
+        return result
+
+    def resize_volume(
+        self, name: str, size: int, *, pool: str = "default", owner: int | None = None
+    ) -> VolumeInfo:
+        target = _volume(pool, name) + "/resize" + _owner(owner)
+        result: VolumeInfo = self._call("POST", target, {"size": size})
+        return result
+
+    def delete_volume(self, name: str, *, pool: str = "default", owner: int | None = None) -> None:
+        self._call("DELETE", _volume(pool, name) + _owner(owner))
+
+    def import_volume(
+        self, name: str, file: str, *, pool: str = "default", owner: int | None = None
+    ) -> VolumeInfo:
+        """A new volume: a copy of the image ``file`` (read by qumrand with your rights)."""
+        target = _volume(pool, name) + "/import" + _owner(owner)
+        result: VolumeInfo = self._call("POST", target, {"file": file})
+        return result
+
     def _action(self, name: str, action: str) -> VmInfo:
         result: VmInfo = self._call("POST", f"{_vm(name)}/{action}")
         return result
@@ -146,6 +221,22 @@ def _vm(name: str) -> str:
     if not name:
         raise InvalidArgument("a VM name cannot be empty")
     return "/v1/vms/" + quote(name)
+
+
+def _pool(name: str) -> str:
+    if not name:
+        raise InvalidArgument("a pool name cannot be empty")
+    return "/v1/pools/" + quote(name)
+
+
+def _volume(pool: str, name: str) -> str:
+    if not name:
+        raise InvalidArgument("a volume name cannot be empty")
+    return _pool(pool) + "/volumes/" + quote(name)
+
+
+def _owner(uid: int | None) -> str:
+    return "" if uid is None else f"?owner={int(uid)}"
 
 
 def error_from_response(status: int, reason: str, body: bytes) -> QumranError:

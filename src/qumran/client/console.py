@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import select
 import sys
 import threading
@@ -123,6 +124,52 @@ def attach_console(
     finally:
         _leave_raw(stdin_fd, saved)
         session.close()
+
+
+def recent_output(socket_path: str, name: str) -> bytes:
+    """What the daemon kept of the guest's recent output (up to 64 KiB), nothing live."""
+    with _connect(socket_path, name, Replay.SHOW) as ws:
+        return _bytes(ws.recv(timeout=30))
+
+
+def watch_console(
+    socket_path: str,
+    name: str,
+    until: re.Pattern[bytes],
+    *,
+    timeout: float,
+    replay: Replay = Replay.MATCH,
+    keep: int = 1 << 20,
+) -> tuple[ConsoleExit, bytes]:
+    """Read a VM's console, sending nothing, until ``until`` matches the output (read as
+    lines, ``\\r`` dropped), the timeout passes, or the stream ends. Returns why, and the
+    output read (its last ``keep`` bytes), for callers that look for more in it."""
+    from websockets.exceptions import ConnectionClosed
+
+    deadline = time.monotonic() + timeout
+    seen = bytearray()
+    with _connect(socket_path, name, replay) as ws:
+        try:
+            if replay is Replay.SHOW:
+                ws.recv(timeout=max(0.0, deadline - time.monotonic()))  # before: not searched
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return ConsoleExit.TIMEOUT, bytes(seen)
+                try:
+                    data = _bytes(ws.recv(timeout=left))
+                except TimeoutError:
+                    return ConsoleExit.TIMEOUT, bytes(seen)
+                start = max(0, seen.rfind(b"\n") + 1)  # match whole lines, however framed
+                seen += data.replace(b"\r", b"")
+                if until.search(seen, start):
+                    return ConsoleExit.UNTIL, bytes(seen)
+                if len(seen) > keep:
+                    del seen[: len(seen) - keep]
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and 4000 <= exc.rcvd.code < 5000:
+                raise error_for_status(exc.rcvd.code - 4000, exc.rcvd.reason) from None
+            return ConsoleExit.CLOSED, bytes(seen)
 
 
 def _connect(socket_path: str, name: str, replay: Replay) -> Any:

@@ -127,3 +127,32 @@ class ErrorBody(TypedDict):
     """Every non-2xx answer of the API."""
 
     error: ErrorDetail
+
+
+class PoolInfo(TypedDict):
+    """A storage pool: a directory of its owner's (docs/storage.md)."""
+
+    name: str
+    owner: int  # the uid it belongs to
+    path: str
+    usable: bool  # false when its directory is gone or no longer its owner's
+    problem: str | None  # why it is not usable
+    capacity: int  # bytes of its file system
+    available: int  # bytes free there
+    allocation: int  # bytes its volumes take on disk
+    volumes: int  # how many
+
+
+class VolumeInfo(TypedDict):
+    """A volume: a disk image file in a pool."""
+
+    name: str
+    pool: str
+    owner: int
+    path: str
+    format: str  # qcow2 | raw
+    capacity: int  # the virtual size, bytes
+    allocation: int  # bytes it takes on disk
+    backing: str | None  # an overlay's backing file (absolute path)
+    backing_format: str | None
+    used_by: list[str]  # the defined VMs whose disks name it

@@ -18,12 +18,15 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
+from qumran.config import volnames
 from qumran.config.cloudinit import CloudInit
 from qumran.config.units import parse_size, size_floor
 
@@ -139,11 +142,57 @@ Boot = Annotated[
 
 
 class Disk(Spec):
-    path: Path
-    format: Literal["raw", "qcow2"] = "raw"
+    """A disk: a host file (``path``) or a volume of one of the owner's storage pools
+    (``volume``, in ``pool``), exactly one of the two. The daemon turns a volume into its
+    path and real format (qumran.daemon.storage.resolve) before a driver sees the spec,
+    so drivers only ever read :attr:`host_path`."""
+
+    path: Path | None = None
+    volume: str | None = Field(default=None, description="a volume of the pool `pool`")
+    pool: str = Field(default="default", description="the pool of `volume`")
+    # A path disk is raw unless told; a volume's format is what qemu-img finds (given
+    # here, it must match: a guard against a raw volume whose guest wrote a qcow2 header).
+    format: Literal["raw", "qcow2"] | None = None
     readonly: bool = False
 
     _path = field_validator("path", mode="before")(_host_path)
+
+    @field_validator("volume")
+    @classmethod
+    def _volume(cls, value: str | None) -> str | None:
+        return None if value is None else volnames.volume_name(value)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        return volnames.pool_name(value)
+
+    @model_validator(mode="after")
+    def _path_or_volume(self) -> Disk:
+        if (self.path is None) == (self.volume is None):
+            raise ValueError("give exactly one of path (a host file) or volume (a pool's volume)")
+        if self.path is not None and self.format is None:
+            object.__setattr__(self, "format", "raw")  # frozen: set once, while validating
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the fields of the kind of disk it is: a path disk dumps as it always did
+        (no ``volume: null, pool: default`` in every stored definition and dumpdef)."""
+        data: dict[str, Any] = handler(self)
+        unused = ("volume", "pool") if self.path is not None else ("path",)
+        for key in unused:
+            data.pop(key, None)
+        if data.get("format", "") is None:
+            del data["format"]  # a volume's format is what qemu-img finds
+        return data
+
+    @property
+    def host_path(self) -> Path:
+        """The file the hypervisor opens (a volume's, once the daemon resolved it)."""
+        if self.path is None:
+            raise ValueError(f"internal: volume {self.volume!r} was not resolved to a path")
+        return self.path
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ ERRORS: dict[int, str] = {
     405: "method-not-allowed: the route has no such method (`Allow` lists those it has)",
     409: "already-exists (define) or invalid-state (the VM's state does not allow it)",
     413: "too-large: the request body is over the limit (qumrand --max-body)",
-    500: "hypervisor-error or internal (details in qumrand's log)",
+    500: "hypervisor-error, storage-error (qemu-img failed) or internal (details in qumrand's log)",
     503: "too-many-connections: the caller holds its share of connections already",
     504: "timeout: the hypervisor did not answer in time",
 }
@@ -90,6 +90,9 @@ def build_app(manager: Manager) -> FastAPI:
     app = FastAPI(title="qumrand", version=__version__, description="Qumran management API")
     _handle_errors(app)
     _routes(app, manager)
+    from qumran.daemon.api_storage import add_storage_routes  # it imports this module
+
+    add_storage_routes(app, manager)
     app.openapi = lambda: _contract(app)  # type: ignore[method-assign]
     return app
 

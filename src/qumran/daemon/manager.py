@@ -30,6 +30,8 @@ from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
 from qumran.daemon.domain import Domain, Event, IllegalTransition, Reason, Running, State
 from qumran.daemon.events import EventBus
 from qumran.daemon.stats import StatsSampler
+from qumran.daemon.storage import Storage
+from qumran.daemon.storage.resolve import resolve
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
 from qumran.drivers import rundir
 from qumran.drivers.base import Driver, GuestEvent, Instance, Owner, RunPaths
@@ -75,6 +77,8 @@ class Manager:
         self.supervisor = supervisor.Supervisor(self._changed)
         self._admin_uid = os.geteuid()  # root, or the user a per-user daemon runs as
         self._tasks: set[asyncio.Task[None]] = set()  # every background task; close() waits
+        # Pools and volumes (docs/storage.md); the store's folder is the state directory.
+        self.storage = Storage(store, store.path.parent, self.domains, self._admin_uid)
 
     # ownership
     def _may_manage(self, caller: Caller, dom: Domain) -> bool:
@@ -117,7 +121,8 @@ class Manager:
         driver = self.drivers.get(spec.hypervisor)
         if driver is None:
             raise InvalidArgument(f"hypervisor: {spec.hypervisor!r} is not available here")
-        driver.check(spec, Owner(caller.uid, caller.gid))
+        owner = Owner(caller.uid, caller.gid)
+        driver.check(await resolve(self.storage.registry, spec, owner), owner)
         if spec.name in self.domains:
             raise AlreadyExists(already_exists(spec.name))
         record = VmRecord(
@@ -151,7 +156,8 @@ class Manager:
             if driver is None:
                 raise InvalidArgument(f"hypervisor: {spec.hypervisor!r} is not available here")
             # The files are the VM owner's to open, whoever edits it (root may).
-            driver.check(spec, Owner(dom.owner, dom.record.owner_gid))
+            owner = Owner(dom.owner, dom.record.owner_gid)
+            driver.check(await resolve(self.storage.registry, spec, owner), owner)
             definition = spec.model_dump(mode="json")
             if dom.active:
                 self.store.set_pending(dom.uuid, definition)
@@ -203,11 +209,13 @@ class Manager:
     async def _launch(self, dom: Domain, reason: Reason) -> None:
         driver = self._driver(dom)
         owner = Owner(dom.owner, dom.record.owner_gid)
+        # Volumes become paths here, each start: the driver sees files, never volume names.
+        spec = await resolve(self.storage.registry, dom.spec, owner)
         # The seed is made anew at each start, so an edited cloud_init section (or
         # user_data file) reaches the guest at its next boot.
-        seed = await asyncio.to_thread(seed_for, dom.spec, dom.uuid, owner)
+        seed = await asyncio.to_thread(seed_for, spec, dom.uuid, owner)
         paths = rundir.create(self._run_dir_of(dom))
-        instance = await driver.launch(dom.spec, paths, owner, self._guest_events(dom), seed=seed)
+        instance = await driver.launch(spec, paths, owner, self._guest_events(dom), seed=seed)
         process = instance.process
         console = ConsoleBroker(dom.name)
         try:
@@ -437,6 +445,7 @@ class Manager:
             if not dom.active:
                 self._apply_pending(dom)  # it stopped while the daemon was away
         self._kill_unrecorded(set(runtimes))
+        await self.storage.clean_leftovers()  # copies a killed qumrand left half-written
         self.stats.start()
         for dom in list(self.domains.values()):
             if dom.autostart and not dom.active:

@@ -94,6 +94,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "a running VM's edited definition, kept for its next start (NULL: none)",
         ("ALTER TABLE vms ADD COLUMN pending TEXT",),
     ),
+    Migration(
+        4,
+        "storage pools: a directory per (owner, name); volumes are the files in it",
+        (
+            """CREATE TABLE IF NOT EXISTS pools (
+                owner INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                path TEXT NOT NULL,
+                created REAL NOT NULL,
+                PRIMARY KEY (owner, name)
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -109,6 +122,16 @@ class VmRecord:
     # An edit saved while the VM ran: the definition its next start uses (libvirt's
     # inactive configuration); None when there is none.
     pending: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    """A storage pool: a directory of ``owner``'s; its name is unique per owner."""
+
+    owner: int
+    name: str
+    path: str
+    created: float
 
 
 @dataclass(frozen=True)
@@ -294,6 +317,25 @@ class Store:
             "SELECT uuid, driver, pid, start_time, run_dir, started_at FROM runtime"
         )
         return {r[0]: RuntimeRecord(*r) for r in rows}
+
+    # storage pools
+    def add_pool(self, record: PoolRecord) -> None:
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO pools (owner, name, path, created) VALUES (?, ?, ?, ?)",
+                    (record.owner, record.name, record.path, record.created),
+                )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"a pool named {record.name!r} already exists") from None
+
+    def remove_pool(self, owner: int, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM pools WHERE owner = ? AND name = ?", (owner, name))
+
+    def pools(self) -> list[PoolRecord]:
+        rows = self._db.execute("SELECT owner, name, path, created FROM pools ORDER BY owner, name")
+        return [PoolRecord(*r) for r in rows]
 
     # events
     def add_event(

@@ -41,7 +41,8 @@ def check_files(spec: VmSpec, owner: Owner) -> None:
         if spec.boot.initrd is not None:
             files.append(_File("boot.initrd", spec.boot.initrd, False))
     files += [
-        _File(f"disks[{i}].path", disk.path, not disk.readonly) for i, disk in enumerate(spec.disks)
+        _File(f"disks[{i}].path", disk.host_path, not disk.readonly)
+        for i, disk in enumerate(spec.disks)
     ]
     if not files:
         return

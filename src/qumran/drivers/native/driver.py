@@ -48,7 +48,7 @@ def build_argv(spec: VmSpec, fds: HandoffFds, binary: str) -> list[str]:
     if spec.boot.initrd is not None:
         argv += ["--initrd", str(spec.boot.initrd)]
     for disk in spec.disks:  # virtio-blk, in order: /dev/vda, /dev/vdb, ...
-        argv += ["--disk", f"{disk.path},ro" if disk.readonly else str(disk.path)]
+        argv += ["--disk", f"{disk.host_path},ro" if disk.readonly else str(disk.host_path)]
     return argv
 
 

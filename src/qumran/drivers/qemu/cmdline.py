@@ -104,7 +104,7 @@ def disk_args(index: int, disk: Disk, *, boot: bool = False) -> list[str]:
         device += ",bootindex=0"
     return [
         "-blockdev",
-        f"driver=file,node-name={node}-file,filename={escape(str(disk.path))},read-only={readonly}",
+        f"driver=file,node-name={node}-file,filename={escape(str(disk.host_path))},read-only={readonly}",
         "-blockdev",
         f"driver={disk.format},node-name={node},file={node}-file,read-only={readonly}",
         "-device",

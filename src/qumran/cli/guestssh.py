@@ -1,0 +1,121 @@
+"""`qumran ssh NAME [-- COMMAND]`: the system ``ssh`` to a guest, its host key checked.
+
+The guest is reached through its user-mode NIC's forward of guest port 22 (virtual
+networks will add the guest's own address). The host key is the one cloud-init printed on
+the VM's console (qumran.cli.hostkeys), learnt from the console the first time and kept;
+``ssh`` runs with strict checking against it, so a different key is refused, never
+accepted. ``ssh`` replaces this process: its terminal handling and exit status are the
+user's, as if they had typed the command themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from qumran.cli import hostkeys
+from qumran.client import Client
+from qumran.errors import InvalidArgument, InvalidState, NotFound
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    from qumran.client.schema import VmInfo
+
+SSH_PORT = 22
+
+
+def ssh_args(p: argparse.ArgumentParser) -> None:
+    import argparse
+
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument(
+        "-l", "--user", metavar="USER",
+        help="log in as USER (default: the first user of the VM's cloud_init section)",
+    )  # fmt: skip
+    p.add_argument("-i", "--identity", metavar="FILE", help="the private key ssh uses")
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+        help="run COMMAND in the guest instead of a login shell",
+    )  # fmt: skip
+
+
+def do_ssh(args: argparse.Namespace) -> int:
+    client = Client(args.socket)
+    vm = client.get_vm(args.name)
+    if vm["state"] not in ("running", "paused"):
+        raise InvalidState(
+            f"VM {args.name!r} is {vm['state']}; start it first (`qumran start {args.name}`)"
+        )
+    host, port = ssh_target(vm)
+    alias = learn_host_keys(client, vm)
+    binary = shutil.which("ssh")
+    if binary is None:
+        raise NotFound("ssh is not installed here (Debian: `apt install openssh-client`)")
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    user = args.user or guest_user(vm)
+    argv = [
+        "ssh",
+        "-p", str(port),
+        "-o", f"HostKeyAlias={alias}",
+        "-o", f"UserKnownHostsFile={hostkeys.known_hosts_file()}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "UpdateHostKeys=no",
+        *(["-i", args.identity] if args.identity else []),
+        *(["-l", user] if user else []),
+        host,
+        *command,
+    ]  # fmt: skip
+    sys.stdout.flush()
+    os.execv(binary, argv)
+    return 255  # not reached
+
+
+def ssh_target(vm: VmInfo) -> tuple[str, int]:
+    """The host address and port that lead to the guest's port 22."""
+    for nic in vm["definition"].get("nics", []):
+        for rule in nic.get("forward", []):
+            proto, _, rest = rule.partition(":")
+            host_part, _, guest_part = rest.partition("-")
+            address, _, port = host_part.rpartition(":")
+            if proto == "tcp" and guest_part.rpartition(":")[2] == str(SSH_PORT):
+                return (address if address not in ("", "0.0.0.0") else "127.0.0.1"), int(port)
+    name = vm["name"]
+    raise InvalidArgument(
+        f"VM {name!r} has no forward to its SSH port: give a user NIC "
+        f'`forward: ["tcp:127.0.0.1:2222-:22"]` (`qumran edit {name}`, then restart it), '
+        "or make VMs with `qumran create`, which does"
+    )
+
+
+def guest_user(vm: VmInfo) -> str | None:
+    users = (vm["definition"].get("cloud_init") or {}).get("users") or []
+    return str(users[0]["name"]) if users else None
+
+
+def learn_host_keys(client: Client, vm: VmInfo, output: bytes | None = None) -> str:
+    """The VM's known_hosts alias, its keys learnt from ``output`` (or from the console's
+    recent output) the first time."""
+    alias = hostkeys.alias(vm["name"], vm["uuid"])
+    if hostkeys.known(alias):
+        return alias
+    if output is None:
+        from qumran.client.console import recent_output
+
+        output = recent_output(client.socket_path, vm["name"])
+    keys = hostkeys.from_console(output)
+    if not keys:
+        raise InvalidState(
+            f"the SSH host keys of {vm['name']!r} are not on its console yet: cloud-init "
+            f"prints them once, late in the first boot (watch `qumran console {vm['name']}`, "
+            f"or make VMs with `qumran create --wait`); qumran ssh does not trust a key it "
+            "has not seen there"
+        )
+    path = hostkeys.save(alias, keys)
+    print(f"{vm['name']}: host keys from its console saved in {path}", file=sys.stderr)
+    return alias

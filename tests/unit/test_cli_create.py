@@ -1,0 +1,122 @@
+"""The pieces of `qumran create` and `qumran ssh` that need no guest: host keys from a
+console's output, the known_hosts file, the SSH target of a definition, the key lookup.
+(tests/integration/test_create_ssh.py runs the whole path with a real guest.)"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qumran.cli import create, guestssh, hostkeys
+from qumran.errors import InvalidArgument, NotFound
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBq3Jq5iJ0pQ0o4u7yWc0QeV0n0Vt9o2dXc8o1k4m0aN"
+ECDSA = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBKp="
+
+# As cloud-init's keys-to-console prints it on a serial console: CRLF line ends, the
+# fingerprints block first, and a kernel message in the middle of the keys.
+CONSOLE = (
+    "[   41.2] cloud-init[512]: Cloud-init v. 22.4.2 running 'modules:final'\r\n"
+    "<14>Dec  5 06:30:01 cloud-init: -----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n"
+    "<14>Dec  5 06:30:01 cloud-init: 256 SHA256:abc root@web1 (ED25519)\r\n"
+    "<14>Dec  5 06:30:01 cloud-init: -----END SSH HOST KEY FINGERPRINTS-----\r\n"
+    "-----BEGIN SSH HOST KEY KEYS-----\r\n"
+    f"{ECDSA} root@web1\r\n"
+    "[   41.9] random: crng init done\r\n"
+    f"{ED25519} root@web1\r\n"
+    "-----END SSH HOST KEY KEYS-----\r\n"
+    "[   42.0] cloud-init[512]: Cloud-init v. 22.4.2 finished at Sat, 05 Dec 2026 06:30:02"
+    " +0000. Datasource DataSourceNoCloud [seed=/dev/vdb][dsmode=net].  Up 42.01 seconds\r\n"
+).encode()
+
+
+def test_host_keys_come_from_the_last_complete_block() -> None:
+    assert hostkeys.from_console(CONSOLE) == [ECDSA, ED25519]
+    older = CONSOLE.replace(ED25519.encode(), b"ssh-ed25519 AAAAold")
+    assert hostkeys.from_console(older + CONSOLE) == [ECDSA, ED25519]
+    unfinished = CONSOLE + b"-----BEGIN SSH HOST KEY KEYS-----\r\nssh-rsa AAAAhalf"
+    assert hostkeys.from_console(unfinished) == [ECDSA, ED25519]
+    assert hostkeys.from_console(CONSOLE.split(b"-----END SSH HOST KEY KEYS")[0]) == []
+    assert hostkeys.from_console(b"") == []
+
+
+def test_known_hosts_keeps_other_vms_and_replaces_this_ones(tmp_path: Path) -> None:
+    path = tmp_path / "qumran" / "known_hosts"
+    hostkeys.save("qumran-a-11111111", [ED25519], path)
+    hostkeys.save("qumran-b-22222222", [ECDSA, ED25519], path)
+    hostkeys.save("qumran-a-11111111", [ECDSA], path)
+    assert path.read_text().splitlines() == [
+        f"qumran-b-22222222 {ECDSA}",
+        f"qumran-b-22222222 {ED25519}",
+        f"qumran-a-11111111 {ECDSA}",
+    ]
+    assert hostkeys.known("qumran-a-11111111", path)
+    assert not hostkeys.known("qumran-c-33333333", path)
+    assert [p.name for p in path.parent.iterdir()] == ["known_hosts"]  # no temp file left
+
+
+def test_ssh_reads_the_saved_file(tmp_path: Path) -> None:
+    """ssh-keygen (OpenSSH's own reader) finds the key under the alias we write."""
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    line = " ".join(key.with_suffix(".pub").read_text().split()[:2])
+    path = hostkeys.save(hostkeys.alias("web1", "0123456789abcdef"), [line], tmp_path / "kh")
+    found = subprocess.run(
+        ["ssh-keygen", "-F", "qumran-web1-01234567", "-f", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert line in found.stdout
+
+
+def _vm(**definition: Any) -> Any:
+    return {"name": "web1", "uuid": "0123456789abcdef", "definition": definition}
+
+
+def test_the_ssh_target_is_the_forward_of_port_22() -> None:
+    nics = [{"type": "user", "forward": ["tcp:127.0.0.1:8080-:80", "tcp:127.0.0.1:40222-:22"]}]
+    assert guestssh.ssh_target(_vm(nics=nics)) == ("127.0.0.1", 40222)
+    assert guestssh.ssh_target(_vm(nics=[{"forward": ["tcp::2222-10.0.2.15:22"]}])) == (
+        "127.0.0.1",
+        2222,
+    )
+    with pytest.raises(InvalidArgument, match="no forward to its SSH port"):
+        guestssh.ssh_target(_vm(nics=[{"forward": ["udp:127.0.0.1:5353-:22"]}]))
+    with pytest.raises(InvalidArgument, match="qumran edit web1"):
+        guestssh.ssh_target(_vm())
+
+
+def test_the_guest_user_is_the_first_cloud_init_user() -> None:
+    users = [{"name": "ann"}, {"name": "bo"}]
+    assert guestssh.guest_user(_vm(cloud_init={"users": users})) == "ann"
+    assert guestssh.guest_user(_vm(cloud_init={"hostname": "x"})) is None
+    assert guestssh.guest_user(_vm(cloud_init=None)) is None
+
+
+def test_the_default_key_is_the_first_the_user_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(NotFound, match="ssh-keygen -t ed25519"):
+        create.ssh_key(None)
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir()
+    (ssh / "id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2E= me@host\n")
+    assert create.ssh_key(None) == (str(ssh / "id_rsa.pub"), "ssh-rsa AAAAB3NzaC1yc2E= me@host")
+    (ssh / "id_ed25519.pub").write_text(f"{ED25519} me@host\n")
+    assert create.ssh_key(None)[0] == str(ssh / "id_ed25519.pub")
+    (ssh / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    with pytest.raises(InvalidArgument, match="not an SSH public key"):
+        create.ssh_key(str(ssh / "id_ed25519"))
+    with pytest.raises(NotFound, match=r"--ssh-key /nonexistent\.pub: no such file"):
+        create.ssh_key("/nonexistent.pub")
+
+
+def test_a_free_port_is_free() -> None:
+    import socket
+
+    port = create.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # would raise EADDRINUSE
