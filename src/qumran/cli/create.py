@@ -22,7 +22,7 @@ from pathlib import Path
 
 from qumran.cli import output
 from qumran.client import Client
-from qumran.errors import InvalidArgument, NotFound, QumranError, Timeout
+from qumran.errors import AlreadyExists, InvalidArgument, NotFound, QumranError, Timeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,8 +96,11 @@ def do_create(args: argparse.Namespace) -> int:
     port = free_port()
     client = Client(args.socket, timeout=600.0)
 
+    if any(vm["name"] == args.name for vm in client.list_vms(all=True)):
+        raise AlreadyExists(f"a VM named {args.name!r} already exists (`qumran dominfo "
+                            f"{args.name}`); pick another name")  # fmt: skip
     volume = client.create_volume(
-        args.pool, args.name, size, format="qcow2", backing=str(image.disk)
+        args.name, size, pool=args.pool, format="qcow2", backing=str(image.disk)
     )
     say(f"disk: volume {volume['name']} in pool {args.pool}, {format_size(size)}, on {image.name}")
     doc = {
@@ -113,7 +116,7 @@ def do_create(args: argparse.Namespace) -> int:
         vm = client.define(doc)
     except BaseException:
         with contextlib.suppress(Exception):
-            client.delete_volume(args.pool, volume["name"])
+            client.delete_volume(volume["name"], pool=args.pool)
         raise
     say(f"VM {args.name} defined; SSH forwarded from 127.0.0.1:{port}")
     if not args.no_start:
