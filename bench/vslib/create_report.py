@@ -50,7 +50,8 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def spread(values: list[float]) -> str:
-    return f"{median(values):.1f} s ({min(values):.1f}{TO}{max(values):.1f})"
+    digits = 1 if median(values) >= 10 else 2  # a step of 0.1 s shows, a boot's tenths do not
+    return f"{median(values):.{digits}f} s ({min(values):.{digits}f}{TO}{max(values):.{digits}f})"
 
 
 def _cell(res: CreateResults, stack: str, key: str, unit: str) -> str:

@@ -95,7 +95,7 @@ def test_report_ratio_and_target() -> None:
     assert first.endswith(
         "| 65.0 s (60.0\u201370.0) | 70.0 s (60.0\u201380.0) | 0.93 | qumran ≤ libvirt | ✓ |"
     )
-    assert "| 1.1 s (1.0\u20131.2) | 0.6 s (0.5\u20130.7) | 1.83 |" in text
+    assert "| 1.10 s (1.00\u20131.20) | 0.60 s (0.50\u20130.70) | 1.83 |" in text
     res.runs["libvirt"] = []
     res.errors["libvirt"] = "BenchError: no virt-install"
     assert "n/a (BenchError: no virt-install)" in render(res)
