@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from vslib.consolewatch import ConsoleWatch
-from vslib.guest import create_step
+from vslib.guest import create_step, forwarded_port
 from vslib.measure import BenchError, cpu_seconds, now
 from vslib.procs import reap, start, until_success
 from vslib.qumran_stack import QumranStack
@@ -24,8 +25,11 @@ SSH_POLL = 0.25  # seconds between two `qumran ssh` attempts, as on the libvirt 
 
 
 class QumranCreate:
-    def __init__(self, q: QumranStack, env: dict[str, str], key: Path) -> None:
+    def __init__(self, q: QumranStack, env: dict[str, str], key: Path, probe: bool = False) -> None:
         self.q = q
+        # Also try a plain ssh (host key unchecked, as on the libvirt side) from the moment
+        # the port is known: when the guest would first have let a user in. Not counted.
+        self.probe = probe
         self.env = env  # the CLI's: QUMRAN_SOCKET, and XDG dirs holding the image copy
         self.key = key
 
@@ -44,6 +48,8 @@ class QumranCreate:
         lines: list[str] = []
         watch: ConsoleWatch | None = None
         qemu_pid = 0
+        probed: dict[str, float] = {}
+        prober: threading.Thread | None = None
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:  # create flushes each line as it prints it
@@ -54,6 +60,12 @@ class QumranCreate:
                 if step is None:
                     continue
                 phase, pid = step
+                port = forwarded_port(line)
+                if self.probe and port is not None:
+                    prober = threading.Thread(
+                        target=self._probe, args=(port, t0, deadline, probed), daemon=True
+                    )
+                    prober.start()
                 steps.setdefault(phase, seen - t0)
                 if pid is not None:
                     qemu_pid = pid
@@ -71,6 +83,8 @@ class QumranCreate:
                 proc.kill()
             if watch is not None:
                 watch.stop()
+            if prober is not None:
+                prober.join(timeout=max(0.0, deadline - now()))
         times = {
             "ssh": t_ssh - t0,
             **steps,
@@ -82,7 +96,16 @@ class QumranCreate:
         }
         if watch is not None:
             times.update(watch.times())
+        times.update(probed)
         return times
+
+    def _probe(self, port: int, t0: float, deadline: float, out: dict[str, float]) -> None:
+        from vslib.create_libvirt import SSH_POLL as PLAIN_POLL
+        from vslib.create_libvirt import ssh_argv
+
+        with contextlib.suppress(BenchError):
+            until_success(ssh_argv(self.key, port), deadline, PLAIN_POLL)
+            out["plain_ssh"] = now() - t0
 
     def _console_log(self, pid: int) -> Path:
         deadline = time.monotonic() + 5  # the pid file is written before start returns

@@ -35,6 +35,7 @@ PHASES = (
     ("login_prompt", "↳ command → `login:` prompt on the console", "s"),
     ("cloud_init_done", "↳ command → cloud-init's `finished at` on the console", "s"),
     ("returned", "↳ command → `qumran create --wait` returned", "s"),
+    ("plain_ssh", "↳ command → a plain ssh first got in (qumran: --probe, not counted)", "s"),
     ("ssh_tries", "ssh commands run until one succeeded", "n"),
     ("daemon_cpu", "daemon CPU (qumrand; libvirtd + virtlogd), command → SSH", "cpu"),
     ("client_cpu",

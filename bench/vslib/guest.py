@@ -62,6 +62,15 @@ def create_step(line: str) -> tuple[str, int | None] | None:
     return None
 
 
+FORWARD = re.compile(r"SSH forwarded from 127\.0\.0\.1:(\d+)")
+
+
+def forwarded_port(line: str) -> int | None:
+    """The loopback port `qumran create` says it forwards to the guest's SSH, if it does."""
+    match = FORWARD.search(line)
+    return int(match.group(1)) if match else None
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on now (the kernel's pick, as qumran create's)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

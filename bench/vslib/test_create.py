@@ -13,7 +13,7 @@ from image_build import phase_of  # bench/ is on sys.path, as for vslib
 from vslib.consolewatch import MARKS, scan
 from vslib.create_libvirt import ssh_argv, virt_install_argv
 from vslib.create_report import BEGIN, END, CreateResults, render, write_between
-from vslib.guest import create_step, meta_data, user_data
+from vslib.guest import create_step, forwarded_port, meta_data, user_data
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBEPnnwrG1QmQr0Yp0oPzAU9Qvvg0+bcN94+8zK+Mpap b@h"
 
@@ -53,6 +53,8 @@ def test_create_steps_and_the_pid() -> None:
     )
     assert create_step("qbc1q is ready after 61 s: qumran ssh qbc1q") == ("ready", None)
     assert create_step("something else") is None
+    assert forwarded_port("VM qbc1q defined; SSH forwarded from 127.0.0.1:4022") == 4022
+    assert forwarded_port("VM qbc1q started (pid 4242)") is None
 
 
 def test_console_marks() -> None:
