@@ -86,9 +86,9 @@ def test_create_waits_for_cloud_init(user: Session, debian_image: Image) -> None
     vm = user.json("dominfo", "web1")
     assert vm["state"] == "running"
     assert vm["definition"]["cloud_init"]["users"][0]["name"] == "debian"
-    # The host keys printed on the console are kept, under an alias for this VM's uuid.
+    # The host key qumrand gave the guest is kept, under an alias for this VM's uuid.
     known = Path(user.env["XDG_DATA_HOME"], "qumran", "known_hosts").read_text()
-    assert f"qumran-web1-{vm['uuid'][:8]} ssh-ed25519 " in known
+    assert f"qumran-web1-{vm['uuid'][:8]} {vm['ssh_host_keys'][0]}" in known
 
 
 def test_the_disk_is_an_overlay_volume(user: Session, debian_image: Image) -> None:
@@ -108,22 +108,37 @@ def test_ssh_in_as_the_cloud_init_user(user: Session) -> None:
     assert DISK_SIZE * 0.9 < size <= DISK_SIZE
 
 
+def test_the_guest_has_the_host_key_qumrand_gave_it(user: Session) -> None:
+    vm = user.json("dominfo", "web1")
+    (key,) = vm["ssh_host_keys"]
+    served = user.ssh("cat /etc/ssh/ssh_host_ed25519_key.pub")
+    assert served.split()[:2] == key.split()
+    assert user.ssh("ls /etc/ssh | grep -c '_key$'") == "1"  # no other type made
+
+
 def test_a_changed_host_key_is_refused(user: Session) -> None:
-    path = Path(user.env["XDG_DATA_HOME"], "qumran", "known_hosts")
-    saved = path.read_text()
-    other = user.key.parent / "other"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    forged = " ".join(other.with_suffix(".pub").read_text().split()[:2])
-    alias = saved.split()[0]
-    path.write_text(f"{alias} {forged}\n")
+    """The guest's sshd gets a key qumrand did not give it: `qumran ssh` refuses."""
+    port = user.json("dominfo", "web1")["definition"]["nics"][0]["forward"][0]
+    port = port.split(":")[2].split("-")[0]
+    direct = ["ssh", "-i", str(user.key), "-p", port, "-o", "StrictHostKeyChecking=no",
+              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+              "debian@127.0.0.1"]  # fmt: skip
+    keys = "/etc/ssh/ssh_host_ed25519_key"
+    swap = (
+        f"sudo sh -c 'cp -a {keys} /root/k && cp -a {keys}.pub /root/k.pub && "
+        f'rm {keys}* && ssh-keygen -q -t ed25519 -N "" -f {keys} && systemctl restart ssh\''
+    )
+    subprocess.run([*direct, swap], check=True, timeout=120, capture_output=True)
     try:
         proc = user.run("ssh", "web1", "-i", str(user.key), "--", "true", timeout=120)
         assert proc.returncode == 255
-        assert "HOST IDENTIFICATION HAS CHANGED" in proc.stderr or "verification failed" in (
-            proc.stderr
-        )
+        assert "HOST IDENTIFICATION HAS CHANGED" in proc.stderr
     finally:
-        path.write_text(saved)
+        back = (
+            f"sudo sh -c 'mv /root/k {keys} && mv /root/k.pub {keys}.pub && systemctl restart ssh'"
+        )
+        subprocess.run([*direct, back], check=True, timeout=120, capture_output=True)
+    assert user.ssh("true") == ""
 
 
 def test_a_file_survives_a_reboot(user: Session) -> None:

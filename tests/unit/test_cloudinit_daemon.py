@@ -244,3 +244,60 @@ def test_root_owner_may_forward_a_low_port(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("only a root daemon runs QEMU as root")
     check_ports(spec, Owner(0, 0), sysctl)
+
+
+def test_qumrand_gives_the_guest_a_host_key_clients_know_beforehand(
+    fake_daemon: Daemon, tmp_path: Path
+) -> None:
+    """The key is made at define (the API shows its public half before any boot), goes
+    into the seed's user-data as the guest's only host key, stays the same across starts
+    and edits, and is forgotten with the VM."""
+    section = {"users": [{"name": "debian"}]}
+    made = fake_daemon.call("POST", "/v1/vms", json=definition("keyed", cloud_init=section))
+    assert made.status_code == 201, made.text
+    keys = made.json()["ssh_host_keys"]
+    assert len(keys) == 1 and keys[0].startswith("ssh-ed25519 ")
+
+    start(fake_daemon, "keyed")
+    config = yaml.safe_load(read_seed(seed_dir(fake_daemon, "keyed") / "seed.iso")["user-data"])
+    assert config["ssh_genkeytypes"] == []
+    assert config["ssh_keys"]["ed25519_public"] == keys[0]
+    private = tmp_path / "key"
+    private.write_text(config["ssh_keys"]["ed25519_private"])
+    private.chmod(0o600)
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(private)], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert derived.split()[:2] == keys[0].split()  # the private half of that very key
+    destroy(fake_daemon, "keyed")
+
+    edited = definition("keyed", cloud_init={"users": [{"name": "debian"}], "runcmd": ["true"]})
+    assert fake_daemon.call("PUT", "/v1/vms/keyed/definition", json=edited).status_code == 200
+    start(fake_daemon, "keyed")
+    assert fake_daemon.vm("keyed")["ssh_host_keys"] == keys
+    destroy(fake_daemon, "keyed")
+
+    fake_daemon.restart()
+    assert fake_daemon.vm("keyed")["ssh_host_keys"] == keys  # kept in the store
+    assert fake_daemon.call("DELETE", "/v1/vms/keyed").status_code == 204
+    again = fake_daemon.call("POST", "/v1/vms", json=definition("keyed", cloud_init=section))
+    assert again.json()["ssh_host_keys"] != keys  # a new VM of that name: a new key
+
+
+def test_no_host_key_without_a_section_or_with_the_users_own_user_data(
+    fake_daemon: Daemon, tmp_path: Path
+) -> None:
+    plain = fake_daemon.call("POST", "/v1/vms", json=definition("plain"))
+    assert plain.json()["ssh_host_keys"] == []
+    own = tmp_path / "user-data"
+    own.write_text("#cloud-config\n")
+    own.chmod(0o644)
+    tmp_path.chmod(0o755)
+    theirs = definition("theirs", cloud_init={"user_data": str(own)})
+    made = fake_daemon.call("POST", "/v1/vms", json=theirs)
+    assert made.status_code == 201, made.text
+    assert made.json()["ssh_host_keys"] == []
+    start(fake_daemon, "theirs")
+    assert read_seed(seed_dir(fake_daemon, "theirs") / "seed.iso")["user-data"] == (
+        b"#cloud-config\n"
+    )  # passed through untouched
+    destroy(fake_daemon, "theirs")

@@ -14,6 +14,7 @@ import yaml
 from qumran.config.cloudinit import CloudInit
 from qumran.images.cloudinit import (
     MAX_USER_DATA,
+    HostKey,
     build_seed,
     cloud_config,
     instance_id,
@@ -133,6 +134,20 @@ def test_the_host_keys_and_final_message_are_left_to_cloud_init_defaults() -> No
     text = seed_files(section(users=[{"name": "a"}]), "web1", UUID).user_data.decode()
     for key in ("emit_keys_to_console", "ssh_key_console_blacklist", "final_message", "ssh:"):
         assert key not in text
+
+
+def test_a_host_key_becomes_the_guests_only_one_and_not_the_instance_id() -> None:
+    key = HostKey("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+                  ED25519.rsplit(" ", 1)[0])  # fmt: skip
+    ci = section(users=[{"name": "a"}])
+    files = seed_files(ci, "web1", UUID, host_key=key)
+    config = yaml.safe_load(files.user_data)
+    assert config["ssh_keys"] == {"ed25519_private": key.private, "ed25519_public": key.public}
+    assert config["ssh_genkeytypes"] == []  # no other type the client could not check
+    assert files.instance_id == seed_files(ci, "web1", UUID).instance_id
+    # A user's own user-data is theirs: no key is put into it.
+    own = seed_files(section(user_data="/u"), "web1", UUID, b"#cloud-config\n", key)
+    assert own.user_data == b"#cloud-config\n"
 
 
 def test_values_yaml_would_read_otherwise_stay_strings() -> None:

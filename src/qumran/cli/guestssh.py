@@ -99,9 +99,14 @@ def guest_user(vm: VmInfo) -> str | None:
 
 
 def learn_host_keys(client: Client, vm: VmInfo, output: bytes | None = None) -> str:
-    """The VM's known_hosts alias, its keys learnt from ``output`` (or from the console's
-    recent output) the first time."""
+    """The VM's known_hosts alias, with its keys: those qumrand gave the guest, else those
+    learnt from ``output`` (or from the console's recent output) the first time."""
     alias = hostkeys.alias(vm["name"], vm["uuid"])
+    given = vm.get("ssh_host_keys") or []
+    if given:
+        if sorted(hostkeys.keys_of(alias)) != sorted(given):
+            hostkeys.save(alias, given)
+        return alias
     if hostkeys.known(alias):
         return alias
     if output is None:

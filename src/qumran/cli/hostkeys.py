@@ -1,6 +1,9 @@
-"""A VM's SSH host keys, learnt from its serial console and kept for `qumran ssh`.
+"""A VM's SSH host keys, kept for `qumran ssh` in a known_hosts file of Qumran's own.
 
-On a VM's first boot cloud-init makes its SSH host keys and prints their public halves on
+Where they come from: for a VM with a ``cloud_init`` section, qumrand makes the guest's
+host key before its first boot and hands it over in the seed, so the key is known before
+anyone connects (the API's ``ssh_host_keys``). Otherwise (a user's own user-data): on a
+VM's first boot cloud-init makes its SSH host keys and prints their public halves on
 the console between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END ...-----``. The
 console is a channel the guest cannot be impersonated on (qumrand serves it only to the
 VM's owner), so what it printed there is what ``ssh`` checks the guest against — never a
@@ -47,7 +50,13 @@ def known_hosts_file() -> Path:
 
 
 def known(host: str, path: Path | None = None) -> bool:
-    return any(line.split(" ", 1)[0] == host for line in _lines(path or known_hosts_file()))
+    return bool(keys_of(host, path))
+
+
+def keys_of(host: str, path: Path | None = None) -> list[str]:
+    """The keys recorded for ``host``, as ``type base64``."""
+    found = (line.split(" ", 1) for line in _lines(path or known_hosts_file()))
+    return [rest for name, rest in (f for f in found if len(f) == 2) if name == host]
 
 
 def save(host: str, keys: list[str], path: Path | None = None) -> Path:

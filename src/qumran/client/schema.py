@@ -39,6 +39,10 @@ class VmInfo(TypedDict):
     definition: dict[str, Any]  # the validated definition (see docs/definitions.md)
     # Edited while running: the definition the next start uses (null when there is none).
     pending_definition: dict[str, Any] | None
+    # The guest's SSH host keys as qumrand gave them to it (its cloud_init seed), one
+    # "type base64" line each; empty when qumrand made none (no cloud_init section, or the
+    # user's own user_data): then they are learnt from the console.
+    ssh_host_keys: list[str]
 
 
 class DriverInfo(TypedDict):

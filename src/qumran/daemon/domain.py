@@ -153,6 +153,7 @@ class Domain:
         self.exited = asyncio.Event()
         self.exited.set()
         self.undefined = False  # set under the lock; an operation queued behind it stops
+        self.ssh_host_key: str | None = None  # the public key qumrand gave the guest, if any
 
     @property
     def name(self) -> str:
@@ -212,4 +213,5 @@ class Domain:
             "uptime": time.time() - run.started_at if run else None,
             "definition": self.record.definition,
             "pending_definition": self.record.pending,
+            "ssh_host_keys": [self.ssh_host_key] if self.ssh_host_key else [],
         }

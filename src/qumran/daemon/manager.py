@@ -49,6 +49,7 @@ from qumran.errors import (
     QumranError,
     Timeout,
 )
+from qumran.images.cloudinit import HostKey, generate_host_key
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,12 @@ class Manager:
             autostart=False,
         )
         dom = Domain(record, spec)
-        with self.store.transaction():  # the definition and its event: one commit
+        key = await asyncio.to_thread(generate_host_key) if _wants_host_key(spec) else None
+        with self.store.transaction():  # the definition, its key and event: one commit
             self.store.add_vm(record)
+            if key is not None:
+                self.store.set_host_key(record.uuid, key.private, key.public)
+                dom.ssh_host_key = key.public
             self._changed(dom, Event.DEFINED, Reason.DEFINED)
         self.domains[spec.name] = dom
         return dom
@@ -220,7 +225,7 @@ class Manager:
         spec = await resolve(self.storage.registry, dom.spec, owner)
         # The seed is made anew at each start, so an edited cloud_init section (or
         # user_data file) reaches the guest at its next boot.
-        seed = await asyncio.to_thread(seed_for, spec, dom.uuid, owner)
+        seed = await asyncio.to_thread(seed_for, spec, dom.uuid, owner, self._host_key(dom))
         paths = rundir.create(self._run_dir_of(dom))
         instance = await driver.launch(spec, paths, owner, self._guest_events(dom), seed=seed)
         process = instance.process
@@ -249,6 +254,21 @@ class Manager:
             raise
         self._adopt(dom, run)
         self._changed(dom, Event.STARTED, reason, f"pid {process.pid}")
+
+    def _host_key(self, dom: Domain) -> HostKey | None:
+        """The SSH host key the VM's seed gives the guest: made once per VM (at define, or
+        at the first start of a VM that gained a cloud_init section), kept in the store."""
+        if not _wants_host_key(dom.spec):
+            return None
+        found = self.store.host_key(dom.uuid)
+        if found is None:
+            key = generate_host_key()
+            if key is None:
+                return None
+            self.store.set_host_key(dom.uuid, key.private, key.public)
+            found = (key.private, key.public)
+        dom.ssh_host_key = found[1]
+        return HostKey(*found)
 
     def _run_dir_of(self, dom: Domain) -> Path:
         """The VM's run directory: the daemon's alone (drivers/rundir.py), not the owner's."""
@@ -440,6 +460,8 @@ class Manager:
                 continue
             dom = Domain(record, spec)
             dom.restore_reason(last_events.get(record.uuid))
+            key = self.store.host_key(record.uuid)
+            dom.ssh_host_key = key[1] if key is not None else None
             dom.pending = _pending_spec(record)
             self.domains[record.name] = dom
             rt = runtimes.get(record.uuid)
@@ -541,6 +563,11 @@ def already_exists(name: str) -> str:
         f"a VM named {name!r} already exists: change it with `qumran edit {name}` (its "
         f"definition: `qumran dumpdef {name}`), or remove it with `qumran undefine {name}`"
     )
+
+
+def _wants_host_key(spec: VmSpec) -> bool:
+    """A seed whose user-data qumrand writes carries the host key; a user's own does not."""
+    return spec.cloud_init is not None and spec.cloud_init.user_data is None
 
 
 def _pending_spec(record: VmRecord) -> VmSpec | None:

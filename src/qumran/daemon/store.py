@@ -126,6 +126,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        6,
+        "each VM's SSH host key, made before its first boot and given to it by its seed",
+        (
+            """CREATE TABLE IF NOT EXISTS host_keys (
+                uuid TEXT PRIMARY KEY REFERENCES vms(uuid) ON DELETE CASCADE,
+                private TEXT NOT NULL,
+                public TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -320,6 +331,20 @@ class Store:
         text = None if definition is None else json.dumps(definition)
         with self._tx() as db:
             db.execute("UPDATE vms SET pending = ? WHERE uuid = ?", (text, uuid))
+
+    def host_key(self, uuid: str) -> tuple[str, str] | None:
+        """The VM's SSH host key pair (private, public), if it has one."""
+        row = self._db.execute(
+            "SELECT private, public FROM host_keys WHERE uuid = ?", (uuid,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def set_host_key(self, uuid: str, private: str, public: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO host_keys (uuid, private, public) VALUES (?, ?, ?)",
+                (uuid, private, public),
+            )
 
     def vms(self) -> list[VmRecord]:
         rows = self._db.execute(

@@ -17,18 +17,20 @@ from qumran.drivers.asuser import effective_uid, read_regular, run_as
 from qumran.drivers.base import Owner
 from qumran.drivers.checks import UNSEEN_ERRNOS
 from qumran.errors import InvalidArgument
-from qumran.images.cloudinit import MAX_USER_DATA, build_seed
+from qumran.images.cloudinit import MAX_USER_DATA, HostKey, build_seed
 
 FIELD = "cloud_init.user_data"
 
 
-def seed_for(spec: VmSpec, vm_uuid: str, owner: Owner) -> bytes | None:
+def seed_for(
+    spec: VmSpec, vm_uuid: str, owner: Owner, host_key: HostKey | None = None
+) -> bytes | None:
     """The seed image for ``spec`` (None when it has no ``cloud_init`` section)."""
     section = spec.cloud_init
     if section is None:
         return None
     user_data = None if section.user_data is None else read_user_data(section.user_data, owner)
-    return build_seed(section, spec.name, vm_uuid, user_data)
+    return build_seed(section, spec.name, vm_uuid, user_data, host_key)
 
 
 def check_seed(spec: VmSpec, owner: Owner) -> None:

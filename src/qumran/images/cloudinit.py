@@ -21,7 +21,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pycdlib
@@ -73,7 +77,30 @@ def canonical(section: CloudInit) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def cloud_config(section: CloudInit) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HostKey:
+    """A VM's SSH host key pair (ed25519, OpenSSH formats), made by qumrand before the
+    first boot so that clients know the guest's key before they ever connect."""
+
+    private: str
+    public: str  # "ssh-ed25519 AAAA..."
+
+
+def generate_host_key() -> HostKey | None:
+    """A new ed25519 key pair from ``ssh-keygen``; None when it is not installed (then the
+    guest makes its own keys and clients learn them from its console)."""
+    binary = shutil.which("ssh-keygen")
+    if binary is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="qumran-hostkey-") as tmp:
+        key = Path(tmp) / "key"
+        subprocess.run([binary, "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)],
+                       check=True, stdin=subprocess.DEVNULL, capture_output=True)  # fmt: skip
+        public = " ".join(key.with_suffix(".pub").read_text().split()[:2])
+        return HostKey(key.read_text(), public)
+
+
+def cloud_config(section: CloudInit, host_key: HostKey | None = None) -> dict[str, Any]:
     """The ``#cloud-config`` document the section stands for (without user_data)."""
     config: dict[str, Any] = {}
     if section.users:
@@ -84,6 +111,12 @@ def cloud_config(section: CloudInit) -> dict[str, Any]:
         config["packages"] = list(section.packages)
     if section.runcmd:
         config["runcmd"] = list(section.runcmd)
+    if host_key is not None:
+        # The guest's host key is the one qumrand made and clients already trust; no
+        # other type is generated, so no client is offered a key it cannot check.
+        config["ssh_keys"] = {"ed25519_private": host_key.private,
+                              "ed25519_public": host_key.public}  # fmt: skip
+        config["ssh_genkeytypes"] = []
     # Nothing about ssh.emit_keys_to_console or final_message: cloud-init's defaults
     # print the host keys and "Cloud-init v. ... finished at" on the console, which is
     # what `qumran ssh` and `qumran create --wait` read (docs/definitions.md).
@@ -117,7 +150,11 @@ def _yaml(doc: dict[str, Any]) -> str:
 
 
 def seed_files(
-    section: CloudInit, vm_name: str, vm_uuid: str, user_data: bytes | None = None
+    section: CloudInit,
+    vm_name: str,
+    vm_uuid: str,
+    user_data: bytes | None = None,
+    host_key: HostKey | None = None,
 ) -> SeedFiles:
     """The three files of the seed for VM ``vm_name``. ``user_data``: the bytes of the
     section's ``user_data`` file (read by the caller with the owner's rights), used as
@@ -128,7 +165,7 @@ def seed_files(
     hostname = section.hostname or hostname_for(vm_name)
     meta = _yaml({"instance-id": iid, "local-hostname": hostname}).encode()
     if user_data is None:
-        user_data = ("#cloud-config\n" + _yaml(cloud_config(section))).encode()
+        user_data = ("#cloud-config\n" + _yaml(cloud_config(section, host_key))).encode()
     network = None
     if section.network_config is not None:
         network = _yaml(section.network_config).encode()
@@ -157,7 +194,12 @@ def build_iso(files: SeedFiles) -> bytes:
 
 
 def build_seed(
-    section: CloudInit, vm_name: str, vm_uuid: str, user_data: bytes | None = None
+    section: CloudInit,
+    vm_name: str,
+    vm_uuid: str,
+    user_data: bytes | None = None,
+    host_key: HostKey | None = None,
 ) -> bytes:
-    """The NoCloud seed image for a VM: :func:`seed_files` made into :func:`build_iso`."""
-    return build_iso(seed_files(section, vm_name, vm_uuid, user_data))
+    """The NoCloud seed image for a VM: :func:`seed_files` made into :func:`build_iso`.
+    ``host_key`` goes into generated user-data only (a user's own file is theirs)."""
+    return build_iso(seed_files(section, vm_name, vm_uuid, user_data, host_key))
