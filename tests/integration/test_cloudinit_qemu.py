@@ -125,6 +125,8 @@ def test_a_seeded_debian_guest_takes_its_hostname_user_and_key_and_answers_ssh(
     assert FINISHED.search(console)
     keys = host_keys(console)
     assert keys and all(k.split()[0].startswith(("ssh-", "ecdsa-")) for k in keys), keys
+    # What the guest printed is the one key qumrand made for it and the API shows.
+    assert [" ".join(k.split()[:2]) for k in keys] == daemon.vm("seeded")["ssh_host_keys"]
 
     # ssh trusts exactly the host keys cloud-init printed, and logs in with the test's key.
     known_hosts = tmp_path / "known_hosts"
