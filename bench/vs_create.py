@@ -235,14 +235,14 @@ def _notes(res: CreateResults, runs: int, warmup: int) -> None:
         "(the order rotating each round), a new VM each run, removed (domain or VM, disk, "
         "seed) before the next; medians and (min to max).",
         "qumran: from running `qumran create NAME --image debian-12 --memory 1G --vcpus 2 "
-        "--disk-size 8G --ssh-key KEY.pub --wait` until `qumran ssh NAME -i KEY -- true` "
-        "first succeeds (tried again every 0.25 s until it does), against a private qumrand "
+        "--disk-size 8G --ssh-key KEY.pub` until `qumran ssh NAME -i KEY -- true` "
+        "first succeeds (tried every 0.25 s, as the libvirt side tries), against a private qumrand "
         "(QEMU driver) of the same tree. create makes a qcow2 overlay volume on the image, "
         "defines the VM with a `cloud_init` section and a user NIC forwarding a free loopback "
         "port to port 22, starts it (qumrand builds the NoCloud seed with pycdlib and hands "
-        "it to QEMU as a read-only virtio-blk disk) and, with --wait, returns when cloud-init "
-        "prints `Cloud-init v. ... finished at` on the console; `qumran ssh` checks the host "
-        "key cloud-init printed there. Phases: create's own lines, timestamped as they arrive.",
+        "it to QEMU as a read-only virtio-blk disk, with the guest's SSH host key qumrand made "
+        "at define) and returns; `qumran ssh` checks the guest against that key, known before "
+        "the boot. Phases: create's own lines, timestamped as they arrive.",
         "libvirt: from running `qemu-img create -f qcow2 -b IMAGE` (8G overlay), then the "
         "seed (user-data and meta-data written, `xorrisofs -J -rational-rock -V cidata`, the "
         "command virt-install --cloud-init runs), then `virt-install --import --osinfo "
@@ -258,7 +258,9 @@ def _notes(res: CreateResults, runs: int, warmup: int) -> None:
         "a CD-ROM, which on q35 is SATA (AHCI), and Debian's cloud kernel in this image has "
         "no AHCI driver, so the guest never sees it (tried: `seed=dmi`, no user, no login).",
         "The same user-data both ways: user `debian`, the run's ed25519 key, `lock_passwd: "
-        "true`, `sudo: ALL=(ALL) NOPASSWD:ALL`, `ssh_pwauth: false`; meta-data with the VM's "
+        "true`, `sudo: ALL=(ALL) NOPASSWD:ALL`, `ssh_pwauth: false`, and the guest's ed25519 "
+        "host key made beforehand (`ssh_keys`, `ssh_genkeytypes: []`: qumrand makes one per "
+        "VM; the libvirt side makes one per run the same way); meta-data with the VM's "
         "name as host name. The same image file backs both overlays: the cached image's "
         "entry copied once into the run's folder (readable by libvirt-qemu), and given to "
         "qumran as its image cache (XDG_CACHE_HOME).",

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from qumran.images.cloudinit import generate_host_key
 from vslib.consolewatch import ConsoleWatch
 from vslib.guest import GUEST_USER, free_port, meta_data, user_data
 from vslib.libvirt_stack import URI, VIRSH, LibvirtStack
@@ -108,7 +109,11 @@ class LibvirtCreate:
             t_disk = now()
             files = folder / "cidata"
             files.mkdir(mode=0o755)
-            (files / "user-data").write_text(user_data(self.key.with_suffix(".pub").read_text()))
+            # As qumrand does for a VM: the guest's host key made beforehand, given in the
+            # user-data (so neither guest spends its first boot generating keys).
+            host_key = generate_host_key()
+            public = self.key.with_suffix(".pub").read_text()
+            (files / "user-data").write_text(user_data(public, host_key=host_key))
             (files / "meta-data").write_text(meta_data(f"iid-{name}-{t0:.0f}", name))
             client += timed([
                 "xorrisofs", "-quiet", "-o", str(seed), "-J", "-input-charset", "utf8",

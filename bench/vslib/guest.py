@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import socket
 
+from qumran.images.cloudinit import HostKey
+
 # cloud-init's final stage prints this on the console when it is done with a boot (the
 # line `qumran create --wait` waits for).
 CLOUD_INIT_DONE = re.compile(rb"Cloud-init v\. \S+ finished at")
@@ -17,10 +19,11 @@ GUEST_USER = "debian"
 SUDO = "ALL=(ALL) NOPASSWD:ALL"
 
 
-def user_data(key_line: str, user: str = GUEST_USER) -> str:
+def user_data(key_line: str, user: str = GUEST_USER, host_key: HostKey | None = None) -> str:
     """``#cloud-config`` for one user with ``key_line`` and password-less sudo, password
-    login locked: the document qumrand writes for ``qumran create --ssh-key`` (its
-    cloud_config of the section create makes), key for key."""
+    login locked, and the guest's SSH host key made beforehand (``host_key``): the document
+    qumrand writes for ``qumran create --ssh-key`` (its cloud_config of the section create
+    makes, with the key qumrand made for the VM), key for key."""
     key_line = key_line.strip()
     if "\n" in key_line or not key_line:
         raise ValueError("an SSH public key is one non-empty line")
@@ -33,6 +36,17 @@ def user_data(key_line: str, user: str = GUEST_USER) -> str:
         "  lock_passwd: true\n"
         f"  sudo: {SUDO}\n"
         "ssh_pwauth: false\n"
+    ) + (_host_key(host_key) if host_key is not None else "")
+
+
+def _host_key(key: HostKey) -> str:
+    private = "".join(f"    {line}\n" for line in key.private.splitlines())
+    return (
+        "ssh_keys:\n"
+        "  ed25519_private: |\n"
+        f"{private}"
+        f"  ed25519_public: {key.public}\n"
+        "ssh_genkeytypes: []\n"
     )
 
 

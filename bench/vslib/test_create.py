@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from image_build import phase_of  # bench/ is on sys.path, as for vslib
 
 from vslib.consolewatch import MARKS, scan
@@ -31,6 +32,13 @@ def test_user_data_is_what_qumran_writes_for_create_ssh_key() -> None:
     })  # fmt: skip
     files = seed_files(section, "qbc1q", "00000000-0000-4000-8000-000000000000")
     assert user_data(KEY + "\n").encode() == files.user_data
+    # With the host key qumrand makes for the VM (what create's VMs get).
+    from qumran.images.cloudinit import HostKey
+
+    key = HostKey("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\nNzaC\n-----END OPENSSH "
+                  "PRIVATE KEY-----\n", KEY.rsplit(" ", 1)[0])  # fmt: skip
+    keyed = seed_files(section, "qbc1q", "00000000-0000-4000-8000-000000000000", host_key=key)
+    assert yaml.safe_load(user_data(KEY, host_key=key)) == yaml.safe_load(keyed.user_data)
     assert b"local-hostname: qbc1q\n" in files.meta_data
     assert meta_data("iid-1", "qbc1q").endswith("local-hostname: qbc1q\n")
 
