@@ -154,7 +154,10 @@ class Manager:
 
     def interfaces(self, caller: Caller, name: str) -> list[InterfaceInfo]:
         """The VM's NICs, with each network NIC's TAP and leased address (domiflist)."""
-        dom = self.get(caller, name)
+        return self.interfaces_of(self.get(caller, name))
+
+    def interfaces_of(self, dom: Domain) -> list[InterfaceInfo]:
+        """As :meth:`interfaces`, for a VM the caller was already allowed to see."""
         return nics.interfaces(dom.spec, dom.uuid, dom.run is not None, self.networks)
 
     # definitions
