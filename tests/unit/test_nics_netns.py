@@ -93,6 +93,21 @@ def test_macs_are_unique_and_a_duplicate_is_refused_naming_the_other_vm(net: Net
     assert {v["name"] for v in net.call("GET", "/v1/vms?all=true")} == {f"m{i}" for i in range(4)}
 
 
+def test_another_user_attaches_to_shared_networks_only_and_owns_the_tap(net: NetDaemon) -> None:
+    net.network(ISO)  # active, not shared
+    other = system_user("qumran-nictest")
+    status, message = _as_user(net, other.pw_uid, other.pw_gid,
+                               vm_doc("theirs", nics=[{"network": "iso"}]))  # fmt: skip
+    assert (status, message) == (400, "nics[0].network: no network named 'iso' (see `qumran "
+                                      "net-list`)")  # fmt: skip
+    status, _ = _as_user(net, other.pw_uid, other.pw_gid,
+                         vm_doc("theirs", nics=[{"network": "lan"}]))  # fmt: skip
+    assert status == 201
+    vm = net.call("POST", "/v1/vms/theirs/start")  # root starts it: it runs as its owner
+    assert uid_of_link(net.tap(tap_of(vm))) == other.pw_uid
+    net.call("POST", "/v1/vms/theirs/destroy")
+
+
 def _as_user(net: NetDaemon, uid: int, gid: int, doc: dict[str, object]) -> tuple[int, str]:
     """POST /v1/vms as another user (a child process that drops to uid:gid first)."""
     import json
