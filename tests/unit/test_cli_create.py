@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from qumran.cli import create, guestssh, hostkeys
-from qumran.errors import InvalidArgument, NotFound
+from qumran.errors import InvalidArgument, InvalidState, NotFound
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBq3Jq5iJ0pQ0o4u7yWc0QeV0n0Vt9o2dXc8o1k4m0aN"
 ECDSA = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBKp="
@@ -86,6 +86,20 @@ def test_the_ssh_target_is_the_forward_of_port_22() -> None:
         guestssh.ssh_target(_vm(nics=[{"forward": ["udp:127.0.0.1:5353-:22"]}]))
     with pytest.raises(InvalidArgument, match="qumran edit web1"):
         guestssh.ssh_target(_vm())
+
+
+def test_without_a_forward_the_ssh_target_is_the_leased_address() -> None:
+    vm = _vm(nics=[{"type": "network", "network": "default", "mac": "52:54:00:00:00:01"}])
+    row = {"index": 0, "interface": "qt1n0", "type": "network", "network": "default",
+           "model": "virtio", "mac": "52:54:00:00:00:01", "ip": None, "hostname": None,
+           "counters": None}  # fmt: skip
+    with pytest.raises(InvalidState, match="no leased address yet"):
+        guestssh.ssh_target(vm, lambda: [row])  # type: ignore[list-item]
+    leased = {**row, "ip": "192.168.122.7"}
+    assert guestssh.ssh_target(vm, lambda: [leased]) == ("192.168.122.7", 22)  # type: ignore[list-item]
+    # A forward of port 22 still wins; the daemon is not even asked.
+    nics = [{"forward": ["tcp:127.0.0.1:2222-:22"]}, vm["definition"]["nics"][0]]
+    assert guestssh.ssh_target(_vm(nics=nics), lambda: 1 / 0) == ("127.0.0.1", 2222)  # type: ignore[arg-type,return-value]
 
 
 def test_the_guest_user_is_the_first_cloud_init_user() -> None:

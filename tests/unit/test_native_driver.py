@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from qumran.config.spec import VmSpec
-from qumran.drivers.base import Owner, RunPaths
+from qumran.drivers.base import HandoffFds, Owner, RunPaths
 from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
 from qumran.drivers.qemu.accel import AccelChoice
 from qumran.errors import InvalidArgument
@@ -50,7 +50,7 @@ def test_raw_disks_become_virtio_blk_in_order_and_qumran_vmm_reads_them_back(
     disks = [{"path": str(tmp_path / "a.img")}, {"path": str(tmp_path / "b.img"), "readonly": True}]
     s = spec(tmp_path, disks=disks)
     NativeDriver("qumran-vmm", probe=hardware_kvm).check(s, OWNER)
-    args = cmdline.parse(build_argv(s, PATHS, "qumran-vmm")[1:])
+    args = cmdline.parse(build_argv(s, HandoffFds(3, 4, 5), "qumran-vmm")[1:])
     assert [DiskSpec.parse(d) for d in args.disk] == [
         DiskSpec(str(tmp_path / "a.img"), False),
         DiskSpec(str(tmp_path / "b.img"), True),
@@ -67,7 +67,7 @@ MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
     [
         (QCOW2, "disks[0].format: qumran-vmm reads raw images, not qcow2; convert it"),
         (COMMA, "disks[0].path: qumran-vmm cannot open a path with a comma"),
-        ({"nics": [{}]}, "nics: qumran-vmm has no user-mode networking"),
+        ({"nics": [{}]}, "nics[0]: qumran-vmm has no user-mode networking"),
         ({"graphics": True}, "graphics: qumran-vmm has no display"),
         (MISSING, "disks[0].path: /nonexistent/a.img cannot be opened by uid"),
     ],
@@ -120,3 +120,22 @@ def test_a_host_without_hardware_kvm_is_refused_in_the_definitions_terms(tmp_pat
     )
     assert "--force-kvm" not in refused.value.message
     assert driver.host_info().available is False
+
+
+def test_network_nics_become_net_fd_options_qumran_vmm_reads_back(tmp_path: Path) -> None:
+    from qumran.drivers.base import NetFds
+    from qumran.vmm.devices.virtio.backends import NetSpec
+
+    nics = [{"network": "lan", "mac": "52:54:00:00:00:0a"}, {"network": "iso",
+             "mac": "52:54:00:00:00:0b"}]  # fmt: skip
+    s = spec(tmp_path, nics=nics)
+    NativeDriver("qumran-vmm", probe=hardware_kvm).check(s, OWNER)  # no longer refused
+    fds = HandoffFds(3, 4, 5, nets=(NetFds(7), NetFds(8, 9)))
+    argv = build_argv(s, fds, "qumran-vmm")
+    args = cmdline.parse(argv[1:])
+    assert [NetSpec.parse(n) for n in args.net] == [
+        NetSpec(None, 7, "52:54:00:00:00:0a", False, None),  # no vhost fd: vhost=off
+        NetSpec(None, 8, "52:54:00:00:00:0b", True, 9),  # the daemon's /dev/vhost-net
+    ]
+    with pytest.raises(ValueError, match="internal"):
+        build_argv(s, HandoffFds(3, 4, 5, nets=(NetFds(7),)), "qumran-vmm")

@@ -207,3 +207,33 @@ def test_the_seed_is_a_read_only_virtio_disk_from_an_fd_set_after_the_vm_disks()
         "virtio-blk-pci,drive=disk0,id=virtio-disk0",
         "virtio-blk-pci,drive=seed,id=virtio-seed",
     ]
+
+
+def test_a_network_nic_is_the_handed_over_tap_with_vhost_when_there_is_a_fd() -> None:
+    from qumran.drivers.base import NetFds
+
+    nics = [{"network": "lan", "mac": "52:54:00:00:00:0a"}, {"forward": ["tcp::2222-:22"]},
+            {"network": "iso", "mac": "52:54:00:00:00:0b"}]  # fmt: skip
+    fds = HandoffFds(3, 4, 5, nets=(NetFds(7), NetFds(8, 9)))
+    argv = build_argv(spec(nics=nics), fds, "tcg")
+    assert values(argv, "-netdev") == [
+        "tap,id=net0,fd=7",
+        "user,id=net1,hostfwd=tcp::2222-:22",
+        "tap,id=net2,fd=8,vhost=on,vhostfd=9",
+    ]
+    devices = [d for d in values(argv, "-device") if d.startswith("virtio-net")]
+    assert devices == [
+        "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:0a,id=virtio-net0",
+        f"virtio-net-pci,netdev=net1,mac={default_mac('web', 1)},id=virtio-net1",
+        "virtio-net-pci,netdev=net2,mac=52:54:00:00:00:0b,id=virtio-net2",
+    ]
+    with pytest.raises(ValueError, match="no TAP"):
+        build_argv(spec(nics=nics), HandoffFds(3, 4, 5, nets=(NetFds(7),)), "tcg")
+
+
+def test_old_user_nics_dump_as_they_did() -> None:
+    s = spec(nics=[{"type": "user", "forward": ["tcp::2222-:22"]}, {"network": "lan"}])
+    assert s.model_dump(mode="json")["nics"] == [
+        {"type": "user", "model": "virtio", "mac": None, "forward": ["tcp::2222-:22"]},
+        {"type": "network", "network": "lan", "model": "virtio", "mac": None},
+    ]

@@ -1,11 +1,12 @@
 """`qumran ssh NAME [-- COMMAND]`: the system ``ssh`` to a guest, its host key checked.
 
-The guest is reached through its user-mode NIC's forward of guest port 22 (virtual
-networks will add the guest's own address). The host key is the one cloud-init printed on
-the VM's console (qumran.cli.hostkeys), learnt from the console the first time and kept;
-``ssh`` runs with strict checking against it, so a different key is refused, never
-accepted. ``ssh`` replaces this process: its terminal handling and exit status are the
-user's, as if they had typed the command themselves.
+The guest is reached through its user-mode NIC's forward of guest port 22, or else at the
+address a network's dnsmasq leased to one of its NICs (docs/networks.md), port 22. The
+host key is the one cloud-init printed on the VM's console (qumran.cli.hostkeys), learnt
+from the console the first time and kept; ``ssh`` runs with strict checking against it,
+so a different key is refused, never accepted. ``ssh`` replaces this process: its
+terminal handling and exit status are the user's, as if they had typed the command
+themselves.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from qumran.errors import InvalidArgument, InvalidState, NotFound
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
-    from qumran.client.schema import VmInfo
+    from qumran.client.schema import InterfaceInfo, VmInfo
 
 SSH_PORT = 22
 
@@ -49,7 +51,7 @@ def do_ssh(args: argparse.Namespace) -> int:
         raise InvalidState(
             f"VM {args.name!r} is {vm['state']}; start it first (`qumran start {args.name}`)"
         )
-    host, port = ssh_target(vm)
+    host, port = ssh_target(vm, lambda: client.interfaces(args.name))
     alias = learn_host_keys(client, vm)
     binary = shutil.which("ssh")
     if binary is None:
@@ -76,9 +78,14 @@ def do_ssh(args: argparse.Namespace) -> int:
     return 255  # not reached
 
 
-def ssh_target(vm: VmInfo) -> tuple[str, int]:
-    """The host address and port that lead to the guest's port 22."""
-    for nic in vm["definition"].get("nics", []):
+def ssh_target(
+    vm: VmInfo, interfaces: Callable[[], list[InterfaceInfo]] | None = None
+) -> tuple[str, int]:
+    """The host address and port that lead to the guest's port 22: a user NIC's forward
+    of it, else the address leased to a NIC on a network (``interfaces``: the VM's NICs,
+    asked only then), port 22."""
+    nics = vm["definition"].get("nics", [])
+    for nic in nics:
         for rule in nic.get("forward", []):
             proto, _, rest = rule.partition(":")
             host_part, _, guest_part = rest.partition("-")
@@ -86,6 +93,14 @@ def ssh_target(vm: VmInfo) -> tuple[str, int]:
             if proto == "tcp" and guest_part.rpartition(":")[2] == str(SSH_PORT):
                 return (address if address not in ("", "0.0.0.0") else "127.0.0.1"), int(port)
     name = vm["name"]
+    if interfaces is not None and any(nic.get("network") for nic in nics):
+        for row in interfaces():
+            if row["ip"]:
+                return row["ip"], SSH_PORT
+        raise InvalidState(
+            f"VM {name!r} has no leased address yet: its guest has not asked the network's "
+            f"DHCP for one (see `qumran domifaddr {name}`)"
+        )
     raise InvalidArgument(
         f"VM {name!r} has no forward to its SSH port: give a user NIC "
         f'`forward: ["tcp:127.0.0.1:2222-:22"]` (`qumran edit {name}`, then restart it), '

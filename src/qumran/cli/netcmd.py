@@ -135,6 +135,55 @@ def do_net_dhcp_leases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+
+
+def _domifaddr_args(p: argparse.ArgumentParser) -> None:
+    _vm(p)
+    p.add_argument(
+        "--ip", action="store_true", help="print just the first address: ssh debian@$(qumran "
+        "domifaddr web1 --ip)",
+    )  # fmt: skip
+
+
+def do_domifaddr(args: argparse.Namespace) -> int:
+    """The addresses the networks' dnsmasq leased to the VM's NICs (virsh domifaddr)."""
+    rows = [r for r in _client(args).interfaces(args.name) if r["network"] is not None]
+    if args.ip:
+        found = [r["ip"] for r in rows if r["ip"]]
+        if not found:
+            from qumran.errors import NotFound
+
+            raise NotFound(
+                f"VM '{args.name}' has no leased address yet (is it running, with a NIC on a "
+                "network with DHCP, and has its guest asked for one?)"
+            )
+        print(found[0])
+        return 0
+    if args.json:
+        output.print_json(rows)
+        return 0
+    table = [[r["interface"] or "-", r["mac"], r["network"] or "-", r["ip"] or "-",
+              r["hostname"] or "-"] for r in rows]  # fmt: skip
+    headers = ["Interface", "MAC address", "Network", "Address", "Hostname"]
+    sys.stdout.write(output.table(headers, table))
+    return 0
+
+
+def do_domiflist(args: argparse.Namespace) -> int:
+    """The VM's NICs: TAP, type, network, model, MAC (virsh domiflist)."""
+    rows = _client(args).interfaces(args.name)
+    if args.json:
+        output.print_json(rows)
+        return 0
+    table = [[r["interface"] or "-", r["type"], r["network"] or "-", r["model"], r["mac"]]
+             for r in rows]  # fmt: skip
+    headers = ["Interface", "Type", "Source", "Model", "MAC"]
+    sys.stdout.write(output.table(headers, table))
+    return 0
+
+
 def _done(args: argparse.Namespace, net: NetworkInfo, message: str) -> int:
     if args.json:
         output.print_json(net)
@@ -157,4 +206,6 @@ COMMANDS: list[
      do_net_autostart),
     ("net-info", "show a network", _name, do_net_info),
     ("net-dhcp-leases", "show a network's DHCP leases", _name, do_net_dhcp_leases),
+    ("domifaddr", "show the addresses leased to a VM's NICs", _domifaddr_args, do_domifaddr),
+    ("domiflist", "list a VM's NICs: TAP, network, model, MAC", _vm, do_domiflist),
 ]  # fmt: skip

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         DaemonInfo,
         Event,
         HostInfo,
+        InterfaceInfo,
         LeaseInfo,
         LoginToken,
         NetworkInfo,
@@ -115,6 +116,11 @@ class Client:
     def stats(self, name: str) -> Stats:
         """Samples of CPU, memory and I/O for the last 10 minutes, newest last."""
         result: Stats = self._call("GET", f"{_vm(name)}/stats")
+        return result
+
+    def interfaces(self, name: str) -> list[InterfaceInfo]:
+        """The VM's NICs: TAP, type, network, model, MAC and leased address."""
+        result: list[InterfaceInfo] = self._call("GET", f"{_vm(name)}/interfaces")
         return result
 
     def events(self, since: int | None = None) -> list[Event]:

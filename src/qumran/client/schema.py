@@ -96,6 +96,23 @@ class Event(TypedDict):
     detail: str
 
 
+class NicCounters(TypedDict):
+    """A network NIC's counters, from the guest's side (rx: what the guest received)."""
+
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+
+
+class NicSample(NicCounters):
+    """One network NIC's counters in a sample."""
+
+    interface: str  # its TAP on the host
+    mac: str
+    network: str
+
+
 class Sample(TypedDict):
     """One sample of a running VM's counters (null where the hypervisor has none)."""
 
@@ -104,8 +121,24 @@ class Sample(TypedDict):
     rss_bytes: int
     disk_read_bytes: int | None
     disk_write_bytes: int | None
+    # Sums over the VM's network NICs (their TAPs' counters); null without one.
     net_rx_bytes: int | None
     net_tx_bytes: int | None
+    net_interfaces: list[NicSample]  # each network NIC's own counters
+
+
+class InterfaceInfo(TypedDict):
+    """One NIC of a VM (``qumran domiflist`` / ``domifaddr``)."""
+
+    index: int  # its place in the definition's nics
+    interface: str | None  # its TAP on the host while the VM runs (network NICs)
+    type: str  # user | network
+    network: str | None  # the qumrand network (network NICs)
+    model: str  # virtio
+    mac: str
+    ip: str | None  # the address the network's dnsmasq leased to the MAC, if any
+    hostname: str | None  # the name the guest gave with its DHCP request
+    counters: NicCounters | None  # while the VM runs (network NICs)
 
 
 class Stats(TypedDict):

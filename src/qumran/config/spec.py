@@ -28,6 +28,7 @@ from pydantic import (
 
 from qumran.config import volnames
 from qumran.config.cloudinit import CloudInit
+from qumran.config.network import check_name as check_network_name
 from qumran.config.units import parse_size, size_floor
 
 # Matched with fullmatch: with re.match, "$" also matches before a final newline, and
@@ -260,7 +261,15 @@ def _no_clash(parsed: list[Forward], rules: tuple[str, ...]) -> None:
 
 
 class Nic(Spec):
-    type: Literal["user"] = "user"
+    """A virtio-net NIC: on QEMU's user-mode stack (``type: user``, with port forwards), or
+    on one of qumrand's networks (``network: NAME``; docs/networks.md), through a TAP."""
+
+    type: Literal["user", "network"] = Field(
+        default="user", description="user: QEMU's user-mode stack; network: `network`'s bridge"
+    )
+    network: str | None = Field(
+        default=None, description="the qumrand network to attach to (`qumran net-list`)"
+    )
     model: Literal["virtio"] = "virtio"
     mac: str | None = None
     forward: tuple[str, ...] = Field(
@@ -279,6 +288,46 @@ class Nic(Spec):
     @property
     def forwards(self) -> tuple[Forward, ...]:
         return tuple(parse_forward(rule) for rule in self.forward)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _network_type(cls, data: Any) -> Any:
+        # `network: NAME` alone is a network NIC: type follows from it.
+        if isinstance(data, dict) and data.get("network") is not None and "type" not in data:
+            return {**data, "type": "network"}
+        return data
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        return None if value is None else check_network_name(value)
+
+    @model_validator(mode="after")
+    def _kind(self) -> Nic:
+        if self.type == "network" and self.network is None:
+            raise ValueError("network: a network NIC names its network (`qumran net-list`)")
+        if self.type == "user" and self.network is not None:
+            raise ValueError(
+                "network: a user NIC has QEMU's own stack, no network; drop `type: user` to "
+                f"attach it to {self.network!r}"
+            )
+        if self.network is not None and self.forward:
+            raise ValueError(
+                "forward: only a user NIC forwards host ports; a network NIC's guest is "
+                "reached at its own address (`qumran domifaddr`)"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A user NIC dumps as it always did (no ``network: null``); a network NIC has no
+        ``forward``."""
+        data: dict[str, Any] = handler(self)
+        if self.network is None:
+            data.pop("network", None)
+        else:
+            data.pop("forward", None)
+        return data
 
     @field_validator("mac")
     @classmethod

@@ -30,6 +30,7 @@ from qumran.client.schema import (
     ErrorBody,
     Event,
     HostInfo,
+    InterfaceInfo,
     Sample,
     Stats,
     VmInfo,
@@ -206,6 +207,10 @@ def _routes(app: FastAPI, manager: Manager) -> None:
         # The sampler's dataclasses as dicts: FastAPI checks them against Sample on the way out.
         samples = cast("list[Sample]", await manager.stats.fresh_samples(dom))
         return {"interval": manager.stats.interval, "samples": samples}
+
+    @app.get("/v1/vms/{name}/interfaces", responses=errors(404))
+    async def interfaces(request: Request, name: Name) -> list[InterfaceInfo]:
+        return manager.interfaces(caller_of(request), name)
 
     @app.get("/v1/events", responses=errors())
     async def events(

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qumran.client.schema import InterfaceInfo
 from qumran.config.spec import VmSpec
 from qumran.config.validate import validate_spec
-from qumran.daemon import supervisor
+from qumran.daemon import nics, supervisor
 from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
 from qumran.daemon.domain import Domain, Event, IllegalTransition, Reason, Running, State
 from qumran.daemon.events import EventBus
@@ -87,6 +88,8 @@ class Manager:
         self.networks = Networks(store, run_dir, store.path.parent, self._admin_uid,
                                  manage_host=manage_networks)  # fmt: skip
         self._default_network = default_network
+        self.networks.attached = self._attached
+        self.networks.mac_owner = self._mac_owner
 
     # ownership
     def _may_manage(self, caller: Caller, dom: Domain) -> bool:
@@ -122,6 +125,42 @@ class Manager:
             )
         return driver
 
+    # NICs on networks (daemon/nics.py)
+    def _attached(self, network: str) -> list[str]:
+        """The VMs running with a NIC on ``network``."""
+        return [d.name for d in self.domains.values()
+                if d.active and any(n.network == network for n in d.spec.nics)]  # fmt: skip
+
+    def _mac_owner(self, mac: str) -> int | None:
+        for dom in self.domains.values():
+            if mac in nics.macs_of(dom.spec) or mac in nics.macs_of(dom.pending):
+                return dom.owner
+        return None
+
+    def _with_nics(self, caller: Caller, spec: VmSpec, uid: int, itself: Domain | None) -> VmSpec:
+        """``spec`` with its network NICs checked (the networks exist, ``uid`` may use
+        them, no MAC twice on a network) and a MAC in each (a redefinition keeps its own)."""
+        if not nics.network_nics(spec):
+            return spec
+        nics.check_networks(spec, uid, self.networks)
+        others = [d for d in self.domains.values() if d is not itself]
+        taken = set().union(*(nics.macs_of(d.spec) | nics.macs_of(d.pending) for d in others))
+        previous = None if itself is None else itself.pending or itself.spec
+        spec = nics.with_macs(spec, taken, previous)
+        defined = [(d.name, s) for d in others for s in (d.spec, d.pending) if s is not None]
+        nics.check_duplicates(
+            spec, defined, lambda name: self._may_manage(caller, self.domains[name])
+        )
+        return spec
+
+    def interfaces(self, caller: Caller, name: str) -> list[InterfaceInfo]:
+        """The VM's NICs, with each network NIC's TAP and leased address (domiflist)."""
+        return self.interfaces_of(self.get(caller, name))
+
+    def interfaces_of(self, dom: Domain) -> list[InterfaceInfo]:
+        """As :meth:`interfaces`, for a VM the caller was already allowed to see."""
+        return nics.interfaces(dom.spec, dom.uuid, dom.run is not None, self.networks)
+
     # definitions
     async def define(self, caller: Caller, doc: Any, *, force: bool = False) -> Domain:
         spec = validate_spec(doc)
@@ -133,6 +172,7 @@ class Manager:
         driver.check(await resolve(self.storage.registry, spec, owner), owner)
         if spec.name in self.domains:
             raise AlreadyExists(already_exists(spec.name))
+        spec = self._with_nics(caller, spec, caller.uid, None)
         record = VmRecord(
             uuid=str(uuidlib.uuid4()),
             name=spec.name,
@@ -170,6 +210,7 @@ class Manager:
             # The files are the VM owner's to open, whoever edits it (root may).
             owner = Owner(dom.owner, dom.record.owner_gid)
             driver.check(await resolve(self.storage.registry, spec, owner), owner)
+            spec = self._with_nics(caller, spec, dom.owner, dom)
             definition = spec.model_dump(mode="json")
             if dom.active:
                 self.store.set_pending(dom.uuid, definition)
@@ -226,8 +267,16 @@ class Manager:
         # The seed is made anew at each start, so an edited cloud_init section (or
         # user_data file) reaches the guest at its next boot.
         seed = await asyncio.to_thread(seed_for, spec, dom.uuid, owner, self._host_key(dom))
-        paths = rundir.create(self._run_dir_of(dom))
-        instance = await driver.launch(spec, paths, owner, self._guest_events(dom), seed=seed)
+        # The TAPs, on the networks' bridges; the hypervisor keeps them alive, and our
+        # copies are closed whatever happens (a failed start leaves no TAP).
+        nets = await nics.open_nics(spec, dom.uuid, owner, self.networks)
+        try:
+            paths = rundir.create(self._run_dir_of(dom))
+            instance = await driver.launch(
+                spec, paths, owner, self._guest_events(dom), seed=seed, nets=nets
+            )
+        finally:
+            nics.close_nics(nets)
         process = instance.process
         console = ConsoleBroker(dom.name)
         try:

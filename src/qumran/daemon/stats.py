@@ -2,8 +2,10 @@
 
 For each running VM: CPU use (from /proc/PID/stat, as a percentage of one host CPU since
 the sample before), resident memory, and disk bytes (from the hypervisor's own counters
-when it has them). Network counters are null for QEMU user-mode networking, which
-exposes none. The last ``KEEP_SECONDS`` are kept in memory.
+when it has them). Network counters are those of the TAPs of the VM's network NICs
+(daemon/nics.py: the kernel's own, turned round to the guest's side), summed and per NIC;
+null without a network NIC (QEMU's user-mode stack exposes none). The last
+``KEEP_SECONDS`` are kept in memory.
 
 A sample costs a monitor round trip, so VMs are sampled every ``INTERVAL`` seconds only
 while someone watches them (a look at their statistics, through the API or the web
@@ -19,9 +21,11 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from qumran.client.schema import NicSample
+from qumran.daemon import nics
 from qumran.daemon.domain import Domain, State
 from qumran.drivers.process import proc_cpu_seconds, proc_rss_bytes
 
@@ -43,6 +47,7 @@ class Sample:
     disk_write_bytes: int | None
     net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
+    net_interfaces: list[NicSample] = field(default_factory=list)
 
 
 class StatsSampler:
@@ -156,10 +161,24 @@ class StatsSampler:
                 io = await run.instance.block_io()
         except Exception as exc:  # a slow or dying monitor costs one sample, not the loop
             log.debug("vm %s: no block stats: %s", dom.name, exc)
+        net = nic_samples(dom)
         history = self._history.setdefault(dom.uuid, deque())
         history.append(
             Sample(now, round(percent, 2), proc_rss_bytes(pid),
-                   io[0] if io else None, io[1] if io else None)
+                   io[0] if io else None, io[1] if io else None,
+                   sum(n["rx_bytes"] for n in net) if net else None,
+                   sum(n["tx_bytes"] for n in net) if net else None, net)
         )  # fmt: skip
         while history and history[0].t < now - KEEP_SECONDS:
             history.popleft()
+
+
+def nic_samples(dom: Domain) -> list[NicSample]:
+    """The counters of each network NIC's TAP (a read of sysfs each, no monitor call)."""
+    found: list[NicSample] = []
+    for index, nic in nics.network_nics(dom.spec):
+        tap = nics.tap_name(dom.uuid, index)
+        counted = nics.counters(tap)
+        if counted is not None and nic.network is not None and nic.mac is not None:
+            found.append({"interface": tap, "mac": nic.mac, "network": nic.network, **counted})
+    return found

@@ -71,6 +71,19 @@ class RunPaths:
 
 
 @dataclass(frozen=True)
+class NetFds:
+    """One network NIC's open files, made by the daemon (docs/networks.md): its TAP, and
+    /dev/vhost-net when the daemon could open it (None: frames go through the hypervisor)."""
+
+    tap: int
+    vhost: int | None = None
+
+    @property
+    def all(self) -> tuple[int, ...]:
+        return (self.tap,) if self.vhost is None else (self.tap, self.vhost)
+
+
+@dataclass(frozen=True)
 class HandoffFds:
     """The fd numbers a new hypervisor process inherits from the daemon."""
 
@@ -78,6 +91,8 @@ class HandoffFds:
     console: int | None  # a listening UNIX socket; None without a serial console
     console_log: int  # a file open for appending: every byte of serial output
     seed: int | None = None  # a cloud-init seed image open read-only; None without one
+    # One per network NIC (``nics[].network``), in the order of those NICs in the spec.
+    nets: tuple[NetFds, ...] = ()
 
 
 class GuestEvent(enum.Enum):
@@ -190,15 +205,17 @@ class Driver(ABC):
         events: EventSink,
         *,
         seed: bytes | None = None,
+        nets: tuple[NetFds, ...] = (),
     ) -> Instance:
         """Start the process as ``owner`` and connect its monitor; raise HypervisorError
         with the hypervisor's own error text if it fails. ``paths.root`` is a fresh run
         directory (:func:`qumran.drivers.rundir.create`). The console socket is listening
         when this returns. ``seed``: the cloud-init seed image the VM gets as a read-only
-        disk (:mod:`qumran.drivers.seed`)."""
+        disk (:mod:`qumran.drivers.seed`). ``nets``: the network NICs' TAPs (and vhost-net
+        fds), one per network NIC; the caller keeps them and closes its copies after."""
         from qumran.drivers.startup import launch
 
-        return await launch(self, spec, paths, owner, events, seed=seed)
+        return await launch(self, spec, paths, owner, events, seed=seed, nets=nets)
 
     async def attach(self, spec: VmSpec, paths: RunPaths, pid: int, events: EventSink) -> Instance:
         """Re-connect to a process an earlier daemon launched, once the kernel vouches

@@ -19,7 +19,7 @@ import socket
 import stat
 from pathlib import Path
 
-from qumran.drivers.base import HandoffFds, RunPaths
+from qumran.drivers.base import HandoffFds, NetFds, RunPaths
 from qumran.errors import HypervisorError
 
 LOG_TAIL = 2000  # characters of a process's output quoted in an error
@@ -158,11 +158,14 @@ class RunDir:
 
 class Handoff:
     """What the daemon hands a new hypervisor process, all open: its monitor and console
-    sockets (listening), its console log and own log (for appending) and its cloud-init
-    seed, written here and opened read-only."""
+    sockets (listening), its console log and own log (for appending), its cloud-init
+    seed, written here and opened read-only, and its network NICs' TAPs."""
 
-    def __init__(self, run_dir: RunDir, *, serial: bool, seed: bytes | None = None) -> None:
+    def __init__(self, run_dir: RunDir, *, serial: bool, seed: bytes | None = None,
+                 nets: tuple[NetFds, ...] = ()) -> None:  # fmt: skip
         paths = run_dir.paths
+        # The NICs' TAPs are the caller's (it made them, it closes them): passed on only.
+        self.nets = nets
         self._sockets: list[socket.socket] = []
         self._files: list[int] = []
         try:
@@ -187,12 +190,13 @@ class Handoff:
 
     @property
     def fds(self) -> tuple[int, ...]:
-        return (*(s.fileno() for s in self._sockets), *self._files)
+        nets = (fd for net in self.nets for fd in net.all)
+        return (*(s.fileno() for s in self._sockets), *self._files, *nets)
 
     @property
     def numbers(self) -> HandoffFds:
         console = self.console.fileno() if self.console is not None else None
-        return HandoffFds(self.monitor.fileno(), console, self.console_log, self.seed)
+        return HandoffFds(self.monitor.fileno(), console, self.console_log, self.seed, self.nets)
 
     def close(self) -> None:
         """Close the daemon's copies (the hypervisor keeps its own)."""

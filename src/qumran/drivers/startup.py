@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from qumran.config.spec import VmSpec
-from qumran.drivers.base import Driver, EventSink, Instance, Owner, RunPaths
+from qumran.drivers.base import Driver, EventSink, Instance, NetFds, Owner, RunPaths
 from qumran.drivers.process import RUN_DIR_VAR, ProcState, Spawned, spawn
 from qumran.drivers.rundir import Handoff, RunDir
 from qumran.errors import HypervisorError, Timeout
@@ -48,11 +48,12 @@ async def launch(
     events: EventSink,
     *,
     seed: bytes | None = None,
+    nets: tuple[NetFds, ...] = (),
 ) -> Instance:
     driver.check(spec, owner)  # again at each start: files change after define
     with RunDir(paths) as run_dir:
         offset = run_dir.size(paths.log.name)
-        handoff = Handoff(run_dir, serial=spec.serial, seed=seed)
+        handoff = Handoff(run_dir, serial=spec.serial, seed=seed, nets=nets)
         try:
             argv = driver.command(spec, handoff.numbers)
             log.info("VM %s: starting %s", spec.name, describe(argv))

@@ -77,7 +77,7 @@ OPTIONS = (
     Option("--disk", "PATH[,ro]", "raw disk image as virtio-blk (repeatable)", repeat=True),
     Option(
         "--net",
-        "tap=NAME|fd=N[,mac=MAC][,vhost=on|off]",
+        "tap=NAME|fd=N[,mac=MAC][,vhost=on|off][,vhostfd=N]",
         "virtio-net on a TAP (repeatable); vhost=on moves frames in the host kernel (off)",
         repeat=True,
     ),

@@ -29,6 +29,7 @@ ACTIONS = ("start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume
 def vm_summary(manager: Manager, dom: Domain) -> dict[str, Any]:
     info = dom.info()
     samples = manager.stats.samples(dom)[-30:] if dom.run is not None else []
+    interfaces = manager.interfaces_of(dom)
     return {
         "name": info["name"], "state": info["state"], "reason": info["reason"],
         "vcpus": info["vcpus"], "memory_mib": info["memory_mib"], "owner": info["owner"],
@@ -39,16 +40,18 @@ def vm_summary(manager: Manager, dom: Domain) -> dict[str, Any]:
         "uptime": duration(info["uptime"]) if info["uptime"] is not None else "",
         "disks": len(dom.spec.disks), "nics": len(dom.spec.nics),
         "ssh_port": fromimage.ssh_forward(dom.spec.nics),
-        # What the list says where addresses go: none are known until networks report them.
-        "addresses": [], "network": network_summary(dom),
+        # Each NIC's leased address on its network (none for user-mode NICs).
+        "addresses": [f"{i['ip']} ({i['network']})" for i in interfaces if i["ip"]],
+        "interfaces": interfaces, "network": network_summary(dom),
     }  # fmt: skip
 
 
 def network_summary(dom: Domain) -> str:
-    kinds = sorted({nic.type for nic in dom.spec.nics})
+    kinds = sorted({"user-mode" if nic.network is None else f"network {nic.network}"
+                    for nic in dom.spec.nics})  # fmt: skip
     if not kinds:
         return "no network"
-    return ", ".join(f"{kind}-mode" for kind in kinds)
+    return ", ".join(kinds)
 
 
 def routes(manager: Manager) -> APIRouter:

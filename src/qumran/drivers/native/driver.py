@@ -25,6 +25,7 @@ from qumran.drivers.base import (
 from qumran.drivers.checks import check_files
 from qumran.drivers.native.control import VmmControl
 from qumran.drivers.process import Spawned
+from qumran.drivers.qemu.cmdline import default_mac
 from qumran.errors import InvalidArgument, InvalidState
 
 if TYPE_CHECKING:
@@ -49,6 +50,24 @@ def build_argv(spec: VmSpec, fds: HandoffFds, binary: str) -> list[str]:
         argv += ["--initrd", str(spec.boot.initrd)]
     for disk in spec.disks:  # virtio-blk, in order: /dev/vda, /dev/vdb, ...
         argv += ["--disk", f"{disk.host_path},ro" if disk.readonly else str(disk.host_path)]
+    argv += net_args(spec, fds)
+    return argv
+
+
+def net_args(spec: VmSpec, fds: HandoffFds) -> list[str]:
+    """``--net fd=N,mac=..`` per network NIC: the TAP the daemon made and handed over.
+    vhost-net only through an fd the daemon opened (``vhostfd=``): qumran-vmm runs as the
+    VM's owner, who may not open /dev/vhost-net (udev makes it root's 0600 on some hosts,
+    the KVM test host's devtmpfs too), and a VM must not fail to start over it."""
+    nics = [(i, nic) for i, nic in enumerate(spec.nics) if nic.network is not None]
+    if len(nics) != len(fds.nets):
+        raise ValueError(f"internal: {len(fds.nets)} TAPs handed over for {len(nics)} NICs")
+    argv: list[str] = []
+    for (index, nic), net in zip(nics, fds.nets, strict=True):
+        mac = nic.mac if nic.mac is not None else default_mac(spec.name, index)
+        option = f"fd={net.tap},mac={mac}"
+        option += f",vhost=on,vhostfd={net.vhost}" if net.vhost is not None else ",vhost=off"
+        argv += ["--net", option]
     return argv
 
 
@@ -133,10 +152,13 @@ class NativeDriver(Driver):
                     f"disks[{i}].format: qumran-vmm reads raw images, not {disk.format}; convert"
                     f" it (qemu-img convert -O raw {disk.path} NEW.img) or use hypervisor: qemu"
                 )
-        if spec.nics:
-            raise InvalidArgument(
-                "nics: qumran-vmm has no user-mode networking (type: user); use hypervisor: qemu"
-            )
+        for i, nic in enumerate(spec.nics):
+            if nic.network is None:
+                raise InvalidArgument(
+                    f"nics[{i}]: qumran-vmm has no user-mode networking (type: user); attach "
+                    "the NIC to a network (network: NAME, `qumran net-list`) or use "
+                    "hypervisor: qemu"
+                )
         if spec.graphics:
             raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
         if spec.cloud_init is not None:

@@ -15,7 +15,7 @@ import hashlib
 from typing import Literal
 
 from qumran.config.spec import Disk, DiskBoot, KernelBoot, Nic, VmSpec
-from qumran.drivers.base import HandoffFds
+from qumran.drivers.base import HandoffFds, NetFds
 
 Accel = Literal["kvm", "tcg"]
 QEMU_BINARY = "qemu-system-x86_64"
@@ -35,7 +35,7 @@ def build_argv(spec: VmSpec, fds: HandoffFds, accel: Accel, binary: str = QEMU_B
         *_boot(spec),
         *_disks(spec),
         *_seed(fds),
-        *_nics(spec),
+        *_nics(spec, fds),
         *_console(spec, fds),
         *_display(spec),
         *_monitor(fds),
@@ -112,11 +112,34 @@ def disk_args(index: int, disk: Disk, *, boot: bool = False) -> list[str]:
     ]
 
 
-def _nics(spec: VmSpec) -> list[str]:
+def _nics(spec: VmSpec, fds: HandoffFds) -> list[str]:
     argv: list[str] = []
+    taps = iter(fds.nets)
     for index, nic in enumerate(spec.nics):
-        argv += nic_args(index, nic, spec.name)
+        if nic.network is None:
+            argv += nic_args(index, nic, spec.name)
+            continue
+        net = next(taps, None)
+        if net is None:
+            raise ValueError(f"internal: no TAP was handed over for nics[{index}]")
+        argv += tap_nic_args(index, nic, net, spec.name)
     return argv
+
+
+def tap_nic_args(index: int, nic: Nic, net: NetFds, vm_name: str) -> list[str]:
+    """A network NIC: the TAP the daemon made (already a port of the network's bridge)
+    as an inherited fd, so QEMU needs no right to make one; with vhost-net when the
+    daemon could open /dev/vhost-net (its fd is passed too: QEMU opens nothing)."""
+    mac = nic.mac if nic.mac is not None else default_mac(vm_name, index)
+    netdev = f"tap,id=net{index},fd={net.tap}"
+    if net.vhost is not None:
+        netdev += f",vhost=on,vhostfd={net.vhost}"
+    return [
+        "-netdev",
+        netdev,
+        "-device",
+        f"virtio-net-pci,netdev=net{index},mac={mac},id=virtio-net{index}",
+    ]
 
 
 def nic_args(index: int, nic: Nic, vm_name: str) -> list[str]:

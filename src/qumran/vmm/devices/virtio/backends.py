@@ -44,6 +44,9 @@ class NetSpec:
     fd: int | None = None
     mac: str | None = None
     vhost: bool = False  # off unless asked: the same data path on every host
+    # An open /dev/vhost-net handed over by whoever started us (qumrand opens it as root,
+    # so the VM's user needs no right to it); implies vhost=on.
+    vhost_fd: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> NetSpec:
@@ -51,9 +54,10 @@ class NetSpec:
         opts: dict[str, str] = {}
         for item in text.split(","):
             key, eq, value = item.partition("=")
-            if not eq or key not in ("tap", "fd", "mac", "vhost") or key in opts:
+            if not eq or key not in ("tap", "fd", "mac", "vhost", "vhostfd") or key in opts:
                 raise DeviceError(
-                    f"--net {text!r}: expected tap=NAME or fd=N, then mac=.. and vhost=on|off"
+                    f"--net {text!r}: expected tap=NAME or fd=N, then mac=.., vhost=on|off"
+                    " and vhostfd=N"
                 )
             opts[key] = value
         vhost = opts.get("vhost", "off")
@@ -67,12 +71,17 @@ class NetSpec:
                 raise DeviceError(f"--net {text!r}: bad MAC address {mac!r}")
             if int(mac[:2], 16) & 1:
                 raise DeviceError(f"--net {text!r}: {mac} is a multicast address")
-        if "fd" in opts and not opts["fd"].isdigit():
-            raise DeviceError(f"--net {text!r}: fd must be a number")
+        for key in ("fd", "vhostfd"):
+            if key in opts and not opts[key].isdigit():
+                raise DeviceError(f"--net {text!r}: {key} must be a number")
+        vhost_fd = int(opts["vhostfd"]) if "vhostfd" in opts else None
+        if vhost_fd is not None and vhost == "off":
+            raise DeviceError(f"--net {text!r}: vhostfd=N is for vhost=on")
         tap = opts.get("tap")
         if tap is not None and not 0 < len(tap) < 16:
             raise DeviceError(f"--net {text!r}: TAP names are 1 to 15 characters")
-        return cls(tap, int(opts["fd"]) if "fd" in opts else None, mac, vhost == "on")
+        return cls(tap, int(opts["fd"]) if "fd" in opts else None, mac,
+                   vhost == "on" or vhost_fd is not None, vhost_fd)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,7 @@ def _open_net(backends: Backends, spec: NetSpec) -> None:
     if spec.vhost:  # before the TAP: a host without vhost-net fails without side effects
         from qumran.vmm.devices.virtio.vhost import VhostNet
 
-        vhost = VhostNet.open()
+        vhost = VhostNet.open(fd=spec.vhost_fd)
         backends.closers.append(vhost.close)
     tap = Tap.open(spec.tap, spec.fd)
     backends.closers.append(tap.close)

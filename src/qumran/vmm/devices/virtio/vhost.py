@@ -170,15 +170,23 @@ class VhostNet:
         self._kernel: KernelQueues | None = None
 
     @classmethod
-    def open(cls, path: str | None = None) -> VhostNet:
+    def open(cls, path: str | None = None, fd: int | None = None) -> VhostNet:
+        """Open ``path`` (/dev/vhost-net), or take ``fd``, one already open (vhostfd=N)."""
         path = path or VHOST_NET_DEVICE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            hint = _OPEN_HINTS.get(exc.errno or 0, "")
-            raise DeviceError(
-                f"vhost=on: cannot open {path}: {exc.strerror}{hint} (or use vhost=off)"
-            ) from None
+        if fd is not None:
+            path = f"vhostfd={fd}"
+            try:
+                os.set_inheritable(fd, False)
+            except OSError as exc:
+                raise DeviceError(f"vhost=on: {path}: {exc.strerror}") from None
+        else:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                hint = _OPEN_HINTS.get(exc.errno or 0, "")
+                raise DeviceError(
+                    f"vhost=on: cannot open {path}: {exc.strerror}{hint} (or use vhost=off)"
+                ) from None
         try:
             fcntl.ioctl(fd, VHOST_SET_OWNER)
             features = c_uint64()
