@@ -134,3 +134,19 @@ def test_a_free_port_is_free() -> None:
     port = create.free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # would raise EADDRINUSE
+
+
+def test_the_definition_has_a_forward_or_a_network_nic() -> None:
+    import argparse
+
+    args = argparse.Namespace(name="web1", memory="1G", vcpus=2, pool="default", network=None)
+    doc = create.definition(args, "web1", {"users": []}, 40222)
+    assert doc["nics"] == [{"type": "user", "forward": ["tcp:127.0.0.1:40222-:22"]}]
+    assert doc["disks"] == [{"volume": "web1", "pool": "default"}]
+    assert doc["boot"] == {"disk": 0}
+    args.network = "default"
+    assert create.definition(args, "web1", {}, None)["nics"] == [{"network": "default"}]
+    # Both are definitions qumrand takes (the network's existence is checked at define).
+    from qumran.config.validate import validate_spec
+
+    validate_spec(create.definition(args, "web1", {}, None) | {"disks": [{"path": "/d"}]})

@@ -60,6 +60,11 @@ def create_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--user", default=DEFAULT_USER, metavar="USER", help="the guest user (debian)")
     p.add_argument("--pool", default="default", metavar="POOL", help="the pool for its disk")
+    p.add_argument(
+        "--network", metavar="NET",
+        help="a NIC on this virtual network (`qumran net-list`) instead of user-mode "
+        "networking with SSH forwarded; `qumran ssh` then uses the leased address",
+    )  # fmt: skip
     p.add_argument("--no-start", action="store_true", help="define it, do not start it")
     p.add_argument(
         "--wait", action="store_true", help="return once cloud-init has finished in the guest"
@@ -93,7 +98,7 @@ def do_create(args: argparse.Namespace) -> int:
         if args.disk_size
         else max(DEFAULT_DISK_SIZE, image.info.virtual_size)
     )
-    port = free_port()
+    port = None if args.network else free_port()
     client = Client(args.socket, timeout=600.0)
 
     if any(vm["name"] == args.name for vm in client.list_vms(all=True)):
@@ -103,22 +108,17 @@ def do_create(args: argparse.Namespace) -> int:
         args.name, size, pool=args.pool, format="qcow2", backing=str(image.disk)
     )
     say(f"disk: volume {volume['name']} in pool {args.pool}, {format_size(size)}, on {image.name}")
-    doc = {
-        "name": args.name,
-        "memory": args.memory,
-        "vcpus": args.vcpus,
-        "boot": {"disk": 0},
-        "disks": [{"volume": volume["name"], "pool": args.pool}],
-        "nics": [{"type": "user", "forward": [f"tcp:127.0.0.1:{port}-:22"]}],
-        "cloud_init": cloud_init,
-    }
+    doc = definition(args, volume["name"], cloud_init, port)
     try:
         vm = client.define(doc)
     except BaseException:
         with contextlib.suppress(Exception):
             client.delete_volume(volume["name"], pool=args.pool)
         raise
-    say(f"VM {args.name} defined; SSH forwarded from 127.0.0.1:{port}")
+    if port is None:
+        say(f"VM {args.name} defined, on network {args.network} (`qumran domifaddr {args.name}`)")
+    else:
+        say(f"VM {args.name} defined; SSH forwarded from 127.0.0.1:{port}")
     if not args.no_start:
         started = time.monotonic()
         vm = client.start(args.name)
@@ -132,6 +132,27 @@ def do_create(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(vm)
     return 0
+
+
+def definition(
+    args: argparse.Namespace, volume: str, cloud_init: dict[str, Any], port: int | None
+) -> dict[str, Any]:
+    """The VM's definition: firmware boot from its volume, one NIC — on ``args.network``,
+    or user-mode with guest port 22 forwarded from ``port`` on the loopback address."""
+    nic: dict[str, Any] = (
+        {"network": args.network}
+        if args.network
+        else {"type": "user", "forward": [f"tcp:127.0.0.1:{port}-:22"]}
+    )
+    return {
+        "name": args.name,
+        "memory": args.memory,
+        "vcpus": args.vcpus,
+        "boot": {"disk": 0},
+        "disks": [{"volume": volume, "pool": args.pool}],
+        "nics": [nic],
+        "cloud_init": cloud_init,
+    }
 
 
 def wait_ready(client: Client, name: str, timeout: float) -> None:
