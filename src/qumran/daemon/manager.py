@@ -122,7 +122,10 @@ class Manager:
         return driver
 
     # definitions
-    async def define(self, caller: Caller, doc: Any, *, force: bool = False) -> Domain:
+    async def define(
+        self, caller: Caller, doc: Any, *, force: bool = False, uuid: str | None = None
+    ) -> Domain:
+        """``uuid``: keep this one (a libvirt XML's ``<uuid>``) instead of making one."""
         spec = validate_spec(doc)
         check_memory(spec, force=force)
         driver = self.drivers.get(spec.hypervisor)
@@ -132,8 +135,13 @@ class Manager:
         driver.check(await resolve(self.storage.registry, spec, owner), owner)
         if spec.name in self.domains:
             raise AlreadyExists(already_exists(spec.name))
+        if uuid is not None:
+            uuid = str(uuidlib.UUID(uuid))
+            taken = [d.name for d in self.domains.values() if d.uuid == uuid]
+            if taken:
+                raise AlreadyExists(f"VM {taken[0]!r} already has the uuid {uuid}")
         record = VmRecord(
-            uuid=str(uuidlib.uuid4()),
+            uuid=uuid or str(uuidlib.uuid4()),
             name=spec.name,
             owner=caller.uid,
             owner_gid=caller.gid,
