@@ -336,3 +336,30 @@ def test_define_example_from_the_docs(fake_daemon: Daemon, daemon_root: Path) ->
     assert definition["boot"] == {"disk": 0}
     assert definition["memory"] == 1024 and definition["graphics"] is True
     assert definition["serial"] is False
+
+
+def test_qumran_cli_dumpxml_and_define_xml(fake_daemon: Daemon, daemon_root: Path) -> None:
+    import sys
+
+    qumran = str(Path(sys.executable).parent / "qumran")
+    env = {**os.environ, "QUMRAN_SOCKET": fake_daemon.socket}
+    define(fake_daemon, daemon_root)
+    uuid = fake_daemon.vm("web1")["uuid"]
+    ours = subprocess.run([qumran, "dumpxml", "web1"], capture_output=True, text=True, env=env,
+                          timeout=60)  # fmt: skip
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.strip() == ok(fake_daemon, "dumpxml", "web1").strip()  # the same XML
+    ok(fake_daemon, "undefine", "web1")
+    path = daemon_root / "again.xml"
+    path.write_text(ours.stdout)
+    proc = subprocess.run([qumran, "define", "--xml", str(path)], capture_output=True, text=True,
+                          env=env, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert fake_daemon.vm("web1")["uuid"] == uuid
+    path.write_text(ours.stdout.replace("<devices>", "<devices><sound model='ich6'/>"))
+    ok(fake_daemon, "undefine", "web1")
+    proc = subprocess.run([qumran, "define", "--xml", str(path)], capture_output=True, text=True,
+                          env=env, timeout=60)  # fmt: skip
+    assert proc.returncode == 1
+    assert "domain/devices/sound: Qumran has no such setting" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -136,7 +136,10 @@ class Manager:
         if spec.name in self.domains:
             raise AlreadyExists(already_exists(spec.name))
         if uuid is not None:
-            uuid = str(uuidlib.UUID(uuid))
+            try:
+                uuid = str(uuidlib.UUID(uuid))
+            except ValueError:
+                raise InvalidArgument(f"uuid: {uuid[:40]!r} is not a UUID") from None
             taken = [d.name for d in self.domains.values() if d.uuid == uuid]
             if taken:
                 raise AlreadyExists(f"VM {taken[0]!r} already has the uuid {uuid}")

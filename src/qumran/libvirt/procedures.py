@@ -17,10 +17,11 @@ import socket
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
+from qumran.config import domxml
 from qumran.daemon.domain import Domain, Event, Reason, State
 from qumran.errors import AlreadyExists, InvalidState
 from qumran.libvirt import constants as c
-from qumran.libvirt import domxml, host, packet
+from qumran.libvirt import host, packet
 from qumran.libvirt.errors import RpcError, no_domain
 from qumran.libvirt.packet import Header
 from qumran.libvirt.protocol import remote as r

@@ -1,5 +1,9 @@
 """libvirt's domain XML, both ways: a Qumran definition as ``<domain>``, and back.
 
+Used by the libvirt protocol (``qumran.libvirt``: dumpxml, define) and by the CLI
+(``qumran dumpxml``, ``qumran define --xml``), so it lives with the other definition
+formats, in the config layer both may use.
+
 Only what a Qumran VM can be is read; any element, attribute value or device Qumran does
 not have is refused with its path (``devices/disk[2]/target@bus``: ...), never dropped.
 What libvirt's XML has no place for (the native hypervisor, port forwards, cloud-init)
