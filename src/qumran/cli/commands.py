@@ -123,13 +123,28 @@ def do_host(args: argparse.Namespace) -> int:
 def _define_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="a definition file (.yaml, .yml, .toml or .json)")
     p.add_argument("--force", action="store_true", help="allow more memory than the host has")
+    p.add_argument("--xml", action="store_true", help="FILE is libvirt domain XML (virsh's)")
 
 
 def do_define(args: argparse.Namespace) -> int:
-    from qumran.config.files import read_definition
+    if args.xml:
+        from qumran.cli.edit import read_xml
 
-    vm = _client(args).define(read_definition(args.file), force=args.force)
+        doc, uuid = read_xml(args.file)
+        vm = _client(args).define(doc, force=args.force, uuid=uuid)
+    else:
+        from qumran.config.files import read_definition
+
+        vm = _client(args).define(read_definition(args.file), force=args.force)
     return _done(args, vm, f"VM '{vm['name']}' defined from {args.file}")
+
+
+def do_dumpxml(args: argparse.Namespace) -> int:
+    from qumran.cli.edit import domain_xml
+
+    client = _client(args)
+    sys.stdout.write(domain_xml(client.get_vm(args.name), client.host(), args.inactive))
+    return 0
 
 
 def _dumpdef_args(p: argparse.ArgumentParser) -> None:
@@ -381,6 +396,8 @@ COMMANDS = [
     Command("define", "define a VM from a YAML or TOML file", _define_args, do_define),
     Command("undefine", "remove a shut-off VM's definition", _name, do_undefine),
     Command("dumpdef", "print a VM's definition as YAML", _dumpdef_args, do_dumpdef),
+    Command("dumpxml", "print a VM's definition as libvirt domain XML", _dumpdef_args,
+            do_dumpxml),
     Command("edit", "edit a VM's definition in $VISUAL or $EDITOR", _edit_args, do_edit),
     Command("start", "start a VM", _start_args, do_start),
     Command(

@@ -1,4 +1,5 @@
-"""`qumran dumpdef` and `qumran edit` (virsh's dumpxml and edit): a definition as YAML.
+"""`qumran dumpdef` and `qumran edit`: a definition as YAML; `qumran dumpxml` and
+`define --xml`: as libvirt domain XML.
 
 ``dumpdef`` prints the definition the daemon keeps, in the form ``qumran define`` reads
 back unchanged. ``edit`` dumps it to a private temporary file, opens ``$VISUAL`` or
@@ -119,3 +120,38 @@ def _ask(question: str) -> bool:
     sys.stderr.flush()
     answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
+
+
+# --- libvirt domain XML (`qumran dumpxml`, `qumran define --xml`) -------------------------
+
+
+def read_xml(path: str) -> tuple[dict[str, Any], str | None]:
+    """A libvirt domain XML file as a definition and its ``<uuid>`` (or None)."""
+    from qumran.config import domxml
+
+    try:
+        with open(path, "rb") as f:  # bounded, as a definition file is
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidArgument(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
+    try:
+        return domxml.parse(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{path}: not a UTF-8 text file") from None
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{path}: {exc.message}") from None
+
+
+def domain_xml(vm: VmInfo, host: Any, inactive: bool) -> str:
+    """A VM as libvirt domain XML (the libvirt protocol's dumpxml gives the same)."""
+    from qumran.config import domxml
+    from qumran.config.validate import validate_spec
+
+    spec = validate_spec(next_definition(vm) if inactive else vm["definition"])
+    running = vm["pid"] is not None and not inactive
+    accel = next((d["accelerator"] for d in host.get("drivers", []) if d["driver"] == "qemu"),
+                 "qemu")  # fmt: skip
+    return domxml.to_xml(vm["name"], vm["uuid"], spec, dom_id=vm["pid"] if running else None,
+                         accelerator=accel)  # fmt: skip

@@ -72,8 +72,12 @@ class Client:
         result: VmInfo = self._call("GET", _vm(name))
         return result
 
-    def define(self, doc: dict[str, Any], *, force: bool = False) -> VmInfo:
-        result: VmInfo = self._call("POST", "/v1/vms?force=true" if force else "/v1/vms", doc)
+    def define(
+        self, doc: dict[str, Any], *, force: bool = False, uuid: str | None = None
+    ) -> VmInfo:
+        query = "&".join(q for q in ("force=true" if force else "",
+                                     f"uuid={uuid}" if uuid else "") if q)  # fmt: skip
+        result: VmInfo = self._call("POST", "/v1/vms" + (f"?{query}" if query else ""), doc)
         return result
 
     def redefine(self, name: str, doc: dict[str, Any], *, force: bool = False) -> VmInfo:

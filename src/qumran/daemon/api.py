@@ -170,11 +170,12 @@ def _routes(app: FastAPI, manager: Manager) -> None:
         return _encoded([d.info() for d in doms if all or d.active])
 
     @app.post("/v1/vms", status_code=201, responses=errors(409), openapi_extra=DEFINITION)
-    async def define(request: Request, force: bool = False) -> VmInfo:
-        """``force``: allow more memory than the host has."""
+    async def define(request: Request, force: bool = False, uuid: str | None = None) -> VmInfo:
+        """``force``: allow more memory than the host has. ``uuid``: the VM's, instead of
+        a new one (a libvirt domain XML's, for `qumran define --xml`)."""
         caller = caller_of(request)
         doc = _json(await request.body())
-        return (await manager.define(caller, doc, force=force)).info()
+        return (await manager.define(caller, doc, force=force, uuid=uuid)).info()
 
     @app.get("/v1/vms/{name}", response_model=VmInfo, responses=errors(404))
     async def get_vm(request: Request, name: Name) -> Response:

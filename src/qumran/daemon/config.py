@@ -19,6 +19,10 @@ options' names::
     enabled = true      # bridges, dnsmasq and nftables rules of virtual networks (root)
     default = true      # define the `default` NAT network on first start
 
+    [libvirt]
+    enabled = true      # libvirt's remote protocol, for virsh & co (docs/libvirt.md)
+    socket = "/run/qumran/libvirt-sock"   # default: libvirt-sock beside the API socket
+
 A missing file is the defaults. A bad one stops qumrand with one line naming the file,
 the line and the key (:class:`ConfigError`); nothing in it is half-applied.
 """
@@ -65,6 +69,19 @@ class Settings:
     # automatic, for the system daemon only: root with the system state directory).
     networks_enabled: bool = True
     default_network: bool | None = None
+    # libvirt's remote protocol for virsh, virt-manager and the bindings (docs/libvirt.md):
+    # on by default, on its own socket (None: libvirt-sock beside the API socket).
+    libvirt_enabled: bool = True
+    libvirt_socket_path: str | None = None
+
+    @property
+    def libvirt_socket(self) -> str | None:
+        """The libvirt protocol's socket, None when it is off."""
+        if not self.libvirt_enabled:
+            return None
+        return self.libvirt_socket_path or os.path.join(
+            os.path.dirname(self.socket), "libvirt-sock"
+        )
 
     @property
     def make_default_network(self) -> bool:
@@ -155,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon, root's with its own state directory, does)")  # fmt: skip
     add("--no-default-network", dest="default_network", action="store_const", const=False,
         help="do not define the `default` network")  # fmt: skip
+    add("--libvirt-socket", metavar="PATH",
+        help="serve libvirt's remote protocol (virsh -c 'qemu+unix:///system?socket=PATH') "
+        "on this socket (default: libvirt-sock beside --socket)")  # fmt: skip
+    add("--no-libvirt", action="store_true",
+        help="do not serve libvirt's remote protocol, whatever the settings file says")  # fmt: skip
     limits.add_options(parser)
     for action in parser._actions:
         # The defaults are in the help texts; absent options are left for the file.
@@ -198,7 +220,10 @@ def resolve(args: argparse.Namespace) -> Settings:
         limits=bounds,
         networks_enabled=False if given.get("no_networks") else settings.networks_enabled,
         default_network=given.get("default_network", settings.default_network),
-    )
+        libvirt_enabled=False if given.get("no_libvirt") else (
+            True if "libvirt_socket" in given else settings.libvirt_enabled),
+        libvirt_socket_path=given.get("libvirt_socket") or settings.libvirt_socket_path,
+    )  # fmt: skip
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -241,6 +266,8 @@ def apply_file(settings: Settings, path: Path, explicit: bool) -> Settings:
         limits=bounds,
         networks_enabled=values.get("networks.enabled", settings.networks_enabled),
         default_network=values.get("networks.default", settings.default_network),
+        libvirt_enabled=values.get("libvirt.enabled", settings.libvirt_enabled),
+        libvirt_socket_path=values.get("libvirt.socket", settings.libvirt_socket_path),
         config_file=path,
     )
 
@@ -301,6 +328,10 @@ _TOP: dict[str, Callable[[object], Any]] = {
 }
 _WEB: dict[str, Callable[[object], Any]] = {"enabled": _boolean, "address": _address}
 _NETWORKS: dict[str, Callable[[object], Any]] = {"enabled": _boolean, "default": _boolean}
+_LIBVIRT: dict[str, Callable[[object], Any]] = {
+    "enabled": _boolean,
+    "socket": lambda v: str(_absolute_path(v)),
+}
 
 
 def _limit_keys() -> dict[str, tuple[str, Callable[[object], Any]]]:
@@ -332,7 +363,7 @@ class _FileReader:
 
     def read(self, doc: dict[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        tables = {"web": _WEB, "networks": _NETWORKS, "limits": None}
+        tables = {"web": _WEB, "networks": _NETWORKS, "libvirt": _LIBVIRT, "limits": None}
         for key, value in doc.items():
             if key in _TOP:
                 values[key] = self._check(key, _TOP[key], value)
@@ -346,8 +377,8 @@ class _FileReader:
         return values
 
     def _table(self, table: str, doc: dict[str, Any]) -> dict[str, Any]:
-        if table in ("web", "networks"):
-            keys = _WEB if table == "web" else _NETWORKS
+        if table in ("web", "networks", "libvirt"):
+            keys = {"web": _WEB, "networks": _NETWORKS, "libvirt": _LIBVIRT}[table]
             checks = {f"{table}.{k}": (f"{table}.{k}", check) for k, check in keys.items()}
         else:
             checks = {f"limits.{k}": (field, check) for k, (field, check) in _limit_keys().items()}

@@ -186,17 +186,44 @@ async def serve(settings: config.Settings) -> listeners.Listening | None:
         listening = listeners.api_listener(settings.socket, passed_api, source)
         listening.web = web_sock
         opened.callback(listeners.let_go, listening)
+        libvirt_sock = _libvirt_listener(settings)
+        if libvirt_sock is not None:
+            opened.callback(_close_libvirt, libvirt_sock, settings.libvirt_socket)
         store = Store(state / "qumran.db")
         opened.callback(store.close)
         manager = Manager(store, make_drivers(settings.driver), run,
                           manage_networks=settings.networks_enabled,
                           default_network=settings.make_default_network)  # fmt: skip
-        await _serve(settings, manager, listening)
+        await _serve(settings, manager, listening, libvirt_sock)
         return listening if listening.handover is not None else None
 
 
+def _libvirt_listener(settings: config.Settings) -> socket.socket | None:
+    """libvirt's protocol on its own socket (docs/libvirt.md), bound like the API's."""
+    path = settings.libvirt_socket
+    if path is None:
+        return None
+    try:
+        return listeners.bind_socket(path)
+    except QumranError as exc:
+        raise QumranError(
+            f"libvirt protocol: {exc.message.split(';')[0]}; choose another path with "
+            "--libvirt-socket, or turn it off with --no-libvirt ([libvirt] in the settings)"
+        ) from None
+
+
+def _close_libvirt(sock: socket.socket, path: str | None) -> None:
+    sock.close()
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 async def _serve(
-    settings: config.Settings, manager: Manager, listening: listeners.Listening
+    settings: config.Settings,
+    manager: Manager,
+    listening: listeners.Listening,
+    libvirt_sock: socket.socket | None = None,
 ) -> None:
     import uvicorn
 
@@ -259,6 +286,14 @@ async def _serve(
     log.info("qumrand listening on %s (run dir %s, state %s%s)", listening.path,
              manager.run_dir, manager.store.path, from_where)  # fmt: skip
     activation.notify(f"READY=1\nSTATUS=listening on {listening.path}\nMAINPID={os.getpid()}")
+    libvirt_task = None
+    if libvirt_sock is not None:
+        from qumran.libvirt.server import Server as LibvirtServer
+
+        libvirt = LibvirtServer(manager, per_uid=bounds.per_uid, privileged=bounds.privileged,
+                                packet_timeout=bounds.header_timeout)  # fmt: skip
+        libvirt_task = asyncio.create_task(libvirt.serve(libvirt_sock), name="libvirt protocol")
+        log.info("libvirt protocol on %s", settings.libvirt_socket)
     try:
         if web is None:
             await server.serve(sockets=[listening.sock])
@@ -267,6 +302,10 @@ async def _serve(
                 group.create_task(server.serve(sockets=[listening.sock]))
                 group.create_task(web.serve(sockets=[web_sock]))
     finally:
+        if libvirt_task is not None:
+            libvirt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await libvirt_task
         await manager.close()
         if listening.handover is None:
             log.info("qumrand stopped; running VMs keep running")

@@ -162,7 +162,10 @@ class Manager:
         return nics.interfaces(dom.spec, dom.uuid, dom.run is not None, self.networks)
 
     # definitions
-    async def define(self, caller: Caller, doc: Any, *, force: bool = False) -> Domain:
+    async def define(
+        self, caller: Caller, doc: Any, *, force: bool = False, uuid: str | None = None
+    ) -> Domain:
+        """``uuid``: keep this one (a libvirt XML's ``<uuid>``) instead of making one."""
         spec = validate_spec(doc)
         check_memory(spec, force=force)
         driver = self.drivers.get(spec.hypervisor)
@@ -173,8 +176,16 @@ class Manager:
         if spec.name in self.domains:
             raise AlreadyExists(already_exists(spec.name))
         spec = self._with_nics(caller, spec, caller.uid, None)
+        if uuid is not None:
+            try:
+                uuid = str(uuidlib.UUID(uuid))
+            except ValueError:
+                raise InvalidArgument(f"uuid: {uuid[:40]!r} is not a UUID") from None
+            taken = [d.name for d in self.domains.values() if d.uuid == uuid]
+            if taken:
+                raise AlreadyExists(f"VM {taken[0]!r} already has the uuid {uuid}")
         record = VmRecord(
-            uuid=str(uuidlib.uuid4()),
+            uuid=uuid or str(uuidlib.uuid4()),
             name=spec.name,
             owner=caller.uid,
             owner_gid=caller.gid,

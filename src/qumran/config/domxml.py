@@ -1,0 +1,434 @@
+"""libvirt's domain XML, both ways: a Qumran definition as ``<domain>``, and back.
+
+Used by the libvirt protocol (``qumran.libvirt``: dumpxml, define) and by the CLI
+(``qumran dumpxml``, ``qumran define --xml``), so it lives with the other definition
+formats, in the config layer both may use.
+
+Only what a Qumran VM can be is read; any element, attribute value or device Qumran does
+not have is refused with its path (``devices/disk[2]/target@bus``: ...), never dropped.
+What libvirt's XML has no place for (the native hypervisor, port forwards, cloud-init)
+travels in ``<metadata>`` under Qumran's own namespace, so dumpxml -> define keeps it.
+
+The XML is parsed with the standard library; a document with a DOCTYPE is refused
+outright (entities are how a small document becomes a huge one, and a domain has none).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from qumran.config.spec import DiskBoot, KernelBoot, VmSpec
+from qumran.errors import InvalidArgument
+
+NS = "https://qumran.dev/xmlns/libvirt/domain/1.0"
+_Q = f"{{{NS}}}"
+MAX_XML = 1 << 20  # bytes; a domain is a few KiB
+QEMU_BINARY_NAMES = ("qemu-system-x86_64", "kvm")
+_UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 10**6, "m": 1 << 20,
+          "mib": 1 << 20, "gb": 10**9, "g": 1 << 30, "gib": 1 << 30, "tb": 10**12,
+          "t": 1 << 40, "tib": 1 << 40}  # fmt: skip
+
+
+class XmlUnsupported(InvalidArgument):
+    """XML using something Qumran does not have (libvirt: VIR_ERR_CONFIG_UNSUPPORTED)."""
+
+
+class XmlInvalid(InvalidArgument):
+    """XML that is not a domain at all (libvirt: VIR_ERR_XML_ERROR)."""
+
+
+# --- a definition as XML -----------------------------------------------------------------
+
+
+def to_xml(name: str, uuid: str, spec: VmSpec, *, dom_id: int | None = None,
+           accelerator: str = "qemu") -> str:  # fmt: skip
+    """``<domain>`` for one VM (``dom_id``: its process id while it runs)."""
+    root = ET.Element("domain", {"type": "kvm" if accelerator == "kvm" else "qemu"})
+    if dom_id is not None:
+        root.set("id", str(dom_id))
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "uuid").text = uuid
+    _metadata(root, spec)
+    kib = str(spec.memory * 1024)
+    ET.SubElement(root, "memory", unit="KiB").text = kib
+    ET.SubElement(root, "currentMemory", unit="KiB").text = kib
+    ET.SubElement(root, "vcpu", placement="static").text = str(spec.vcpus)
+    os_el = ET.SubElement(root, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    if isinstance(spec.boot, KernelBoot):
+        ET.SubElement(os_el, "kernel").text = str(spec.boot.kernel)
+        if spec.boot.initrd is not None:
+            ET.SubElement(os_el, "initrd").text = str(spec.boot.initrd)
+        if spec.boot.cmdline:
+            ET.SubElement(os_el, "cmdline").text = spec.boot.cmdline
+    # A guest that powers off ends its process; a reboot restarts in the same one; a
+    # crashed guest stays as it is until destroyed (libvirt's "preserve").
+    ET.SubElement(root, "on_poweroff").text = "destroy"
+    ET.SubElement(root, "on_reboot").text = "restart"
+    ET.SubElement(root, "on_crash").text = "preserve"
+    devices = ET.SubElement(root, "devices")
+    boot_disk = spec.boot.disk if isinstance(spec.boot, DiskBoot) else None
+    for index, disk in enumerate(spec.disks):
+        kind = "file" if disk.path is not None else "volume"
+        el = ET.SubElement(devices, "disk", type=kind, device="disk")
+        driver = {"name": "qemu"}
+        if disk.format is not None:
+            driver["type"] = disk.format
+        ET.SubElement(el, "driver", driver)
+        if disk.path is not None:
+            ET.SubElement(el, "source", file=str(disk.path))
+        else:
+            ET.SubElement(el, "source", pool=disk.pool, volume=str(disk.volume))
+        ET.SubElement(el, "target", dev=_vd(index), bus="virtio")
+        if disk.readonly:
+            ET.SubElement(el, "readonly")
+        if index == boot_disk:
+            ET.SubElement(el, "boot", order="1")
+    for nic in spec.nics:
+        el = ET.SubElement(devices, "interface", type="user")
+        if nic.mac:
+            ET.SubElement(el, "mac", address=nic.mac)
+        ET.SubElement(el, "model", type=nic.model)
+    if spec.serial:
+        serial = ET.SubElement(devices, "serial", type="pty")
+        ET.SubElement(serial, "target", port="0")
+        console = ET.SubElement(devices, "console", type="pty")
+        ET.SubElement(console, "target", type="serial", port="0")
+    if spec.graphics:
+        ET.SubElement(devices, "graphics", type="vnc", port="-1", autoport="yes")
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _metadata(root: ET.Element, spec: VmSpec) -> None:
+    extra: list[ET.Element] = []
+    if spec.hypervisor != "qemu":
+        el = ET.Element(_Q + "hypervisor")
+        el.text = spec.hypervisor
+        extra.append(el)
+    for index, nic in enumerate(spec.nics):
+        for rule in nic.forward:
+            el = ET.Element(_Q + "forward", nic=str(index))
+            el.text = rule
+            extra.append(el)
+    if spec.cloud_init is not None:
+        el = ET.Element(_Q + "cloud-init")
+        el.text = json.dumps(spec.cloud_init.model_dump(mode="json", exclude_defaults=True))
+        extra.append(el)
+    if extra:
+        ET.register_namespace("qumran", NS)
+        vm = ET.SubElement(ET.SubElement(root, "metadata"), _Q + "vm")
+        vm.extend(extra)
+
+
+def _vd(index: int) -> str:
+    return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
+
+
+# --- XML as a definition -----------------------------------------------------------------
+
+
+class _Reader:
+    """Walks the document, marking what it has read; whatever is left is refused."""
+
+    def __init__(self, root: ET.Element) -> None:
+        self.root = root
+
+    def children(self, el: ET.Element, path: str, allowed: set[str]) -> dict[str, list[ET.Element]]:
+        found: dict[str, list[ET.Element]] = {}
+        for child in el:
+            if not isinstance(child.tag, str):
+                continue  # a comment or processing instruction
+            if child.tag not in allowed:
+                raise XmlUnsupported(
+                    f"{path}/{_tag(child.tag)}: Qumran has no such setting; remove the "
+                    "element (docs/libvirt.md lists what a domain may hold)"
+                )
+            found.setdefault(child.tag, []).append(child)
+        return found
+
+
+def _tag(tag: str) -> str:
+    return tag.replace(_Q, "qumran:")
+
+
+def _attrs(el: ET.Element, path: str, allowed: dict[str, set[str] | None]) -> dict[str, str]:
+    """The element's attributes; one not allowed, or with a value not allowed, refused."""
+    for key, value in el.attrib.items():
+        if key not in allowed:
+            raise XmlUnsupported(f"{path}@{key}: Qumran has no such setting; remove it")
+        values = allowed[key]
+        if values is not None and value not in values:
+            choices = ", ".join(sorted(values))
+            raise XmlUnsupported(
+                f"{path}@{key}={value!r}: Qumran supports only {choices}"
+            )
+    return dict(el.attrib)
+
+
+def _one(found: dict[str, list[ET.Element]], tag: str, path: str) -> ET.Element | None:
+    items = found.get(tag, [])
+    if len(items) > 1:
+        raise XmlUnsupported(f"{path}/{tag}: given {len(items)} times; Qumran takes one")
+    return items[0] if items else None
+
+
+def _text(el: ET.Element, path: str) -> str:
+    if len(el):
+        raise XmlUnsupported(f"{path}/{_tag(el[0].tag)}: Qumran has no such setting")
+    return (el.text or "").strip()
+
+
+def parse(text: str) -> tuple[dict[str, Any], str | None]:
+    """A Qumran definition (to validate as any other) and the ``<uuid>``, if given."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_XML:
+        raise XmlInvalid(f"the domain XML is over {MAX_XML} bytes")
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise XmlInvalid("the domain XML has a DOCTYPE; a domain needs none, remove it")
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise XmlInvalid(f"the domain XML is not well-formed: {exc}") from None
+    if root.tag != "domain":
+        raise XmlInvalid(f"the document is <{root.tag}>, not a <domain>")
+    _attrs(root, "domain", {"type": {"qemu", "kvm"}, "id": None})
+    top = _Reader(root).children(root, "domain", {
+        "name", "uuid", "metadata", "memory", "currentMemory", "vcpu", "os", "features",
+        "clock", "on_poweroff", "on_reboot", "on_crash", "devices"})  # fmt: skip
+    doc: dict[str, Any] = {}
+    name = _one(top, "name", "domain")
+    if name is None:
+        raise XmlInvalid("domain/name: missing; give the VM a name")
+    doc["name"] = _text(name, "domain/name")
+    uuid = None
+    if (el := _one(top, "uuid", "domain")) is not None:
+        try:
+            uuid = str(uuidlib.UUID(_text(el, "domain/uuid")))
+        except ValueError:
+            raise XmlInvalid("domain/uuid: not a UUID such as "
+                             "4dea22b3-1d52-d8f3-2516-782e98ab3fa0") from None  # fmt: skip
+    _memory(top, doc)
+    _vcpus(top, doc)
+    _actions(top)
+    _features(top)
+    boot_disk = _devices(top, doc)
+    _os(top, doc, boot_disk)
+    _read_metadata(top, doc)
+    return doc, uuid
+
+
+def _size_kib(el: ET.Element, path: str) -> int:
+    unit = _attrs(el, path, {"unit": None}).get("unit", "KiB").lower()
+    if unit not in _UNITS:
+        raise XmlInvalid(f"{path}@unit={unit!r}: not a unit (KiB, MiB, GiB...)")
+    try:
+        value = int(_text(el, path))
+    except ValueError:
+        raise XmlInvalid(f"{path}: not a whole number") from None
+    return value * _UNITS[unit] // 1024
+
+
+def _memory(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> None:
+    memory = _one(top, "memory", "domain")
+    if memory is None:
+        raise XmlInvalid("domain/memory: missing; give the VM's memory")
+    kib = _size_kib(memory, "domain/memory")
+    if kib % 1024:
+        raise XmlUnsupported(f"domain/memory: {kib} KiB is not whole MiB; Qumran counts in MiB")
+    doc["memory"] = kib // 1024
+    current = _one(top, "currentMemory", "domain")
+    if current is not None and _size_kib(current, "domain/currentMemory") != kib:
+        raise XmlUnsupported(
+            "domain/currentMemory: less than memory needs a balloon, which Qumran has not; "
+            "make it equal to memory or remove it"
+        )
+
+
+def _vcpus(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> None:
+    vcpu = _one(top, "vcpu", "domain")
+    if vcpu is None:
+        return
+    attrs = _attrs(vcpu, "domain/vcpu", {"placement": {"static"}, "current": None})
+    try:
+        doc["vcpus"] = int(_text(vcpu, "domain/vcpu"))
+    except ValueError:
+        raise XmlInvalid("domain/vcpu: not a whole number") from None
+    if "current" in attrs and attrs["current"] != str(doc["vcpus"]):
+        raise XmlUnsupported("domain/vcpu@current: hot-plugged vCPUs are not in Qumran; remove it")
+
+
+# The lifecycle actions Qumran has: what its VMs do, and nothing else.
+_ACTIONS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash": "preserve"}
+
+
+def _actions(top: dict[str, list[ET.Element]]) -> None:
+    for tag, only in _ACTIONS.items():
+        el = _one(top, tag, "domain")
+        if el is not None and (value := _text(el, f"domain/{tag}")) != only:
+            raise XmlUnsupported(f"domain/{tag}: {value!r} is not what Qumran does; it does "
+                                 f"{only!r} (write that, or remove the element)")  # fmt: skip
+
+
+def _features(top: dict[str, list[ET.Element]]) -> None:
+    # ACPI and the APIC are always there in a Qumran VM (and PAE on x86_64): naming them
+    # changes nothing; any other feature is one Qumran does not have.
+    for features in top.get("features", []):
+        _Reader(features).children(features, "domain/features", {"acpi", "apic", "pae"})
+    for clock in top.get("clock", []):
+        _attrs(clock, "domain/clock", {"offset": {"utc"}})
+        _Reader(clock).children(clock, "domain/clock", set())
+
+
+def _os(top: dict[str, list[ET.Element]], doc: dict[str, Any], boot_disk: int | None) -> None:
+    os_el = _one(top, "os", "domain")
+    if os_el is None:
+        raise XmlInvalid("domain/os: missing; give a kernel, or a disk to boot from")
+    found = _Reader(os_el).children(os_el, "domain/os",
+                                    {"type", "kernel", "initrd", "cmdline", "boot"})  # fmt: skip
+    if (typ := _one(found, "type", "domain/os")) is not None:
+        _attrs(typ, "domain/os/type", {"arch": {"x86_64"}, "machine": None})
+        if _text(typ, "domain/os/type") != "hvm":
+            raise XmlUnsupported("domain/os/type: Qumran runs hvm guests only")
+    kernel = _one(found, "kernel", "domain/os")
+    for boot in found.get("boot", []):
+        _attrs(boot, "domain/os/boot", {"dev": {"hd"}})
+        boot_disk = 0 if boot_disk is None else boot_disk
+    if kernel is not None:
+        if boot_disk is not None:
+            raise XmlUnsupported("domain/os: both a kernel and a boot disk; give one of them")
+        spec: dict[str, Any] = {"kernel": _text(kernel, "domain/os/kernel")}
+        if (initrd := _one(found, "initrd", "domain/os")) is not None:
+            spec["initrd"] = _text(initrd, "domain/os/initrd")
+        if (cmdline := _one(found, "cmdline", "domain/os")) is not None:
+            spec["cmdline"] = cmdline.text or ""
+        doc["boot"] = spec
+        return
+    for tag in ("initrd", "cmdline"):
+        if tag in found:
+            raise XmlInvalid(f"domain/os/{tag}: given without a kernel")
+    doc["boot"] = {"disk": 0 if boot_disk is None else boot_disk}
+
+
+def _devices(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> int | None:
+    devices = _one(top, "devices", "domain")
+    if devices is None:
+        return None
+    found = _Reader(devices).children(devices, "domain/devices", {
+        "emulator", "disk", "interface", "serial", "console", "graphics"})  # fmt: skip
+    for emulator in found.get("emulator", []):
+        if _text(emulator, "domain/devices/emulator").rsplit("/", 1)[-1] not in QEMU_BINARY_NAMES:
+            raise XmlUnsupported("domain/devices/emulator: Qumran chooses its own QEMU; "
+                                 "remove the element")  # fmt: skip
+    boot_disk = None
+    disks = []
+    for index, disk in enumerate(found.get("disk", [])):
+        dev, parsed, boots = _disk(disk, f"domain/devices/disk[{index + 1}]")
+        disks.append((dev, parsed))
+        if boots:
+            boot_disk = index
+    order = sorted(range(len(disks)), key=lambda i: disks[i][0])
+    if boot_disk is not None:
+        boot_disk = order.index(boot_disk)
+    if disks:
+        doc["disks"] = [disks[i][1] for i in order]
+    nics = [_interface(el, f"domain/devices/interface[{i + 1}]")
+            for i, el in enumerate(found.get("interface", []))]  # fmt: skip
+    if nics:
+        doc["nics"] = nics
+    doc["serial"] = _serial(found)
+    doc["graphics"] = False
+    for index, graphics in enumerate(found.get("graphics", [])):
+        path = f"domain/devices/graphics[{index + 1}]"
+        _attrs(graphics, path, {"type": {"vnc"}, "port": {"-1"}, "autoport": {"yes"},
+                                "listen": None})  # fmt: skip
+        _Reader(graphics).children(graphics, path, {"listen"})
+        doc["graphics"] = True
+    return boot_disk
+
+
+def _disk(el: ET.Element, path: str) -> tuple[str, dict[str, Any], bool]:
+    attrs = _attrs(el, path, {"type": {"file", "volume"}, "device": {"disk"}})
+    found = _Reader(el).children(el, path, {"driver", "source", "target", "readonly", "boot"})
+    disk: dict[str, Any] = {}
+    if (driver := _one(found, "driver", path)) is not None:
+        d = _attrs(driver, path + "/driver", {"name": {"qemu"}, "type": {"raw", "qcow2"}})
+        if "type" in d:
+            disk["format"] = d["type"]
+    source = _one(found, "source", path)
+    if source is None:
+        raise XmlInvalid(f"{path}/source: missing; give the disk's file or volume")
+    if attrs.get("type", "file") == "file":
+        disk["path"] = _attrs(source, path + "/source", {"file": None}).get("file")
+    else:
+        src = _attrs(source, path + "/source", {"pool": None, "volume": None})
+        disk["volume"] = src.get("volume")
+        disk["pool"] = src.get("pool", "default")
+    target = _one(found, "target", path)
+    if target is None:
+        raise XmlInvalid(f"{path}/target: missing; give dev='vda' bus='virtio'")
+    t = _attrs(target, path + "/target", {"dev": None, "bus": {"virtio"}})
+    if "readonly" in found:
+        disk["readonly"] = True
+    boots = False
+    for boot in found.get("boot", []):
+        _attrs(boot, path + "/boot", {"order": {"1"}})
+        boots = True
+    return t.get("dev", ""), disk, boots
+
+
+def _interface(el: ET.Element, path: str) -> dict[str, Any]:
+    kind = el.get("type")
+    if kind != "user":
+        raise XmlUnsupported(
+            f"{path}@type={kind!r}: Qumran VMs have user-mode NICs (type='user') for now"
+        )
+    _attrs(el, path, {"type": {"user"}})
+    found = _Reader(el).children(el, path, {"mac", "model"})
+    nic: dict[str, Any] = {"type": "user"}
+    if (mac := _one(found, "mac", path)) is not None:
+        nic["mac"] = _attrs(mac, path + "/mac", {"address": None}).get("address")
+    if (model := _one(found, "model", path)) is not None:
+        _attrs(model, path + "/model", {"type": {"virtio"}})
+    return nic
+
+
+def _serial(found: dict[str, list[ET.Element]]) -> bool:
+    # One 16550 on COM1, reached as the console: <serial> and/or its <console> alias.
+    seen = False
+    for tag in ("serial", "console"):
+        items = found.get(tag, [])
+        if len(items) > 1:
+            raise XmlUnsupported(f"domain/devices/{tag}: Qumran VMs have one serial port")
+        for el in items:
+            path = f"domain/devices/{tag}"
+            _attrs(el, path, {"type": {"pty"}})
+            inner = _Reader(el).children(el, path, {"target"})
+            for target in inner.get("target", []):
+                _attrs(target, path + "/target", {"port": {"0"}, "type": {"serial"}})
+            seen = True
+    return seen
+
+
+def _read_metadata(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> None:
+    for metadata in top.get("metadata", []):
+        found = _Reader(metadata).children(metadata, "domain/metadata", {_Q + "vm"})
+        for vm in found.get(_Q + "vm", []):
+            path = "domain/metadata/qumran:vm"
+            inner = _Reader(vm).children(vm, path, {_Q + "hypervisor", _Q + "forward",
+                                                    _Q + "cloud-init"})  # fmt: skip
+            if (hyp := _one(inner, _Q + "hypervisor", path)) is not None:
+                doc["hypervisor"] = _text(hyp, path + "/qumran:hypervisor")
+            for forward in inner.get(_Q + "forward", []):
+                nic = _attrs(forward, path + "/qumran:forward", {"nic": None}).get("nic", "0")
+                nics = doc.get("nics", [])
+                if not nic.isdigit() or int(nic) >= len(nics):
+                    raise XmlInvalid(f"{path}/qumran:forward@nic={nic!r}: no such interface")
+                nics[int(nic)].setdefault("forward", []).append(forward.text or "")
+            if (ci := _one(inner, _Q + "cloud-init", path)) is not None:
+                try:
+                    doc["cloud_init"] = json.loads(ci.text or "")
+                except (ValueError, RecursionError):
+                    raise XmlInvalid(f"{path}/qumran:cloud-init: not JSON") from None

@@ -1,0 +1,1 @@
+"""Generated from libvirt's .x files (README.md); see ``qumran.libvirt.gen``."""
