@@ -88,7 +88,11 @@ def to_xml(name: str, uuid: str, spec: VmSpec, *, dom_id: int | None = None,
         if index == boot_disk:
             ET.SubElement(el, "boot", order="1")
     for nic in spec.nics:
-        el = ET.SubElement(devices, "interface", type="user")
+        if nic.network is not None:
+            el = ET.SubElement(devices, "interface", type="network")
+            ET.SubElement(el, "source", network=nic.network)
+        else:
+            el = ET.SubElement(devices, "interface", type="user")
         if nic.mac:
             ET.SubElement(el, "mac", address=nic.mac)
         ET.SubElement(el, "model", type=nic.model)
@@ -381,13 +385,19 @@ def _disk(el: ET.Element, path: str) -> tuple[str, dict[str, Any], bool]:
 
 def _interface(el: ET.Element, path: str) -> dict[str, Any]:
     kind = el.get("type")
-    if kind != "user":
-        raise XmlUnsupported(
-            f"{path}@type={kind!r}: Qumran VMs have user-mode NICs (type='user') for now"
-        )
-    _attrs(el, path, {"type": {"user"}})
-    found = _Reader(el).children(el, path, {"mac", "model"})
+    _attrs(el, path, {"type": {"user", "network"}})
+    found = _Reader(el).children(el, path, {"mac", "model", "source"})
     nic: dict[str, Any] = {"type": "user"}
+    source = _one(found, "source", path)
+    if kind == "network":
+        if source is None:
+            raise XmlInvalid(f"{path}/source: an interface of type='network' names its network")
+        network = _attrs(source, path + "/source", {"network": None}).get("network")
+        if not network:
+            raise XmlInvalid(f"{path}/source@network: missing; name the network")
+        nic = {"network": network}
+    elif source is not None:
+        raise XmlUnsupported(f"{path}/source: a user-mode interface has no source; remove it")
     if (mac := _one(found, "mac", path)) is not None:
         nic["mac"] = _attrs(mac, path + "/mac", {"address": None}).get("address")
     if (model := _one(found, "model", path)) is not None:
