@@ -13,6 +13,8 @@ want_tests=0
 packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static procps nodejs)
 # Virtual networks (docs/networks.md): nftables for NAT, dnsmasq for DHCP and DNS.
 packages+=(nftables dnsmasq-base iproute2)
+# ssh for `qumran ssh`; ssh-keygen for the SSH host key qumrand makes for each guest.
+packages+=(openssh-client)
 # The web manager's front-end libraries come from npm; NodeSource's nodejs brings its own npm.
 command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then
@@ -20,8 +22,8 @@ if [ "$want_tests" = 1 ]; then
     packages+=(acpica-tools hyperfine passwd util-linux chromium systemd)
     # `qumran image build debian-12` (the integration tier builds it once, then caches it).
     packages+=(mmdebstrap e2fsprogs fdisk grub-pc-bin grub-common uidmap)
-    # ssh and ssh-keygen: the cloud-init integration test logs in to a seeded guest.
-    packages+=(openssh-client)
+    # libvirt's own clients, run against qumrand's libvirt-sock (tests/unit/test_libvirt_*).
+    packages+=(libvirt-clients python3-libvirt)
 fi
 
 missing=()
