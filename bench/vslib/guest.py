@@ -45,7 +45,7 @@ def _host_key(key: HostKey) -> str:
         "ssh_keys:\n"
         "  ed25519_private: |\n"
         f"{private}"
-        f"  ed25519_public: {key.public}\n"
+        f'  ed25519_public: "{key.public}\\n"\n'
         "ssh_genkeytypes: []\n"
     )
 

@@ -261,7 +261,7 @@ def test_qumrand_gives_the_guest_a_host_key_clients_know_beforehand(
     start(fake_daemon, "keyed")
     config = yaml.safe_load(read_seed(seed_dir(fake_daemon, "keyed") / "seed.iso")["user-data"])
     assert config["ssh_genkeytypes"] == []
-    assert config["ssh_keys"]["ed25519_public"] == keys[0]
+    assert config["ssh_keys"]["ed25519_public"] == keys[0] + "\n"
     private = tmp_path / "key"
     private.write_text(config["ssh_keys"]["ed25519_private"])
     private.chmod(0o600)

@@ -142,7 +142,9 @@ def test_a_host_key_becomes_the_guests_only_one_and_not_the_instance_id() -> Non
     ci = section(users=[{"name": "a"}])
     files = seed_files(ci, "web1", UUID, host_key=key)
     config = yaml.safe_load(files.user_data)
-    assert config["ssh_keys"] == {"ed25519_private": key.private, "ed25519_public": key.public}
+    # The public key file keeps its newline (the console's key block needs it).
+    public = key.public + "\n"
+    assert config["ssh_keys"] == {"ed25519_private": key.private, "ed25519_public": public}
     assert config["ssh_genkeytypes"] == []  # no other type the client could not check
     assert files.instance_id == seed_files(ci, "web1", UUID).instance_id
     # A user's own user-data is theirs: no key is put into it.

@@ -114,8 +114,10 @@ def cloud_config(section: CloudInit, host_key: HostKey | None = None) -> dict[st
     if host_key is not None:
         # The guest's host key is the one qumrand made and clients already trust; no
         # other type is generated, so no client is offered a key it cannot check.
+        # cloud-init writes the public key file as given: with its newline, or the
+        # console's key block runs the key and its END line together.
         config["ssh_keys"] = {"ed25519_private": host_key.private,
-                              "ed25519_public": host_key.public}  # fmt: skip
+                              "ed25519_public": host_key.public + "\n"}  # fmt: skip
         config["ssh_genkeytypes"] = []
     # Nothing about ssh.emit_keys_to_console or final_message: cloud-init's defaults
     # print the host keys and "Cloud-init v. ... finished at" on the console, which is
