@@ -77,7 +77,9 @@ class QumranCreate:
             t_created = now()
             if done.returncode != 0:
                 raise BenchError(f"qumran create {name} failed: {' | '.join(lines)[-600:]}")
-            ssh = [self.q.cli, "ssh", name, "-i", str(self.key), "--", "true"]
+            # The libvirt side's ssh options (create_libvirt.ssh_argv) that bound one try.
+            ssh = [self.q.cli, "ssh", name, "-i", str(self.key), "-o", "BatchMode=yes",
+                   "-o", "ConnectTimeout=10", "--", "true"]  # fmt: skip
             tries, ssh_cpu = until_success(ssh, deadline, SSH_POLL, self.env)
             t_ssh = now()
         finally:

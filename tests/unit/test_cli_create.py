@@ -150,3 +150,12 @@ def test_the_definition_has_a_forward_or_a_network_nic() -> None:
     from qumran.config.validate import validate_spec
 
     validate_spec(create.definition(args, "web1", {}, None) | {"disks": [{"path": "/d"}]})
+
+
+def test_ssh_options_pass_through_except_the_host_key_ones() -> None:
+    assert guestssh.checked_option("ConnectTimeout=5") == "ConnectTimeout=5"
+    assert guestssh.checked_option("ServerAliveInterval 30") == "ServerAliveInterval 30"
+    for option in ("StrictHostKeyChecking=no", "userknownhostsfile=/dev/null",
+                   "HostKeyAlias x", "UpdateHostKeys=yes"):  # fmt: skip
+        with pytest.raises(InvalidArgument, match="sets the host-key options itself"):
+            guestssh.checked_option(option)

@@ -39,6 +39,10 @@ def ssh_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("-i", "--identity", metavar="FILE", help="the private key ssh uses")
     p.add_argument(
+        "-o", dest="options", action="append", default=[], metavar="OPTION",
+        help="an ssh option (repeatable), e.g. -o ConnectTimeout=5; not the host-key ones",
+    )  # fmt: skip
+    p.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
         help="run COMMAND in the guest instead of a login shell",
     )  # fmt: skip
@@ -69,6 +73,7 @@ def do_ssh(args: argparse.Namespace) -> int:
         "-o", "StrictHostKeyChecking=yes",
         "-o", "UpdateHostKeys=no",
         *(["-i", args.identity] if args.identity else []),
+        *(word for option in args.options for word in ("-o", checked_option(option))),
         *(["-l", user] if user else []),
         host,
         *command,
@@ -76,6 +81,22 @@ def do_ssh(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     os.execv(binary, argv)
     return 255  # not reached
+
+
+# What qumran ssh sets itself: the host-key check is its point, not the caller's to undo.
+_OWN_OPTIONS = ("hostkeyalias", "userknownhostsfile", "globalknownhostsfile",
+                "stricthostkeychecking", "updatehostkeys")  # fmt: skip
+
+
+def checked_option(option: str) -> str:
+    """An ``-o`` option for ssh, unless it is one of the host-key options qumran sets."""
+    name = option.replace("=", " ").split(maxsplit=1)[0].lower() if option.strip() else ""
+    if name in _OWN_OPTIONS:
+        raise InvalidArgument(
+            f"-o {option}: qumran ssh sets the host-key options itself (it checks the guest "
+            "against the key qumrand gave it); run ssh yourself to change them"
+        )
+    return option
 
 
 def ssh_target(
