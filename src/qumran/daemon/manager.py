@@ -26,7 +26,7 @@ from typing import Any
 from qumran.client.schema import InterfaceInfo
 from qumran.config.spec import VmSpec
 from qumran.config.validate import validate_spec
-from qumran.daemon import nics, supervisor
+from qumran.daemon import hostkeys, nics, supervisor
 from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
 from qumran.daemon.domain import Domain, Event, IllegalTransition, Reason, Running, State
 from qumran.daemon.events import EventBus
@@ -50,7 +50,6 @@ from qumran.errors import (
     QumranError,
     Timeout,
 )
-from qumran.images.cloudinit import HostKey, generate_host_key
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,8 @@ class Manager:
         self.networks = Networks(store, run_dir, store.path.parent, self._admin_uid,
                                  manage_host=manage_networks)  # fmt: skip
         self._default_network = default_network
-        self.networks.attached = self._attached
-        self.networks.mac_owner = self._mac_owner
+        self.networks.attached = lambda network: nics.running_on(self.domains, network)
+        self.networks.mac_owner = lambda mac: nics.mac_owner(self.domains, mac)
 
     # ownership
     def _may_manage(self, caller: Caller, dom: Domain) -> bool:
@@ -126,32 +125,9 @@ class Manager:
         return driver
 
     # NICs on networks (daemon/nics.py)
-    def _attached(self, network: str) -> list[str]:
-        """The VMs running with a NIC on ``network``."""
-        return [d.name for d in self.domains.values()
-                if d.active and any(n.network == network for n in d.spec.nics)]  # fmt: skip
-
-    def _mac_owner(self, mac: str) -> int | None:
-        for dom in self.domains.values():
-            if mac in nics.macs_of(dom.spec) or mac in nics.macs_of(dom.pending):
-                return dom.owner
-        return None
-
     def _with_nics(self, caller: Caller, spec: VmSpec, uid: int, itself: Domain | None) -> VmSpec:
-        """``spec`` with its network NICs checked (the networks exist, ``uid`` may use
-        them, no MAC twice on a network) and a MAC in each (a redefinition keeps its own)."""
-        if not nics.network_nics(spec):
-            return spec
-        nics.check_networks(spec, uid, self.networks)
-        others = [d for d in self.domains.values() if d is not itself]
-        taken = set().union(*(nics.macs_of(d.spec) | nics.macs_of(d.pending) for d in others))
-        previous = None if itself is None else itself.pending or itself.spec
-        spec = nics.with_macs(spec, taken, previous)
-        defined = [(d.name, s) for d in others for s in (d.spec, d.pending) if s is not None]
-        nics.check_duplicates(
-            spec, defined, lambda name: self._may_manage(caller, self.domains[name])
-        )
-        return spec
+        return nics.prepare(spec, uid, self.networks, self.domains, itself,
+                            lambda dom: self._may_manage(caller, dom))  # fmt: skip
 
     def interfaces(self, caller: Caller, name: str) -> list[InterfaceInfo]:
         """The VM's NICs, with each network NIC's TAP and leased address (domiflist)."""
@@ -193,7 +169,7 @@ class Manager:
             autostart=False,
         )
         dom = Domain(record, spec)
-        key = await asyncio.to_thread(generate_host_key) if _wants_host_key(spec) else None
+        key = await hostkeys.make(spec)
         with self.store.transaction():  # the definition, its key and event: one commit
             self.store.add_vm(record)
             if key is not None:
@@ -277,7 +253,8 @@ class Manager:
         spec = await resolve(self.storage.registry, dom.spec, owner)
         # The seed is made anew at each start, so an edited cloud_init section (or
         # user_data file) reaches the guest at its next boot.
-        seed = await asyncio.to_thread(seed_for, spec, dom.uuid, owner, self._host_key(dom))
+        host_key = await hostkeys.of(self.store, dom)
+        seed = await asyncio.to_thread(seed_for, spec, dom.uuid, owner, host_key)
         # The TAPs, on the networks' bridges; the hypervisor keeps them alive, and our
         # copies are closed whatever happens (a failed start leaves no TAP).
         nets = await nics.open_nics(spec, dom.uuid, owner, self.networks)
@@ -314,21 +291,6 @@ class Manager:
             raise
         self._adopt(dom, run)
         self._changed(dom, Event.STARTED, reason, f"pid {process.pid}")
-
-    def _host_key(self, dom: Domain) -> HostKey | None:
-        """The SSH host key the VM's seed gives the guest: made once per VM (at define, or
-        at the first start of a VM that gained a cloud_init section), kept in the store."""
-        if not _wants_host_key(dom.spec):
-            return None
-        found = self.store.host_key(dom.uuid)
-        if found is None:
-            key = generate_host_key()
-            if key is None:
-                return None
-            self.store.set_host_key(dom.uuid, key.private, key.public)
-            found = (key.private, key.public)
-        dom.ssh_host_key = found[1]
-        return HostKey(*found)
 
     def _run_dir_of(self, dom: Domain) -> Path:
         """The VM's run directory: the daemon's alone (drivers/rundir.py), not the owner's."""
@@ -623,11 +585,6 @@ def already_exists(name: str) -> str:
         f"a VM named {name!r} already exists: change it with `qumran edit {name}` (its "
         f"definition: `qumran dumpdef {name}`), or remove it with `qumran undefine {name}`"
     )
-
-
-def _wants_host_key(spec: VmSpec) -> bool:
-    """A seed whose user-data qumrand writes carries the host key; a user's own does not."""
-    return spec.cloud_init is not None and spec.cloud_init.user_data is None
 
 
 def _pending_spec(record: VmRecord) -> VmSpec | None:

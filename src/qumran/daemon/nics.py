@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from qumran.client.schema import InterfaceInfo, NicCounters
@@ -28,6 +28,7 @@ from qumran.errors import InvalidArgument, NotFound, QumranError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from qumran.daemon.domain import Domain
     from qumran.daemon.network import Networks
 
 MAC_PREFIX = "52:54:00"
@@ -199,3 +200,43 @@ def interfaces(spec: VmSpec, uuid: str, running: bool, networks: Networks
             "counters": counters(tap) if running and tap is not None else None,
         })  # fmt: skip
     return found
+
+
+# --- over the Manager's VMs (its hooks for the networks, and define's checks) ----------
+
+
+def running_on(domains: Mapping[str, Domain], network: str) -> list[str]:
+    """The VMs running with a NIC on ``network``."""
+    return [d.name for d in domains.values()
+            if d.active and any(n.network == network for n in d.spec.nics)]  # fmt: skip
+
+
+def mac_owner(domains: Mapping[str, Domain], mac: str) -> int | None:
+    """The uid whose VM has ``mac`` (in its definition or the one saved for next start)."""
+    for dom in domains.values():
+        if mac in macs_of(dom.spec) or mac in macs_of(dom.pending):
+            return dom.owner
+    return None
+
+
+def prepare(
+    spec: VmSpec,
+    uid: int,
+    networks: Networks,
+    domains: Mapping[str, Domain],
+    itself: Domain | None,
+    visible: Callable[[Domain], bool],
+) -> VmSpec:
+    """``spec`` with its network NICs checked (the networks exist, ``uid`` may use them,
+    no MAC twice on a network) and a MAC in each (a redefinition, ``itself``, keeps its
+    own); ``visible``: whether the caller may be told another VM's name."""
+    if not network_nics(spec):
+        return spec
+    check_networks(spec, uid, networks)
+    others = [d for d in domains.values() if d is not itself]
+    taken = set().union(*(macs_of(d.spec) | macs_of(d.pending) for d in others))
+    previous = None if itself is None else itself.pending or itself.spec
+    spec = with_macs(spec, taken, previous)
+    defined = [(d.name, s) for d in others for s in (d.spec, d.pending) if s is not None]
+    check_duplicates(spec, defined, lambda name: visible(domains[name]))
+    return spec
