@@ -31,13 +31,15 @@ UPLINK = "10.98.0.1"
 
 
 class NetDaemon:
+    UPLINK, OUTSIDE = UPLINK, OUTSIDE  # the daemon namespace's uplink and the world's end
+
     def __init__(self, root: Path, ns: Netns, outside: Netns, driver: str) -> None:
         self.ns, self.outside, self.root = ns, outside, root
         self.daemon = Daemon(root, driver=driver, netns=ns.name)
         veth(ns, "up0", outside, "eth0")
-        ns.ip("addr", "add", f"{UPLINK}/24", "dev", "up0")
-        outside.ip("addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
-        ns.ip("route", "add", "default", "via", OUTSIDE)
+        ns.ip("addr", "add", f"{self.UPLINK}/24", "dev", "up0")
+        outside.ip("addr", "add", f"{self.OUTSIDE}/24", "dev", "eth0")
+        ns.ip("route", "add", "default", "via", self.OUTSIDE)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.daemon.call(method, path, **kwargs)

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+import netvm
 from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
-from netns import Guest, Netns, available, namespaces, veth
+from netns import Guest, Netns, available, namespaces
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -32,32 +33,17 @@ ISOLATED = {
     "name": "iso", "type": "isolated", "dns": {"forward": False},
     "ipv4": {"address": "10.77.0.1/24", "dhcp": {"start": "10.77.0.10", "end": "10.77.0.20"}},
 }  # fmt: skip
+
+
 OUTSIDE = "10.99.0.2"  # the stand-in for the world, behind the daemon namespace's uplink
 UPLINK = "10.99.0.1"
 
 
-class NetDaemon:
-    """A qumrand in its own network namespace, with an uplink to an "outside" one."""
+class NetDaemon(netvm.NetDaemon):
+    """A qumrand (fake driver) in its own network namespace, with an uplink to an
+    "outside" one (tests/netvm.py), and the steps these tests repeat."""
 
-    def __init__(self, root: Path, ns: Netns, outside: Netns) -> None:
-        self.ns, self.outside, self.root = ns, outside, root
-        self.daemon = Daemon(root, netns=ns.name)
-        veth(ns, "up0", outside, "eth0")
-        ns.ip("addr", "add", f"{UPLINK}/24", "dev", "up0")
-        outside.ip("addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
-        ns.ip("route", "add", "default", "via", OUTSIDE)
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.daemon.call(method, path, **kwargs)
-        assert response.status_code < 300, response.text
-        return response.json() if response.content else None
-
-    def refused(self, method: str, path: str, status: int, **kwargs: Any) -> str:
-        response = self.daemon.call(method, path, **kwargs)
-        assert response.status_code == status, response.text
-        message: str = response.json()["error"]["message"]
-        assert "\n" not in message and "Traceback" not in message
-        return message
+    UPLINK, OUTSIDE = UPLINK, OUTSIDE
 
     def define(self, doc: dict[str, Any]) -> Any:
         return self.call("POST", "/v1/networks", json=doc)
@@ -77,7 +63,7 @@ class NetDaemon:
 def net() -> Iterator[NetDaemon]:
     root = short_tmpdir()
     with namespaces("d", "o") as (ns, outside):
-        nd = NetDaemon(root, ns, outside)
+        nd = NetDaemon(root, ns, outside, "fake")
         nd.daemon.start()
         try:
             yield nd
