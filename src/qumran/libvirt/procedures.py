@@ -21,14 +21,13 @@ from qumran.config import domxml
 from qumran.daemon.domain import Domain, Event, Reason, State
 from qumran.errors import AlreadyExists, InvalidState
 from qumran.libvirt import constants as c
-from qumran.libvirt import host, packet
+from qumran.libvirt import host
+from qumran.libvirt.console import ConsoleStream
 from qumran.libvirt.errors import RpcError, no_domain
-from qumran.libvirt.packet import Header
 from qumran.libvirt.protocol import remote as r
 from qumran.libvirt.server import Connection, ConnState, handles
 
 if TYPE_CHECKING:
-    from qumran.daemon.console import ConsoleBroker
     from qumran.daemon.store import EventRecord
 
 FEATURES = frozenset({c.VIR_DRV_FEATURE_TYPED_PARAM_STRING, c.VIR_DRV_FEATURE_PROGRAM_KEEPALIVE,
@@ -555,41 +554,7 @@ async def _pump_events(conn: Connection, queue: asyncio.Queue[EventRecord]) -> N
             await conn.writer.drain()
 
 
-# --- the console stream -----------------------------------------------------------------
-
-
-class ConsoleStream:
-    """DOMAIN_OPEN_CONSOLE's stream: guest output down, keystrokes up, same serial."""
-
-    def __init__(self, conn: Connection, header: Header, console: ConsoleBroker) -> None:
-        self.conn = conn
-        self.header = header._replace(type=packet.STREAM)
-        self.console = console
-        _, self.queue = console.subscribe()
-
-    async def pump(self) -> None:
-        try:
-            while (chunk := await self.queue.get()) is not None:
-                for start in range(0, len(chunk), 65536):
-                    data = chunk[start : start + 65536]
-                    self.conn.send(self.header._replace(status=packet.CONTINUE), data)
-                with contextlib.suppress(ConnectionError):
-                    await self.conn.writer.drain()
-            self.conn.send(self.header._replace(status=packet.OK))  # end of file: it stopped
-        finally:
-            self.close()
-
-    async def received(self, header: Header, payload: memoryview) -> None:
-        if header.status == packet.CONTINUE:
-            await self.console.write(bytes(payload))
-        else:  # the client finished (OK, answered in kind) or aborted (ERROR)
-            if header.status == packet.OK:
-                self.conn.send(self.header._replace(status=packet.OK))
-            self.close()
-
-    def close(self) -> None:
-        self.console.unsubscribe(self.queue)
-        self.conn.streams.pop(self.header.serial, None)
+# --- the console stream (qumran.libvirt.console) -------------------------------------
 
 
 @handles(r.REMOTE_PROC_DOMAIN_OPEN_CONSOLE)

@@ -134,7 +134,7 @@ class Connection:
         self.tasks: set[asyncio.Task[None]] = set()  # event and stream pumps
         self.callbacks: dict[int, tuple[int, str | None]] = {}  # id -> (event id, uuid)
         self.next_callback = 1
-        self.streams: dict[int, Any] = {}  # serial -> a stream (procedures.ConsoleStream)
+        self.streams: dict[int, Any] = {}  # serial -> a stream (libvirt.console.ConsoleStream)
         self.event_queue: Any = None
 
     async def run(self) -> None:
