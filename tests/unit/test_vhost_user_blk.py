@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -28,45 +26,12 @@ from qumran.vmm.devices.virtio.backends import DeviceSpecs, DiskSpec, open_backe
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.vhost_user_blk import VhostUserBackend, VhostUserBlock
 from qumran.vmm.memory import GuestMemory
+from storage_daemon import QSD, StorageDaemon
 
-QSD = shutil.which("qemu-storage-daemon")
 pytestmark = pytest.mark.skipif(QSD is None, reason="needs qemu-storage-daemon (qemu-utils)")
 BAR = 0xC000_8000
 T_IN, T_OUT, T_FLUSH = 0, 1, 4
 DISK = 64 << 20
-
-
-class StorageDaemon:
-    """One qemu-storage-daemon exporting ``image`` (qcow2) on ``sock``.
-
-    --daemonize: the parent exits once the export listens (or with the reason it cannot),
-    so there is nothing to poll for; the daemon's pid comes from --pidfile."""
-
-    def __init__(self, image: Path, sock: Path) -> None:
-        self.image, self.sock = image, sock
-        self.pid = 0
-
-    def start(self) -> None:
-        assert QSD is not None
-        pidfile = self.sock.with_suffix(".pid")
-        done = subprocess.run(
-            [QSD, "--daemonize", "--pidfile", str(pidfile),
-             "--blockdev", f"driver=file,node-name=file,filename={self.image}",
-             "--blockdev", "driver=qcow2,node-name=disk,file=file",
-             "--export", "type=vhost-user-blk,id=vub,node-name=disk,addr.type=unix,"
-             f"addr.path={self.sock},writable=on"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        self.pid = int(pidfile.read_text())
-
-    def stop(self, kill: bool = False) -> None:
-        if self.pid:
-            pidfd = os.pidfd_open(self.pid)
-            os.kill(self.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            assert select.select([pidfd], [], [], 30)[0], "qemu-storage-daemon did not exit"
-            os.close(pidfd)
-            self.pid = 0
 
 
 @pytest.fixture
