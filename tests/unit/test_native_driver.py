@@ -11,6 +11,7 @@ import pytest
 
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import HandoffFds, Owner, RunPaths
+from qumran.drivers.native import storage
 from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
 from qumran.drivers.qemu.accel import AccelChoice
 from qumran.errors import InvalidArgument
@@ -65,7 +66,6 @@ MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (QCOW2, "disks[0].format: qumran-vmm reads raw images, not qcow2; convert it"),
         (COMMA, "disks[0].path: qumran-vmm cannot open a path with a comma"),
         ({"nics": [{}]}, "nics[0]: qumran-vmm has no user-mode networking"),
         ({"graphics": True}, "graphics: qumran-vmm has no display"),
@@ -78,6 +78,32 @@ def test_what_qumran_vmm_cannot_do_is_one_clear_error(
     with pytest.raises(InvalidArgument) as err:
         NativeDriver("qumran-vmm", probe=hardware_kvm).check(spec(tmp_path, **fields), OWNER)
     assert str(err.value).startswith(message)
+
+
+def test_qcow2_without_a_storage_daemon_installed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "binary", lambda: None)
+    with pytest.raises(InvalidArgument) as err:
+        NativeDriver("qumran-vmm", probe=hardware_kvm).check(spec(tmp_path, **QCOW2), OWNER)
+    assert str(err.value).startswith(
+        "disks[0].format: qumran-vmm serves qcow2 images through qemu-storage-daemon, which is"
+        " not installed (Debian: qemu-utils)"
+    )
+
+
+def test_qcow2_disks_go_through_their_vhost_user_sockets(tmp_path: Path) -> None:
+    disks = [{"path": str(tmp_path / "a.img")}, {"path": "/img/b.qcow2", "format": "qcow2"}]
+    s = spec(tmp_path, disks=disks)
+    exports = storage.exports_of(s)
+    assert [(e.index, e.format) for e in exports] == [(1, "qcow2")]
+    sock = storage.socket_path(PATHS, 1)
+    assert sock == Path("/run/qumran/vhost-user/web/disk1.sock")
+    args = cmdline.parse(build_argv(s, HandoffFds(3, 4, 5), "qumran-vmm", {1: sock})[1:])
+    assert [DiskSpec.parse(d) for d in args.disk] == [
+        DiskSpec(str(tmp_path / "a.img"), False),
+        DiskSpec(str(sock), vhost_user=True),
+    ]
 
 
 class _Control:
@@ -106,6 +132,7 @@ def test_disk_bytes_come_from_qumran_vmm_counters(
 ) -> None:
     instance = NativeInstance.__new__(NativeInstance)
     instance.control = _Control(devices)  # type: ignore[assignment]
+    instance.storage = None
     assert asyncio.run(instance.block_io()) == expected
 
 
