@@ -35,6 +35,21 @@ def _spec(tmp: Path, name: str = "web") -> VmSpec:
     return VmSpec.model_validate(doc)
 
 
+def _write_and_read(backend: VhostUserBackend) -> None:
+    """4 KiB written to sector 8 and read back, through the rings."""
+    from test_vhost_user_blk import T_IN, T_OUT, Driver
+
+    guest = Driver(backend)
+    try:
+        guest.bring_up()
+        guest.submit(T_OUT, 8, b"x" * 4096)
+        guest.wait_used(1)
+        guest.submit(T_IN, 8, read=4096)
+        guest.wait_used(2)
+    finally:
+        guest.close()
+
+
 def _paths(tmp: Path, vm: str) -> RunPaths:
     return rundir.create(tmp / "run" / "vms" / vm)
 
@@ -48,10 +63,13 @@ def test_start_serve_adopt_and_stop(tmp_path: Path) -> None:
         assert (sock.parent.stat().st_mode & 0o777, sock.parent.parent.stat().st_mode & 0o777) \
             == (0o700, 0o711)  # fmt: skip
         # Its greeting came after the export: the vhost-user socket answers at once.
+        before = await disks.block_io()
         backend = await asyncio.to_thread(VhostUserBackend.open, str(sock))
         assert backend.hello.config[:8] == (32 << 11).to_bytes(8, "little")
+        await asyncio.to_thread(_write_and_read, backend)
         backend.close()
-        assert await disks.block_io() == (0, 0)
+        after = await disks.block_io()  # the 4 KiB each way, and what qcow2 adds to it
+        assert after[0] - before[0] >= 4096 and after[1] - before[1] >= 4096, (before, after)
         await disks.close()  # qumrand goes away; the storage daemon stays
         assert disks.process.state() is ProcState.RUNNING
         again = await StorageDaemon.adopt(spec, paths)

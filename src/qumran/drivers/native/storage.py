@@ -209,14 +209,18 @@ class StorageDaemon:
         return session
 
     async def block_io(self) -> tuple[int, int]:
-        """Bytes read and written through the exports (their format nodes)."""
-        reply = await self.monitor.execute("query-blockstats", {"query-nodes": True})
-        read = written = 0
-        for node in reply if isinstance(reply, list) else []:
-            if str(node.get("node-name", "")).startswith("disk"):
-                read += int(node["stats"].get("rd_bytes", 0))
-                written += int(node["stats"].get("wr_bytes", 0))
-        return read, written
+        """Bytes the storage daemon read from and wrote to its images, from /proc/PID/io:
+        qcow2's own I/O included (a first write to a cluster writes all 64 KiB of it).
+        QEMU 7.2 keeps no statistics for an export's anonymous block backend
+        (query-blockstats lists only named ones). rchar/wchar count read(2)/write(2)-family
+        calls; the sockets go through recvmsg/sendmsg and are not counted, the kick and
+        call eventfds are, at 8 bytes a request."""
+        try:
+            with open(f"/proc/{self.process.pid}/io") as f:
+                fields = dict(line.split(":", 1) for line in f.read().splitlines())
+        except (OSError, ValueError):
+            return 0, 0
+        return int(fields.get("rchar", 0)), int(fields.get("wchar", 0))
 
     async def stop(self) -> None:
         """Let the daemon flush (SIGTERM: qcow2 tables written out), then kill it."""
