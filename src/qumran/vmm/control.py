@@ -1,6 +1,8 @@
 """The control socket: JSON lines over a UNIX socket.
 
-Request ``{"cmd": "status"|"pause"|"resume"|"shutdown"|"reset"|"quit"|"stats", "id": any?}``;
+Request ``{"cmd": "status"|"pause"|"resume"|"shutdown"|"reset"|"quit"|"stats", "id": any?}``,
+or ``{"cmd": "snapshot", "path": "/abs/file"}`` (the guest is paused while it is written,
+then runs again if it was running; ``qumran-vmm --restore FILE`` resumes it);
 reply ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``, echoing
 ``id`` when given. ``shutdown`` presses the ACPI power button (the guest decides);
 ``reset`` is the reset button: the guest starts again from its kernel at once, in the same
@@ -86,7 +88,7 @@ class ControlServer:
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return _error("bad-request", 'a request is an object with a "cmd" string'), False
         try:
-            reply = {"ok": True, **self._dispatch(request["cmd"])}
+            reply = {"ok": True, **self._dispatch(request["cmd"], request)}
         except QumranError as exc:
             reply = {"ok": False, "error": exc.to_dict()}
         except Exception as exc:  # a bug must not take the control socket down
@@ -96,7 +98,7 @@ class ControlServer:
             reply["id"] = request["id"]
         return reply, request["cmd"] == "quit" and reply["ok"]
 
-    def _dispatch(self, cmd: str) -> dict[str, Any]:
+    def _dispatch(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
         machine = self._machine
         match cmd:
             case "status":
@@ -115,12 +117,17 @@ class ControlServer:
             case "reset":
                 machine.reset()
                 return {"state": machine.state.value, "reboots": machine.reboots}
+            case "snapshot":
+                path = request.get("path")
+                if not isinstance(path, str) or not path:
+                    raise InvalidArgument('snapshot needs "path": the file to write')
+                return {**machine.snapshot(path), "state": machine.state.value}
             case "quit":
                 return {}
             case _:
                 raise UnknownCommand(
                     f"unknown command {cmd!r};"
-                    " try status, pause, resume, shutdown, reset, quit, stats"
+                    " try status, pause, resume, shutdown, reset, quit, stats, snapshot"
                 )
 
     def close(self) -> None:
