@@ -131,8 +131,10 @@ def main() -> int:
         for _ in range(args.runs):
             results["qumran-vmm"].append(run_ours(argvs["qumran-vmm"], demo.ready_line,
                                                   args.fill, tmp))  # fmt: skip
+            print("qumran-vmm", results["qumran-vmm"][-1], flush=True)
             results["QEMU q35"].append(run_qemu(argvs["QEMU `-M q35`"], demo.ready_line,
                                                 args.fill, tmp))  # fmt: skip
+            print("QEMU", results["QEMU q35"][-1], flush=True)
     print(f"| 512 MiB guest, {args.fill} MiB filled | snapshot s | restore to running s "
           "| file on disk MiB |\n| --- | --- | --- | --- |")  # fmt: skip
     for name, rows in results.items():
