@@ -82,7 +82,7 @@ def test_another_format_version_is_refused(snapshot: Path) -> None:
     with open(snapshot, "r+b") as f:
         f.seek(8)
         f.write(struct.pack("<I", 99))
-    with pytest.raises(SnapshotError, match=r"is snapshot format 99 .* reads format 1"):
+    with pytest.raises(SnapshotError, match=r"is snapshot format 99 .* reads format 2"):
         open_snapshot(str(snapshot))
 
 

@@ -199,8 +199,8 @@ class Machine:
                 self._paused_total += time.monotonic() - self._paused_since
                 self._paused_since = None
 
-    def snapshot(self, path: str) -> dict[str, Any]:
-        """Pause, write the guest to ``path`` (see :mod:`qumran.vmm.snapshot`), and run
+    def snapshot(self, path: str | int) -> dict[str, Any]:
+        """Pause, write the guest to ``path`` (a path, or a file open for writing; see :mod:`qumran.vmm.snapshot`), and run
         again if it was running."""
         from qumran.vmm.snapshot.save import take_snapshot
 

@@ -10,17 +10,19 @@ from qumran import __version__
 from qumran.errors import InvalidArgument, InvalidState
 from qumran.vmm.machine import Boot, Machine, MachineState
 from qumran.vmm.snapshot import kvmstate
-from qumran.vmm.snapshot.file import write_snapshot
+from qumran.vmm.snapshot.file import write_snapshot, write_snapshot_fd
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 
-def take_snapshot(machine: Machine, boot: Boot, path: str) -> dict[str, Any]:
-    if not os.path.isabs(path):
+def take_snapshot(machine: Machine, boot: Boot, path: str | int) -> dict[str, Any]:
+    """``path``: where to write the file, or a file open for writing (its sender renames
+    it into place)."""
+    if isinstance(path, str) and not os.path.isabs(path):
         raise InvalidArgument(f"snapshot path {path!r} must be absolute")
-    if not os.path.isdir(os.path.dirname(path)):
+    if isinstance(path, str) and not os.path.isdir(os.path.dirname(path)):
         raise InvalidArgument(f"snapshot path {path}: directory {os.path.dirname(path)} "
                               "does not exist")  # fmt: skip
     if boot.pci is not None:
@@ -38,13 +40,16 @@ def take_snapshot(machine: Machine, boot: Boot, path: str) -> dict[str, Any]:
         release = boot.pci.park() if boot.pci is not None else (lambda: None)
         try:
             state = collect(machine, boot)
-            written = write_snapshot(path, state, machine.memory)
+            if isinstance(path, int):
+                written = write_snapshot_fd(path, state, machine.memory)
+            else:
+                written = write_snapshot(path, state, machine.memory)
         finally:
             release()
     finally:
         if resume:
             machine.resume()
-    return {"path": path, "memory_bytes": written,
+    return {"path": path if isinstance(path, str) else None, "memory_bytes": written,
             "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
 
 
