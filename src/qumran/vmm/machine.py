@@ -200,8 +200,8 @@ class Machine:
                 self._paused_since = None
 
     def snapshot(self, path: str | int) -> dict[str, Any]:
-        """Pause, write the guest to ``path`` (a path, or a file open for writing; see :mod:`qumran.vmm.snapshot`), and run
-        again if it was running."""
+        """Pause, write the guest to ``path`` (a path, or a file open for writing; see
+        :mod:`qumran.vmm.snapshot`), and run again if it was running."""
         from qumran.vmm.snapshot.save import take_snapshot
 
         return take_snapshot(self, self._require_boot(), path)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
-import array
 import json
 import socket
 from typing import Any

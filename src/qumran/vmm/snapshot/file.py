@@ -12,8 +12,8 @@ and the state (SHA-256); the RAM digest covers the extents' bytes: SHA-256 of th
 Adler-32 of each CHUNK of them. RAM is checked to refuse a damaged or torn file, not to
 resist a forger (whoever can write the file runs the VM anyway), and SHA-256 over all of
 RAM cost seconds in the KVM test host (9 MB/s under TCG, against 690 MB/s for Adler-32:
-BENCHMARKS.md, "Snapshot and restore"); each 8 MiB piece still has its own 32-bit check; a check of the holes (SEEK_DATA)
-finds a byte written where the file should hold none. A file is written as PATH.part,
+BENCHMARKS.md, "Snapshot and restore"); each 8 MiB piece still has its own 32-bit
+check. A check of the holes (SEEK_DATA) finds a byte written where the file should hold none. A file is written as PATH.part,
 fsynced and renamed, so PATH is never a torn write; a reader refuses a file from another
 format version, a truncated file or one whose digests do not match, before anything of
 it is used.
@@ -105,7 +105,7 @@ def write_snapshot_fd(fd: int, state: dict[str, Any], memory: GuestMemory) -> in
     try:
         os.ftruncate(fd, 0)
     except OSError as exc:
-        raise SnapshotError(f"cannot write the snapshot into the file given: {exc.strerror}") from None
+        raise SnapshotError(f"cannot write the snapshot: {exc.strerror}") from None
     return _write_into(fd, "the file given", state, memory)
 
 
