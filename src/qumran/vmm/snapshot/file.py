@@ -14,9 +14,9 @@ resist a forger (whoever can write the file runs the VM anyway), and SHA-256 ove
 RAM cost seconds in the KVM test host (9 MB/s under TCG, against 690 MB/s for Adler-32:
 BENCHMARKS.md, "Snapshot and restore"); each 8 MiB piece still has its own 32-bit
 check. A check of the holes (SEEK_DATA) finds a byte written where the file should hold
-none. A file is written as PATH.part, fsynced and renamed, so PATH is never a torn write; a reader refuses a file from another
-format version, a truncated file or one whose digests do not match, before anything of
-it is used.
+none. A file is written as PATH.part, fsynced and renamed, so PATH is never a torn
+write; a reader refuses a file from another format version, a truncated file or one
+whose digests do not match, before anything of it is used.
 """
 
 from __future__ import annotations
