@@ -18,7 +18,7 @@ from fastapi import FastAPI, Path, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -77,7 +77,8 @@ class Autostart(BaseModel):
 
 
 class SnapshotFile(BaseModel):
-    file: str  # an absolute path, opened with the rights of the VM's owner
+    # An absolute path, opened with the rights of the VM's owner.
+    file: Annotated[str, Field(pattern=r"^/[^\x00]*$", max_length=4096)]
 
 
 def caller_of(conn: Request | WebSocket) -> Caller:
