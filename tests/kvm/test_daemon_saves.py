@@ -36,16 +36,32 @@ def console(daemon: Daemon, name: str, until: str, typed: str = "") -> str:
         [QUMRAN, "console", name, "--until", until, "--timeout", "120"],
         input=typed, capture_output=True, text=True, env=daemon.env, timeout=150,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:] + logs(daemon, name)
     return proc.stdout
+
+
+def logs(daemon: Daemon, name: str) -> str:
+    """The ends of the VM's console log and qumran-vmm's own log, for a failure message."""
+    run = daemon.root / "run" / "vms" / daemon.vm(name)["uuid"][:13]
+    ends = []
+    for log in ("console.log", "hypervisor.log"):
+        try:
+            ends.append(f"\n--- {log}:\n" + (run / log).read_text(errors="replace")[-1500:])
+        except OSError as exc:
+            ends.append(f"\n--- {log}: {exc}")
+    return "".join(ends)
 
 
 def counting_on(daemon: Daemon, name: str) -> int:
     """A count the guest prints now (a whole line: one ending in 0); it must then go on
     counting from there."""
     out = console(daemon, name, "0\r\n")
-    now = int(re.findall(r"count-(\d+)\r\n", out)[-1])
-    console(daemon, name, f"count-{now + 5}\r")
+    counts = re.findall(r"count-(\d+)\r*\n", out)
+    assert counts, out[-500:]
+    now = int(counts[-1])
+    # Far enough ahead that the next `qumran console` (seconds to start under TCG) is
+    # connected before the guest gets there.
+    console(daemon, name, f"count-{now + 100}\r")
     return now
 
 
@@ -82,7 +98,7 @@ def test_save_restore_and_managedsave_continue_the_guest(
     assert (info["state"], info["reason"]) == ("shutoff", "saved")
     info = qumran_json(kvm_daemon, "start", "k-save")
     assert (info["state"], info["reason"]) == ("running", "restored")
-    assert counting_on(kvm_daemon, "k-save") > first + 5
+    assert counting_on(kvm_daemon, "k-save") > first + 100
     # Resumed once: the managed save is gone, the next start boots afresh.
     proc = qumran(kvm_daemon, "managedsave-remove", "k-save")
     assert proc.returncode != 0 and "no managed save" in proc.stderr, proc.stderr
