@@ -95,6 +95,10 @@ def run_ours(argv: list[str], ready: str, fill: int, tmp: Path) -> tuple[float, 
     return saved, restored, size
 
 
+def _step(what: str) -> None:
+    print(f"  {time.monotonic():.3f} {what}", file=sys.stderr, flush=True)
+
+
 def _until_status(qmp: Qmp, query: str, done: tuple[str, ...]) -> str:
     """Poll ``query-migrate`` or ``query-status`` until its status is one of ``done``."""
     while True:
@@ -110,14 +114,16 @@ def run_qemu(argv: list[str], ready: str, fill: int, tmp: Path) -> tuple[float, 
     as qumran-vmm pauses it, so both write one still image. On restore, QEMU waits with
     ``-incoming defer`` until QMP's ``migrate-incoming`` (typed console input before the
     state is loaded would be lost: that hung the first version of this bench), and the
-    echo is typed once ``query-status`` says running."""
+    echo is typed once ``query-status`` says running (after a ``cont``: the stream carries
+    the source's stopped state)."""
     qmp_path, snap = tmp / "qmp.sock", tmp / "qemu.mig"
     qmp_arg = ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
     proc = _boot([*argv, *qmp_arg], ready, fill)
     qmp = Qmp(qmp_path)
     start = time.monotonic()
+    _step("QEMU: stop and migrate")
     qmp.call("stop")
-    qmp.call("migrate", uri=f"exec:cat > {snap}")
+    _step(f"QEMU: migrate {qmp.call('migrate', uri=f'exec:cat > {snap}')}")
     status = _until_status(qmp, "query-migrate", ("completed", "failed"))
     saved = time.monotonic() - start
     assert status == "completed", status
@@ -131,10 +137,15 @@ def run_qemu(argv: list[str], ready: str, fill: int, tmp: Path) -> tuple[float, 
     proc = subprocess.Popen([*argv, *qmp_arg, "-incoming", "defer"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE)  # fmt: skip
     qmp = Qmp(qmp_path)
-    qmp.call("migrate-incoming", uri=f"exec:cat {snap}")
+    _step(f"QEMU: migrate-incoming {qmp.call('migrate-incoming', uri=f'exec:cat {snap}')}")
     status = _until_status(qmp, "query-migrate", ("completed", "failed"))
     assert status == "completed", status
-    _until_status(qmp, "query-status", ("running",))
+    _step("QEMU: incoming completed")
+    # The stream carries the source's run state (stopped): the guest waits for `cont`.
+    if _until_status(qmp, "query-status", ("running", "paused", "postmigrate")) != "running":
+        qmp.call("cont")
+        _until_status(qmp, "query-status", ("running",))
+    _step("QEMU: running")
     assert proc.stdin is not None
     proc.stdin.write(b"echo RESUMED''-OK\n")
     proc.stdin.flush()
@@ -152,6 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--fill", type=int, default=64)
+    parser.add_argument("--only", choices=("qumran-vmm", "qemu"), help="measure one side")
     args = parser.parse_args()
     demo = find_demo()
     results: dict[str, list[tuple[float, float, int]]] = {"qumran-vmm": [], "QEMU q35": []}
@@ -159,15 +171,19 @@ def main() -> int:
         tmp = Path(d)
         argvs = contenders(demo, 512, 1, tmp / "ctl.sock")
         for _ in range(args.runs):
-            results["qumran-vmm"].append(run_ours(argvs["qumran-vmm"], demo.ready_line,
-                                                  args.fill, tmp))  # fmt: skip
-            print("qumran-vmm", results["qumran-vmm"][-1], flush=True)
-            results["QEMU q35"].append(run_qemu(argvs["QEMU `-M q35`"], demo.ready_line,
-                                                args.fill, tmp))  # fmt: skip
-            print("QEMU", results["QEMU q35"][-1], flush=True)
+            if args.only != "qemu":
+                results["qumran-vmm"].append(run_ours(argvs["qumran-vmm"], demo.ready_line,
+                                                      args.fill, tmp))  # fmt: skip
+                print("qumran-vmm", results["qumran-vmm"][-1], flush=True)
+            if args.only != "qumran-vmm":
+                results["QEMU q35"].append(run_qemu(argvs["QEMU `-M q35`"], demo.ready_line,
+                                                    args.fill, tmp))  # fmt: skip
+                print("QEMU", results["QEMU q35"][-1], flush=True)
     print(f"| 512 MiB guest, {args.fill} MiB filled | snapshot s | restore to running s "
           "| file on disk MiB |\n| --- | --- | --- | --- |")  # fmt: skip
     for name, rows in results.items():
+        if not rows:
+            continue
         saved = statistics.median(r[0] for r in rows)
         restored = statistics.median(r[1] for r in rows)
         size = statistics.median(r[2] for r in rows) / (1 << 20)
