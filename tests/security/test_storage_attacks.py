@@ -170,6 +170,8 @@ def test_an_overlay_whose_backing_chain_ends_in_roots_file_gives_nothing_away(
     for proc in answers:
         assert text not in proc.stdout + proc.stderr
         assert "Traceback" not in proc.stderr, proc.stderr
+    # Refused as the caller's mistake, with the words used for a file that is not A's.
+    assert "missing, or not yours" in answers[1].stderr, answers[1].stderr
     for path in (scratch / "apool").iterdir():
         data = path.read_bytes()
         assert text.encode() not in data, f"{path.name} holds root's secret"
