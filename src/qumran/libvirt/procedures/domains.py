@@ -384,7 +384,6 @@ async def open_console(conn: Connection, args: r.remote_domain_open_console_args
     if args.dev_name not in (None, "serial0", "console0"):
         raise RpcError(c.VIR_ERR_INVALID_ARG, f"cannot find character device {args.dev_name}")
     assert conn.current is not None
-    stream = ConsoleStream(conn, conn.current, dom.run.console)
-    conn.streams[conn.current.serial] = stream
-    # The reply goes first (the server sends it when this returns); then the data.
-    conn.spawn(stream.pump(), f"libvirt console {dom.name}")
+    # Registered now, so the client's first keystrokes find it; its output waits in the
+    # pump's task until the call's reply is out (the server sends that when this returns).
+    ConsoleStream(conn, conn.current, dom.run.console).start()
