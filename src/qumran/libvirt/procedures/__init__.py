@@ -8,6 +8,6 @@ procedure not registered here is answered with VIR_ERR_NO_SUPPORT by the server,
 libvirt's clients report as "not supported".
 """
 
-from qumran.libvirt.procedures import connect, domains, events
+from qumran.libvirt.procedures import connect, domains, events, stats
 
-__all__ = ["connect", "domains", "events"]
+__all__ = ["connect", "domains", "events", "stats"]

@@ -6,10 +6,13 @@ then virsh's and virt-manager's first calls), answered for the caller's connecti
 
 from __future__ import annotations
 
+import os
 import socket
 
+from qumran.config.spec import MAX_VCPUS
 from qumran.libvirt import constants as c
 from qumran.libvirt import host
+from qumran.libvirt.errors import RpcError
 from qumran.libvirt.protocol import remote as r
 from qumran.libvirt.server import Connection, ConnState, handles
 
@@ -91,3 +94,76 @@ async def capabilities(conn: Connection, _: None) -> r.remote_connect_get_capabi
 @handles(r.REMOTE_PROC_NODE_GET_SECURITY_MODEL)
 async def security_model(conn: Connection, _: None) -> r.remote_node_get_security_model_ret:
     return r.remote_node_get_security_model_ret([], [])  # none (libvirt: empty strings)
+
+
+@handles(r.REMOTE_PROC_CONNECT_GET_DOMAIN_CAPABILITIES)
+async def domain_capabilities(
+    conn: Connection, args: r.remote_connect_get_domain_capabilities_args
+) -> r.remote_connect_get_domain_capabilities_ret:
+    try:
+        xml = host.domain_capabilities_xml(conn.manager, args.emulatorbin, args.arch,
+                                           args.machine, args.virttype)  # fmt: skip
+    except ValueError as exc:
+        raise RpcError(c.VIR_ERR_INVALID_ARG, f"invalid argument: {exc}", c.VIR_FROM_QEMU) from None
+    return r.remote_connect_get_domain_capabilities_ret(xml)
+
+
+@handles(r.REMOTE_PROC_CONNECT_GET_MAX_VCPUS)
+async def max_vcpus(
+    conn: Connection, args: r.remote_connect_get_max_vcpus_args
+) -> r.remote_connect_get_max_vcpus_ret:
+    return r.remote_connect_get_max_vcpus_ret(MAX_VCPUS)  # what a Qumran VM may have
+
+
+# --- the node's counters (virsh nodememstats, nodecpustats, freecell, nodecpumap) ------
+# Asked with nparams 0, a counter call answers how many there are (remote_driver.c).
+
+
+@handles(r.REMOTE_PROC_NODE_GET_FREE_MEMORY)
+async def free_memory(conn: Connection, _: None) -> r.remote_node_get_free_memory_ret:
+    return r.remote_node_get_free_memory_ret(host.meminfo_kib().get("MemFree", 0) * 1024)
+
+
+@handles(r.REMOTE_PROC_NODE_GET_MEMORY_STATS)
+async def memory_stats(
+    conn: Connection, args: r.remote_node_get_memory_stats_args
+) -> r.remote_node_get_memory_stats_ret:
+    if args.cellNum != c.VIR_NODE_MEMORY_STATS_ALL_CELLS and args.cellNum != 0:
+        why = f"invalid argument: cell {args.cellNum}: Qumran reports one cell, 0"
+        raise RpcError(c.VIR_ERR_INVALID_ARG, why)
+    info = host.meminfo_kib()
+    names = {"total": "MemTotal", "free": "MemFree", "buffers": "Buffers", "cached": "Cached"}
+    params = [r.remote_node_get_memory_stats(k, info.get(v, 0)) for k, v in names.items()]
+    if args.nparams == 0:
+        return r.remote_node_get_memory_stats_ret([], len(params))
+    params = params[: max(0, args.nparams)]
+    return r.remote_node_get_memory_stats_ret(params, len(params))
+
+
+@handles(r.REMOTE_PROC_NODE_GET_CPU_STATS)
+async def cpu_stats(
+    conn: Connection, args: r.remote_node_get_cpu_stats_args
+) -> r.remote_node_get_cpu_stats_ret:
+    try:
+        times = host.cpu_times_ns(args.cpuNum)
+    except ValueError as exc:
+        raise RpcError(c.VIR_ERR_INVALID_ARG, f"invalid argument: {exc}") from None
+    params = [r.remote_node_get_cpu_stats(k, v) for k, v in times.items()]
+    if args.nparams == 0:
+        return r.remote_node_get_cpu_stats_ret([], len(params))
+    params = params[: max(0, args.nparams)]
+    return r.remote_node_get_cpu_stats_ret(params, len(params))
+
+
+@handles(r.REMOTE_PROC_NODE_GET_CPU_MAP)
+async def cpu_map(
+    conn: Connection, args: r.remote_node_get_cpu_map_args
+) -> r.remote_node_get_cpu_map_ret:
+    count = os.cpu_count() or 1
+    online = host.online_cpus()
+    bits = bytearray((count + 7) // 8)
+    for cpu in online:
+        if cpu < count:
+            bits[cpu // 8] |= 1 << (cpu % 8)
+    return r.remote_node_get_cpu_map_ret(bytes(bits) if args.need_map else b"",
+                                         len(online) if args.need_online else 0, count)  # fmt: skip

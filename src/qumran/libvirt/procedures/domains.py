@@ -75,7 +75,7 @@ def state_of(dom: Domain) -> tuple[int, int]:
 # --- listing and lookups ----------------------------------------------------------------
 
 
-def _matches(dom: Domain, flags: int) -> bool:
+def matches(dom: Domain, flags: int) -> bool:
     active = dom.active
     groups = (
         (c.VIR_CONNECT_LIST_DOMAINS_ACTIVE, active, c.VIR_CONNECT_LIST_DOMAINS_INACTIVE,
@@ -111,7 +111,7 @@ def _matches(dom: Domain, flags: int) -> bool:
 async def list_all(
     conn: Connection, args: r.remote_connect_list_all_domains_args
 ) -> r.remote_connect_list_all_domains_ret:
-    doms = [wire(d) for d in conn.manager.visible(conn.caller) if _matches(d, args.flags)]
+    doms = [wire(d) for d in conn.manager.visible(conn.caller) if matches(d, args.flags)]
     doms = doms[: r.REMOTE_DOMAIN_LIST_MAX]
     return r.remote_connect_list_all_domains_ret(doms if args.need_results else [], len(doms))
 
