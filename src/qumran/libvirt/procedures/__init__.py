@@ -8,6 +8,6 @@ procedure not registered here is answered with VIR_ERR_NO_SUPPORT by the server,
 libvirt's clients report as "not supported".
 """
 
-from qumran.libvirt.procedures import connect, domains, events, stats
+from qumran.libvirt.procedures import connect, domains, events, networks, stats, storage
 
-__all__ = ["connect", "domains", "events", "stats"]
+__all__ = ["connect", "domains", "events", "networks", "stats", "storage"]
