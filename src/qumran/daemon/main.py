@@ -186,9 +186,9 @@ async def serve(settings: config.Settings) -> listeners.Listening | None:
         listening = listeners.api_listener(settings.socket, passed_api, source)
         listening.web = web_sock
         opened.callback(listeners.let_go, listening)
-        libvirt_sock = _libvirt_listener(settings)
+        libvirt_sock = _libvirt_listener(settings, passed.pop(activation.LIBVIRT, None))
         if libvirt_sock is not None:
-            opened.callback(_close_libvirt, libvirt_sock, settings.libvirt_socket)
+            opened.callback(_close_libvirt, libvirt_sock, settings.libvirt_socket, listening)
         store = Store(state / "qumran.db")
         opened.callback(store.close)
         manager = Manager(store, make_drivers(settings.driver), run,
@@ -198,9 +198,16 @@ async def serve(settings: config.Settings) -> listeners.Listening | None:
         return listening if listening.handover is not None else None
 
 
-def _libvirt_listener(settings: config.Settings) -> socket.socket | None:
-    """libvirt's protocol on its own socket (docs/libvirt.md), bound like the API's."""
+def _libvirt_listener(
+    settings: config.Settings, passed: socket.socket | None
+) -> socket.socket | None:
+    """libvirt's protocol on its own socket (docs/libvirt.md), bound like the API's; or
+    the one the qumrand before a restart passed on, if it is still at the same path."""
     path = settings.libvirt_socket
+    if passed is not None:
+        if path is not None and passed.getsockname() == path:
+            return passed
+        passed.close()
     if path is None:
         return None
     try:
@@ -212,9 +219,9 @@ def _libvirt_listener(settings: config.Settings) -> socket.socket | None:
         ) from None
 
 
-def _close_libvirt(sock: socket.socket, path: str | None) -> None:
+def _close_libvirt(sock: socket.socket, path: str | None, listening: listeners.Listening) -> None:
     sock.close()
-    if path is not None:
+    if path is not None and listening.handover is None:  # a restart's qumrand keeps it
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -271,6 +278,8 @@ async def _serve(
         listening.handover = {activation.API: listening.sock.dup()}
         if web_sock is not None:
             listening.handover[activation.WEB] = web_sock.dup()
+        if libvirt_sock is not None:
+            listening.handover[activation.LIBVIRT] = libvirt_sock.dup()
         activation.notify(f"RELOADING=1\nMONOTONIC_USEC={activation.monotonic_usec()}")
         log.info("restarting in place (SIGHUP): the sockets stay open; VMs keep running")
         for each in servers:
