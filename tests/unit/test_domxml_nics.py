@@ -8,8 +8,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from qumran.config.domxml import XmlInvalid, XmlUnsupported, parse, to_xml
+from qumran.config.domxml import parse, to_xml
 from qumran.config.validate import validate_spec
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 
 UUID = "6f1c1d7e-2b1c-4a55-9d0e-8f4c2f3a1b2c"
 BASE = {"name": "web1", "memory": 256, "boot": {"kernel": "/boot/vmlinuz"}}

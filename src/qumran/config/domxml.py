@@ -20,8 +20,9 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from qumran.config import xmlread
 from qumran.config.spec import DiskBoot, KernelBoot, VmSpec
-from qumran.errors import InvalidArgument
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 
 NS = "https://qumran.dev/xmlns/libvirt/domain/1.0"
 _Q = f"{{{NS}}}"
@@ -30,14 +31,6 @@ QEMU_BINARY_NAMES = ("qemu-system-x86_64", "kvm")
 _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 10**6, "m": 1 << 20,
           "mib": 1 << 20, "gb": 10**9, "g": 1 << 30, "gib": 1 << 30, "tb": 10**12,
           "t": 1 << 40, "tib": 1 << 40}  # fmt: skip
-
-
-class XmlUnsupported(InvalidArgument):
-    """XML using something Qumran does not have (libvirt: VIR_ERR_CONFIG_UNSUPPORTED)."""
-
-
-class XmlInvalid(InvalidArgument):
-    """XML that is not a domain at all (libvirt: VIR_ERR_XML_ERROR)."""
 
 
 # --- a definition as XML -----------------------------------------------------------------
@@ -159,18 +152,7 @@ def _tag(tag: str) -> str:
     return tag.replace(_Q, "qumran:")
 
 
-def _attrs(el: ET.Element, path: str, allowed: dict[str, set[str] | None]) -> dict[str, str]:
-    """The element's attributes; one not allowed, or with a value not allowed, refused."""
-    for key, value in el.attrib.items():
-        if key not in allowed:
-            raise XmlUnsupported(f"{path}@{key}: Qumran has no such setting; remove it")
-        values = allowed[key]
-        if values is not None and value not in values:
-            choices = ", ".join(sorted(values))
-            raise XmlUnsupported(
-                f"{path}@{key}={value!r}: Qumran supports only {choices}"
-            )
-    return dict(el.attrib)
+_attrs = xmlread.attrs
 
 
 def _one(found: dict[str, list[ET.Element]], tag: str, path: str) -> ET.Element | None:
@@ -188,16 +170,7 @@ def _text(el: ET.Element, path: str) -> str:
 
 def parse(text: str) -> tuple[dict[str, Any], str | None]:
     """A Qumran definition (to validate as any other) and the ``<uuid>``, if given."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_XML:
-        raise XmlInvalid(f"the domain XML is over {MAX_XML} bytes")
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise XmlInvalid("the domain XML has a DOCTYPE; a domain needs none, remove it")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise XmlInvalid(f"the domain XML is not well-formed: {exc}") from None
-    if root.tag != "domain":
-        raise XmlInvalid(f"the document is <{root.tag}>, not a <domain>")
+    root = xmlread.root(text, "domain", MAX_XML)
     _attrs(root, "domain", {"type": {"qemu", "kvm"}, "id": None})
     top = _Reader(root).children(root, "domain", {
         "name", "uuid", "metadata", "memory", "currentMemory", "vcpu", "os", "features",

@@ -20,7 +20,8 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from qumran.config.domxml import XmlInvalid, XmlUnsupported
+from qumran.config import xmlread
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 
 NS = "https://qumran.dev/xmlns/libvirt/network/1.0"
 _Q = "{" + NS + "}"
@@ -79,49 +80,12 @@ def _metadata(root: ET.Element, definition: dict[str, Any]) -> None:
 # --- in -----------------------------------------------------------------------------------
 
 
-def _children(el: ET.Element, path: str, allowed: set[str]) -> dict[str, ET.Element]:
-    found: dict[str, ET.Element] = {}
-    for child in el:
-        if child.tag not in allowed:
-            raise XmlUnsupported(f"{path}/{child.tag}: Qumran has no such setting; remove it")
-        if child.tag in found:
-            raise XmlUnsupported(f"{path}/{child.tag}: Qumran takes one; remove the others")
-        found[child.tag] = child
-    return found
-
-
-def _attrs(el: ET.Element, path: str, allowed: dict[str, set[str] | None]) -> dict[str, str]:
-    for key, value in el.attrib.items():
-        if key not in allowed:
-            raise XmlUnsupported(f"{path}@{key}: Qumran has no such setting; remove it")
-        values = allowed[key]
-        if values is not None and value not in values:
-            raise XmlUnsupported(f"{path}@{key}='{value}': Qumran supports only "
-                                 f"{', '.join(sorted(values))}")  # fmt: skip
-    return dict(el.attrib)
-
-
-def _required(attrs: dict[str, str], key: str, path: str) -> str:
-    if key not in attrs:
-        raise XmlInvalid(f"{path}@{key}: missing")
-    return attrs[key]
-
-
 def parse(text: str) -> dict[str, Any]:
     """A Qumran network definition (to validate as any other) from ``<network>``."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_XML:
-        raise XmlInvalid(f"the network XML is over {MAX_XML} bytes")
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise XmlInvalid("the network XML has a DOCTYPE; a network needs none, remove it")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise XmlInvalid(f"the network XML is not well-formed: {exc}") from None
-    if root.tag != "network":
-        raise XmlInvalid(f"the document is <{root.tag}>, not a <network>")
-    _attrs(root, "network", {})
-    top = _children(root, "network", {"name", "uuid", "metadata", "forward", "bridge", "domain",
-                                      "ip"})  # fmt: skip
+    root = xmlread.root(text, "network", MAX_XML)
+    xmlread.attrs(root, "network", {})
+    allowed = {"name", "uuid", "metadata", "forward", "bridge", "domain", "ip"}
+    top = xmlread.children(root, "network", allowed)
     name = (top["name"].text or "").strip() if "name" in top else ""
     if not name:
         raise XmlInvalid("network/name: missing")
@@ -132,19 +96,19 @@ def parse(text: str) -> dict[str, Any]:
     meta = _meta(top.get("metadata"))
     forward = None
     if "forward" in top:
-        f = _attrs(top["forward"], "network/forward", {"mode": {"nat", "bridge"}})
-        _children(top["forward"], "network/forward", set())
+        f = xmlread.attrs(top["forward"], "network/forward", {"mode": {"nat", "bridge"}})
+        xmlread.children(top["forward"], "network/forward", set())
         forward = f.get("mode", "nat")
     doc["type"] = meta.pop("type", None) or forward or "isolated"
     if doc["type"] == "user" and forward is not None:
         raise XmlUnsupported("network/forward: a user network forwards nothing; remove it")
     if "bridge" in top:
-        attrs = _attrs(top["bridge"], "network/bridge",
+        attrs = xmlread.attrs(top["bridge"], "network/bridge",
                        {"name": None, "stp": None, "delay": None})  # fmt: skip
-        doc["bridge"] = _required(attrs, "name", "network/bridge")
+        doc["bridge"] = xmlread.required(attrs, "name", "network/bridge")
     if "domain" in top:
-        attrs = _attrs(top["domain"], "network/domain", {"name": None})
-        doc["domain"] = _required(attrs, "name", "network/domain")
+        attrs = xmlread.attrs(top["domain"], "network/domain", {"name": None})
+        doc["domain"] = xmlread.required(attrs, "name", "network/domain")
     if "ip" in top:
         doc["ipv4"] = _ip(top["ip"], meta.pop("lease-time", None))
     if meta.pop("shared", "no") == "yes":
@@ -161,7 +125,7 @@ def _meta(el: ET.Element | None) -> dict[str, str]:
     for child in el:
         if child.tag != _Q + "network":
             continue  # another program's metadata: theirs, not a setting of Qumran's
-        found.update(_attrs(child, "network/metadata/qumran:network", {
+        found.update(xmlread.attrs(child, "network/metadata/qumran:network", {
             "type": {"user"}, "shared": {"yes", "no"}, "lease-time": None,
             "dns-forward": {"yes", "no"}}))  # fmt: skip
     return found
@@ -169,9 +133,9 @@ def _meta(el: ET.Element | None) -> dict[str, str]:
 
 def _ip(el: ET.Element, lease_time: str | None) -> dict[str, Any]:
     path = "network/ip"
-    attrs = _attrs(el, path, {"address": None, "netmask": None, "prefix": None,
+    attrs = xmlread.attrs(el, path, {"address": None, "netmask": None, "prefix": None,
                               "family": {"ipv4"}})  # fmt: skip
-    address = _required(attrs, "address", path)
+    address = xmlread.required(attrs, "address", path)
     mask = attrs.get("prefix") or attrs.get("netmask")
     if mask is None:
         raise XmlInvalid(f"{path}: give netmask='255.255.255.0' or prefix='24'")
@@ -180,13 +144,13 @@ def _ip(el: ET.Element, lease_time: str | None) -> dict[str, Any]:
     except ValueError as exc:
         raise XmlInvalid(f"{path}: {exc}") from None
     ipv4: dict[str, Any] = {"address": str(iface)}
-    inner = _children(el, path, {"dhcp"})
+    inner = xmlread.children(el, path, {"dhcp"})
     if "dhcp" in inner:
-        ranges = _children(inner["dhcp"], path + "/dhcp", {"range"})
+        ranges = xmlread.children(inner["dhcp"], path + "/dhcp", {"range"})
         if "range" in ranges:
-            r = _attrs(ranges["range"], path + "/dhcp/range", {"start": None, "end": None})
-            dhcp = {"start": _required(r, "start", path + "/dhcp/range"),
-                    "end": _required(r, "end", path + "/dhcp/range")}  # fmt: skip
+            r = xmlread.attrs(ranges["range"], path + "/dhcp/range", {"start": None, "end": None})
+            dhcp = {"start": xmlread.required(r, "start", path + "/dhcp/range"),
+                    "end": xmlread.required(r, "end", path + "/dhcp/range")}  # fmt: skip
             if lease_time is not None:
                 dhcp["lease_time"] = lease_time
             ipv4["dhcp"] = dhcp

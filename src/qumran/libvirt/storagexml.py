@@ -14,7 +14,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from qumran.client.schema import PoolInfo, VolumeInfo
-from qumran.config.domxml import XmlInvalid, XmlUnsupported
+from qumran.config import xmlread
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 
 MAX_XML = 64 * 1024
 # A pool's uuid: derived from its owner and name (Qumran stores none), so it is stable.
@@ -88,65 +89,22 @@ class VolumeDefinition:
     allocation: int | None  # bytes to preallocate: Qumran's volumes are sparse (0 or none)
 
 
-def _root(text: str, tag: str) -> ET.Element:
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_XML:
-        raise XmlInvalid(f"the {tag} XML is over {MAX_XML} bytes")
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise XmlInvalid(f"the {tag} XML has a DOCTYPE; a {tag} needs none, remove it")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise XmlInvalid(f"the {tag} XML is not well-formed: {exc}") from None
-    if root.tag != tag:
-        raise XmlInvalid(f"the document is <{root.tag}>, not a <{tag}>")
-    return root
-
-
-def _children(el: ET.Element, path: str, allowed: set[str]) -> dict[str, ET.Element]:
-    found: dict[str, ET.Element] = {}
-    for child in el:
-        if child.tag not in allowed:
-            raise XmlUnsupported(f"{path}/{child.tag}: Qumran has no such setting; remove it")
-        if child.tag in found:
-            raise XmlInvalid(f"{path}/{child.tag}: given twice")
-        found[child.tag] = child
-    return found
-
-
-def _attrs(el: ET.Element, path: str, allowed: dict[str, set[str] | None]) -> dict[str, str]:
-    for key, value in el.attrib.items():
-        if key not in allowed:
-            raise XmlUnsupported(f"{path}@{key}: Qumran has no such setting; remove it")
-        values = allowed[key]
-        if values is not None and value not in values:
-            raise XmlUnsupported(f"{path}@{key}='{value}': Qumran supports only "
-                                 f"{', '.join(sorted(values))}")  # fmt: skip
-    return dict(el.attrib)
-
-
-def _text(el: ET.Element | None, path: str) -> str:
-    text = (el.text or "").strip() if el is not None else ""
-    if not text:
-        raise XmlInvalid(f"{path}: missing")
-    return text
-
-
 def _empty(el: ET.Element, path: str) -> None:
     if len(el) or (el.text or "").strip() or el.attrib:
         raise XmlUnsupported(f"{path}: Qumran's pools are directories; it must be empty")
 
 
 def parse_pool(text: str) -> PoolDefinition:
-    root = _root(text, "pool")
-    _attrs(root, "pool", {"type": {"dir"}})
+    root = xmlread.root(text, "pool", MAX_XML)
+    xmlread.attrs(root, "pool", {"type": {"dir"}})
     if "type" not in root.attrib:
         raise XmlInvalid("pool@type: missing; Qumran's pools are type='dir'")
-    top = _children(root, "pool", {"name", "uuid", "source", "target", "capacity",
+    top = xmlread.children(root, "pool", {"name", "uuid", "source", "target", "capacity",
                                    "allocation", "available"})  # fmt: skip
     # capacity, allocation and available are what a pool has, read back, not settings.
     if "source" in top:
         _empty(top["source"], "pool/source")
-    target = _children(top["target"], "pool/target", {"path", "permissions"}) if (
+    target = xmlread.children(top["target"], "pool/target", {"path", "permissions"}) if (
         "target" in top) else {}  # fmt: skip
     if "permissions" in target:
         raise XmlUnsupported("pool/target/permissions: a pool's directory is its owner's, "
@@ -154,11 +112,11 @@ def parse_pool(text: str) -> PoolDefinition:
     uuid = None
     if "uuid" in top:
         try:
-            uuid = str(uuidlib.UUID(_text(top["uuid"], "pool/uuid")))
+            uuid = str(uuidlib.UUID(xmlread.text(top["uuid"], "pool/uuid")))
         except ValueError:
             raise XmlInvalid("pool/uuid: not a UUID") from None
-    return PoolDefinition(_text(top.get("name"), "pool/name"),
-                          _text(target.get("path"), "pool/target/path"), uuid)  # fmt: skip
+    return PoolDefinition(xmlread.text(top.get("name"), "pool/name"),
+                          xmlread.text(target.get("path"), "pool/target/path"), uuid)  # fmt: skip
 
 
 def _size(el: ET.Element, path: str) -> int:
@@ -167,39 +125,39 @@ def _size(el: ET.Element, path: str) -> int:
     if factor is None:
         raise XmlInvalid(f"{path}@unit='{unit}': not a unit (bytes, KiB, MiB, GiB, TiB, ...)")
     try:
-        return int(_text(el, path)) * factor
+        return int(xmlread.text(el, path)) * factor
     except ValueError:
         raise XmlInvalid(f"{path}: '{el.text}' is not a whole number") from None
 
 
 def parse_volume(text: str) -> VolumeDefinition:
-    root = _root(text, "volume")
-    _attrs(root, "volume", {"type": {"file"}})
-    top = _children(root, "volume", {"name", "key", "capacity", "allocation", "target",
+    root = xmlread.root(text, "volume", MAX_XML)
+    xmlread.attrs(root, "volume", {"type": {"file"}})
+    top = xmlread.children(root, "volume", {"name", "key", "capacity", "allocation", "target",
                                      "backingStore"})  # fmt: skip
     allocation = _size(top["allocation"], "volume/allocation") if "allocation" in top else None
     fmt, path = "qcow2", None
     if "key" in top:
-        path = _text(top["key"], "volume/key")
+        path = xmlread.text(top["key"], "volume/key")
     if "target" in top:
-        target = _children(top["target"], "volume/target", {"format", "path"})
+        target = xmlread.children(top["target"], "volume/target", {"format", "path"})
         if "format" in target:
-            fmt = _attrs(target["format"], "volume/target/format",
+            fmt = xmlread.attrs(target["format"], "volume/target/format",
                          {"type": {"qcow2", "raw"}}).get("type", fmt)  # fmt: skip
         if "path" in target:
-            given = _text(target["path"], "volume/target/path")
+            given = xmlread.text(target["path"], "volume/target/path")
             if path is not None and given != path:
                 raise XmlInvalid("volume/target/path: not the same as volume/key")
             path = given
     backing = None
     if "backingStore" in top:
-        store = _children(top["backingStore"], "volume/backingStore", {"path", "format"})
-        backing = _text(store.get("path"), "volume/backingStore/path")
+        store = xmlread.children(top["backingStore"], "volume/backingStore", {"path", "format"})
+        backing = xmlread.text(store.get("path"), "volume/backingStore/path")
         if "format" in store:
-            _attrs(store["format"], "volume/backingStore/format", {"type": {"qcow2", "raw"}})
+            xmlread.attrs(store["format"], "volume/backingStore/format", {"type": {"qcow2", "raw"}})
     capacity = top.get("capacity")
     if capacity is None:
         raise XmlInvalid("volume/capacity: missing; give the size, <capacity unit='G'>8</capacity>")
-    return VolumeDefinition(_text(top.get("name"), "volume/name"),
+    return VolumeDefinition(xmlread.text(top.get("name"), "volume/name"),
                             _size(capacity, "volume/capacity"), fmt, backing, path,
                             allocation)  # fmt: skip

@@ -11,6 +11,7 @@ import uuid as uuidlib
 from typing import Any
 
 from qumran.config import domxml
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 from qumran.daemon.domain import Domain, Reason, State
 from qumran.errors import AlreadyExists, InvalidState
 from qumran.libvirt import constants as c
@@ -279,10 +280,10 @@ async def dumpxml(
 async def _define(conn: Connection, xml: str) -> r.remote_nonnull_domain:
     try:
         doc, uuid = domxml.parse(xml)
-    except domxml.XmlUnsupported as exc:
+    except XmlUnsupported as exc:
         raise RpcError(c.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"unsupported configuration: {exc.message}", c.VIR_FROM_DOMAIN) from None
-    except domxml.XmlInvalid as exc:
+    except XmlInvalid as exc:
         raise RpcError(c.VIR_ERR_XML_ERROR, f"XML error: {exc.message}", c.VIR_FROM_XML) from None
     name = doc.get("name")
     existing = conn.manager.domains.get(name) if isinstance(name, str) else None

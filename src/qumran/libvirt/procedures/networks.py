@@ -14,7 +14,7 @@ import uuid as uuidlib
 from collections.abc import Iterator
 
 from qumran.client.schema import NetworkInfo
-from qumran.config.domxml import XmlInvalid, XmlUnsupported
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 from qumran.errors import NotFound
 from qumran.libvirt import constants as c
 from qumran.libvirt import netxml

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qumran.client.schema import PoolInfo, VolumeInfo
-from qumran.config.domxml import XmlInvalid, XmlUnsupported
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 from qumran.errors import InvalidState, NotFound
 from qumran.libvirt import constants as c
 from qumran.libvirt import storagexml
