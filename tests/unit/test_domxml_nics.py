@@ -59,3 +59,15 @@ def test_what_does_not_fit_is_refused_by_its_path(
 ) -> None:
     with pytest.raises(error, match=re.escape(f"domain/devices/{where}")):
         parse(xml_with(interface))
+
+
+def test_the_machine_is_the_one_qemu_runs_and_another_is_refused() -> None:
+    from qumran.drivers.qemu.cmdline import MACHINE as RUN
+
+    xml = to_xml("m", UUID, validate_spec(BASE))
+    assert parse(xml)[0]["name"] == "m"
+    assert f'machine="{RUN}"' in xml, xml
+    for older in ("pc", "pc-q35-7.2"):  # Qumran's dumpxml before q35; a versioned q35
+        assert parse(xml.replace(f"machine=\"{RUN}\"", f"machine=\"{older}\""))[0]
+    with pytest.raises(XmlUnsupported, match=r"domain/os/type@machine='pc-i440fx-7.2'"):
+        parse(xml.replace(f'machine="{RUN}"', 'machine="pc-i440fx-7.2"'))

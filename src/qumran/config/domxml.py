@@ -28,6 +28,7 @@ NS = "https://qumran.dev/xmlns/libvirt/domain/1.0"
 _Q = f"{{{NS}}}"
 MAX_XML = 1 << 20  # bytes; a domain is a few KiB
 QEMU_BINARY_NAMES = ("qemu-system-x86_64", "kvm")
+MACHINE = "q35"  # the machine type QEMU runs a Qumran VM as (drivers/qemu/cmdline.py)
 _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 10**6, "m": 1 << 20,
           "mib": 1 << 20, "gb": 10**9, "g": 1 << 30, "gib": 1 << 30, "tb": 10**12,
           "t": 1 << 40, "tib": 1 << 40}  # fmt: skip
@@ -50,7 +51,7 @@ def to_xml(name: str, uuid: str, spec: VmSpec, *, dom_id: int | None = None,
     ET.SubElement(root, "currentMemory", unit="KiB").text = kib
     ET.SubElement(root, "vcpu", placement="static").text = str(spec.vcpus)
     os_el = ET.SubElement(root, "os")
-    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    ET.SubElement(os_el, "type", arch="x86_64", machine=MACHINE).text = "hvm"
     if isinstance(spec.boot, KernelBoot):
         ET.SubElement(os_el, "kernel").text = str(spec.boot.kernel)
         if spec.boot.initrd is not None:
@@ -259,6 +260,17 @@ def _features(top: dict[str, list[ET.Element]]) -> None:
         _Reader(clock).children(clock, "domain/clock", set())
 
 
+def _machine(machine: str | None) -> None:
+    """Refuse a machine type other than the one Qumran runs. 'pc' is taken too: it is what
+    Qumran's own dumpxml wrote before it said q35, and XML kept from then must define."""
+    if machine is None or machine in (MACHINE, "pc") or machine.startswith("pc-q35-"):
+        return
+    raise XmlUnsupported(
+        f"domain/os/type@machine={machine!r}: Qumran's VMs are {MACHINE} machines; "
+        f"give machine='{MACHINE}' or leave it out"
+    )
+
+
 def _os(top: dict[str, list[ET.Element]], doc: dict[str, Any], boot_disk: int | None) -> None:
     os_el = _one(top, "os", "domain")
     if os_el is None:
@@ -266,7 +278,8 @@ def _os(top: dict[str, list[ET.Element]], doc: dict[str, Any], boot_disk: int | 
     found = _Reader(os_el).children(os_el, "domain/os",
                                     {"type", "kernel", "initrd", "cmdline", "boot"})  # fmt: skip
     if (typ := _one(found, "type", "domain/os")) is not None:
-        _attrs(typ, "domain/os/type", {"arch": {"x86_64"}, "machine": None})
+        found_attrs = _attrs(typ, "domain/os/type", {"arch": {"x86_64"}, "machine": None})
+        _machine(found_attrs.get("machine"))
         if _text(typ, "domain/os/type") != "hvm":
             raise XmlUnsupported("domain/os/type: Qumran runs hvm guests only")
     kernel = _one(found, "kernel", "domain/os")

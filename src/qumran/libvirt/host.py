@@ -11,6 +11,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from qumran.config.domxml import MACHINE
 from qumran.config.spec import MAX_VCPUS
 from qumran.libvirt.protocol import remote as r
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 # The libvirt whose protocol this is (protocol/README.md): clients pick features by it.
 LIB_VERSION = 9_000_000
-MACHINE = "q35"  # what the QEMU driver runs (drivers/qemu/cmdline.py)
 
 
 def _version_number(text: str) -> int:
@@ -135,7 +135,7 @@ def domain_capabilities_xml(
     if virttype not in (None, "qemu", "kvm") or (virttype == "kvm" and accel != "kvm"):
         runs = "kvm and qemu" if accel == "kvm" else "qemu (TCG: no usable KVM)"
         raise ValueError(f"virttype '{virttype}' is not supported here: Qumran's QEMU runs {runs}")
-    # Qumran's domain XML says 'pc' (any machine is taken on define); QEMU runs q35.
+    # 'pc': what Qumran's dumpxml said before it said q35 (domxml still takes it on define).
     if machine not in (None, MACHINE, "pc"):
         raise ValueError(f"machine '{machine}' is not supported: Qumran's QEMU runs {MACHINE}")
     domain = virttype or ("kvm" if accel == "kvm" else "qemu")
