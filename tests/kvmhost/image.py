@@ -20,8 +20,17 @@ from qumran.images.kmod import ModuleTree
 
 KERNEL_METAPACKAGE = "linux-image-amd64"
 # virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it,
-# vhost_net for qumran-vmm's vhost=on (it brings tun).
-MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net")
+# vhost_net for qumran-vmm's vhost=on (it brings tun). Then what qumrand's networks use
+# (tests/kvm/test_networks_kvm.py): bridges and veth pairs, and the nftables expressions
+# of its `inet qumran` table (ct state, a nat chain, masquerade), with the crc32c that
+# libcrc32c (which nf_tables needs) asks the crypto API for. All loaded at boot: the
+# kernel's own module loading would run a modprobe that finds no modules in the test
+# host's root (the host's), so nothing may be left for it to load on demand.
+MODULES = (
+    "virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net",
+    "bridge", "veth",
+    "crc32c_generic", "nf_tables", "nft_ct", "nft_chain_nat", "nft_nat", "nft_masq",
+)  # fmt: skip
 # Bump when the image changes in a way image_key() cannot see (how it is built). Each key
 # has its own cache directory, so checkouts that differ (worktrees, branches, a CI clone)
 # never use or rebuild each other's image.

@@ -68,6 +68,7 @@ LINES = [
     ["net-info", "default"],
     ["net-dhcp-leases", "default", "--json"],
     ["net-undefine", "lan"],
+    ["net-undefine", "--force", "lan"],
     # What the quick reader leaves to argparse: help, mistakes, unusual spellings.
     [],
     ["--help"],

@@ -60,8 +60,14 @@ def do_net_define(args: argparse.Namespace) -> int:
     return _done(args, net, f"network '{net['name']}' defined from {args.file}")
 
 
+def _undefine_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--force", action="store_true",
+                   help="remove it even while defined VMs have a NIC on it")  # fmt: skip
+
+
 def do_net_undefine(args: argparse.Namespace) -> int:
-    _client(args).undefine_network(args.name)
+    _client(args).undefine_network(args.name, force=args.force)
     if args.json:
         output.print_json({"name": args.name, "undefined": True})
     else:
@@ -199,7 +205,8 @@ COMMANDS: list[
     ("net-list", "list virtual networks", _nothing, do_net_list),
     ("net-define", "define a network from a YAML or TOML file (root)", _define_args,
      do_net_define),
-    ("net-undefine", "remove an inactive network's definition (root)", _name, do_net_undefine),
+    ("net-undefine", "remove an inactive network's definition (root)", _undefine_args,
+     do_net_undefine),
     ("net-start", "start a network: its bridge, DHCP/DNS and NAT (root)", _name, do_net_start),
     ("net-destroy", "stop a network (root)", _destroy_args, do_net_destroy),
     ("net-autostart", "start a network whenever qumrand starts (root)", _autostart_args,

@@ -218,8 +218,9 @@ class Client:
         result: NetworkInfo = self._call("POST", "/v1/networks", doc)
         return result
 
-    def undefine_network(self, name: str) -> None:
-        self._call("DELETE", _network(name))
+    def undefine_network(self, name: str, *, force: bool = False) -> None:
+        """Remove a network's definition; ``force``: even while defined VMs use it."""
+        self._call("DELETE", _network(name) + ("?force=true" if force else ""))
 
     def start_network(self, name: str) -> NetworkInfo:
         result: NetworkInfo = self._call("POST", _network(name) + "/start")

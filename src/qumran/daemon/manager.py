@@ -88,6 +88,7 @@ class Manager:
                                  manage_host=manage_networks)  # fmt: skip
         self._default_network = default_network
         self.networks.attached = lambda network: nics.running_on(self.domains, network)
+        self.networks.defined_on = lambda network: nics.defined_on(self.domains, network)
         self.networks.mac_owner = lambda mac: nics.mac_owner(self.domains, mac)
 
     # ownership
