@@ -24,6 +24,10 @@ if [ "$want_tests" = 1 ]; then
     packages+=(mmdebstrap e2fsprogs fdisk grub-pc-bin grub-common uidmap)
     # libvirt's own clients, run against qumrand's libvirt-sock (tests/unit/test_libvirt_*).
     packages+=(libvirt-clients python3-libvirt)
+    # ... and the graphical ones on an X server of the test's own (Xvfb): virt-manager,
+    # driven through its accessibility tree (python3-pyatspi, in a D-Bus session of its
+    # own), and virt-viewer (tests/integration/test_libvirt_viewers.py).
+    packages+=(virt-manager virt-viewer xvfb python3-pyatspi dbus-daemon at-spi2-core)
 fi
 
 missing=()

@@ -16,9 +16,13 @@ from qumran.libvirt.errors import RpcError
 from qumran.libvirt.protocol import remote as r
 from qumran.libvirt.server import Connection, ConnState, handles
 
-FEATURES = frozenset({c.VIR_DRV_FEATURE_TYPED_PARAM_STRING, c.VIR_DRV_FEATURE_PROGRAM_KEEPALIVE,
-                      c.VIR_DRV_FEATURE_REMOTE_EVENT_CALLBACK,
-                      c.VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK})  # fmt: skip
+FEATURES = frozenset({
+    c.VIR_DRV_FEATURE_FD_PASSING,  # procedures/graphics.py hands a viewer its display
+    c.VIR_DRV_FEATURE_TYPED_PARAM_STRING,
+    c.VIR_DRV_FEATURE_PROGRAM_KEEPALIVE,
+    c.VIR_DRV_FEATURE_REMOTE_EVENT_CALLBACK,
+    c.VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK,
+})  # fmt: skip
 
 
 
