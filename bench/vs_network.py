@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shlex
@@ -82,8 +83,8 @@ class Plan:
     pings: int  # pings per round trip measurement
 
 
-FULL = Plan("full run", net_runs=10, net_warmup=1, boots=5, boot_warmup=1, rounds=3,
-            seconds=10, pings=30)  # fmt: skip
+FULL = Plan("full run", net_runs=10, net_warmup=1, boots=5, boot_warmup=1, rounds=5,
+            seconds=5, pings=30)  # fmt: skip
 QUICK = Plan("quick run", net_runs=3, net_warmup=0, boots=1, boot_warmup=0, rounds=1,
              seconds=2, pings=5)  # fmt: skip
 
@@ -335,7 +336,7 @@ def _traffic(
                 vm = f"{tag}{name}"
                 cleanup.callback(_quietly(f"destroying {vm}", partial(stack.destroy_vm, vm)))
                 _, addresses[label][name], pid = boot(stack, vm)
-            res.nic_args[label] = qemu_nic_args(pid)
+            res.nic_args[label] = f"{qemu_nic_args(pid)}`; its TAPs: `{_taps(stack)}"
             server = subprocess.Popen(
                 stack.ns.argv("iperf3", "-s", "-B", HOST), stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -362,6 +363,17 @@ def _traffic(
             log(f"{label} round {round_ + 1}: " + ", ".join(
                 f"{k} {v / 1e6:.0f} Mbit/s" if k.endswith("bps") else f"{k} {v * 1000:.2f} ms"
                 for k, v in got.items()))  # fmt: skip
+
+
+def _taps(stack: Stack) -> str:
+    """The bridge's ports as `ip link` shows them: name, queueing discipline, flags."""
+    ports = json.loads(run(["ip", "-n", stack.ns.name, "-j", "link", "show", "master",
+                            stack.bridge]))  # fmt: skip
+    return "; ".join(
+        f"{p['ifname']} qdisc {p.get('qdisc', '?')} txqlen {p.get('txqlen', '?')} "
+        f"mtu {p.get('mtu', '?')}"
+        for p in ports
+    )
 
 
 def traffic_round(stack: Stack, ips: dict[str, str], plan: Plan) -> dict[str, float]:

@@ -167,6 +167,6 @@ def render(res: NetResults) -> str:
     lines += [f"- {note}" for note in res.notes]
     for stack in STACKS:
         if stack in res.nic_args:
-            lines.append(f"- {stack}'s QEMU NIC arguments (from its command line): "
+            lines.append(f"- {stack}'s QEMU NIC arguments (from its command line), two guests up: "
                          f"`{res.nic_args[stack]}`.")  # fmt: skip
     return "\n".join(lines) + "\n"
