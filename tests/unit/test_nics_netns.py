@@ -56,6 +56,7 @@ def test_a_network_nic_gets_a_stable_mac_and_a_tap_on_the_bridge(net: NetDaemon)
     tap = tap_of(vm)
     link = net.tap(tap)
     assert link["master"] == "qbr-lan" and "UP" in link["flags"]
+    assert link["qdisc"] == "noqueue", link  # no host queue before the VM's own
     assert link["linkinfo"]["info_kind"] == "tun"
     data = link["linkinfo"]["info_data"]
     # Not persistent (it dies with the process), with virtio-net headers, the VM owner's.
