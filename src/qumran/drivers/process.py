@@ -13,9 +13,12 @@ import enum
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from qumran.drivers.asuser import groups_of
-from qumran.drivers.base import Owner
+if TYPE_CHECKING:
+    # Types only: drivers.base loads the definition's models (pydantic), and a starting
+    # qumrand reads process states (daemon/early.py) before it needs those.
+    from qumran.drivers.base import Owner
 
 
 class ProcState(enum.Enum):
@@ -158,6 +161,8 @@ def spawn(
 def _groups(owner: Owner) -> list[int]:
     """Supplementary groups for a VM process: the owner's login groups (the same rights
     its files were checked with, drivers/checks.py) and the group owning /dev/kvm."""
+    from qumran.drivers.asuser import groups_of  # ctypes: loaded when a VM is started
+
     groups = set(groups_of(owner.uid, owner.gid))
     with contextlib.suppress(OSError):
         groups.add(os.stat("/dev/kvm").st_gid)

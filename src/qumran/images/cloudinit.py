@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pycdlib
 import yaml
 
 from qumran.config.cloudinit import CloudInit, hostname_for, is_crypt_hash
@@ -176,6 +175,8 @@ def seed_files(
 
 def build_iso(files: SeedFiles) -> bytes:
     """The ISO 9660 image (label ``cidata``, Rock Ridge and Joliet) holding ``files``."""
+    import pycdlib  # here: qumrand loads it at the first seed, not at start (2 MB)
+
     iso = pycdlib.PyCdlib()
     iso.new(vol_ident=LABEL, joliet=3, rock_ridge="1.09", app_ident_str="qumran")
     try:
