@@ -7,6 +7,8 @@ while it runs (a Qumran VM *is* a process), -1 when shut off, as libvirt's are.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import uuid as uuidlib
 from typing import Any
 
@@ -25,7 +27,14 @@ from qumran.libvirt.server import Connection, handles
 
 
 def wire(dom: Domain) -> r.remote_nonnull_domain:
-    return r.remote_nonnull_domain(dom.name, uuidlib.UUID(dom.uuid).bytes, dom_id(dom))
+    return r.remote_nonnull_domain(dom.name, uuid_bytes(dom.uuid), dom_id(dom))
+
+
+@functools.lru_cache(maxsize=4096)
+def uuid_bytes(text: str) -> bytes:
+    """A VM's uuid as libvirt's 16 bytes: every listing sends every VM's, and parsing the
+    same strings again each time was a third of a listing's cost."""
+    return uuidlib.UUID(text).bytes
 
 
 def dom_id(dom: Domain) -> int:
@@ -77,6 +86,8 @@ def state_of(dom: Domain) -> tuple[int, int]:
 
 
 def matches(dom: Domain, flags: int) -> bool:
+    if not flags:  # python3-libvirt's listAllDomains() and `virsh list --all`: every one
+        return True
     active = dom.active
     groups = (
         (c.VIR_CONNECT_LIST_DOMAINS_ACTIVE, active, c.VIR_CONNECT_LIST_DOMAINS_INACTIVE,
@@ -277,7 +288,7 @@ async def dumpxml(
     return r.remote_domain_get_xml_desc_ret(xml)
 
 
-async def _define(conn: Connection, xml: str) -> r.remote_nonnull_domain:
+def _parse(xml: str) -> tuple[dict[str, Any], str | None]:
     try:
         doc, uuid = domxml.parse(xml)
     except XmlUnsupported as exc:
@@ -285,6 +296,11 @@ async def _define(conn: Connection, xml: str) -> r.remote_nonnull_domain:
                        f"unsupported configuration: {exc.message}", c.VIR_FROM_DOMAIN) from None
     except XmlInvalid as exc:
         raise RpcError(c.VIR_ERR_XML_ERROR, f"XML error: {exc.message}", c.VIR_FROM_XML) from None
+    return doc, uuid
+
+
+async def _define(conn: Connection, xml: str) -> r.remote_nonnull_domain:
+    doc, uuid = _parse(xml)
     name = doc.get("name")
     existing = conn.manager.domains.get(name) if isinstance(name, str) else None
     if existing is not None:
@@ -303,6 +319,32 @@ async def define(conn: Connection, args: r.remote_domain_define_xml_args) -> Any
 @handles(r.REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS)
 async def define_flags(conn: Connection, args: r.remote_domain_define_xml_flags_args) -> Any:
     return r.remote_domain_define_xml_flags_ret(await _define(conn, args.xml))
+
+
+@handles(r.REMOTE_PROC_DOMAIN_CREATE_XML)
+async def create_xml(
+    conn: Connection, args: r.remote_domain_create_xml_args
+) -> r.remote_domain_create_xml_ret:
+    """``virsh create``, and how virt-install and virt-manager start a new VM (then
+    defining the same XML). Qumran has no transient VMs: the domain is defined and
+    started, and stays defined after it stops; if it does not start, it is undefined
+    again, so a failed create leaves nothing, as libvirt's does."""
+    if args.flags:
+        raise RpcError(c.VIR_ERR_INVALID_ARG, f"invalid argument: flags {args.flags:#x}: "
+                       "Qumran starts a created domain without flags (no paused start, "
+                       "no autodestroy)", c.VIR_FROM_DOMAIN)  # fmt: skip
+    doc, uuid = _parse(args.xml_desc)
+    name = doc.get("name")
+    if isinstance(name, str) and name in conn.manager.domains:
+        raise AlreadyExists(f"domain '{name}' already exists; start it (virsh start)")
+    dom = await conn.manager.define(conn.caller, doc, uuid=uuid)
+    try:
+        dom = await conn.manager.start(conn.caller, dom.name)
+    except Exception:
+        with contextlib.suppress(Exception):  # the start's error is the one to report
+            await conn.manager.undefine(conn.caller, dom.name)
+        raise
+    return r.remote_domain_create_xml_ret(wire(dom))
 
 
 @handles(r.REMOTE_PROC_DOMAIN_UNDEFINE)
