@@ -71,3 +71,14 @@ def test_the_machine_is_the_one_qemu_runs_and_another_is_refused() -> None:
         assert parse(xml.replace(f"machine=\"{RUN}\"", f"machine=\"{older}\""))[0]
     with pytest.raises(XmlUnsupported, match=r"domain/os/type@machine='pc-i440fx-7.2'"):
         parse(xml.replace(f'machine="{RUN}"', 'machine="pc-i440fx-7.2"'))
+
+
+def test_a_vnc_listen_address_is_refused_not_dropped() -> None:
+    xml = to_xml("m", UUID, validate_spec(BASE | {"graphics": True}))
+    graphics = '<graphics type="vnc" port="-1" autoport="yes" />'
+    assert graphics in xml, xml
+    assert parse(xml.replace(graphics, graphics[:-3] + "><listen type='none'/></graphics>"))
+    address = "><listen type='address' address='0.0.0.0'/></graphics>"
+    for listen in (' listen="0.0.0.0" />', address):
+        with pytest.raises(XmlUnsupported, match="listens on no address"):
+            parse(xml.replace(graphics, graphics[:-3] + listen))

@@ -437,12 +437,25 @@ def _devices(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> int | Non
     doc["graphics"] = False
     for index, graphics in enumerate(found.get("graphics", [])):
         path = f"domain/devices/graphics[{index + 1}]"
-        _attrs(graphics, path, {"type": {"vnc"}, "port": {"-1"}, "autoport": {"yes"},
-                                "listen": None})  # fmt: skip
-        _Reader(graphics).children(graphics, path, {"listen"})
+        if "listen" in graphics.attrib:
+            raise XmlUnsupported(f"{path}@listen: {_NO_LISTEN}")
+        _attrs(graphics, path, {"type": {"vnc"}, "port": {"-1"}, "autoport": {"yes"}})
+        listens = _Reader(graphics).children(graphics, path, {"listen"}).get("listen", [])
+        for number, listen in enumerate(listens):
+            where = f"{path}/listen[{number + 1}]"
+            if listen.get("type") != "none" or len(listen.attrib) > 1:
+                raise XmlUnsupported(f"{where}: {_NO_LISTEN}")
+            _Reader(listen).children(listen, where, set())
         doc["graphics"] = True
     _builtin_devices(found, doc["graphics"])
     return boot_disk
+
+
+_NO_LISTEN = (
+    "Qumran's VNC listens on no address or socket: each viewer gets its own connection "
+    "through qumrand (virt-viewer --attach, virt-manager, the web manager); remove it, or "
+    "give <listen type='none'/>"
+)
 
 
 def _builtin_devices(found: dict[str, list[ET.Element]], graphics: bool) -> None:
