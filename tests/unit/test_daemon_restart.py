@@ -181,3 +181,39 @@ def test_a_passed_fd_that_is_no_listening_socket_is_one_line(daemon_root: Path) 
     assert proc.returncode == 1
     assert proc.stderr.startswith("qumrand: the socket passed as fd 3 (api) cannot be used: ")
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_vm_started_before_a_restart_in_place_is_reaped_when_it_dies(
+    fake_daemon: Daemon,
+) -> None:
+    """After an exec, qumrand is still the parent of the VMs it started before, without
+    their Popen objects: one that dies must not stay a zombie, and its exit status (here
+    the signal that killed it) is still known."""
+    fake_daemon.call("POST", "/v1/vms", json={"name": "z", "memory": 64,
+                                              "boot": {"kernel": "/bin/sh"}})  # fmt: skip
+    pid = fake_daemon.call("POST", "/v1/vms/z/start").json()["pid"]
+    restart = qumran(fake_daemon, "daemon", "restart")
+    assert restart.returncode == 0, restart.stderr
+    assert fake_daemon.vm("z")["pid"] == pid  # re-attached, still our child
+    assert fake_daemon.proc is not None
+    assert _parent_of(pid) == fake_daemon.proc.pid
+
+    os.kill(pid, signal.SIGKILL)
+    info = fake_daemon.wait_state("z", "shutoff", timeout=10)
+
+    assert info["reason"] == "killed"
+    assert not Path(f"/proc/{pid}").exists(), f"pid {pid} left a zombie: {_stat(pid)}"
+    events = fake_daemon.call("GET", "/v1/events").json()
+    stopped = [e for e in events if e["vm"] == "z" and e["event"] == "stopped"]
+    assert stopped[-1]["detail"] == "the process was killed by SIGKILL", stopped
+
+
+def _stat(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text()
+    except OSError as exc:
+        return str(exc)
+
+
+def _parent_of(pid: int) -> int:
+    return int(_stat(pid).rsplit(")", 1)[1].split()[1])

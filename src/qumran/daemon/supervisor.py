@@ -92,6 +92,7 @@ class Supervisor:
                 self._watched.add(entry)
                 self._arm(loop)
                 await entry.exited.wait()
+            status = run.process.reap(pidfd)  # before the pidfd closes: it names the process
         finally:
             self._watched.discard(entry)
             if pidfd >= 0:
@@ -99,7 +100,6 @@ class Supervisor:
                 os.close(pidfd)
             if entry.stat_fd >= 0:
                 os.close(entry.stat_fd)
-        status = run.process.reap()
         reason, detail = exit_reason(run, status)
         self._changed(dom, Event.STOPPED, reason, detail)
 
