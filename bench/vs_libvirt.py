@@ -160,7 +160,7 @@ def measure_all(plan: Plan, res: Results, cleanup: contextlib.ExitStack) -> None
 
 def _demo_image(folder: Path) -> tuple[Path, Path, str, bytes]:
     """The demo guest, copied where libvirt's unprivileged QEMU can read it."""
-    from qumran.images import build_demo
+    from qumran.images.demo import build_demo
 
     image = build_demo()
     folder.mkdir(mode=0o755)

@@ -207,7 +207,7 @@ def _package() -> Path:
 
 def _guest(folder: Path) -> Guest:
     """The demo guest's kernel and the bench initramfs, copied where libvirt-qemu reads."""
-    from qumran.images import build_demo
+    from qumran.images.demo import build_demo
 
     image = build_demo()
     folder.mkdir(mode=0o755)

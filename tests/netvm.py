@@ -21,7 +21,7 @@ from typing import Any
 
 from daemon_harness import DAEMON_START_TIMEOUT, Daemon, remove_tmpdir, short_tmpdir
 from netns import Netns, namespaces, veth
-from qumran.images import READY_LINE, DemoImage
+from qumran.images.demo import READY_LINE, DemoImage
 
 LAN = {
     "name": "lan", "type": "nat", "domain": "lan.test", "dns": {"forward": False},

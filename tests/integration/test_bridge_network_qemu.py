@@ -16,7 +16,7 @@ import pytest
 
 from netns import available, namespaces, veth
 from netvm import boot, define_demo, net_daemon, ping, sh
-from qumran.images import build_demo
+from qumran.images.demo import build_demo
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,7 +16,7 @@ from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
 from qumran.config import domxml
 from qumran.config.files import read_definition
 from qumran.config.validate import validate_spec
-from qumran.images import READY_LINE, build_demo
+from qumran.images.demo import READY_LINE, build_demo
 
 pytestmark = [
     pytest.mark.integration,

@@ -37,7 +37,7 @@ from netvm import (
     qumran,
     sh,
 )
-from qumran.images import build_demo
+from qumran.images.demo import build_demo
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,7 +17,7 @@ import pytest
 
 from netns import available
 from netvm import LAN, boot, define_demo, dhcp, net_daemon, ping, qumran, sh
-from qumran.images import DemoImage
+from qumran.images.demo import DemoImage
 
 pytestmark = [
     pytest.mark.kvm,

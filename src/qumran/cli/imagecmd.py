@@ -165,7 +165,7 @@ def do_import(args: argparse.Namespace) -> int:
 
 
 def do_demo(args: argparse.Namespace) -> int:
-    from qumran.images import build_demo
+    from qumran.images.demo import build_demo
 
     image = build_demo(force=args.force)
     doc: dict[str, Any] = {

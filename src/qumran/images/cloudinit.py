@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from qumran.config.cloudinit import CloudInit, hostname_for, is_crypt_hash
 
 LABEL = "cidata"
@@ -144,6 +142,8 @@ def _user(user: Any) -> dict[str, Any]:
 
 
 def _yaml(doc: dict[str, Any]) -> str:
+    import yaml  # here: qumrand imports this module at start, and writes a seed rarely
+
     # A wide line: a key line stays on one line, as in an authorized_keys file.
     return yaml.safe_dump(
         doc, default_flow_style=False, sort_keys=False, allow_unicode=True, width=1 << 16
