@@ -133,9 +133,14 @@ def do_define(args: argparse.Namespace) -> int:
         doc, uuid = read_xml(args.file)
         vm = _client(args).define(doc, force=args.force, uuid=uuid)
     else:
-        from qumran.config.files import read_definition
+        from qumran.cli import quickdef
 
-        vm = _client(args).define(read_definition(args.file), force=args.force)
+        definition = quickdef.read_definition(args.file)
+        if definition is None:  # more YAML than the quick reader knows, TOML, JSON, a mistake
+            from qumran.config.files import read_definition
+
+            definition = read_definition(args.file)
+        vm = _client(args).define(definition, force=args.force)
     return _done(args, vm, f"VM '{vm['name']}' defined from {args.file}")
 
 
