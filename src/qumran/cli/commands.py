@@ -452,3 +452,15 @@ COMMANDS = [
 ]
 
 NAMES = frozenset(c.name for c in COMMANDS)
+
+# Commands that make their requests, print, and are done: no files written, no threads
+# left behind. The installed `qumran` ends these with os._exit (qumran.cli.main.run).
+LEAN = frozenset(
+    c.handler
+    for c in COMMANDS
+    if c.name in {
+        "list", "define", "undefine", "dumpdef", "dumpxml", "start", "shutdown", "destroy",
+        "reboot", "reset", "suspend", "resume", "dominfo", "domstats", "domstate",
+        "autostart", "host", "events",
+    }
+)  # fmt: skip
