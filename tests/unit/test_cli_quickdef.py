@@ -254,3 +254,35 @@ def test_it_keeps_the_full_readers_limits() -> None:
     assert quickdef.MAX_NUMBER_CHARS == files.MAX_NUMBER_CHARS
     assert quickdef.MAX_NESTING < files.MAX_DEPTH
     assert quickdef._PATH_FIELDS == files._PATH_FIELDS
+
+
+def test_a_pipe_or_fifo_is_left_unread_for_the_full_reader(tmp_path: Path) -> None:
+    # `qumran define /dev/stdin`: what the quick reader read would be gone for the other.
+    read, write = os.pipe()
+    os.write(write, b"name: web\n")
+    os.close(write)
+    try:
+        assert quickdef.read_definition(f"/proc/self/fd/{read}") is None
+        assert os.read(read, 100) == b"name: web\n"
+    finally:
+        os.close(read)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    assert quickdef.read_definition(str(fifo)) is None  # at once: no writer awaited
+
+
+def test_define_from_stdin_reads_the_whole_document(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from qumran.cli import quickdef\n"
+        "from qumran.config.files import read_definition\n"
+        "doc = quickdef.read_definition('/dev/stdin') or read_definition('/dev/stdin')\n"
+        "print(json.dumps(doc))\n"
+    )
+    for text in ("name: web\nvcpus: 2\n", "name: web\nnics: [{type: user}]\n"):
+        proc = subprocess.run([sys.executable, "-c", script], input=text, capture_output=True,
+                              text=True, timeout=30, check=True)  # fmt: skip
+        assert json.loads(proc.stdout)["name"] == "web"

@@ -51,10 +51,8 @@ def read_definition(path: str) -> dict[str, Any] | None:
     lower = path.lower()
     if lower.endswith((".toml", ".json")):
         return None
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError:
+    data = _read_regular(path)
+    if data is None:
         return None
     if len(data) > MAX_FILE_BYTES or not data.isascii():
         return None  # (ASCII is UTF-8; anything else is left to the full reader)
@@ -63,6 +61,32 @@ def read_definition(path: str) -> dict[str, Any] | None:
     except _NotSimple:
         return None
     return _resolve_paths(doc, os.path.dirname(os.path.realpath(path)))
+
+
+def _read_regular(path: str) -> bytes | None:
+    """The start of a regular file; None for anything else, left unread: a pipe
+    (``define /dev/stdin``) or FIFO is the full reader's, and its data must still be
+    there for it. O_NONBLOCK: opening a FIFO does not wait for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_mode & 0o170000 != 0o100000:  # not S_ISREG
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def parse(text: str) -> dict[str, Any]:
