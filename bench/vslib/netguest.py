@@ -1,6 +1,6 @@
 """The guest of ``bench/vs_network.py`` and what it prints: the demo guest plus iperf3.
 
-The bench initramfs is the demo guest's (``qumran.images.build_demo``) with a second
+The bench initramfs is the demo guest's (``qumran.images.demo.build_demo``) with a second
 archive appended (the kernel unpacks concatenated archives in order, later entries
 replacing earlier ones): the host's own iperf3 with the shared libraries ``ldd`` names,
 and a boot script that brings eth0 up, asks for a lease (busybox udhcpc), starts
