@@ -4,6 +4,7 @@
                [--vcpus 2] [--console stdio|socket:PATH|none] [--console-log PATH]
                [--control PATH]
                [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
+               [--net passt[,mac=MAC][,forward=tcp:127.0.0.1:2222-:22]...]
                [--virtio-console socket:PATH]
 
 Exit status: 0 when the guest powers off or the VM is told to quit (control ``quit``,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from qumran.vmm.devices.virtio.backends import DeviceSpecs, DiskSpec, NetSpec
+    from qumran.vmm.devices.virtio.passt import PasstSpec
 
 log = vmm_log.get_logger("qumran.vmm")
 
@@ -101,7 +103,9 @@ class VmmProcess:
         finally:
             self._cleanup()
 
-    def _device_specs(self, disks: tuple[DiskSpec, ...], nets: tuple[NetSpec, ...]) -> DeviceSpecs:
+    def _device_specs(
+        self, disks: tuple[DiskSpec, ...], nets: tuple[NetSpec | PasstSpec, ...]
+    ) -> DeviceSpecs:
         from qumran.vmm.devices.virtio.backends import DeviceSpecs
 
         port = None
@@ -164,14 +168,14 @@ class VmmProcess:
 
 def _parse_device_args(
     a: VmmArgs,
-) -> tuple[tuple[DiskSpec, ...], tuple[NetSpec, ...]] | None:
+) -> tuple[tuple[DiskSpec, ...], tuple[NetSpec | PasstSpec, ...]] | None:
     """The --disk and --net specs, or None without any virtio device: then the virtio
     stack is never imported."""
     if not (a.disk or a.net or a.rng or a.virtio_console):
         return None
-    from qumran.vmm.devices.virtio.backends import DiskSpec, NetSpec
+    from qumran.vmm.devices.virtio.backends import DiskSpec, parse_net
 
-    return tuple(DiskSpec.parse(d) for d in a.disk), tuple(NetSpec.parse(n) for n in a.net)
+    return tuple(DiskSpec.parse(d) for d in a.disk), tuple(parse_net(n) for n in a.net)
 
 
 def _since_exec() -> float:
