@@ -54,6 +54,12 @@ def test_triple_fault_is_a_crash(vmm_factory: MakeVmm, workdir: Path) -> None:
     assert vmm.wait(60) == 2
     assert "TINY-CRASH" in vmm.console.text
     assert "guest crashed: triple fault on vCPU 0" in vmm.stderr
+    # The dump for the log: registers, special registers and the exits that led there
+    # (the ud2 -> #UD -> #DF -> shutdown after the serial port writes).
+    err = vmm.stderr
+    assert "crash: vCPU 0" in err and "crash:   rax=" in err and " rip=" in err, err
+    assert "crash:   cs  sel=" in err and "crash:   cr0=" in err and "idt=" in err, err
+    assert "last exits (oldest first): IoOut(port=0x3f8, size=0x1) x11, TripleFault" in err, err
 
 
 def test_reset_reboots_in_the_same_process(vmm_factory: MakeVmm, workdir: Path) -> None:

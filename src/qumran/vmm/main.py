@@ -148,6 +148,8 @@ class VmmProcess:
                 machine.reboot()
                 return None
             case GuestEvent.CRASH:
+                for line in machine.crash_dump():
+                    log.error("%s", line)
                 print(f"qumran-vmm: {self.args.name}: guest crashed: {notice.detail}",
                       file=sys.stderr)  # fmt: skip
                 return EXIT_CRASHED

@@ -51,6 +51,7 @@ log = get_logger(__name__)
 
 KICK_SIGNAL = signal.SIGUSR1
 # Process-wide signals are for the main thread; a vCPU thread only takes the kick.
+RECENT_EXITS = 24
 BLOCKED_IN_VCPU = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE}
 
 
@@ -100,6 +101,9 @@ class VcpuThread:
         self._held = False  # the thread is parked in _wait_runnable
         self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.id}", daemon=True)
         self.exits: collections.Counter[str] = collections.Counter()
+        # The last exits, for the crash dump (crashdump.py): the exit objects themselves,
+        # so that the hot path pays one append.
+        self.recent: collections.deque[object] = collections.deque(maxlen=RECENT_EXITS)
         self.native_id: int | None = None
 
     @property
@@ -188,9 +192,10 @@ class VcpuThread:
 
     def _loop(self) -> None:
         vcpu, bus, page, exits = self.vcpu, self._bus, self.vcpu.run_page, self.exits
-        mmio = self._mmio
+        mmio, recent = self._mmio, self.recent.append
         while self._wait_runnable():
             exit_ = vcpu.run()
+            recent(exit_)
             match exit_:
                 case IoOut(port, size, count, data):
                     exits["io"] += 1
