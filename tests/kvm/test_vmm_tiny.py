@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,19 @@ def test_triple_fault_is_a_crash(vmm_factory: MakeVmm, workdir: Path) -> None:
     assert "crash: vCPU 0" in err and "crash:   rax=" in err and " rip=" in err, err
     assert "crash:   cs  sel=" in err and "crash:   cr0=" in err and "idt=" in err, err
     assert "last exits (oldest first): IoOut(port=0x3f8, size=0x1) x11, TripleFault" in err, err
+
+
+def test_ps_shows_the_vms_name(vmm_factory: MakeVmm, workdir: Path) -> None:
+    kernel = _kernel(workdir, "named", tinykernel.reset_on_key())
+    vmm = vmm_factory(kernel, memory="64M", name="web-frontend-7", extra=["--force-kvm"])
+    vmm.start().console.wait_for("TINY-BOOT", 60)
+    ps = subprocess.run(["ps", "-o", "comm=,args=", "-p", str(vmm.pid)],
+                        capture_output=True, text=True, check=True)  # fmt: skip
+    comm, args = ps.stdout.split(None, 1)
+    assert comm == "web-frontend-7" and args.strip() == "qumran-vmm web-frontend-7", ps.stdout
+    threads = os.listdir(f"/proc/{vmm.pid}/task")
+    names = {Path(f"/proc/{vmm.pid}/task/{t}/comm").read_text().strip() for t in threads}
+    assert "CPU 0/KVM" in names, names
 
 
 def test_reset_reboots_in_the_same_process(vmm_factory: MakeVmm, workdir: Path) -> None:

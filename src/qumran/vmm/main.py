@@ -36,7 +36,7 @@ from qumran.vmm.control import ControlServer
 from qumran.vmm.events import GuestEvent, GuestEventNotice
 from qumran.vmm.machine import Machine
 from qumran.vmm.mainloop import MainLoop
-from qumran.vmm.proctitle import set_thread_name
+from qumran.vmm.proctitle import set_process_title, set_thread_name
 from qumran.vmm.vcpu import install_kick_handler
 
 TYPE_CHECKING = False
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qumran-vmm: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     set_thread_name(args.name)
+    if argv is None:  # the program itself, not a test calling main() in its own process
+        set_process_title(f"qumran-vmm {args.name}")  # what ps shows, not python3's argv
     install_kick_handler()
     try:
         return VmmProcess(args).run()
