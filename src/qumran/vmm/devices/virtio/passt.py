@@ -54,7 +54,9 @@ MAX_FRAME = 65535 + 4 + 14  # what a 16-bit IP length allows, a VLAN tag and the
 GUEST_ADDR, GATEWAY, PREFIX = "10.0.2.15", "10.0.2.2", "24"  # QEMU's user-mode addresses
 READ_SIZE = 1 << 18
 SETUP_TIMEOUT = 30.0  # passt checks its options and binds its ports in milliseconds
-TX_BATCH = 64  # frames per sendmsg: well under IOV_MAX with 2 + a few views each
+TX_BATCH = 64  # frames per sendmsg, at most
+IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one sendmsg takes (1024 on Linux)
+MAX_FRAME_VIEWS = 64  # more buffers than this in one frame: joined into one first
 _ZERO_HDR = bytes(NET_HDR_LEN)
 
 
@@ -356,13 +358,20 @@ class PasstNet(VirtioDevice):
             while True:
                 iov: list[memoryview | bytes] = []
                 heads: list[int] = []
-                while len(heads) < TX_BATCH and (chain := queue.pop(ram)) is not None:
+                # One sendmsg per batch, within IOV_MAX buffers: a 64 KiB frame from Linux
+                # is its head and up to 17 page fragments, so 64 of them would not fit.
+                while len(heads) < TX_BATCH and len(iov) < IOV_MAX - MAX_FRAME_VIEWS:
+                    chain = queue.pop(ram)
+                    if chain is None:
+                        break
                     if chain.writable:
                         raise QueueError("virtio-net transmit chain with device-writable buffers")
                     heads.append(chain.head)
                     views = _skip(chain.readable, NET_HDR_LEN)
                     length = sum(map(len, views))
-                    if length:
+                    if len(views) > MAX_FRAME_VIEWS:  # a frame in crumbs: copied whole
+                        views = [b"".join(views)]
+                    if 0 < length <= MAX_FRAME:  # passt refuses anything larger anyway
                         iov.append(length.to_bytes(4, "big"))
                         iov += views
                         packets += 1
@@ -387,6 +396,8 @@ class PasstNet(VirtioDevice):
         while iov:
             try:
                 sent = sock.sendmsg(iov)
+            except InterruptedError:
+                continue
             except OSError as exc:
                 log.warning("passt: sending failed (%s); the NIC has no link now", exc.strerror)
                 self.link.alive = False
