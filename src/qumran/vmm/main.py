@@ -28,6 +28,7 @@ import signal
 import sys
 
 from qumran.errors import QumranError
+from qumran.vmm import confine
 from qumran.vmm import log as vmm_log
 from qumran.vmm.builder import VmSpec, build_machine
 from qumran.vmm.cmdline import VmmArgs, parse_or_exit
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     set_thread_name(args.name)
     if argv is None:  # the program itself, not a test calling main() in its own process
         set_process_title(f"qumran-vmm {args.name}")  # what ps shows, not python3's argv
+        try:
+            confine.prepare(args.name)  # seccomp filters for the threads started from here
+        except RuntimeError as exc:
+            print(f"qumran-vmm: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     install_kick_handler()
     try:
         return VmmProcess(args).run()

@@ -30,6 +30,7 @@ from qumran.kvm.exits import (
     TripleFault,
     Unhandled,
 )
+from qumran.vmm import confine
 from qumran.vmm.devices import PioBus
 from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice
 from qumran.vmm.log import get_logger
@@ -167,6 +168,7 @@ class VcpuThread:
         self.native_id = threading.get_native_id()
         set_thread_name(f"CPU {self.vcpu.id}/KVM")  # what QEMU calls its vCPU threads
         signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_IN_VCPU)
+        confine.enter("vcpu")
         try:
             self._loop()
         except KvmError as exc:
