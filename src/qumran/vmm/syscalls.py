@@ -12,7 +12,9 @@ drive, named here:
 - every role: ``rt_sigreturn``, the return from a signal handler: a process-wide signal
   (SIGTERM, SIGCHLD) may be delivered to any thread that does not block it; ``write`` and
   ``exit_group``, the SIGSYS handler's message and end (confine.py), which run on the
-  thread that made the forbidden call, under its filter;
+  thread that made the forbidden call, under its filter; ``brk`` and ``mremap``, glibc
+  malloc's other ways to get memory (the main arena, when a thread finds no arena of its
+  own; growing a large block in place);
 - io: ``epoll_ctl`` (a device starts or stops watching its back end from the I/O thread:
   passt's socket when the guest runs out of receive buffers), ``poll`` (passt's send
   waiting for room), ``writev`` (a TAP's transmit: the trace ran on passt);
@@ -22,7 +24,7 @@ drive, named here:
 
 from __future__ import annotations
 
-_COMMON = ("rt_sigreturn", "write", "exit_group")
+_COMMON = ("rt_sigreturn", "write", "exit_group", "brk", "mremap")
 VCPU = ("clock_gettime", "epoll_ctl", "exit", "futex", "gettid", "ioctl", "madvise", "mmap",
         "mprotect", "munmap", "prctl", "rseq", "rt_sigprocmask", "rt_sigreturn",
         "set_robust_list", "write", *_COMMON)  # fmt: skip
