@@ -132,7 +132,8 @@ def test_passt_gives_a_lease_and_moves_tcp_through_a_forward_and_the_gateway(
     vmm.command(f"nc 10.0.2.2 {HOST_PORT} < /tmp/out", timeout=600)
     out, _ = peer.communicate(timeout=60)
     outbound = BLOB / (time.monotonic() - start) / 1e6
-    assert out.split()[:2] == [str(BLOB), sent]
+    status = next(d for d in vmm.control("status")["devices"] if d["type"] == "net")
+    assert out.split()[:2] == [str(BLOB), sent], f"{status}\n{vmm.stderr}"
     print(f"\npasst: host->guest {inbound:.1f} MB/s, guest->host {outbound:.1f} MB/s")
     vmm.control("quit")
     assert vmm.wait(30) == 0

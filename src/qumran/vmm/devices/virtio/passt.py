@@ -18,7 +18,8 @@ socket: however the VMM ends (even SIGKILL), its end closes and passt quits.
 
 Data path (the device I/O loop, in Python, as the TAP device without vhost):
 - transmit: each chain is the 12-byte ``virtio_net_hdr_v1`` and a frame; the frames of one
-  kick go out in one ``sendmsg``, each behind its length, straight from guest memory. No
+  kick go out in as few ``sendmsg`` calls as IOV_MAX allows, each behind its length,
+  straight from guest memory, never blocking (see ``_send``). No
   checksum or segmentation offload is offered (passt takes whole frames only), but a
   65520-byte MTU is (VIRTIO_NET_F_MTU, passt's own default), so TCP still moves in large
   frames;
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import socket
 import struct
@@ -58,6 +60,7 @@ TX_BATCH = 64  # frames per sendmsg, at most
 IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one sendmsg takes (1024 on Linux)
 MAX_FRAME_VIEWS = 64  # more buffers than this in one frame: joined into one first
 _ZERO_HDR = bytes(NET_HDR_LEN)
+POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ class PasstLink:
             ours.close()
             why = _passt_error(done.stderr.decode(errors="replace"))
             raise DeviceError(f"--net passt: passt failed to start: {why}")
-        ours.setblocking(True)  # sends block while passt is behind; reads use MSG_DONTWAIT
+        ours.setblocking(True)  # every call says MSG_DONTWAIT itself
         with contextlib.suppress(OSError):
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
@@ -379,7 +382,7 @@ class PasstNet(VirtioDevice):
                 if not heads:
                     break
                 if iov and self.link.alive:
-                    self._send(iov)
+                    self._send(ctx, iov)
                 for head in heads:
                     queue.push(head, 0)
                 done += len(heads)
@@ -390,13 +393,24 @@ class PasstNet(VirtioDevice):
                 ctx.used(TX)
         return packets
 
-    def _send(self, iov: list[memoryview | bytes]) -> None:
-        """All of ``iov``, however many calls it takes; a dead passt drops it."""
-        sock = self.link.sock
+    def _send(self, ctx: DeviceContext, iov: list[memoryview | bytes]) -> None:
+        """All of ``iov``, however many calls it takes; a dead passt drops it.
+
+        Never blocks while passt has frames for us: passt does not wait for a full socket
+        (it drops what it cannot write), so a device stuck in sendmsg would lose the very
+        ACKs that let the guest go on. While passt's side is full, what it sent is taken
+        in, then the device waits until either direction can move.
+        """
+        sock, fd = self.link.sock, self.link.fd
         while iov:
             try:
-                sent = sock.sendmsg(iov)
-            except InterruptedError:
+                sent = sock.sendmsg(iov, [], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                self._receive(ctx)
+                events = POLLOUT | (POLLIN if self._watching else 0)
+                poller = select.poll()
+                poller.register(fd, events)
+                poller.poll(20)  # and then look at the rings again, kicked or not
                 continue
             except OSError as exc:
                 log.warning("passt: sending failed (%s); the NIC has no link now", exc.strerror)
