@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from virtio_rings import PlainRam, RingBuilder
@@ -251,3 +254,24 @@ def test_a_kick_with_more_buffers_than_sendmsg_takes_sends_every_frame_intact() 
         assert guest.dev.status()["link"] is True and guest.dev.counters["tx_packets"] == 64
     finally:
         guest.close()
+
+
+@needs_passt
+def test_passt_starts_on_a_host_without_a_default_route(tmp_path: Path) -> None:
+    """In a network namespace with only the loopback (an offline host, the KVM test host),
+    passt alone refuses to start; the VMM gives it the loopback instead."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    name = f"qpnoroute{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        code = ("import sys; from qumran.vmm.devices.virtio.passt import *;"
+                "l = PasstLink.start_passt(PasstSpec(None, (PasstForward('tcp', '127.0.0.1',"
+                " 2222, 22),))); import socket; socket.create_connection(('127.0.0.1', 2222),"
+                " timeout=5).close(); print('forward bound'); l.close()")  # fmt: skip
+        done = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.stdout.strip() == "forward bound", done.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -8,7 +8,8 @@ its length as a 32-bit big-endian number, with no virtio header.
 
 Addresses are QEMU's user-mode ones, so that a definition means the same with either
 hypervisor: the guest is 10.0.2.15/24, the gateway 10.0.2.2 (passt maps connections to it
-onto the host's loopback, as QEMU's slirp does), DNS what the host uses.
+onto the host's loopback, as QEMU's slirp does), DNS what the host uses. On a host without
+a default route passt is given the loopback as its interface (see ``start_passt``).
 
 Process: passt is given one end of a socketpair (``--fd``) and ``--one-off``, and started
 without ``--foreground``: it checks its options, binds the forwarded ports, then forks into
@@ -54,6 +55,7 @@ F_MTU = 1 << 3  # 5.1.3: the device reports its maximum MTU in the configuration
 MTU = 65520  # passt's default: the largest 802.3 frame's payload, rounded to 32 bits
 MAX_FRAME = 65535 + 4 + 14  # what a 16-bit IP length allows, a VLAN tag and the header
 GUEST_ADDR, GATEWAY, PREFIX = "10.0.2.15", "10.0.2.2", "24"  # QEMU's user-mode addresses
+LOOPBACK_MAC = "52:55:0a:00:02:02"  # passt's own MAC without a default route: slirp's
 READ_SIZE = 1 << 18
 SETUP_TIMEOUT = 30.0  # passt checks its options and binds its ports in milliseconds
 TX_BATCH = 64  # frames per sendmsg, at most
@@ -162,6 +164,12 @@ class PasstLink:
         argv = [binary, "--quiet", "--one-off", "--fd", str(theirs.fileno()),
                 "--address", GUEST_ADDR, "--netmask", PREFIX, "--gateway", GATEWAY,
                 "--mtu", str(MTU)]  # fmt: skip
+        if not _default_route():
+            # passt copies its host side from the interface with the default route; with
+            # none (an offline host, the KVM test host) it would refuse to start. The
+            # loopback serves: the guest still gets its lease, the host through the
+            # gateway, and the forwards (QEMU's slirp needs no route either).
+            argv += ["--interface", "lo", "--mac-addr", LOOPBACK_MAC]
         for fwd in spec.forwards:
             argv += fwd.passt_args()
         try:
@@ -224,6 +232,15 @@ class PasstLink:
         if self.fd >= 0:
             self.fd = -1
             self.sock.close()  # passt (--one-off) quits when its end sees this
+
+
+def _default_route(table: str = "/proc/net/route") -> bool:
+    """Whether the host has an IPv4 default route (destination 00000000)."""
+    try:
+        with open(table) as f:
+            return any(line.split()[1:2] == ["00000000"] for line in f.readlines()[1:])
+    except OSError:
+        return True  # cannot tell: let passt decide
 
 
 def _passt_error(stderr: str) -> str:
