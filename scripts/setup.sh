@@ -15,6 +15,8 @@ packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static pr
 packages+=(nftables dnsmasq-base iproute2)
 # ssh for `qumran ssh`; ssh-keygen for the SSH host key qumrand makes for each guest.
 packages+=(openssh-client)
+# passt: user-mode networking without privileges for qumran-vmm (`type: user` NICs).
+packages+=(passt)
 # The web manager's front-end libraries come from npm; NodeSource's nodejs brings its own npm.
 command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then

@@ -124,13 +124,19 @@ mount -t tmpfs -o mode=1777 shm $R/dev/shm
 # /tmp, like the rest of the root, is the host's seen through the overlay: writable, in RAM.
 # Raw output: no \n -> \r\n translation, so the job's bytes reach the runner unchanged.
 stty -F /dev/ttyS0 -opost 2>/dev/null
+# The job's root is the overlay moved onto / in a mount namespace of its own (what
+# switch_root does), not a chroot: the kernel refuses user namespaces to a chrooted process
+# (unshare(2): EPERM), and passt (qumran-vmm's --net passt) sandboxes itself in one.
+run_job() {
+    unshare -m sh -c "cd $R && mount -o move $R / && exec chroot . /bin/sh $job/job.sh"
+}
 echo "KVMHOST-START-$nonce"
 if [ "$(arg tty)" = 1 ]; then
-    chroot $R /bin/sh "$job/job.sh" </dev/null
+    run_job </dev/null
     status=$?
 else
     # Through a pipe the job sees no terminal, as when the runner's output is a pipe.
-    { chroot $R /bin/sh "$job/job.sh" </dev/null; echo $? >/job-status; } 2>&1 | cat
+    { run_job </dev/null; echo $? >/job-status; } 2>&1 | cat
     status=$(cat /job-status)
 fi
 echo "KVMHOST-EXIT-$nonce $status"

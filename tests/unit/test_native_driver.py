@@ -57,6 +57,26 @@ def test_raw_disks_become_virtio_blk_in_order_and_qumran_vmm_reads_them_back(
     ]
 
 
+def test_user_nics_become_passt_with_their_forwards_in_nic_order(tmp_path: Path) -> None:
+    from qumran.drivers.base import NetFds
+    from qumran.vmm.devices.virtio.backends import parse_net
+    from qumran.vmm.devices.virtio.passt import PasstForward, PasstSpec
+
+    nics = [{"forward": ["tcp:127.0.0.1:2222-:22", "udp::5353-10.0.2.15:53"]},
+            {"network": "default", "mac": "52:54:00:00:00:02"},
+            {"mac": "52:54:00:00:00:03"}]  # fmt: skip
+    s = spec(tmp_path, nics=nics)
+    NativeDriver("qumran-vmm", probe=hardware_kvm).check(s, OWNER)
+    fds = HandoffFds(3, 4, 5, nets=(NetFds(7, None),))
+    args = cmdline.parse(build_argv(s, fds, "qumran-vmm")[1:])
+    first, _, last = (parse_net(n) for n in args.net)
+    assert isinstance(first, PasstSpec) and first.forwards == (
+        PasstForward("tcp", "127.0.0.1", 2222, 22), PasstForward("udp", "", 5353, 53))  # fmt: skip
+    assert first.mac is not None and first.mac.startswith("52:54:00")
+    assert args.net[1] == "fd=7,mac=52:54:00:00:00:02,vhost=off"
+    assert last == PasstSpec("52:54:00:00:00:03")
+
+
 QCOW2 = {"disks": [{"path": "/img/a.qcow2", "format": "qcow2"}]}
 COMMA = {"disks": [{"path": "/img/a,b.img"}]}
 MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
@@ -67,7 +87,8 @@ MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
     [
         (QCOW2, "disks[0].format: qumran-vmm reads raw images, not qcow2; convert it"),
         (COMMA, "disks[0].path: qumran-vmm cannot open a path with a comma"),
-        ({"nics": [{}]}, "nics[0]: qumran-vmm has no user-mode networking"),
+        ({"nics": [{"forward": ["tcp::2222-10.0.2.9:22"]}]},
+         "nics[0].forward: 'tcp::2222-10.0.2.9:22': qumran-vmm forwards to the guest's own"),
         ({"graphics": True}, "graphics: qumran-vmm has no display"),
         (MISSING, "disks[0].path: /nonexistent/a.img cannot be opened by uid"),
     ],

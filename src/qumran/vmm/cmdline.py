@@ -78,7 +78,8 @@ OPTIONS = (
     Option(
         "--net",
         "tap=NAME|fd=N[,mac=MAC][,vhost=on|off][,vhostfd=N]",
-        "virtio-net on a TAP (repeatable); vhost=on moves frames in the host kernel (off)",
+        "virtio-net on a TAP (repeatable); vhost=on moves frames in the host kernel (off);"
+        " or passt[,mac=MAC][,forward=tcp:127.0.0.1:2222-:22]...: user-mode, no privileges",
         repeat=True,
     ),
     Option("--rng", None, "virtio-rng fed from /dev/urandom"),

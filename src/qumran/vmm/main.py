@@ -4,6 +4,7 @@
                [--vcpus 2] [--console stdio|socket:PATH|none] [--console-log PATH]
                [--control PATH]
                [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
+               [--net passt[,mac=MAC][,forward=tcp:127.0.0.1:2222-:22]...]
                [--virtio-console socket:PATH]
 
 Exit status: 0 when the guest powers off or the VM is told to quit (control ``quit``,
@@ -27,6 +28,7 @@ import signal
 import sys
 
 from qumran.errors import QumranError
+from qumran.vmm import confine
 from qumran.vmm import log as vmm_log
 from qumran.vmm.builder import VmSpec, build_machine
 from qumran.vmm.cmdline import VmmArgs, parse_or_exit
@@ -35,7 +37,7 @@ from qumran.vmm.control import ControlServer
 from qumran.vmm.events import GuestEvent, GuestEventNotice
 from qumran.vmm.machine import Machine
 from qumran.vmm.mainloop import MainLoop
-from qumran.vmm.proctitle import set_thread_name
+from qumran.vmm.proctitle import set_process_title, set_thread_name
 from qumran.vmm.vcpu import install_kick_handler
 
 TYPE_CHECKING = False
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from qumran.vmm.devices.virtio.backends import DeviceSpecs, DiskSpec, NetSpec
+    from qumran.vmm.devices.virtio.passt import PasstSpec
 
 log = vmm_log.get_logger("qumran.vmm")
 
@@ -101,7 +104,9 @@ class VmmProcess:
         finally:
             self._cleanup()
 
-    def _device_specs(self, disks: tuple[DiskSpec, ...], nets: tuple[NetSpec, ...]) -> DeviceSpecs:
+    def _device_specs(
+        self, disks: tuple[DiskSpec, ...], nets: tuple[NetSpec | PasstSpec, ...]
+    ) -> DeviceSpecs:
         from qumran.vmm.devices.virtio.backends import DeviceSpecs
 
         port = None
@@ -144,6 +149,8 @@ class VmmProcess:
                 machine.reboot()
                 return None
             case GuestEvent.CRASH:
+                for line in machine.crash_dump():
+                    log.error("%s", line)
                 print(f"qumran-vmm: {self.args.name}: guest crashed: {notice.detail}",
                       file=sys.stderr)  # fmt: skip
                 return EXIT_CRASHED
@@ -164,14 +171,14 @@ class VmmProcess:
 
 def _parse_device_args(
     a: VmmArgs,
-) -> tuple[tuple[DiskSpec, ...], tuple[NetSpec, ...]] | None:
+) -> tuple[tuple[DiskSpec, ...], tuple[NetSpec | PasstSpec, ...]] | None:
     """The --disk and --net specs, or None without any virtio device: then the virtio
     stack is never imported."""
     if not (a.disk or a.net or a.rng or a.virtio_console):
         return None
-    from qumran.vmm.devices.virtio.backends import DiskSpec, NetSpec
+    from qumran.vmm.devices.virtio.backends import DiskSpec, parse_net
 
-    return tuple(DiskSpec.parse(d) for d in a.disk), tuple(NetSpec.parse(n) for n in a.net)
+    return tuple(DiskSpec.parse(d) for d in a.disk), tuple(parse_net(n) for n in a.net)
 
 
 def _since_exec() -> float:
@@ -194,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qumran-vmm: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     set_thread_name(args.name)
+    if argv is None:  # the program itself, not a test calling main() in its own process
+        set_process_title(f"qumran-vmm {args.name}")  # what ps shows, not python3's argv
+        try:
+            confine.prepare(args.name)  # seccomp filters for the threads started from here
+        except RuntimeError as exc:
+            print(f"qumran-vmm: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     install_kick_handler()
     try:
         return VmmProcess(args).run()

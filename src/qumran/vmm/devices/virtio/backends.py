@@ -18,6 +18,10 @@ from qumran.vmm.devices.virtio.console import ConsolePort, VirtioConsole
 from qumran.vmm.devices.virtio.device import VirtioDevice
 from qumran.vmm.devices.virtio.rng import VirtioRng
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qumran.vmm.devices.virtio.passt import PasstSpec
+
 
 @dataclass(frozen=True)
 class DiskSpec:
@@ -84,10 +88,19 @@ class NetSpec:
                    vhost == "on" or vhost_fd is not None, vhost_fd)  # fmt: skip
 
 
+def parse_net(text: str) -> NetSpec | PasstSpec:
+    """A ``--net`` value: a TAP (:class:`NetSpec`) or passt (``passt[,...]``)."""
+    if text == "passt" or text.startswith("passt,"):
+        from qumran.vmm.devices.virtio.passt import PasstSpec
+
+        return PasstSpec.parse(text)
+    return NetSpec.parse(text)
+
+
 @dataclass(frozen=True)
 class DeviceSpecs:
     disks: tuple[DiskSpec, ...] = ()
-    nets: tuple[NetSpec, ...] = ()
+    nets: tuple[NetSpec | PasstSpec, ...] = ()
     rng: bool = False
     console: ConsolePort | None = None
 
@@ -130,9 +143,18 @@ def open_backends(specs: DeviceSpecs) -> Backends:
     return backends
 
 
-def _open_net(backends: Backends, spec: NetSpec) -> None:
+def _open_net(backends: Backends, spec: NetSpec | PasstSpec) -> None:
     from qumran.vmm.devices.virtio.net import VirtioNet, parse_mac, random_mac
     from qumran.vmm.devices.virtio.tap import Tap
+
+    if not isinstance(spec, NetSpec):
+        from qumran.vmm.devices.virtio.passt import PasstLink, PasstNet
+
+        link = PasstLink.start_passt(spec)
+        backends.closers.append(link.close)
+        passt_mac = parse_mac(spec.mac) if spec.mac else random_mac()
+        backends.factories.append(lambda: PasstNet(link, passt_mac))
+        return
 
     vhost = None
     if spec.vhost:  # before the TAP: a host without vhost-net fails without side effects
