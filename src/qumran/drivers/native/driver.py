@@ -31,7 +31,7 @@ from qumran.drivers.checks import check_files
 from qumran.drivers.native import storage
 from qumran.drivers.native.control import VmmControl
 from qumran.drivers.native.storage import StorageDaemon
-from qumran.drivers.process import Spawned
+from qumran.drivers.process import ProcState, Spawned
 from qumran.drivers.qemu.cmdline import default_mac
 from qumran.errors import InvalidArgument, InvalidState
 
@@ -164,7 +164,10 @@ class NativeInstance(Instance):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         if self.storage is not None:
-            await self.storage.close()
+            if self.process.state() is ProcState.GONE:  # the VM ended: so does its storage
+                await self.storage.stop()
+            else:
+                await self.storage.close()
         await self.control.close()
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import GuestEvent, Owner, RunPaths
-from qumran.drivers.process import RUN_DIR_VAR, ProcState, Spawned, spawn
+from qumran.drivers.process import RUN_DIR_VAR, ProcState, Spawned, processes_marked, spawn
 from qumran.drivers.rundir import RunDir
 from qumran.errors import HypervisorError, InvalidState, QumranError
 
@@ -140,6 +140,7 @@ class StorageDaemon:
         program = binary()
         if program is None:
             raise HypervisorError(f"{QSD} is not installed (Debian: qemu-utils)")
+        await kill_leftovers(paths, owner)
         prepare_socket_dir(paths, owner)
         with RunDir(paths) as run_dir:
             listening = run_dir.listen(MONITOR)
@@ -231,6 +232,27 @@ class StorageDaemon:
     async def close(self) -> None:
         """Let go of it, leaving it running (qumrand stops; the VM goes on)."""
         await self.monitor.close()
+
+
+async def kill_leftovers(paths: RunPaths, owner: Owner) -> None:
+    """A storage daemon of an earlier run of this VM, still holding its images: its VM
+    ended while qumrand was away, so nobody stopped it."""
+    for pid, (run_dir, uid) in processes_marked().items():
+        if (
+            run_dir == str(paths.root)
+            and uid == owner.uid
+            and _comm(pid).startswith("qemu-storage")
+        ):
+            log.warning("stopping the storage daemon %d left from an earlier run", pid)
+            await kill(Spawned(pid), STOP_GRACE)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 async def kill(process: Spawned, grace: float = 0.0) -> None:
