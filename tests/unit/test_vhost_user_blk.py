@@ -285,3 +285,21 @@ def test_guest_ram_is_a_memfd_that_a_reboot_clears() -> None:
         assert memory.read(0x2000, 9) == bytes(9)
     finally:
         memory.close()
+
+
+def test_a_device_reset_takes_the_rings_back_and_a_new_driver_starts_over(
+    driver: Driver,
+) -> None:
+    """What a guest reboot does: status 0, then a new driver on fresh rings."""
+    driver.bring_up()
+    driver.submit(T_OUT, 2, b"\x33" * 512)
+    driver.wait_used(1)
+    driver.wr(vp.STATUS, 1, 0)
+    assert driver.device.backend._running == []  # GET_VRING_BASE: the back end let go
+    driver.ram.data[0x1000:0x10000] = bytes(0xF000)  # the new driver's rings, zeroed
+    driver.ring = RingBuilder(driver.ram, 16)  # type: ignore[arg-type]
+    driver.bring_up()
+    r = driver.submit(T_IN, 2, read=512)
+    assert driver.wait_used(1) == [(r, 513)]
+    addr = struct.unpack_from("<Q", driver.ram.data, 0x1000 + 16 * ((r + 1) % 16))[0]
+    assert bytes(driver.ram.data[addr : addr + 512]) == b"\x33" * 512
