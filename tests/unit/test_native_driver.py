@@ -12,7 +12,12 @@ import pytest
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import HandoffFds, Owner, RunPaths
 from qumran.drivers.native import storage
-from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
+from qumran.drivers.native.driver import (
+    NativeDriver,
+    NativeInstance,
+    build_argv,
+    in_definition_terms,
+)
 from qumran.drivers.qemu.accel import AccelChoice
 from qumran.errors import InvalidArgument
 from qumran.vmm import cmdline
@@ -104,6 +109,16 @@ def test_qcow2_disks_go_through_their_vhost_user_sockets(tmp_path: Path) -> None
         DiskSpec(str(tmp_path / "a.img"), False),
         DiskSpec(str(sock), vhost_user=True),
     ]
+
+
+def test_qumran_vmm_refusing_a_back_end_is_told_in_the_definitions_terms() -> None:
+    sock = storage.socket_path(PATHS, 1)
+    said = (f"qumran-vmm failed to start VM web: qumran-vmm: error: --disk vhost-user={sock}: "
+            f"vhost-user back end {sock} does not offer VIRTIO_F_VERSION_1")  # fmt: skip
+    assert in_definition_terms(said, {1: sock}) == (
+        "qumran-vmm failed to start VM web: qumran-vmm: error: disks[1]: "
+        f"vhost-user back end {sock} does not offer VIRTIO_F_VERSION_1"
+    )
 
 
 class _Control:

@@ -33,7 +33,7 @@ from qumran.drivers.native.control import VmmControl
 from qumran.drivers.native.storage import StorageDaemon
 from qumran.drivers.process import ProcState, Spawned
 from qumran.drivers.qemu.cmdline import default_mac
-from qumran.errors import InvalidArgument, InvalidState
+from qumran.errors import HypervisorError, InvalidArgument, InvalidState
 
 if TYPE_CHECKING:
     from qumran.drivers.qemu.accel import AccelChoice
@@ -93,6 +93,14 @@ def net_args(spec: VmSpec, fds: HandoffFds) -> list[str]:
         option += f",vhost=on,vhostfd={net.vhost}" if net.vhost is not None else ",vhost=off"
         argv += ["--net", option]
     return argv
+
+
+def in_definition_terms(message: str, served: dict[int, Path]) -> str:
+    """qumran-vmm's words about a ``--disk vhost-user=SOCKET`` (a back end it refused), in
+    the definition's terms: the disk's field."""
+    for index, sock in served.items():
+        message = message.replace(f"--disk vhost-user={sock}", f"disks[{index}]")
+    return message
 
 
 class NativeInstance(Instance):
@@ -257,6 +265,9 @@ class NativeDriver(Driver):
         tokens = (_SERVED.set(served), _STORAGE.set(disks))
         try:
             return await super().launch(spec, paths, owner, events, seed=seed, nets=nets)
+        except HypervisorError as exc:
+            await disks.stop()
+            raise HypervisorError(in_definition_terms(exc.message, served)) from None
         except BaseException:
             await disks.stop()
             raise
