@@ -166,6 +166,21 @@ def test_the_config_space_comes_from_the_back_end(qsd: StorageDaemon) -> None:
         backend.close()
 
 
+def test_a_queue_per_back_end_queue(tmp_path: Path) -> None:
+    image = tmp_path / "mq.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1M"], check=True)
+    daemon = StorageDaemon(image, tmp_path / "mq.sock", queues=3)
+    daemon.start()
+    try:
+        backend = VhostUserBackend.open(str(daemon.sock))
+        dev = VhostUserBlock(backend)
+        assert dev.queue_sizes == (256, 256, 256)
+        assert dev.read_config(34, 2) == 3 and dev.device_features & (1 << 12)  # MQ
+        backend.close()
+    finally:
+        daemon.stop()
+
+
 def test_a_write_lands_in_the_qcow2_and_reads_back(
     driver: Driver, qsd: StorageDaemon, tmp_path: Path
 ) -> None:

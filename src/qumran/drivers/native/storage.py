@@ -47,6 +47,7 @@ MONITOR = "storage.sock"
 PIDFILE = "storage.pid"
 LOG = "storage.log"
 START_TIMEOUT = 30.0
+MAX_QUEUES = 16  # what qumran-vmm's vhost-user-blk takes
 STOP_GRACE = 5.0  # seconds after SIGTERM to flush a qcow2's tables before SIGKILL
 SERVED_FORMATS = frozenset({"qcow2"})  # raw: qumran-vmm's own virtio-blk is faster
 
@@ -147,7 +148,9 @@ class StorageDaemon:
             output = run_dir.open_append(LOG)
             offset = run_dir.size(LOG)
             try:
-                argv = build_argv(program, exports, paths, listening.fileno())
+                # A queue per vCPU, as QEMU's virtio-blk-pci has by default.
+                queues = min(spec.vcpus, MAX_QUEUES)
+                argv = build_argv(program, exports, paths, listening.fileno(), queues)
                 env = {**os.environ, RUN_DIR_VAR: str(paths.root)}
                 try:
                     process = spawn(argv, owner, output, env=env, pass_fds=[listening.fileno()])
