@@ -59,7 +59,7 @@ class Driver:
     """The guest's side: brings the device up, issues requests, waits for completions."""
 
     def __init__(self, backend: VhostUserBackend) -> None:
-        self.memory = GuestMemory(4 << 20)
+        self.memory = GuestMemory(4 << 20, shared=True)
         self.ram = MemfdRam(self.memory)
         self.loop, self.msi = IoLoop(), Msi()
         self.device = VhostUserBlock(backend)
@@ -288,7 +288,10 @@ def test_a_back_end_without_what_virtio_blk_needs_is_refused(
 
 
 def test_guest_ram_is_a_memfd_that_a_reboot_clears() -> None:
-    memory = GuestMemory(4 << 20)
+    plain = GuestMemory(4 << 20)
+    assert plain.fd == -1 and plain.file_regions() == ()  # not shared unless asked
+    plain.close()
+    memory = GuestMemory(4 << 20, shared=True)
     try:
         memory.write(0x2000, b"left over")
         ((gpa, size, hva, offset),) = memory.file_regions()
