@@ -11,7 +11,13 @@ import pytest
 
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import HandoffFds, Owner, RunPaths
-from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
+from qumran.drivers.native import storage
+from qumran.drivers.native.driver import (
+    NativeDriver,
+    NativeInstance,
+    build_argv,
+    in_definition_terms,
+)
 from qumran.drivers.qemu.accel import AccelChoice
 from qumran.errors import InvalidArgument
 from qumran.vmm import cmdline
@@ -85,7 +91,6 @@ MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (QCOW2, "disks[0].format: qumran-vmm reads raw images, not qcow2; convert it"),
         (COMMA, "disks[0].path: qumran-vmm cannot open a path with a comma"),
         ({"nics": [{"forward": ["tcp::2222-10.0.2.9:22"]}]},
          "nics[0].forward: 'tcp::2222-10.0.2.9:22': qumran-vmm forwards to the guest's own"),
@@ -99,6 +104,42 @@ def test_what_qumran_vmm_cannot_do_is_one_clear_error(
     with pytest.raises(InvalidArgument) as err:
         NativeDriver("qumran-vmm", probe=hardware_kvm).check(spec(tmp_path, **fields), OWNER)
     assert str(err.value).startswith(message)
+
+
+def test_qcow2_without_a_storage_daemon_installed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "binary", lambda: None)
+    with pytest.raises(InvalidArgument) as err:
+        NativeDriver("qumran-vmm", probe=hardware_kvm).check(spec(tmp_path, **QCOW2), OWNER)
+    assert str(err.value).startswith(
+        "disks[0].format: qumran-vmm serves qcow2 images through qemu-storage-daemon, which is"
+        " not installed (Debian: qemu-utils)"
+    )
+
+
+def test_qcow2_disks_go_through_their_vhost_user_sockets(tmp_path: Path) -> None:
+    disks = [{"path": str(tmp_path / "a.img")}, {"path": "/img/b.qcow2", "format": "qcow2"}]
+    s = spec(tmp_path, disks=disks)
+    exports = storage.exports_of(s)
+    assert [(e.index, e.format) for e in exports] == [(1, "qcow2")]
+    sock = storage.socket_path(PATHS, 1)
+    assert sock == Path("/run/qumran/vhost-user/web/disk1.sock")
+    args = cmdline.parse(build_argv(s, HandoffFds(3, 4, 5), "qumran-vmm", {1: sock})[1:])
+    assert [DiskSpec.parse(d) for d in args.disk] == [
+        DiskSpec(str(tmp_path / "a.img"), False),
+        DiskSpec(str(sock), vhost_user=True),
+    ]
+
+
+def test_qumran_vmm_refusing_a_back_end_is_told_in_the_definitions_terms() -> None:
+    sock = storage.socket_path(PATHS, 1)
+    said = (f"qumran-vmm failed to start VM web: qumran-vmm: error: --disk vhost-user={sock}: "
+            f"vhost-user back end {sock} does not offer VIRTIO_F_VERSION_1")  # fmt: skip
+    assert in_definition_terms(said, {1: sock}) == (
+        "qumran-vmm failed to start VM web: qumran-vmm: error: disks[1]: "
+        f"vhost-user back end {sock} does not offer VIRTIO_F_VERSION_1"
+    )
 
 
 class _Control:
@@ -127,6 +168,7 @@ def test_disk_bytes_come_from_qumran_vmm_counters(
 ) -> None:
     instance = NativeInstance.__new__(NativeInstance)
     instance.control = _Control(devices)  # type: ignore[assignment]
+    instance.storage = None
     assert asyncio.run(instance.block_io()) == expected
 
 

@@ -74,7 +74,12 @@ OPTIONS = (
     Option("--console-log", "PATH|fd=N", "append the serial console's output to PATH"),
     Option("--control", "PATH|fd=N", "the JSON control socket (fd=N: inherited, listening)"),
     Option("--force-kvm", None, "skip the vmx/svm host check"),
-    Option("--disk", "PATH[,ro]", "raw disk image as virtio-blk (repeatable)", repeat=True),
+    Option(
+        "--disk",
+        "PATH[,ro]|vhost-user=SOCKET",
+        "raw disk image, or a vhost-user-blk back end, as virtio-blk (repeatable)",
+        repeat=True,
+    ),
     Option(
         "--net",
         "tap=NAME|fd=N[,mac=MAC][,vhost=on|off][,vhostfd=N]",

@@ -1,5 +1,14 @@
-"""Guest RAM: one anonymous private mapping, registered with KVM as one or two slots
-(below the 3 GiB MMIO gap, and from 4 GiB up)."""
+"""Guest RAM: one mapping, registered with KVM as one or two slots (below the 3 GiB MMIO
+gap, and from 4 GiB up).
+
+Anonymous private memory, or, when another process must map the same pages (``shared``:
+a vhost-user back end, qemu-storage-daemon serving a disk, is handed the fd and reads and
+writes the guest's buffers itself), a memfd mapped shared. Only when needed: a memfd is
+shmem, which gets transparent huge pages only where the host's administrator allowed
+them for shmem (``/sys/kernel/mm/transparent_hugepage/shmem_enabled``, "never" by
+default), and a guest booting on 4 KiB pages was measured 2-3 s slower to reach /init
+in the KVM test host (BENCHMARKS.md). Either way pages come when the guest touches them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from qumran.vmm.arch import layout
 from qumran.vmm.errors import GuestTooLarge, VmmError
 
 MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)  # linux/mman.h
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # linux/mman.h; absent in 3.11
 MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 HUGE_PAGE = 2 * 1024 * 1024
@@ -21,22 +31,31 @@ HUGE_PAGE = 2 * 1024 * 1024
 class GuestMemory:
     """Guest-physical RAM backed by process memory, addressed by guest-physical address."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, shared: bool = False) -> None:
         if size < layout.MiB or size % layout.PAGE_SIZE:
             raise GuestTooLarge(f"memory size {size} must be a whole number of pages >= 1 MiB")
         self.size = size
         self.ranges = layout.ram_ranges(size)
+        self.fd = -1  # the memfd, when shared
         try:
-            # MAP_NORESERVE: pages are only allocated when the guest touches them. One huge
-            # page more than needed, so RAM can start on a 2 MiB boundary (see below).
-            self._map = mmap.mmap(
-                -1, size + HUGE_PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
-            )
+            # One huge page more than needed, so RAM can start on a 2 MiB boundary (see
+            # below); the spare part is never touched, so it costs nothing. MAP_NORESERVE,
+            # and a memfd has no commit charge (VM_NORESERVE) either.
+            if shared:
+                self.fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+                os.ftruncate(self.fd, size + HUGE_PAGE)
+                flags = mmap.MAP_SHARED | MAP_NORESERVE
+            else:
+                flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+            self._map = mmap.mmap(self.fd, size + HUGE_PAGE, flags)
         except OSError as exc:
+            if self.fd >= 0:
+                os.close(self.fd)
             raise VmmError(f"cannot allocate {size >> 20} MiB of guest memory: {exc}") from None
         # Guest-physical and host-virtual addresses congruent modulo 2 MiB let the host back
         # RAM with transparent huge pages and KVM map them as huge pages in the nested page
-        # tables: far fewer faults while the guest first touches its memory.
+        # tables: far fewer faults while the guest first touches its memory (for a memfd,
+        # where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows it).
         start = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
         self._base = -start % HUGE_PAGE
         if MADV_HUGEPAGE is not None:
@@ -53,6 +72,19 @@ class GuestMemory:
         out, offset = [], 0
         for gpa, length in self.ranges:
             out.append((gpa, length, self.host_addr + offset))
+            offset += length
+        return tuple(out)
+
+    def file_regions(self) -> tuple[tuple[int, int, int, int], ...]:
+        """(guest address, size, host-virtual address, offset in :attr:`fd`) of each RAM
+        range: what a vhost-user back end is told, to map the same pages. Empty unless
+        the memory is shared."""
+        if self.fd < 0:
+            return ()
+        offset = self._base
+        out = []
+        for gpa, length, hva in self.regions():
+            out.append((gpa, length, hva, offset))
             offset += length
         return tuple(out)
 
@@ -105,10 +137,16 @@ class GuestMemory:
         return memoryview(self._map)[start : start + length]
 
     def discard(self) -> None:
-        """Give every page back (reads as zeros again): a cold start for a reboot."""
-        self._map.madvise(MADV_DONTNEED)
+        """Give every page back (reads as zeros again): a cold start for a reboot.
+
+        Shared: MADV_REMOVE, not MADV_DONTNEED, which in a shared mapping only unmaps (the
+        memfd would keep the old contents)."""
+        self._map.madvise(MADV_REMOVE if self.fd >= 0 else MADV_DONTNEED)
 
     def close(self) -> None:
         self._view = None
         if not self._map.closed:
             self._map.close()
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)

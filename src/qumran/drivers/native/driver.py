@@ -6,6 +6,10 @@ qumran-vmm's command line and speaks its control socket.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import os
 import shutil
 import socket
 import sys
@@ -20,14 +24,17 @@ from qumran.drivers.base import (
     HandoffFds,
     HostInfo,
     Instance,
+    NetFds,
     Owner,
     RunPaths,
 )
 from qumran.drivers.checks import check_files
+from qumran.drivers.native import storage
 from qumran.drivers.native.control import VmmControl
-from qumran.drivers.process import Spawned
+from qumran.drivers.native.storage import StorageDaemon
+from qumran.drivers.process import ProcState, Spawned
 from qumran.drivers.qemu.cmdline import default_mac
-from qumran.errors import InvalidArgument, InvalidState
+from qumran.errors import HypervisorError, InvalidArgument, InvalidState
 
 if TYPE_CHECKING:
     from qumran.drivers.qemu.accel import AccelChoice
@@ -37,7 +44,20 @@ def vmm_binary() -> str:
     return str(Path(sys.executable).parent / "qumran-vmm")
 
 
-def build_argv(spec: VmSpec, fds: HandoffFds, binary: str) -> list[str]:
+# The vhost-user sockets of the disks a storage daemon serves, for the start under way
+# (set by NativeDriver.launch around the shared start-up path, which calls ``command``).
+_SERVED: contextvars.ContextVar[dict[int, Path] | None] = contextvars.ContextVar(
+    "served", default=None
+)
+# The storage daemon of that start, picked up by ``open_instance``.
+_STORAGE: contextvars.ContextVar[StorageDaemon | None] = contextvars.ContextVar(
+    "storage", default=None
+)
+
+
+def build_argv(
+    spec: VmSpec, fds: HandoffFds, binary: str, served: dict[int, Path] | None = None
+) -> list[str]:
     assert isinstance(spec.boot, KernelBoot)
     console = f"socket:fd={fds.console}" if fds.console is not None else "none"
     argv = [
@@ -49,8 +69,12 @@ def build_argv(spec: VmSpec, fds: HandoffFds, binary: str) -> list[str]:
     ]  # fmt: skip
     if spec.boot.initrd is not None:
         argv += ["--initrd", str(spec.boot.initrd)]
-    for disk in spec.disks:  # virtio-blk, in order: /dev/vda, /dev/vdb, ...
-        argv += ["--disk", f"{disk.host_path},ro" if disk.readonly else str(disk.host_path)]
+    served = served or {}
+    for i, disk in enumerate(spec.disks):  # virtio-blk, in order: /dev/vda, /dev/vdb, ...
+        if i in served:  # qcow2: through the storage daemon
+            argv += ["--disk", f"vhost-user={served[i]}"]
+        else:
+            argv += ["--disk", f"{disk.host_path},ro" if disk.readonly else str(disk.host_path)]
     argv += net_args(spec, fds)
     return argv
 
@@ -101,10 +125,40 @@ def check_user_nic(index: int, nic: Nic) -> None:
             )
 
 
+def in_definition_terms(message: str, served: dict[int, Path]) -> str:
+    """qumran-vmm's words about a ``--disk vhost-user=SOCKET`` (a back end it refused), in
+    the definition's terms: the disk's field."""
+    for index, sock in served.items():
+        message = message.replace(f"--disk vhost-user={sock}", f"disks[{index}]")
+    return message
+
+
 class NativeInstance(Instance):
-    def __init__(self, process: Spawned, paths: RunPaths, control: VmmControl) -> None:
+    def __init__(self, process: Spawned, paths: RunPaths, control: VmmControl,
+                 disks: StorageDaemon | None = None) -> None:  # fmt: skip
         super().__init__(process, paths)
         self.control = control
+        self.storage = disks
+        self._reaper: asyncio.Task[None] | None = None
+        if disks is not None:
+            self._reaper = asyncio.create_task(self._stop_storage_with_vm(disks))
+
+    async def _stop_storage_with_vm(self, disks: StorageDaemon) -> None:
+        """The storage daemon lives as long as qumran-vmm: stopped once it exits."""
+        loop = asyncio.get_running_loop()
+        exited = asyncio.Event()
+        try:
+            pidfd = self.process.pidfd()
+        except ProcessLookupError:
+            pidfd = -1
+        if pidfd >= 0:
+            loop.add_reader(pidfd, exited.set)
+            try:
+                await exited.wait()
+            finally:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        await disks.stop()
 
     async def powerdown(self) -> None:
         await self.control.call("shutdown")
@@ -134,10 +188,24 @@ class NativeInstance(Instance):
         disks = [d for d in devices if isinstance(d, dict) and d.get("type") == "disk"]
         if not disks:
             return None
-        return (sum(int(d.get("read_bytes", 0)) for d in disks),
-                sum(int(d.get("write_bytes", 0)) for d in disks))  # fmt: skip
+        read = sum(int(d.get("read_bytes", 0)) for d in disks)
+        written = sum(int(d.get("write_bytes", 0)) for d in disks)
+        if self.storage is not None:  # qcow2 disks: counted by the storage daemon
+            more = await self.storage.block_io()
+            read, written = read + more[0], written + more[1]
+        return read, written
 
     async def close(self) -> None:
+        """Let go of qumran-vmm and its storage daemon; both go on running."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self.storage is not None:
+            if self.process.state() is ProcState.GONE:  # the VM ended: so does its storage
+                await self.storage.stop()
+            else:
+                await self.storage.close()
         await self.control.close()
 
 
@@ -177,10 +245,16 @@ class NativeDriver(Driver):
                     f"disks[{i}].path: qumran-vmm cannot open a path with a comma in it"
                     f" ({disk.path}); rename the image or link to it"
                 )
-            if disk.format != "raw":
+            if disk.format in storage.SERVED_FORMATS and storage.binary() is None:
                 raise InvalidArgument(
-                    f"disks[{i}].format: qumran-vmm reads raw images, not {disk.format}; convert"
-                    f" it (qemu-img convert -O raw {disk.path} NEW.img) or use hypervisor: qemu"
+                    f"disks[{i}].format: qumran-vmm serves {disk.format} images through "
+                    f"{storage.QSD}, which is not installed (Debian: qemu-utils); install it, "
+                    f"or convert the image (qemu-img convert -O raw {disk.path} NEW.img)"
+                )
+            if disk.format not in ("raw", *storage.SERVED_FORMATS):
+                raise InvalidArgument(
+                    f"disks[{i}].format: qumran-vmm reads raw and qcow2 images, not "
+                    f"{disk.format}; convert it or use hypervisor: qemu"
                 )
         for i, nic in enumerate(spec.nics):
             if nic.network is None:
@@ -194,7 +268,38 @@ class NativeDriver(Driver):
         check_files(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
-        return build_argv(spec, fds, self.binary)
+        return build_argv(spec, fds, self.binary, _SERVED.get())
+
+    async def launch(
+        self,
+        spec: VmSpec,
+        paths: RunPaths,
+        owner: Owner,
+        events: EventSink,
+        *,
+        seed: bytes | None = None,
+        nets: tuple[NetFds, ...] = (),
+    ) -> Instance:
+        """The storage daemon first (its disks' sockets listening, or the reason it could
+        not open them), then qumran-vmm; a failure of either leaves neither running."""
+        exports = storage.exports_of(spec)
+        if not exports:
+            return await super().launch(spec, paths, owner, events, seed=seed, nets=nets)
+        self.check(spec, owner)  # before a storage daemon opens anything
+        disks = await StorageDaemon.start(spec, exports, paths, owner)
+        served = {e.index: storage.socket_path(paths, e.index) for e in exports}
+        tokens = (_SERVED.set(served), _STORAGE.set(disks))
+        try:
+            return await super().launch(spec, paths, owner, events, seed=seed, nets=nets)
+        except HypervisorError as exc:
+            await disks.stop()
+            raise HypervisorError(in_definition_terms(exc.message, served)) from None
+        except BaseException:
+            await disks.stop()
+            raise
+        finally:
+            _SERVED.reset(tokens[0])
+            _STORAGE.reset(tokens[1])
 
     async def open_instance(
         self,
@@ -210,4 +315,7 @@ class NativeDriver(Driver):
         await control.connect(monitor)
         if not stopped:
             await control.call("status")  # the VMM is up and answering
-        return NativeInstance(process, paths, control)
+        disks = _STORAGE.get()
+        if disks is None and storage.exports_of(spec):  # re-attaching: find it again
+            disks = await StorageDaemon.adopt(spec, paths)
+        return NativeInstance(process, paths, control, disks)

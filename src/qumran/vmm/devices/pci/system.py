@@ -63,7 +63,7 @@ def attach_pci(
         msi = system._router.vectors(len(device.queue_sizes) + 1)
         function = VirtioPciDevice(
             device, bar, ram, loop, msi, irq_line(pci_intx_gsi(slot)), doorbells,
-            memory.regions(),
+            memory.regions(), (memory.fd, memory.file_regions()),
         )  # fmt: skip
         if host.add(function) != slot:
             raise AssertionError("PCI slots are handed out in order")

@@ -87,9 +87,11 @@ class VirtioPciDevice:
         self, device: VirtioDevice, bar_address: int, ram: GuestRam, loop: IoLoop,
         msi: MsiSink, intx: IrqLine, doorbells: Doorbells,
         regions: Sequence[tuple[int, int, int]] = (),
+        shared: tuple[int, tuple[tuple[int, int, int, int], ...]] = (-1, ()),
     ) -> None:  # fmt: skip
         self.device = device
         self._regions = tuple(regions)  # (guest address, size, host address), for vhost
+        self._shared = shared  # guest RAM's memfd and its regions in it, for vhost-user
         self._ram, self._loop, self._doorbells = ram, loop, doorbells
         self._lock = threading.RLock()
         nq = len(device.queue_sizes)
@@ -310,7 +312,7 @@ class VirtioPciDevice:
             for fd in self._kick_fds:  # the kernel reads them now
                 self._loop.remove_reader(fd)
             kernel = KernelQueues(list(self._kick_fds), self._regions, self._direct_irqfd,
-                                  self._queue_interrupt)  # fmt: skip
+                                  self._queue_interrupt, *self._shared)  # fmt: skip
         ctx = DeviceContext(
             self._ram,
             self.queues,

@@ -27,10 +27,16 @@ if TYPE_CHECKING:
 class DiskSpec:
     path: str
     readonly: bool = False
+    vhost_user: bool = False  # ``path`` is a vhost-user-blk socket, not an image
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
-        """``PATH[,ro]``."""
+        """``PATH[,ro]``, or ``vhost-user=SOCKET`` (the back end decides read-only)."""
+        if text.startswith("vhost-user="):
+            socket_path = text.removeprefix("vhost-user=")
+            if not socket_path:
+                raise DeviceError(f"--disk {text!r}: no socket path after vhost-user=")
+            return cls(socket_path, vhost_user=True)
         path, _, opts = text.partition(",")
         if not path:
             raise DeviceError(f"--disk {text!r}: no image path")
@@ -126,6 +132,9 @@ def open_backends(specs: DeviceSpecs) -> Backends:
     backends = Backends()
     try:
         for disk in specs.disks:
+            if disk.vhost_user:
+                _open_vhost_user(backends, disk.path)
+                continue
             image = DiskImage.open(disk.path, disk.readonly)
             backends.closers.append(image.close)
             backends.disks.append(image)
@@ -141,6 +150,17 @@ def open_backends(specs: DeviceSpecs) -> Backends:
         backends.close()
         raise
     return backends
+
+
+def _open_vhost_user(backends: Backends, path: str) -> None:
+    from qumran.vmm.devices.virtio.vhost_user_blk import VhostUserBackend, VhostUserBlock
+
+    try:
+        backend = VhostUserBackend.open(path)
+    except DeviceError as exc:
+        raise DeviceError(f"--disk vhost-user={path}: {exc}") from None
+    backends.closers.append(backend.close)
+    backends.factories.append(lambda: VhostUserBlock(backend))
 
 
 def _open_net(backends: Backends, spec: NetSpec | PasstSpec) -> None:

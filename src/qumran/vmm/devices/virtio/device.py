@@ -48,6 +48,10 @@ class KernelQueues:
     irqfd: Callable[[int], int | None]  # queue -> eventfd raising its MSI-X vector in KVM, if
     # the vector is enabled and unmasked now; None: go through ``interrupt``
     interrupt: Callable[[int], None]  # raise queue i's interrupt (already found to be needed)
+    # Guest RAM as a file another process can map (vhost-user): the memfd, and per region
+    # (guest address, size, host address, offset in the file). -1 and () without one.
+    ram_fd: int = -1
+    file_regions: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass

@@ -1,0 +1,125 @@
+"""The native driver's qemu-storage-daemon, for real (no guest): started, found again by
+a new daemon, stopped, and refused with the disk named when another VM holds the image."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qumran.config.spec import VmSpec
+from qumran.drivers import rundir
+from qumran.drivers.base import Owner, RunPaths
+from qumran.drivers.native import storage
+from qumran.drivers.native.storage import StorageDaemon
+from qumran.drivers.process import ProcState
+from qumran.errors import InvalidState
+from qumran.vmm.devices.virtio.vhost_user_blk import VhostUserBackend
+
+pytestmark = pytest.mark.skipif(storage.binary() is None, reason="needs qemu-storage-daemon")
+OWNER = Owner(os.getuid(), os.getgid())
+
+
+def _spec(tmp: Path, name: str = "web") -> VmSpec:
+    (tmp / "vmlinuz").write_bytes(b"\0" * 4096)
+    image = tmp / "a.qcow2"
+    if not image.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "32M"], check=True)
+    doc: dict[str, Any] = {"name": name, "hypervisor": "native", "memory": "256M",
+                           "boot": {"kernel": str(tmp / "vmlinuz")},
+                           "disks": [{"path": str(image), "format": "qcow2"}]}  # fmt: skip
+    return VmSpec.model_validate(doc)
+
+
+def _write_and_read(backend: VhostUserBackend) -> None:
+    """4 KiB written to sector 8 and read back, through the rings."""
+    from test_vhost_user_blk import T_IN, T_OUT, Driver
+
+    guest = Driver(backend)
+    try:
+        guest.bring_up()
+        guest.submit(T_OUT, 8, b"x" * 4096)
+        guest.wait_used(1)
+        guest.submit(T_IN, 8, read=4096)
+        guest.wait_used(2)
+    finally:
+        guest.close()
+
+
+def _paths(tmp: Path, vm: str) -> RunPaths:
+    return rundir.create(tmp / "run" / "vms" / vm)
+
+
+def test_start_serve_adopt_and_stop(tmp_path: Path) -> None:
+    spec, paths = _spec(tmp_path), _paths(tmp_path, "web")
+
+    async def run() -> None:
+        disks = await StorageDaemon.start(spec, storage.exports_of(spec), paths, OWNER)
+        sock = storage.socket_path(paths, 0)
+        assert (sock.parent.stat().st_mode & 0o777, sock.parent.parent.stat().st_mode & 0o777) \
+            == (0o700, 0o711)  # fmt: skip
+        # Its greeting came after the export: the vhost-user socket answers at once.
+        before = await disks.block_io()
+        backend = await asyncio.to_thread(VhostUserBackend.open, str(sock))
+        assert backend.hello.config[:8] == (32 << 11).to_bytes(8, "little")
+        await asyncio.to_thread(_write_and_read, backend)
+        backend.close()
+        after = await disks.block_io()  # the 4 KiB each way, and what qcow2 adds to it
+        assert after[0] - before[0] >= 4096 and after[1] - before[1] >= 4096, (before, after)
+        await disks.close()  # qumrand goes away; the storage daemon stays
+        assert disks.process.state() is ProcState.RUNNING
+        again = await StorageDaemon.adopt(spec, paths)
+        assert again is not None and again.process.pid == disks.process.pid
+        await again.stop()
+        assert again.process.state() is ProcState.GONE
+        assert not sock.parent.exists()
+
+    asyncio.run(run())
+
+
+def test_an_image_another_vm_holds_is_refused_with_the_disk_named(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    other = _spec(tmp_path, "db")
+
+    async def run() -> None:
+        first = await StorageDaemon.start(spec, storage.exports_of(spec), _paths(tmp_path, "web"),
+                                          OWNER)  # fmt: skip
+        try:
+            with pytest.raises(InvalidState) as refused:
+                await StorageDaemon.start(other, storage.exports_of(other),
+                                          _paths(tmp_path, "db"), OWNER)  # fmt: skip
+            assert str(refused.value).startswith(
+                f"disks[0]: {tmp_path / 'a.qcow2'} is in use by another VM (its write lock is held"
+            ), refused.value
+        finally:
+            await first.stop()
+
+    asyncio.run(run())
+
+
+def test_no_storage_daemon_to_adopt(tmp_path: Path) -> None:
+    spec, paths = _spec(tmp_path), _paths(tmp_path, "web")
+    assert asyncio.run(StorageDaemon.adopt(spec, paths)) is None
+
+
+def test_a_storage_daemon_left_from_an_earlier_run_is_stopped_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Its VM ended while qumrand was away: nobody stopped it, and it still holds the
+    image's lock; the VM's next start stops it rather than be refused by it."""
+    spec = _spec(tmp_path)
+
+    async def run() -> None:
+        old = await StorageDaemon.start(spec, storage.exports_of(spec), _paths(tmp_path, "web"),
+                                        OWNER)  # fmt: skip
+        await old.close()
+        new = await StorageDaemon.start(spec, storage.exports_of(spec), _paths(tmp_path, "web"),
+                                        OWNER)  # fmt: skip
+        assert old.process.state() is ProcState.GONE
+        await new.stop()
+
+    asyncio.run(run())
