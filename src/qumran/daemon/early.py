@@ -331,6 +331,12 @@ class EarlyServer:
         if self._accepting is not None:
             self._accepting.cancel()
             self._accepting = None
+        # The loop may already hold sock_accept's callback for this round (a client came
+        # as we stopped): without its reader it is skipped, where it would accept on the
+        # closed socket and fail on the cancelled future (asyncio's InvalidStateError).
+        if self._sock.fileno() >= 0:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing registered
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
         with contextlib.suppress(OSError):
             self._sock.close()
 
