@@ -39,6 +39,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -261,8 +262,11 @@ class PasstNet(VirtioDevice):
         self._room = 0
         self._merge = False
         self._watching = False
+        # rx_no_room: the guest had no buffers (reading stopped until it kicks); tx_full:
+        # passt's side of the socket was full, and tx_wait_us the time spent waiting on it.
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0,
-                         "rx_dropped": 0}  # fmt: skip
+                         "rx_dropped": 0, "rx_reads": 0, "rx_no_room": 0, "tx_sends": 0,
+                         "tx_full": 0, "tx_wait_us": 0}  # fmt: skip
 
     def activated(self, ctx: DeviceContext) -> None:
         self._merge = bool(ctx.features & F_MRG_RXBUF)
@@ -306,6 +310,7 @@ class PasstNet(VirtioDevice):
                         self._unwatch(ctx)
                         return
                     got = link.fill()
+                    self.counters["rx_reads"] += 1
                     if got < 0:
                         self._watch(ctx)
                         return
@@ -315,6 +320,7 @@ class PasstNet(VirtioDevice):
                         return
                     continue
                 if not self._take_room(ctx, NET_HDR_LEN + length):
+                    self.counters["rx_no_room"] += 1
                     self._unwatch(ctx)  # until the guest kicks RX with new buffers
                     return
                 begin = link.start + 4
@@ -421,13 +427,17 @@ class PasstNet(VirtioDevice):
         sock, fd = self.link.sock, self.link.fd
         while iov:
             try:
+                self.counters["tx_sends"] += 1
                 sent = sock.sendmsg(iov, [], socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
+                self.counters["tx_full"] += 1
+                began = time.monotonic()
                 self._receive(ctx)
                 events = POLLOUT | (POLLIN if self._watching else 0)
                 poller = select.poll()
                 poller.register(fd, events)
                 poller.poll(20)  # and then look at the rings again, kicked or not
+                self.counters["tx_wait_us"] += int((time.monotonic() - began) * 1e6)
                 continue
             except OSError as exc:
                 log.warning("passt: sending failed (%s); the NIC has no link now", exc.strerror)
