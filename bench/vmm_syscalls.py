@@ -2,13 +2,15 @@
 (src/qumran/vmm/syscalls.py). Run inside the KVM test host, where the demo guest boots:
 
     python -m tests.kvmhost run --timeout 1500 --cwd "$PWD" -- \\
-        "$PWD/.venv/bin/python" bench/vmm_syscalls.py [--vcpus 3]
+        "$PWD/.venv/bin/python" bench/vmm_syscalls.py [--vcpus 3] [--vhost-user]
 
 Runs qumran-vmm with its confinement off (QUMRAN_VMM_SECCOMP=off) under ``strace -ff`` (one
 file per thread) through the paths a guest drives: boot with 3 vCPUs, a disk written and
 read with O_DIRECT and fsync, virtio-rng, the network on passt (DHCP, a TCP transfer in
 through a forward and out through the gateway), the control socket (status, pause,
-resume), a guest reboot (every vCPU and device thread made anew), and power-off. The
+resume), a guest reboot (every vCPU and device thread made anew), and power-off; with
+``--vhost-user``, a second disk (/dev/vdb) is a qcow2 served by qemu-storage-daemon, written
+and read too (its rings handed over and taken back by the vCPU threads). The
 threads are told apart by their names (/proc/PID/task/TID/comm, read while they run).
 Prints, per role, the sorted system call names as Python tuples to paste.
 """
@@ -58,11 +60,13 @@ def control(path: Path, cmd: str) -> dict[str, object]:
         return reply
 
 
-def drive(guest: Guest, ready: str, ctl: Path, pid: int, roles: dict[int, str]) -> None:
+def drive(guest: Guest, ready: str, ctl: Path, pid: int, roles: dict[int, str],
+          disks: tuple[str, ...] = ("vda",)) -> None:  # fmt: skip
     guest.wait_for(ready, 600)
     snapshot(pid, "trace", roles)
-    guest.run("dd if=/dev/zero of=/dev/vda bs=64k count=64 oflag=direct conv=fsync 2>&1", 300)
-    guest.run("dd if=/dev/vda of=/dev/null bs=4k count=256 iflag=direct 2>&1", 300)
+    for d in disks:
+        guest.run(f"dd if=/dev/zero of=/dev/{d} bs=64k count=64 oflag=direct conv=fsync 2>&1", 300)
+        guest.run(f"dd if=/dev/{d} of=/dev/null bs=4k count=256 iflag=direct 2>&1", 300)
     guest.run("head -c 4096 /dev/hwrng | wc -c", 120)
     guest.run("ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0;"
               " ip route add default via 10.0.2.2", 60)  # fmt: skip
@@ -75,7 +79,8 @@ def drive(guest: Guest, ready: str, ctl: Path, pid: int, roles: dict[int, str]) 
     _type(guest, "reboot -f\n")
     guest.wait_for(ready, 600, since)
     snapshot(pid, "trace", roles)
-    guest.run("dd if=/dev/vda of=/dev/null bs=4k count=64 iflag=direct 2>&1", 300)
+    for d in disks:
+        guest.run(f"dd if=/dev/{d} of=/dev/null bs=4k count=64 iflag=direct 2>&1", 300)
     snapshot(pid, "trace", roles)
     _type(guest, "poweroff -f\n")
     guest.proc.wait(300)
@@ -90,6 +95,7 @@ def _type(guest: Guest, text: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--vcpus", type=int, default=3)
+    p.add_argument("--vhost-user", action="store_true", help="a qcow2 disk, storage daemon")
     args = p.parse_args()
     demo = find_demo()
     with tempfile.TemporaryDirectory(prefix="qsys-") as tmp:
@@ -104,13 +110,19 @@ def main() -> int:
                 "--cmdline", demo.cmdline, "--vcpus", str(args.vcpus), "--memory", "256M",
                 "--control", str(ctl), "--disk", str(disk), "--rng",
                 "--net", "passt,forward=tcp:127.0.0.1:2222-:22"]  # fmt: skip
+        storage = _storage_daemon(work) if args.vhost_user else None
+        if storage is not None:
+            argv += ["--disk", f"vhost-user={work / 'qcow2.sock'}"]
         guest = _guest_with_env(net.wrap(argv), {"QUMRAN_VMM_SECCOMP": "off"})
         roles: dict[int, str] = {}
         try:
             vmm = _vmm_pid(guest.proc.pid)
-            drive(guest, demo.ready_line, ctl, vmm, roles)
+            disks = ("vda", "vdb") if storage is not None else ("vda",)
+            drive(guest, demo.ready_line, ctl, vmm, roles, disks)
         finally:
             guest.close()
+            if storage is not None:
+                storage.kill()
             sink.kill()
             net.close()
         calls: dict[str, set[str]] = collections.defaultdict(set)
@@ -126,6 +138,23 @@ def main() -> int:
         names = ", ".join(f'"{n}"' for n in sorted(calls[role]))
         print(f"{role.upper()} = ({names})  # {len(calls[role])}")
     return 0
+
+
+def _storage_daemon(work: Path) -> subprocess.Popen[bytes]:
+    """qemu-storage-daemon serving a fresh qcow2 on ``work/qcow2.sock``, once it listens."""
+    image, sock = work / "disk.qcow2", work / "qcow2.sock"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    proc = subprocess.Popen(["qemu-storage-daemon",
+        "--blockdev", f"driver=file,node-name=file0,filename={image}",
+        "--blockdev", "driver=qcow2,node-name=disk0,file=file0",
+        "--export", f"type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,"
+                    f"addr.path={sock},writable=on"])  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("qemu-storage-daemon did not start")
+        time.sleep(0.1)
+    return proc
 
 
 def _vmm_pid(strace: int) -> int:

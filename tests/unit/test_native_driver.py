@@ -63,6 +63,34 @@ def test_raw_disks_become_virtio_blk_in_order_and_qumran_vmm_reads_them_back(
     ]
 
 
+def test_the_seed_is_a_read_only_disk_by_fd_after_the_vms_own(tmp_path: Path) -> None:
+    s = spec(tmp_path, disks=[{"path": str(tmp_path / "a.img")}], cloud_init={})
+    NativeDriver("qumran-vmm", probe=hardware_kvm).check(s, OWNER)
+    args = cmdline.parse(build_argv(s, HandoffFds(3, 4, 5, seed=6), "qumran-vmm")[1:])
+    assert [DiskSpec.parse(d) for d in args.disk] == [
+        DiskSpec(str(tmp_path / "a.img"), False),
+        DiskSpec("fd=6", True, fd=6),
+    ]
+
+
+def test_an_inherited_image_is_read_only_unless_its_fd_allows_writes(tmp_path: Path) -> None:
+    from qumran.vmm.devices.errors import DeviceError
+    from qumran.vmm.devices.virtio.blk import DiskImage
+
+    (tmp_path / "seed.iso").write_bytes(b"\1" * 8192)
+    fd = os.open(tmp_path / "seed.iso", os.O_RDONLY)
+    with pytest.raises(DeviceError, match=r"^--disk fd=\d+: open read-only; add ,ro"):
+        DiskImage.inherit(fd, readonly=False)
+    image = DiskImage.inherit(fd, readonly=True)
+    try:
+        assert (image.size, image.readonly, image.fd) == (8192, True, fd)
+        assert not os.get_inheritable(fd)  # not passed on to passt
+    finally:
+        image.close()
+    with pytest.raises(DeviceError, match=r"^--disk 'fd=x,ro': fd= needs a file descriptor"):
+        DiskSpec.parse("fd=x,ro")
+
+
 def test_user_nics_become_passt_with_their_forwards_in_nic_order(tmp_path: Path) -> None:
     from qumran.drivers.base import NetFds
     from qumran.vmm.devices.virtio.backends import parse_net

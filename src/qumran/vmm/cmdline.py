@@ -76,8 +76,9 @@ OPTIONS = (
     Option("--force-kvm", None, "skip the vmx/svm host check"),
     Option(
         "--disk",
-        "PATH[,ro]|vhost-user=SOCKET",
-        "raw disk image, or a vhost-user-blk back end, as virtio-blk (repeatable)",
+        "PATH[,ro]|fd=N[,ro]|vhost-user=SOCKET",
+        "raw disk image (by path, or inherited open), or a vhost-user-blk back end, as"
+        " virtio-blk (repeatable)",
         repeat=True,
     ),
     Option(

@@ -3,7 +3,8 @@
     qumran-vmm --name N --kernel bzImage [--initrd F] [--cmdline S] [--memory 256M]
                [--vcpus 2] [--console stdio|socket:PATH|none] [--console-log PATH]
                [--control PATH]
-               [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
+               [--disk PATH[,ro]|fd=N[,ro]|vhost-user=SOCKET]...
+               [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
                [--net passt[,mac=MAC][,forward=tcp:127.0.0.1:2222-:22]...]
                [--virtio-console socket:PATH]
 

@@ -34,6 +34,7 @@ from qumran.drivers.native.control import VmmControl
 from qumran.drivers.native.storage import StorageDaemon
 from qumran.drivers.process import ProcState, Spawned
 from qumran.drivers.qemu.cmdline import default_mac
+from qumran.drivers.seed import check_seed
 from qumran.errors import HypervisorError, InvalidArgument, InvalidState
 
 if TYPE_CHECKING:
@@ -75,6 +76,11 @@ def build_argv(
             argv += ["--disk", f"vhost-user={served[i]}"]
         else:
             argv += ["--disk", f"{disk.host_path},ro" if disk.readonly else str(disk.host_path)]
+    if fds.seed is not None:
+        # The cloud-init seed, after the VM's own disks (as with QEMU): a raw read-only
+        # virtio-blk disk on the fd of qumrand's own file in the run directory, so
+        # qumran-vmm follows no path for it. cloud-init finds it by its label.
+        argv += ["--disk", f"fd={fds.seed},ro"]
     argv += net_args(spec, fds)
     return argv
 
@@ -261,10 +267,7 @@ class NativeDriver(Driver):
                 check_user_nic(i, nic)
         if spec.graphics:
             raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
-        if spec.cloud_init is not None:
-            raise InvalidArgument(
-                "cloud_init: qumran-vmm cannot attach a cloud-init seed yet; use hypervisor: qemu"
-            )
+        check_seed(spec, owner)
         check_files(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:

@@ -29,9 +29,13 @@ class DiskSpec:
     readonly: bool = False
     vhost_user: bool = False  # ``path`` is a vhost-user-blk socket, not an image
 
+    fd: int | None = None  # an image inherited open (``fd=N``): ``path`` is only its name
+
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
-        """``PATH[,ro]``, or ``vhost-user=SOCKET`` (the back end decides read-only)."""
+        """``PATH[,ro]``, ``fd=N[,ro]`` (an image the parent opened, such as qumrand's
+        cloud-init seed: no path of the user's is followed), or ``vhost-user=SOCKET``
+        (the back end decides read-only)."""
         if text.startswith("vhost-user="):
             socket_path = text.removeprefix("vhost-user=")
             if not socket_path:
@@ -42,6 +46,11 @@ class DiskSpec:
             raise DeviceError(f"--disk {text!r}: no image path")
         if opts not in ("", "ro"):
             raise DeviceError(f"--disk {text!r}: unknown option {opts!r} (only 'ro')")
+        if path.startswith("fd="):
+            number = path.removeprefix("fd=")
+            if not number.isdigit():
+                raise DeviceError(f"--disk {text!r}: fd= needs a file descriptor number")
+            return cls(path, opts == "ro", fd=int(number))
         return cls(path, opts == "ro")
 
 
@@ -135,7 +144,10 @@ def open_backends(specs: DeviceSpecs) -> Backends:
             if disk.vhost_user:
                 _open_vhost_user(backends, disk.path)
                 continue
-            image = DiskImage.open(disk.path, disk.readonly)
+            if disk.fd is not None:
+                image = DiskImage.inherit(disk.fd, disk.readonly)
+            else:
+                image = DiskImage.open(disk.path, disk.readonly)
             backends.closers.append(image.close)
             backends.disks.append(image)
             backends.factories.append(lambda image=image: VirtioBlock(image))  # type: ignore[misc]
