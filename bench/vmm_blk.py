@@ -32,7 +32,7 @@ from vmm_virtio import QEMU, QUMRAN_VMM, Guest, GuestStuck, find_demo
 from vmm_virtio_tools import LIBRARY_PATH, bench_initrd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from qumran.images import DemoImage
+from qumran.images.demo import DemoImage
 from storage_daemon import StorageDaemon
 
 MEMORY = "256M"
@@ -128,7 +128,7 @@ def run_one(name: str, tmp: Path, demo: DemoImage, initrd: Path, raw: Path, base
     if name == "QEMU raw":
         return measure(qemu_argv(demo, initrd, raw_copy(tmp, raw), "raw"), demo, seconds)
     image, fmt = (overlay(tmp, base), "qcow2") if "qcow2" in name else (raw_copy(tmp, raw), "raw")
-    daemon = StorageDaemon(image, tmp / "vub.sock", fmt)
+    daemon = StorageDaemon(image, tmp / "vub.sock", fmt, iothread="iothread" in name)
     daemon.start()
     try:
         return measure(vmm_argv(demo, initrd, f"vhost-user={daemon.sock}"), demo, seconds)
@@ -136,8 +136,8 @@ def run_one(name: str, tmp: Path, demo: DemoImage, initrd: Path, raw: Path, base
         daemon.stop()
 
 
-CONTENDERS = ("qumran-vmm+qsd qcow2", "QEMU qcow2", "qumran-vmm raw in-process",
-              "qumran-vmm+qsd raw", "QEMU raw")  # fmt: skip
+CONTENDERS = ("qumran-vmm+qsd qcow2", "QEMU qcow2", "qumran-vmm+qsd iothread qcow2",
+              "qumran-vmm raw in-process", "qumran-vmm+qsd raw", "QEMU raw")  # fmt: skip
 
 
 def _cell(values: list[float], runs: int) -> str:
@@ -180,6 +180,8 @@ def main() -> int:
                 print(f"{name}: {shown}", file=sys.stderr, flush=True)
     print("qcow2 overlay (ratio: qumran-vmm+qsd / QEMU)\n")
     print(table(results, ("qumran-vmm+qsd qcow2", "QEMU qcow2"), args.runs))
+    print("\nqcow2 overlay, the export in an iothread (ratio: qumran-vmm+qsd / QEMU)\n")
+    print(table(results, ("qumran-vmm+qsd iothread qcow2", "QEMU qcow2"), args.runs))
     print("\nraw image (ratio: in-process / qumran-vmm+qsd)\n")
     print(table(results, ("qumran-vmm raw in-process", "qumran-vmm+qsd raw", "QEMU raw"),
                 args.runs))  # fmt: skip

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qumran.images import DemoImage, build_demo
+from qumran.images.demo import DemoImage, build_demo
 
 QEMU = "qemu-system-x86_64"
 # QUMRAN_VMM_BIN: another qumran-vmm to measure (e.g. a copy of the tree taken before a change)

@@ -46,7 +46,7 @@ from typing import Any
 from vmm_virtio_net import GUEST_IP, HOST_IP, MAC, TAP, Netns, load_tun
 from vmm_virtio_tools import LIBRARY_PATH, bench_initrd
 
-from qumran.images import DemoImage, build_demo
+from qumran.images.demo import DemoImage, build_demo
 
 QEMU = "qemu-system-x86_64"
 QUMRAN_VMM = str(Path(sys.executable).with_name("qumran-vmm"))

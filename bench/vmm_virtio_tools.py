@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qumran.images import DemoImage, initramfs
+from qumran.images import initramfs
+from qumran.images.demo import DemoImage
 
 TOOLS = ("fio", "iperf3")
 LIBRARY_PATH = "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu/ceph"

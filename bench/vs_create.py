@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
+from vslib.cleanup import interrupt, quietly
 from vslib.create_libvirt import LibvirtCreate
 from vslib.create_qumran import QumranCreate
 from vslib.create_report import BEGIN, END, STACKS, CreateResults, render, write_between
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("vs_create: run as root (it uses the system libvirtd)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     res = CreateResults()
     cleanup = contextlib.ExitStack()
     try:
@@ -93,20 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _quietly(what: str, action: Callable[[], object]) -> Callable[[], None]:
-    def run_it() -> None:
-        try:
-            action()
-        except Exception as exc:  # clean-up goes on with the next step
-            log(f"clean-up: {what} failed: {exc}")
-
-    return run_it
-
-
 def measure(
     res: CreateResults, cleanup: contextlib.ExitStack, stacks: list[str], runs: int, warmup: int,
     probe: bool = False,
@@ -118,7 +104,7 @@ def measure(
         "qemu-system-x86_64": "qemu-system-x86",
     })  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="qvc", dir="/tmp"))  # short: UNIX socket paths
-    cleanup.callback(_quietly("removing " + str(root), lambda: shutil.rmtree(root)))
+    cleanup.callback(quietly("removing " + str(root), lambda: shutil.rmtree(root), log))
     root.chmod(0o755)  # libvirt's QEMU runs as libvirt-qemu and must reach the image
     cache = root / "cache"
     image_disk = _copy_image(cache / "qumran" / "images")
@@ -130,17 +116,17 @@ def measure(
         lv = LibvirtStack(root / "libvirt", image_disk, image_disk, "")
         log("libvirt: checking packages and daemons")
         lv.ensure_installed()
-        cleanup.callback(_quietly("restoring /dev/kvm", lv.restore_kvm_access))
+        cleanup.callback(quietly("restoring /dev/kvm", lv.restore_kvm_access, log))
         lv.ensure_kvm_access()
         if lv.kvm_saved is not None:
             res.notes.append(
                 "/dev/kvm was made 0660 root:kvm for the run (as Debian's udev rule does; "
                 "restored after): without it libvirt 9.0 re-probes QEMU on every call."
             )
-        cleanup.callback(_quietly("stopping libvirt daemons", lv.stop_daemons))
+        cleanup.callback(quietly("stopping libvirt daemons", lv.stop_daemons, log))
         lv.ensure_daemons()
         lv.remove(PREFIX)  # leftovers of an earlier, killed run
-        cleanup.callback(_quietly("removing libvirt domains", lambda: lv.remove(PREFIX)))
+        cleanup.callback(quietly("removing libvirt domains", lambda: lv.remove(PREFIX), log))
         (root / "libvirt").mkdir(mode=0o755)
         lc = LibvirtCreate(lv, root / "libvirt", image_disk, key)
         makers["libvirt"], removers["libvirt"] = lc.create_to_ssh, lc.remove
@@ -148,7 +134,7 @@ def measure(
         res.versions["virt-install"] = run(["virt-install", "--version"]).strip()
     if "qumran" in stacks:
         q = QumranStack(root / "qumran", Path(sys.executable).parent, image_disk, image_disk, "")
-        cleanup.callback(_quietly("stopping qumrand", q.stop))
+        cleanup.callback(quietly("stopping qumrand", q.stop, log))
         log("qumran: starting qumrand")
         q.compile()
         q.start_daemon()
@@ -177,7 +163,7 @@ def measure(
                 log(f"{stack}: {name} failed: {res.errors[stack]}")
                 continue
             finally:
-                _quietly(f"removing {name}", functools.partial(removers[stack], name))()
+                quietly(f"removing {name}", functools.partial(removers[stack], name), log)()
                 time.sleep(SETTLE)
             what = "warm-up" if round_ < warmup else f"run {round_ - warmup + 1}/{runs}"
             log(f"{stack} {what}: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))

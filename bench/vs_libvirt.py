@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from vslib import bare
+from vslib.cleanup import interrupt, quietly
 from vslib.libvirt_stack import LibvirtStack
 from vslib.measure import BenchError, cpu_seconds, ensure_commands, hyperfine, rss_kib, run
 from vslib.qumran_stack import QumranStack
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Ctrl-C and kill both clean up (a background job may even start with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     res = Results()
     cleanup = contextlib.ExitStack()
     try:
@@ -109,23 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _quietly(what: str, action: Callable[[], object]) -> Callable[[], None]:
-    def run() -> None:
-        try:
-            action()
-        except Exception as exc:  # clean-up goes on with the next step
-            log(f"clean-up: {what} failed: {exc}")
-
-    return run
-
-
 def measure_all(plan: Plan, res: Results, cleanup: contextlib.ExitStack) -> None:
     root = Path(tempfile.mkdtemp(prefix="qvl", dir="/tmp"))  # short: UNIX socket paths
-    cleanup.callback(_quietly("removing " + str(root), lambda: shutil.rmtree(root)))
+    cleanup.callback(quietly("removing " + str(root), lambda: shutil.rmtree(root), log))
     root.chmod(0o755)  # libvirt's QEMU runs as libvirt-qemu and must reach the images
     kernel, initrd, cmdline, ready = _demo_image(root / "image")
     res.meta.update(_machine(plan))
@@ -133,19 +119,19 @@ def measure_all(plan: Plan, res: Results, cleanup: contextlib.ExitStack) -> None
     log("libvirt: checking packages and daemons")
     ensure_commands({"hyperfine": "hyperfine", "qemu-system-x86_64": "qemu-system-x86"})
     lv.ensure_installed()
-    cleanup.callback(_quietly("restoring /dev/kvm", lv.restore_kvm_access))
+    cleanup.callback(quietly("restoring /dev/kvm", lv.restore_kvm_access, log))
     lv.ensure_kvm_access()
     if lv.kvm_saved is not None:
         res.notes.append(
             "/dev/kvm was made 0660 root:kvm for the run (as Debian's udev rule does; "
             "restored after): without it libvirt 9.0 re-probes QEMU on every call."
         )
-    cleanup.callback(_quietly("stopping libvirt daemons", lv.stop_daemons))
+    cleanup.callback(quietly("stopping libvirt daemons", lv.stop_daemons, log))
     lv.ensure_daemons()
     lv.remove(PREFIX)  # leftovers of an earlier, killed run
-    cleanup.callback(_quietly("removing libvirt domains", lambda: lv.remove(PREFIX)))
+    cleanup.callback(quietly("removing libvirt domains", lambda: lv.remove(PREFIX), log))
     q = QumranStack(root / "qumran", REPO / ".venv" / "bin", kernel, initrd, cmdline)
-    cleanup.callback(_quietly("stopping qumrand", q.stop))
+    cleanup.callback(quietly("stopping qumrand", q.stop, log))
     log("qumran: starting qumrand")
     q.compile()
     q.start_daemon()
@@ -174,7 +160,7 @@ def measure_all(plan: Plan, res: Results, cleanup: contextlib.ExitStack) -> None
 
 def _demo_image(folder: Path) -> tuple[Path, Path, str, bytes]:
     """The demo guest, copied where libvirt's unprivileged QEMU can read it."""
-    from qumran.images import build_demo
+    from qumran.images.demo import build_demo
 
     image = build_demo()
     folder.mkdir(mode=0o755)
@@ -263,7 +249,7 @@ def _fake_idle(
     """qumrand with the fake driver and ``plan.fake_vms`` stand-in VMs running, idle."""
     log(f"qumran, fake driver: {plan.fake_vms} stand-in VMs running, {plan.idle_seconds:.0f} s")
     fake = QumranStack(root, REPO / ".venv" / "bin", kernel, initrd, cmdline, driver="fake")
-    cleanup.callback(_quietly("stopping the fake qumrand", fake.stop))
+    cleanup.callback(quietly("stopping the fake qumrand", fake.stop, log))
     try:
         fake.start_daemon()
         names = [f"{PREFIX}fake{i:04d}" for i in range(plan.fake_vms)]

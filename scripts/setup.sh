@@ -15,6 +15,8 @@ packages=(python3 python3-venv qemu-system-x86 qemu-utils cpio busybox-static pr
 packages+=(nftables dnsmasq-base iproute2)
 # ssh for `qumran ssh`; ssh-keygen for the SSH host key qumrand makes for each guest.
 packages+=(openssh-client)
+# passt: user-mode networking without privileges for qumran-vmm (`type: user` NICs).
+packages+=(passt)
 # The web manager's front-end libraries come from npm; NodeSource's nodejs brings its own npm.
 command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then
@@ -24,6 +26,10 @@ if [ "$want_tests" = 1 ]; then
     packages+=(mmdebstrap e2fsprogs fdisk grub-pc-bin grub-common uidmap)
     # libvirt's own clients, run against qumrand's libvirt-sock (tests/unit/test_libvirt_*).
     packages+=(libvirt-clients python3-libvirt)
+    # ... and the graphical ones on an X server of the test's own (Xvfb): virt-manager,
+    # driven through its accessibility tree (python3-pyatspi, in a D-Bus session of its
+    # own), and virt-viewer (tests/integration/test_libvirt_viewers.py).
+    packages+=(virt-manager virt-viewer xvfb python3-pyatspi dbus-daemon at-spi2-core)
 fi
 
 missing=()

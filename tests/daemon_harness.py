@@ -79,9 +79,16 @@ class Daemon:
             try:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.connect(self.socket)
-                return
             except OSError:
                 time.sleep(0.05)
+                continue
+            # Listening; but a starting qumrand answers lists early (daemon/early.py) and
+            # holds other requests until its full server runs: started is answering one.
+            try:
+                self.call("GET", "/v1/daemon", timeout=max(0.1, deadline - time.monotonic()))
+            except httpx.HTTPError:
+                continue
+            return
         raise RuntimeError(f"qumrand did not start: {self.log.read_text()[-2000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

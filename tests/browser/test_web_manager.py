@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import Web, terminal_text
-from qumran.images import READY_LINE, build_demo
+from qumran.images.demo import READY_LINE, build_demo
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from qemu.qmp import ConnectError, QMPClient
 
-from qumran.images import READY_LINE, DemoImage, build_demo
+from qumran.images.demo import READY_LINE, DemoImage, build_demo
 
 pytestmark = [
     pytest.mark.integration,

@@ -4,47 +4,47 @@ across a qumrand restart.
 
 qumrand runs in a network namespace of the test's own (tests/netvm.py), with an uplink
 into an "outside" namespace; nothing is made in the host's own namespace and no packet
-leaves this machine. The guests are the busybox demo guest, driven over their consoles;
-udhcpc there is given a small script typed in (the demo image has none). The tests run
-in file order, each leaving the VMs as the next one expects.
+leaves this machine. The guests are the busybox demo guest, driven over their consoles
+(tests/netvm.py). The tests run in file order, each leaving the VMs as the next one
+expects.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from netns import available
-from netvm import ISO, LAN, OUTSIDE, UPLINK, NetDaemon, net_daemon
-from qumran.images import READY_LINE, build_demo
+from netvm import (
+    ISO,
+    LAN,
+    OUTSIDE,
+    UPLINK,
+    NetDaemon,
+    boot,
+    define_demo,
+    dhcp,
+    guest_ip,
+    net_daemon,
+    ping,
+    qumran,
+    sh,
+)
+from qumran.images.demo import build_demo
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(available() is not None, reason=str(available())),
 ]
 
-QUMRAN = str(Path(sys.executable).parent / "qumran")
-BOOT_TIMEOUT = 120
 VMS = ("v1", "v2")
-_marks = itertools.count(100)
-
-# udhcpc's script: the lease's address and default route (busybox passes mask as bits).
-DHCP_SCRIPT = (
-    'printf \'#!/bin/sh\\n[ "$1" = bound ] || exit 0\\nip addr flush dev $interface\\n'
-    'ip addr add $ip/$mask dev $interface\\n[ -n "$router" ] && ip route replace default '
-    "via $router\\nexit 0\\n' > /dhcp.sh; chmod +x /dhcp.sh"
-)
 
 
 @pytest.fixture(scope="module")
@@ -55,68 +55,8 @@ def net() -> Iterator[NetDaemon]:
         yield nd
 
 
-def qumran(net: NetDaemon, *args: str, stdin: str = "", timeout: float = 60) -> Any:
-    return subprocess.run(
-        [QUMRAN, *args], input=stdin, capture_output=True, text=True,
-        env=net.daemon.env, timeout=timeout,
-    )  # fmt: skip
-
-
-def sh(net: NetDaemon, vm: str, command: str, timeout: int = 60) -> tuple[int, str]:
-    """Run ``command`` in the guest's shell; its exit status and what it printed."""
-    mark = next(_marks)
-    keys = f"{command}; echo =$?=$(({mark}+0))\n"
-    proc = qumran(net, "console", vm, "--until", f"={mark}", "--timeout", str(timeout),
-                  stdin=keys, timeout=timeout + 30)  # fmt: skip
-    assert proc.returncode == 0, f"{vm}: {command!r}: {proc.stderr}\n{proc.stdout[-2000:]}"
-    found = re.search(rf"=(\d+)={mark}", proc.stdout)
-    assert found is not None, proc.stdout
-    return int(found.group(1)), proc.stdout
-
-
 def define(net: NetDaemon, name: str, network: str) -> dict[str, Any]:
-    image = build_demo()
-    doc = {
-        "name": name, "memory": 192,
-        "boot": {"kernel": str(image.kernel), "initrd": str(image.initrd),
-                 "cmdline": image.cmdline},
-        "nics": [{"network": network}],
-    }  # fmt: skip
-    method, path = (
-        ("PUT", f"/v1/vms/{name}/definition") if exists(net, name) else ("POST", "/v1/vms")
-    )
-    result: dict[str, Any] = net.call(method, path, json=doc)
-    return result
-
-
-def exists(net: NetDaemon, name: str) -> bool:
-    return net.daemon.call("GET", f"/v1/vms/{name}").status_code == 200
-
-
-def boot(net: NetDaemon, name: str) -> None:
-    proc = qumran(net, "start", name, "--console", "--until", READY_LINE,
-                  "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 30)  # fmt: skip
-    assert proc.returncode == 0, f"{proc.stderr}\n{proc.stdout[-2000:]}"
-
-
-def dhcp(net: NetDaemon, name: str) -> str:
-    """udhcpc in the guest (sending its name, so dnsmasq knows it); the guest's address."""
-    assert sh(net, name, DHCP_SCRIPT)[0] == 0
-    status, out = sh(net, name, f"ip link set eth0 up; udhcpc -i eth0 -n -q -t 10 -T 2 "
-                                f"-x hostname:{name} -s /dhcp.sh", timeout=60)  # fmt: skip
-    assert status == 0, out
-    return guest_ip(net, name)
-
-
-def guest_ip(net: NetDaemon, name: str) -> str:
-    _, out = sh(net, name, "ip -4 -o addr show dev eth0")
-    found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
-    assert found is not None, out
-    return found.group(1)
-
-
-def ping(net: NetDaemon, name: str, address: str, extra: str = "-c 2 -W 3") -> bool:
-    return sh(net, name, f"ping {extra} {address}")[0] == 0
+    return define_demo(net, build_demo(), name, network)
 
 
 def test_two_vms_on_a_nat_network_get_their_leases(net: NetDaemon) -> None:

@@ -21,7 +21,7 @@ from qumran.drivers.base import GuestEvent, Owner, RunPaths
 from qumran.drivers.process import ProcState
 from qumran.drivers.qemu import QemuDriver, QemuInstance
 from qumran.errors import HypervisorError
-from qumran.images import DemoImage, build_demo
+from qumran.images.demo import DemoImage, build_demo
 
 pytestmark = [
     pytest.mark.integration,

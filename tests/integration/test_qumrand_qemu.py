@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
-from qumran.images import READY_LINE, build_demo
+from qumran.images.demo import READY_LINE, build_demo
 
 pytestmark = pytest.mark.integration
 

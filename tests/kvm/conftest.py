@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from vmm_harness import Vmm
 
-from qumran.images import DemoImage, build_demo
-from qumran.images.demo import default_cache_dir
+from qumran.images.demo import DemoImage, build_demo, default_cache_dir
 
 
 def hardware_kvm() -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
-from qumran.images import READY_LINE, DemoImage
+from qumran.images.demo import READY_LINE, DemoImage
 
 pytestmark = pytest.mark.kvm
 QUMRAN = str(Path(sys.executable).parent / "qumran")

@@ -14,7 +14,7 @@ import pytest
 from test_daemon_kvm import QUMRAN, qumran, qumran_json
 
 from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
-from qumran.images import READY_LINE, DemoImage
+from qumran.images.demo import READY_LINE, DemoImage
 
 pytestmark = pytest.mark.kvm
 

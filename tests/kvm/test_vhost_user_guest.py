@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from vmm_harness import Vmm
 
-from qumran.images import DemoImage
+from qumran.images.demo import DemoImage
 from storage_daemon import QSD, StorageDaemon
 
 pytestmark = [pytest.mark.kvm,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from vmm_harness import ConsoleBuffer, Vmm, _pump
 
-from qumran.images import DemoImage
+from qumran.images.demo import DemoImage
 
 pytestmark = pytest.mark.kvm
 MakeVmm = Callable[..., Vmm]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from vmm_harness import QUMRAN_VMM
 
-from qumran.images import DemoImage
+from qumran.images.demo import DemoImage
 
 pytestmark = pytest.mark.kvm
 

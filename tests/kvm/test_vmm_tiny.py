@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,25 @@ def test_triple_fault_is_a_crash(vmm_factory: MakeVmm, workdir: Path) -> None:
     assert vmm.wait(60) == 2
     assert "TINY-CRASH" in vmm.console.text
     assert "guest crashed: triple fault on vCPU 0" in vmm.stderr
+    # The dump for the log: registers, special registers and the exits that led there
+    # (the ud2 -> #UD -> #DF -> shutdown after the serial port writes).
+    err = vmm.stderr
+    assert "crash: vCPU 0" in err and "crash:   rax=" in err and " rip=" in err, err
+    assert "crash:   cs  sel=" in err and "crash:   cr0=" in err and "idt=" in err, err
+    assert "last exits (oldest first): IoOut(port=0x3f8, size=0x1) x11, TripleFault" in err, err
+
+
+def test_ps_shows_the_vms_name(vmm_factory: MakeVmm, workdir: Path) -> None:
+    kernel = _kernel(workdir, "named", tinykernel.reset_on_key())
+    vmm = vmm_factory(kernel, memory="64M", name="web-frontend-7", extra=["--force-kvm"])
+    vmm.start().console.wait_for("TINY-BOOT", 60)
+    ps = subprocess.run(["ps", "-o", "comm=,args=", "-p", str(vmm.pid)],
+                        capture_output=True, text=True, check=True)  # fmt: skip
+    comm, args = ps.stdout.split(None, 1)
+    assert comm == "web-frontend-7" and args.strip() == "qumran-vmm web-frontend-7", ps.stdout
+    threads = os.listdir(f"/proc/{vmm.pid}/task")
+    names = {Path(f"/proc/{vmm.pid}/task/{t}/comm").read_text().strip() for t in threads}
+    assert "CPU 0/KVM" in names, names
 
 
 def test_reset_reboots_in_the_same_process(vmm_factory: MakeVmm, workdir: Path) -> None:
@@ -182,3 +202,42 @@ def test_terminal_console_is_raw_and_ctrl_a_x_quits(workdir: Path) -> None:
             proc.wait()
         os.close(leader)
         os.close(follower)
+
+
+def _status_field(path: str, field: str) -> str:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def test_vcpu_and_device_threads_run_under_seccomp_with_no_new_privs(
+    vmm_factory: MakeVmm, workdir: Path
+) -> None:
+    kernel = _kernel(workdir, "confined", tinykernel.reset_on_key())
+    vmm = vmm_factory(kernel, memory="64M", extra=["--force-kvm", "--rng"])
+    vmm.start().console.wait_for("TINY-BOOT", 60)
+    task = Path(f"/proc/{vmm.pid}/task")
+    modes = {(task / t / "comm").read_text().strip(): _status_field(str(task / t / "status"),
+             "Seccomp") for t in os.listdir(task)}  # fmt: skip
+    assert modes["CPU 0/KVM"] == "2" and modes["virtio-io"] == "2", modes  # 2: filter mode
+    assert _status_field(f"/proc/{vmm.pid}/status", "NoNewPrivs") == "1"
+    limits = Path(f"/proc/{vmm.pid}/limits").read_text()
+    assert any(line.startswith("Max core file size") and line.split()[4:6] == ["0", "0"]
+               for line in limits.splitlines()), limits  # fmt: skip
+    vmm.control("quit")
+    assert vmm.wait(30) == 0  # the filters let the threads stop and the process exit
+
+
+@pytest.mark.parametrize(("role", "thread"), [("vcpu", "vcpu"), ("io", "io")])
+def test_a_forbidden_system_call_stops_the_vmm_and_is_named(
+    vmm_factory: MakeVmm, workdir: Path, monkeypatch: pytest.MonkeyPatch, role: str, thread: str
+) -> None:
+    monkeypatch.setenv("QUMRAN_VMM_SECCOMP_PROBE", role)  # test-only: call ptrace there
+    kernel = _kernel(workdir, "probe", tinykernel.reset_on_key())
+    vmm = vmm_factory(kernel, memory="64M", name="probed", extra=["--force-kvm", "--rng"])
+    assert vmm.start().wait(60) == 1
+    assert (f"qumran-vmm: probed: forbidden system call ptrace (101) in the {thread} thread"
+            in vmm.stderr), vmm.stderr  # fmt: skip
+    # Ended on the spot, as by SIGKILL: nothing removed its control socket.
+    (workdir / "control.sock").unlink()

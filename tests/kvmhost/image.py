@@ -20,8 +20,17 @@ from qumran.images.kmod import ModuleTree
 
 KERNEL_METAPACKAGE = "linux-image-amd64"
 # virtio PCI + 9p for the shares, overlay for a writable root, kvm-amd for the point of it,
-# vhost_net for qumran-vmm's vhost=on (it brings tun).
-MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net")
+# vhost_net for qumran-vmm's vhost=on (it brings tun). Then what qumrand's networks use
+# (tests/kvm/test_networks_kvm.py): bridges and veth pairs, and the nftables expressions
+# of its `inet qumran` table (ct state, a nat chain, masquerade), with the crc32c that
+# libcrc32c (which nf_tables needs) asks the crypto API for. All loaded at boot: the
+# kernel's own module loading would run a modprobe that finds no modules in the test
+# host's root (the host's), so nothing may be left for it to load on demand.
+MODULES = (
+    "virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "vhost_net",
+    "bridge", "veth",
+    "crc32c_generic", "nf_tables", "nft_ct", "nft_chain_nat", "nft_nat", "nft_masq",
+)  # fmt: skip
 # Bump when the image changes in a way image_key() cannot see (how it is built). Each key
 # has its own cache directory, so checkouts that differ (worktrees, branches, a CI clone)
 # never use or rebuild each other's image.
@@ -115,13 +124,19 @@ mount -t tmpfs -o mode=1777 shm $R/dev/shm
 # /tmp, like the rest of the root, is the host's seen through the overlay: writable, in RAM.
 # Raw output: no \n -> \r\n translation, so the job's bytes reach the runner unchanged.
 stty -F /dev/ttyS0 -opost 2>/dev/null
+# The job's root is the overlay moved onto / in a mount namespace of its own (what
+# switch_root does), not a chroot: the kernel refuses user namespaces to a chrooted process
+# (unshare(2): EPERM), and passt (qumran-vmm's --net passt) sandboxes itself in one.
+run_job() {
+    unshare -m sh -c "cd $R && mount -o move $R / && exec chroot . /bin/sh $job/job.sh"
+}
 echo "KVMHOST-START-$nonce"
 if [ "$(arg tty)" = 1 ]; then
-    chroot $R /bin/sh "$job/job.sh" </dev/null
+    run_job </dev/null
     status=$?
 else
     # Through a pipe the job sees no terminal, as when the runner's output is a pipe.
-    { chroot $R /bin/sh "$job/job.sh" </dev/null; echo $? >/job-status; } 2>&1 | cat
+    { run_job </dev/null; echo $? >/job-status; } 2>&1 | cat
     status=$(cat /job-status)
 fi
 echo "KVMHOST-EXIT-$nonce $status"

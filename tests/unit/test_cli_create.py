@@ -152,6 +152,31 @@ def test_the_definition_has_a_forward_or_a_network_nic() -> None:
     validate_spec(create.definition(args, "web1", {}, None) | {"disks": [{"path": "/d"}]})
 
 
+def test_a_native_vm_boots_the_images_own_kernel(tmp_path: Path) -> None:
+    import argparse
+
+    from qumran.config.validate import validate_spec
+    from qumran.images.cache import Image, ImageInfo
+
+    info = ImageInfo(name="debian-12", disk="disk.qcow2", format="qcow2", digest="d",
+                     created="now", source="built", virtual_size=1 << 30, kernel="vmlinuz",
+                     initrd="initrd.img", cmdline="root=UUID=x ro console=ttyS0")  # fmt: skip
+    args = argparse.Namespace(name="web1", memory="1G", vcpus=1, pool="default",
+                              network=None, hypervisor="native")  # fmt: skip
+    boot = create.boot_section(args, Image(tmp_path, info))
+    assert boot == {"kernel": str(tmp_path / "vmlinuz"), "initrd": str(tmp_path / "initrd.img"),
+                    "cmdline": "root=UUID=x ro console=ttyS0"}  # fmt: skip
+    doc = create.definition(args, "web1", {"users": []}, 40222, boot)
+    assert (doc["hypervisor"], doc["boot"]) == ("native", boot)
+    validate_spec(doc | {"disks": [{"path": "/d"}]})
+    imported = ImageInfo(name="mine", disk="disk.qcow2", format="qcow2", digest="d",
+                         created="now", source="imported", virtual_size=1 << 30)  # fmt: skip
+    with pytest.raises(InvalidArgument, match=r"^--hypervisor native: image mine has no kernel"):
+        create.boot_section(args, Image(tmp_path, imported))
+    args.hypervisor = "qemu"
+    assert create.boot_section(args, Image(tmp_path, imported)) == {"disk": 0}
+
+
 def test_ssh_options_pass_through_except_the_host_key_ones() -> None:
     assert guestssh.checked_option("ConnectTimeout=5") == "ConnectTimeout=5"
     assert guestssh.checked_option("ServerAliveInterval 30") == "ServerAliveInterval 30"

@@ -1,8 +1,9 @@
 """The CLI's fast path: command lines read without argparse, answers read without json.
 
 The quick reader must give exactly what argparse gives, or step aside (None) so argparse
-reads the line; the JSON reader must give exactly what json.loads gives. And the common
-commands, run for real against a stand-in daemon, must not import argparse, json or re.
+reads the line; the JSON reader and writer must give exactly what json.loads and
+json.dumps give. And the common commands, run for real against a stand-in daemon, must
+not import argparse, json or re -- through the installed launcher (bin/qumran) too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,9 @@ from test_cli import StubDaemon, stub, vm  # noqa: F401  (the stand-in daemon an
 from qumran.cli import commands, quick
 from qumran.cli.main import build_parser
 from qumran.client.jsonread import loads
+from qumran.client.jsonwrite import dumps
+
+REPO = Path(__file__).resolve().parents[2]
 
 LINES = [
     ["list"],
@@ -68,6 +73,7 @@ LINES = [
     ["net-info", "default"],
     ["net-dhcp-leases", "default", "--json"],
     ["net-undefine", "lan"],
+    ["net-undefine", "--force", "lan"],
     # What the quick reader leaves to argparse: help, mistakes, unusual spellings.
     [],
     ["--help"],
@@ -153,12 +159,40 @@ def test_the_json_reader_knows_json_s_constants() -> None:
     assert math.isnan(loads("NaN"))
 
 
-@pytest.mark.parametrize("argv", [["list", "--all"], ["dominfo", "web1"], ["undefine", "web1"]])
+@given(json_values)
+def test_the_json_writer_writes_what_json_writes(value: Any) -> None:
+    assert dumps(value) == json.dumps(value)
+
+
+def test_the_json_writer_refuses_what_json_refuses() -> None:
+    for value in (object(), {"a": {1, 2}}, {(1, 2): 3}, b"x"):
+        with pytest.raises(TypeError) as expected:
+            json.dumps(value)
+        with pytest.raises(TypeError) as got:
+            dumps(value)
+        assert str(got.value) == str(expected.value)
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        dumps(loop)
+    assert dumps([math.inf, -math.inf]) == "[Infinity, -Infinity]"
+
+
+DEFINITION = "name: web2\nmemory: 256M\nboot:\n  kernel: vmlinuz\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list", "--all"], ["dominfo", "web1"], ["undefine", "web1"], ["define", "DEF"]],
+)
 def test_common_commands_import_neither_argparse_nor_json_nor_re(
     stub: StubDaemon,  # noqa: F811  (the fixture imported from test_cli)
     argv: list[str],
+    tmp_path: Path,
 ) -> None:
     stub.vms["web1"] = vm("web1")
+    (tmp_path / "web2.yaml").write_text(DEFINITION)
+    argv = [str(tmp_path / "web2.yaml") if a == "DEF" else a for a in argv]
     # The interpreter's own start-up (site) is left out: only what qumran adds counts.
     script = (
         "import sys; before = set(sys.modules)\n"
@@ -175,4 +209,85 @@ def test_common_commands_import_neither_argparse_nor_json_nor_re(
     assert proc.returncode == 0, proc.stderr
     imported = set(proc.stderr.split())
     assert "qumran.client.wire" in imported  # the report is real
-    assert imported & {"argparse", "json", "re", "enum", "typing", "collections"} == set()
+    assert imported & {"argparse", "json", "re", "enum", "typing", "collections", "yaml",
+                        "pathlib"} == set()  # fmt: skip
+    if argv[0] == "define":
+        assert stub.requests[-1][2] == {"name": "web2", "memory": "256M",
+                                        "boot": {"kernel": str(tmp_path / "vmlinuz")}}  # fmt: skip
+
+
+def launcher(tmp_path: Path) -> str:
+    """bin/qumran as pip installs it: its ``#!python`` line made this interpreter's."""
+    text = (REPO / "bin" / "qumran").read_text()
+    assert text.startswith("#!python\n")  # what pip rewrites
+    path = tmp_path / "qumran"
+    path.write_text(f"#!{sys.executable}\n" + text.split("\n", 1)[1])
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_pyproject_installs_the_launcher_as_qumran() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["script-files"] == ["bin/qumran"]
+    assert "qumran" not in project["project"]["scripts"]  # one `qumran`, the lean one
+
+
+@pytest.mark.parametrize("argv", [["list", "--all"], ["define", "DEF"]])
+def test_the_installed_launcher_imports_no_re(
+    stub: StubDaemon,  # noqa: F811
+    tmp_path: Path,
+    argv: list[str],
+) -> None:
+    (tmp_path / "web2.yaml").write_text(DEFINITION)
+    argv = [str(tmp_path / "web2.yaml") if a == "DEF" else a for a in argv]
+    proc = subprocess.run(
+        [launcher(tmp_path), *argv],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "QUMRAN_SOCKET": stub.path, "PYTHONVERBOSE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split()[1].strip("'") for line in proc.stderr.splitlines()
+                if line.startswith("import ") and "#" in line}  # fmt: skip
+    assert "qumran.client.wire" in imported  # the report is real
+    assert imported & {"re", "json", "argparse", "yaml", "pathlib", "typing"} == set()
+    assert proc.stdout.startswith(" Id" if argv[0] == "list" else "VM 'web2' defined")
+
+
+def test_the_launcher_ends_lean_commands_at_once_and_others_in_order(
+    stub: StubDaemon,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    stub.vms["web1"] = vm("web1")
+    env = {**os.environ, "QUMRAN_SOCKET": stub.path, "PYTHONVERBOSE": "1"}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([launcher(tmp_path), *argv], capture_output=True, text=True,
+                              env=env, timeout=30, check=False)  # fmt: skip
+
+    # An orderly exit cleans up module by module ("# cleanup[...]" in verbose mode).
+    lean = run("dominfo", "web1")
+    assert (lean.returncode, lean.stdout.splitlines()[0]) == (0, "Name:           web1")
+    assert "# cleanup" not in lean.stderr
+    failed = run("dominfo", "nosuch")
+    assert failed.returncode == 1
+    assert "error: no VM named 'nosuch'" in failed.stderr
+    assert "# cleanup" not in failed.stderr
+    other = run("--help")  # argparse's exit, not a lean command's
+    assert other.returncode == 0 and "# cleanup" in other.stderr
+
+
+def test_the_launcher_stops_quietly_when_the_reader_goes_away(
+    stub: StubDaemon,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    for i in range(2000):  # more than a pipe's buffer holds
+        stub.vms[f"vm{i:04d}"] = vm(f"vm{i:04d}")
+    read, write = os.pipe()
+    os.close(read)  # nobody will read
+    proc = subprocess.run([launcher(tmp_path), "list", "--all"], stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=30, check=False,
+                          env={**os.environ, "QUMRAN_SOCKET": stub.path})  # fmt: skip
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")

@@ -205,15 +205,24 @@ def test_user_data_is_read_with_the_owners_rights(
     assert fake_daemon.vm("t1vm")["state"] == "shutoff"
 
 
-def test_the_native_driver_refuses_a_section_naming_it(tmp_path: Path) -> None:
+def test_the_native_driver_takes_the_seed_and_checks_its_user_data(tmp_path: Path) -> None:
+    """qumran-vmm gets the seed as a read-only disk (its command line: test_native_driver);
+    a ``user_data`` file the owner cannot read is refused at define, naming the field."""
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"\0" * 64)
+    driver = NativeDriver("qumran-vmm", probe=lambda: AccelChoice("kvm", "KVM: test"))
+    owner = Owner(os.getuid(), os.getgid())
     spec = VmSpec.model_validate(
         definition("n", hypervisor="native", boot={"kernel": str(kernel)}, cloud_init={})
     )
-    driver = NativeDriver("qumran-vmm", probe=lambda: AccelChoice("kvm", "KVM: test"))
-    with pytest.raises(InvalidArgument, match=r"^cloud_init: qumran-vmm cannot attach"):
-        driver.check(spec, Owner(os.getuid(), os.getgid()))
+    driver.check(spec, owner)
+    missing = tmp_path / "user-data"
+    spec = VmSpec.model_validate(definition(
+        "n", hypervisor="native", boot={"kernel": str(kernel)},
+        cloud_init={"user_data": str(missing)},
+    ))  # fmt: skip
+    with pytest.raises(InvalidArgument, match=rf"^cloud_init.user_data: {missing} cannot be"):
+        driver.check(spec, owner)
 
 
 @pytest.mark.parametrize(("uid", "port", "refused"), [(1000, 80, True), (1000, 1024, False)])

@@ -73,7 +73,11 @@ def test_clients_are_never_refused_during_a_restart(fake_daemon: Daemon) -> None
         names = [v["name"] for v in Client(fake_daemon.socket).list_vms()]
         return "" if names == ["a"] else f"listed {names}"
 
-    loops = [Loop(cli), Loop(cli), Loop(api), Loop(api)]
+    def other() -> str:  # not a list: held by a starting qumrand for its full server
+        got = Client(fake_daemon.socket).get_vm("a")
+        return "" if (got["state"], got["pid"]) == ("running", vm["pid"]) else repr(got)
+
+    loops = [Loop(cli), Loop(cli), Loop(api), Loop(api), Loop(other)]
     for loop in loops:
         loop.start()
     for loop in loops:
@@ -94,6 +98,8 @@ def test_clients_are_never_refused_during_a_restart(fake_daemon: Daemon) -> None
         assert loop.failures == []
     # The loops really ran across the restart: the in-process ones many times.
     assert all(loop.calls_between(begin, end) >= 5 for loop in loops[2:])
+    # The new qumrand answered lists before its full API had loaded (daemon/early.py).
+    assert "list request(s) while starting" in fake_daemon.log.read_text()
     now = fake_daemon.call("GET", "/v1/daemon").json()
     assert now["pid"] == before["pid"] and now["started_at"] > before["started_at"]
     assert fake_daemon.proc is not None and fake_daemon.proc.poll() is None
@@ -175,3 +181,39 @@ def test_a_passed_fd_that_is_no_listening_socket_is_one_line(daemon_root: Path) 
     assert proc.returncode == 1
     assert proc.stderr.startswith("qumrand: the socket passed as fd 3 (api) cannot be used: ")
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_vm_started_before_a_restart_in_place_is_reaped_when_it_dies(
+    fake_daemon: Daemon,
+) -> None:
+    """After an exec, qumrand is still the parent of the VMs it started before, without
+    their Popen objects: one that dies must not stay a zombie, and its exit status (here
+    the signal that killed it) is still known."""
+    fake_daemon.call("POST", "/v1/vms", json={"name": "z", "memory": 64,
+                                              "boot": {"kernel": "/bin/sh"}})  # fmt: skip
+    pid = fake_daemon.call("POST", "/v1/vms/z/start").json()["pid"]
+    restart = qumran(fake_daemon, "daemon", "restart")
+    assert restart.returncode == 0, restart.stderr
+    assert fake_daemon.vm("z")["pid"] == pid  # re-attached, still our child
+    assert fake_daemon.proc is not None
+    assert _parent_of(pid) == fake_daemon.proc.pid
+
+    os.kill(pid, signal.SIGKILL)
+    info = fake_daemon.wait_state("z", "shutoff", timeout=10)
+
+    assert info["reason"] == "killed"
+    assert not Path(f"/proc/{pid}").exists(), f"pid {pid} left a zombie: {_stat(pid)}"
+    events = fake_daemon.call("GET", "/v1/events").json()
+    stopped = [e for e in events if e["vm"] == "z" and e["event"] == "stopped"]
+    assert stopped[-1]["detail"] == "the process was killed by SIGKILL", stopped
+
+
+def _stat(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text()
+    except OSError as exc:
+        return str(exc)
+
+
+def _parent_of(pid: int) -> int:
+    return int(_stat(pid).rsplit(")", 1)[1].split()[1])

@@ -8,8 +8,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from qumran.config.domxml import XmlInvalid, XmlUnsupported, parse, to_xml
+from qumran.config.domxml import parse, to_xml
 from qumran.config.validate import validate_spec
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 
 UUID = "6f1c1d7e-2b1c-4a55-9d0e-8f4c2f3a1b2c"
 BASE = {"name": "web1", "memory": 256, "boot": {"kernel": "/boot/vmlinuz"}}
@@ -58,3 +59,26 @@ def test_what_does_not_fit_is_refused_by_its_path(
 ) -> None:
     with pytest.raises(error, match=re.escape(f"domain/devices/{where}")):
         parse(xml_with(interface))
+
+
+def test_the_machine_is_the_one_qemu_runs_and_another_is_refused() -> None:
+    from qumran.drivers.qemu.cmdline import MACHINE as RUN
+
+    xml = to_xml("m", UUID, validate_spec(BASE))
+    assert parse(xml)[0]["name"] == "m"
+    assert f'machine="{RUN}"' in xml, xml
+    for older in ("pc", "pc-q35-7.2"):  # Qumran's dumpxml before q35; a versioned q35
+        assert parse(xml.replace(f"machine=\"{RUN}\"", f"machine=\"{older}\""))[0]
+    with pytest.raises(XmlUnsupported, match=r"domain/os/type@machine='pc-i440fx-7.2'"):
+        parse(xml.replace(f'machine="{RUN}"', 'machine="pc-i440fx-7.2"'))
+
+
+def test_a_vnc_listen_address_is_refused_not_dropped() -> None:
+    xml = to_xml("m", UUID, validate_spec(BASE | {"graphics": True}))
+    graphics = '<graphics type="vnc" port="-1" autoport="yes" />'
+    assert graphics in xml, xml
+    assert parse(xml.replace(graphics, graphics[:-3] + "><listen type='none'/></graphics>"))
+    address = "><listen type='address' address='0.0.0.0'/></graphics>"
+    for listen in (' listen="0.0.0.0" />', address):
+        with pytest.raises(XmlUnsupported, match="listens on no address"):
+            parse(xml.replace(graphics, graphics[:-3] + listen))

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qumran.images import READY_LINE, build_demo, demo, initramfs
+from qumran.images import demo, initramfs
 from qumran.images.debian import DebCache, parse_depends
+from qumran.images.demo import READY_LINE, build_demo
 from qumran.images.errors import ArchiveError, ImageError, ModuleError
 from qumran.images.kernel import vmlinux_from_bzimage
 from qumran.images.kmod import ModuleTree, modinfo

@@ -14,63 +14,16 @@ import struct
 import subprocess
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from daemon_harness import Daemon, system_user
+from libvirt_clients import XML, define, ok, state, uri, virsh
 
 pytestmark = pytest.mark.skipif(
     shutil.which("virsh") is None or not Path("/usr/bin/python3").exists(),
     reason="needs Debian's libvirt-clients and python3-libvirt",
 )
-
-XML = """\
-<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>2</vcpu>
-  <os><type arch='x86_64'>hvm</type><kernel>/bin/sh</kernel><cmdline>console=ttyS0</cmdline></os>
-  <devices>
-    <serial type='pty'><target port='0'/></serial>
-    <console type='pty'><target type='serial' port='0'/></console>
-  </devices>
-</domain>
-"""
-
-
-def uri(daemon: Daemon) -> str:
-    return f"qemu+unix:///system?socket={daemon.root / 'libvirt-sock'}"
-
-
-def virsh(
-    daemon: Daemon, *args: str, user: pwd.struct_passwd | None = None
-) -> subprocess.CompletedProcess[str]:
-    kwargs: dict[str, Any] = {}
-    if user is not None:
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LC_ALL": "C"}
-    return subprocess.run(["virsh", "-c", uri(daemon), *args], capture_output=True, text=True,
-                          env=env, timeout=60, **kwargs)  # fmt: skip
-
-
-def ok(daemon: Daemon, *args: str) -> str:
-    proc = virsh(daemon, *args)
-    assert proc.returncode == 0, f"virsh {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
-
-
-def define(daemon: Daemon, tmp: Path, name: str = "web1", xml: str = XML) -> Path:
-    path = tmp / f"{name}.xml"
-    path.write_text(xml.format(name=name))
-    path.chmod(0o644)
-    assert f"Domain '{name}' defined" in ok(daemon, "define", str(path))
-    return path
-
-
-def state(daemon: Daemon, name: str) -> str:
-    return ok(daemon, "domstate", "--reason", name).strip()
-
 
 def test_the_whole_lifecycle_through_virsh(fake_daemon: Daemon, daemon_root: Path) -> None:
     define(fake_daemon, daemon_root)

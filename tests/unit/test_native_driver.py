@@ -12,7 +12,12 @@ import pytest
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import HandoffFds, Owner, RunPaths
 from qumran.drivers.native import storage
-from qumran.drivers.native.driver import NativeDriver, NativeInstance, build_argv
+from qumran.drivers.native.driver import (
+    NativeDriver,
+    NativeInstance,
+    build_argv,
+    in_definition_terms,
+)
 from qumran.drivers.qemu.accel import AccelChoice
 from qumran.errors import InvalidArgument
 from qumran.vmm import cmdline
@@ -58,6 +63,54 @@ def test_raw_disks_become_virtio_blk_in_order_and_qumran_vmm_reads_them_back(
     ]
 
 
+def test_the_seed_is_a_read_only_disk_by_fd_after_the_vms_own(tmp_path: Path) -> None:
+    s = spec(tmp_path, disks=[{"path": str(tmp_path / "a.img")}], cloud_init={})
+    NativeDriver("qumran-vmm", probe=hardware_kvm).check(s, OWNER)
+    args = cmdline.parse(build_argv(s, HandoffFds(3, 4, 5, seed=6), "qumran-vmm")[1:])
+    assert [DiskSpec.parse(d) for d in args.disk] == [
+        DiskSpec(str(tmp_path / "a.img"), False),
+        DiskSpec("fd=6", True, fd=6),
+    ]
+
+
+def test_an_inherited_image_is_read_only_unless_its_fd_allows_writes(tmp_path: Path) -> None:
+    from qumran.vmm.devices.errors import DeviceError
+    from qumran.vmm.devices.virtio.blk import DiskImage
+
+    (tmp_path / "seed.iso").write_bytes(b"\1" * 8192)
+    fd = os.open(tmp_path / "seed.iso", os.O_RDONLY)
+    with pytest.raises(DeviceError, match=r"^--disk fd=\d+: open read-only; add ,ro"):
+        DiskImage.inherit(fd, readonly=False)
+    image = DiskImage.inherit(fd, readonly=True)
+    try:
+        assert (image.size, image.readonly, image.fd) == (8192, True, fd)
+        assert not os.get_inheritable(fd)  # not passed on to passt
+    finally:
+        image.close()
+    with pytest.raises(DeviceError, match=r"^--disk 'fd=x,ro': fd= needs a file descriptor"):
+        DiskSpec.parse("fd=x,ro")
+
+
+def test_user_nics_become_passt_with_their_forwards_in_nic_order(tmp_path: Path) -> None:
+    from qumran.drivers.base import NetFds
+    from qumran.vmm.devices.virtio.backends import parse_net
+    from qumran.vmm.devices.virtio.passt import PasstForward, PasstSpec
+
+    nics = [{"forward": ["tcp:127.0.0.1:2222-:22", "udp::5353-10.0.2.15:53"]},
+            {"network": "default", "mac": "52:54:00:00:00:02"},
+            {"mac": "52:54:00:00:00:03"}]  # fmt: skip
+    s = spec(tmp_path, nics=nics)
+    NativeDriver("qumran-vmm", probe=hardware_kvm).check(s, OWNER)
+    fds = HandoffFds(3, 4, 5, nets=(NetFds(7, None),))
+    args = cmdline.parse(build_argv(s, fds, "qumran-vmm")[1:])
+    first, _, last = (parse_net(n) for n in args.net)
+    assert isinstance(first, PasstSpec) and first.forwards == (
+        PasstForward("tcp", "127.0.0.1", 2222, 22), PasstForward("udp", "", 5353, 53))  # fmt: skip
+    assert first.mac is not None and first.mac.startswith("52:54:00")
+    assert args.net[1] == "fd=7,mac=52:54:00:00:00:02,vhost=off"
+    assert last == PasstSpec("52:54:00:00:00:03")
+
+
 QCOW2 = {"disks": [{"path": "/img/a.qcow2", "format": "qcow2"}]}
 COMMA = {"disks": [{"path": "/img/a,b.img"}]}
 MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
@@ -67,7 +120,8 @@ MISSING = {"disks": [{"path": "/nonexistent/a.img"}]}
     ("fields", "message"),
     [
         (COMMA, "disks[0].path: qumran-vmm cannot open a path with a comma"),
-        ({"nics": [{}]}, "nics[0]: qumran-vmm has no user-mode networking"),
+        ({"nics": [{"forward": ["tcp::2222-10.0.2.9:22"]}]},
+         "nics[0].forward: 'tcp::2222-10.0.2.9:22': qumran-vmm forwards to the guest's own"),
         ({"graphics": True}, "graphics: qumran-vmm has no display"),
         (MISSING, "disks[0].path: /nonexistent/a.img cannot be opened by uid"),
     ],
@@ -104,6 +158,16 @@ def test_qcow2_disks_go_through_their_vhost_user_sockets(tmp_path: Path) -> None
         DiskSpec(str(tmp_path / "a.img"), False),
         DiskSpec(str(sock), vhost_user=True),
     ]
+
+
+def test_qumran_vmm_refusing_a_back_end_is_told_in_the_definitions_terms() -> None:
+    sock = storage.socket_path(PATHS, 1)
+    said = (f"qumran-vmm failed to start VM web: qumran-vmm: error: --disk vhost-user={sock}: "
+            f"vhost-user back end {sock} does not offer VIRTIO_F_VERSION_1")  # fmt: skip
+    assert in_definition_terms(said, {1: sock}) == (
+        "qumran-vmm failed to start VM web: qumran-vmm: error: disks[1]: "
+        f"vhost-user back end {sock} does not offer VIRTIO_F_VERSION_1"
+    )
 
 
 class _Control:

@@ -104,3 +104,22 @@ def test_an_image_another_vm_holds_is_refused_with_the_disk_named(tmp_path: Path
 def test_no_storage_daemon_to_adopt(tmp_path: Path) -> None:
     spec, paths = _spec(tmp_path), _paths(tmp_path, "web")
     assert asyncio.run(StorageDaemon.adopt(spec, paths)) is None
+
+
+def test_a_storage_daemon_left_from_an_earlier_run_is_stopped_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Its VM ended while qumrand was away: nobody stopped it, and it still holds the
+    image's lock; the VM's next start stops it rather than be refused by it."""
+    spec = _spec(tmp_path)
+
+    async def run() -> None:
+        old = await StorageDaemon.start(spec, storage.exports_of(spec), _paths(tmp_path, "web"),
+                                        OWNER)  # fmt: skip
+        await old.close()
+        new = await StorageDaemon.start(spec, storage.exports_of(spec), _paths(tmp_path, "web"),
+                                        OWNER)  # fmt: skip
+        assert old.process.state() is ProcState.GONE
+        await new.stop()
+
+    asyncio.run(run())

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,7 @@ def test_a_network_nic_gets_a_stable_mac_and_a_tap_on_the_bridge(net: NetDaemon)
     tap = tap_of(vm)
     link = net.tap(tap)
     assert link["master"] == "qbr-lan" and "UP" in link["flags"]
+    assert link["qdisc"] == "noqueue", link  # no host queue before the VM's own
     assert link["linkinfo"]["info_kind"] == "tun"
     data = link["linkinfo"]["info_data"]
     # Not persistent (it dies with the process), with virtio-net headers, the VM owner's.
@@ -179,3 +181,41 @@ def test_restart_keeps_the_taps_and_net_destroy_names_the_vms(net: NetDaemon) ->
     assert "(b)" in net.refused("POST", "/v1/networks/lan/destroy", 409)
     wait_gone(net, tap_of(a))
     assert tap_of(b) in net.taps()
+
+
+def test_net_undefine_is_refused_while_defined_vms_use_it_unless_forced(net: NetDaemon) -> None:
+    import subprocess
+    import sys
+
+    net.network(ISO, start=False)
+    net.call("POST", "/v1/vms", json=vm_doc("u1", nics=[{"network": "iso"}]))
+    net.call("POST", "/v1/vms", json=vm_doc("u2", nics=[{"network": "lan"}, {"network": "iso"}]))
+    net.call("POST", "/v1/vms", json=vm_doc("other", nics=[{"network": "lan"}]))
+    # A running VM whose definition saved for its next start moves it onto iso counts too.
+    net.call("POST", "/v1/vms/other/start")
+    net.call("PUT", "/v1/vms/other/definition", json=vm_doc("other", nics=[{"network": "iso"}]))
+    message = net.refused("DELETE", "/v1/networks/iso", 409)
+    assert "(other, u1, u2)" in message and "net-undefine --force iso" in message, message
+    # The CLI: one line, and the network is still there.
+    qumran = str(Path(sys.executable).parent / "qumran")
+    proc = subprocess.run([qumran, "net-undefine", "iso"], capture_output=True, text=True,
+                          env=net.daemon.env, timeout=60)  # fmt: skip
+    assert proc.returncode == 1 and "other, u1, u2" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert net.call("GET", "/v1/networks/iso")["name"] == "iso"
+    # Once no definition names it but u1's, only u1 is named.
+    net.call("POST", "/v1/vms/other/destroy")
+    net.call("PUT", "/v1/vms/other/definition", json=vm_doc("other", nics=[{"network": "lan"}]))
+    net.call("PUT", "/v1/vms/u2/definition", json=vm_doc("u2", nics=[{"network": "lan"}]))
+    assert "(u1)" in net.refused("DELETE", "/v1/networks/iso", 409)
+    # Forced: gone; u1 then names a network that does not exist, and says so at start.
+    proc = subprocess.run([qumran, "net-undefine", "--force", "iso"], capture_output=True,
+                          text=True, env=net.daemon.env, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert net.daemon.call("GET", "/v1/networks/iso").status_code == 404
+    message = net.refused("POST", "/v1/vms/u1/start", 404)
+    assert message.startswith("nics[0].network: no network named 'iso'"), message
+    # A network no definition names goes without --force.
+    net.network({"name": "spare", "type": "isolated",
+                 "ipv4": {"address": "10.79.0.1/24"}}, start=False)  # fmt: skip
+    net.call("DELETE", "/v1/networks/spare")

@@ -59,7 +59,7 @@ class Driver:
     """The guest's side: brings the device up, issues requests, waits for completions."""
 
     def __init__(self, backend: VhostUserBackend) -> None:
-        self.memory = GuestMemory(4 << 20)
+        self.memory = GuestMemory(4 << 20, shared=True)
         self.ram = MemfdRam(self.memory)
         self.loop, self.msi = IoLoop(), Msi()
         self.device = VhostUserBlock(backend)
@@ -164,6 +164,21 @@ def test_the_config_space_comes_from_the_back_end(qsd: StorageDaemon) -> None:
         assert dev.status()["capacity"] == DISK
     finally:
         backend.close()
+
+
+def test_a_queue_per_back_end_queue(tmp_path: Path) -> None:
+    image = tmp_path / "mq.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1M"], check=True)
+    daemon = StorageDaemon(image, tmp_path / "mq.sock", queues=3)
+    daemon.start()
+    try:
+        backend = VhostUserBackend.open(str(daemon.sock))
+        dev = VhostUserBlock(backend)
+        assert dev.queue_sizes == (256, 256, 256)
+        assert dev.read_config(34, 2) == 3 and dev.device_features & (1 << 12)  # MQ
+        backend.close()
+    finally:
+        daemon.stop()
 
 
 def test_a_write_lands_in_the_qcow2_and_reads_back(
@@ -273,7 +288,10 @@ def test_a_back_end_without_what_virtio_blk_needs_is_refused(
 
 
 def test_guest_ram_is_a_memfd_that_a_reboot_clears() -> None:
-    memory = GuestMemory(4 << 20)
+    plain = GuestMemory(4 << 20)
+    assert plain.fd == -1 and plain.file_regions() == ()  # not shared unless asked
+    plain.close()
+    memory = GuestMemory(4 << 20, shared=True)
     try:
         memory.write(0x2000, b"left over")
         ((gpa, size, hva, offset),) = memory.file_regions()
@@ -285,3 +303,21 @@ def test_guest_ram_is_a_memfd_that_a_reboot_clears() -> None:
         assert memory.read(0x2000, 9) == bytes(9)
     finally:
         memory.close()
+
+
+def test_a_device_reset_takes_the_rings_back_and_a_new_driver_starts_over(
+    driver: Driver,
+) -> None:
+    """What a guest reboot does: status 0, then a new driver on fresh rings."""
+    driver.bring_up()
+    driver.submit(T_OUT, 2, b"\x33" * 512)
+    driver.wait_used(1)
+    driver.wr(vp.STATUS, 1, 0)
+    assert driver.device.backend._running == []  # GET_VRING_BASE: the back end let go
+    driver.ram.data[0x1000:0x10000] = bytes(0xF000)  # the new driver's rings, zeroed
+    driver.ring = RingBuilder(driver.ram, 16)  # type: ignore[arg-type]
+    driver.bring_up()
+    r = driver.submit(T_IN, 2, read=512)
+    assert driver.wait_used(1) == [(r, 513)]
+    addr = struct.unpack_from("<Q", driver.ram.data, 0x1000 + 16 * ((r + 1) % 16))[0]
+    assert bytes(driver.ram.data[addr : addr + 512]) == b"\x33" * 512

@@ -1,15 +1,16 @@
 """The commands of `qumran`: each one parses nothing, makes one client call, prints.
 
 Heavy modules are imported inside the commands that need them: the definition reader
-(YAML) in ``define``, websockets in ``console``; `qumran image` is in ``imagecmd``.
+(YAML) in ``define``, websockets in ``console``. The commands kept in modules of their own
+(``imagecmd``, ``storagecmd``, ``netcmd``, ``daemonctl``) are listed here by name and
+help; their module is imported when one of them is run (or asked for its arguments).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
-from qumran.cli import daemonctl, imagecmd, netcmd, output, storagecmd
+from qumran.cli import output
 from qumran.client import Client
 from qumran.errors import InvalidArgument, InvalidState, Timeout
 
@@ -17,6 +18,7 @@ TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
+    from typing import Any
 
     from qumran.client.console import Replay
     from qumran.client.schema import VmInfo
@@ -36,6 +38,26 @@ class Command:
         self.help = help
         self.arguments = arguments
         self.handler = handler
+
+
+class _Later:
+    """A command's arguments (0) or handler (1), from its module's FUNCTIONS, the module
+    imported at the first call: `qumran list` does not load `qumran image`'s code."""
+
+    __slots__ = ("command", "module", "which")
+
+    def __init__(self, module: str, command: str, which: int) -> None:
+        self.module = module
+        self.command = command
+        self.which = which
+
+    def __call__(self, arg: Any) -> Any:
+        module = __import__(f"qumran.cli.{self.module}", fromlist=["FUNCTIONS"])
+        return module.FUNCTIONS[self.command][self.which](arg)
+
+
+def _elsewhere(module: str, name: str, help: str) -> Command:
+    return Command(name, help, _Later(module, name, 0), _Later(module, name, 1))
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -133,9 +155,14 @@ def do_define(args: argparse.Namespace) -> int:
         doc, uuid = read_xml(args.file)
         vm = _client(args).define(doc, force=args.force, uuid=uuid)
     else:
-        from qumran.config.files import read_definition
+        from qumran.cli import quickdef
 
-        vm = _client(args).define(read_definition(args.file), force=args.force)
+        definition = quickdef.read_definition(args.file)
+        if definition is None:  # more YAML than the quick reader knows, TOML, JSON, a mistake
+            from qumran.config.files import read_definition
+
+            definition = read_definition(args.file)
+        vm = _client(args).define(definition, force=args.force)
     return _done(args, vm, f"VM '{vm['name']}' defined from {args.file}")
 
 
@@ -376,6 +403,8 @@ def do_events(args: argparse.Namespace) -> int:
         if not args.follow:
             return 0
         sys.stdout.flush()
+        import time  # only here: `qumran list` does without
+
         time.sleep(1)
         events = client.events(since=last if last >= 0 else None)
 
@@ -492,15 +521,43 @@ COMMANDS = [
     ),
     Command("host", "show the host and its hypervisor drivers", _nothing, do_host),
     Command("events", "show VM lifecycle events", _events_args, do_events),
-    Command(
-        "image", "build, list, import and remove guest images", imagecmd.arguments, imagecmd.run
-    ),
-    *(Command(*spec) for spec in storagecmd.COMMANDS),
-    *(Command(*spec) for spec in netcmd.COMMANDS),
+    _elsewhere("imagecmd", "image", "build, list, import and remove guest images"),
+    _elsewhere("storagecmd", "pool-list", "list storage pools (root: everyone's)"),
+    _elsewhere("storagecmd", "pool-define", "define a directory of yours as a storage pool"),
+    _elsewhere("storagecmd", "pool-info", "show a storage pool"),
+    _elsewhere("storagecmd", "pool-undefine", "forget a storage pool (its files stay)"),
+    _elsewhere("storagecmd", "vol-list", "list the volumes of a pool"),
+    _elsewhere("storagecmd", "vol-create",
+               "create a volume (qcow2 or raw; --backing for an overlay)"),
+    _elsewhere("storagecmd", "vol-clone", "copy a volume"),
+    _elsewhere("storagecmd", "vol-resize", "grow a volume"),
+    _elsewhere("storagecmd", "vol-delete", "delete a volume"),
+    _elsewhere("storagecmd", "vol-info", "show a volume"),
+    _elsewhere("storagecmd", "vol-import", "copy a disk image file into a pool as a volume"),
+    _elsewhere("netcmd", "net-list", "list virtual networks"),
+    _elsewhere("netcmd", "net-define", "define a network from a YAML or TOML file (root)"),
+    _elsewhere("netcmd", "net-undefine", "remove an inactive network's definition (root)"),
+    _elsewhere("netcmd", "net-start", "start a network: its bridge, DHCP/DNS and NAT (root)"),
+    _elsewhere("netcmd", "net-destroy", "stop a network (root)"),
+    _elsewhere("netcmd", "net-autostart", "start a network whenever qumrand starts (root)"),
+    _elsewhere("netcmd", "net-info", "show a network"),
+    _elsewhere("netcmd", "net-dhcp-leases", "show a network's DHCP leases"),
+    _elsewhere("netcmd", "domifaddr", "show the addresses leased to a VM's NICs"),
+    _elsewhere("netcmd", "domiflist", "list a VM's NICs: TAP, network, model, MAC"),
     Command("web", "print a one-time login URL for the web manager", _nothing, do_web),
-    Command(
-        "daemon", "qumrand's status; stop or restart it", daemonctl.arguments, daemonctl.handler
-    ),
-]
+    _elsewhere("daemonctl", "daemon", "qumrand's status; stop or restart it"),
+]  # fmt: skip
 
 NAMES = frozenset(c.name for c in COMMANDS)
+
+# Commands that make their requests, print, and are done: no files written, no threads
+# left behind. The installed `qumran` ends these with os._exit (qumran.cli.main.run).
+LEAN = frozenset(
+    c.handler
+    for c in COMMANDS
+    if c.name in {
+        "list", "define", "undefine", "dumpdef", "dumpxml", "start", "shutdown", "destroy",
+        "reboot", "reset", "suspend", "resume", "dominfo", "domstats", "domstate",
+        "autostart", "host", "events",
+    }
+)  # fmt: skip

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
+    from qumran.images.cache import Image
+
 DEFAULT_USER = "debian"  # the login Debian's cloud images use
 DEFAULT_MEMORY = "1G"
 DEFAULT_DISK_SIZE = 8 << 30
@@ -65,6 +67,11 @@ def create_args(p: argparse.ArgumentParser) -> None:
         help="a NIC on this virtual network (`qumran net-list`) instead of user-mode "
         "networking with SSH forwarded; `qumran ssh` then uses the leased address",
     )  # fmt: skip
+    p.add_argument(
+        "--hypervisor", choices=("qemu", "native"), default="qemu",
+        help="qemu (default: firmware boot from the disk) or native (qumran-vmm, which "
+        "boots the image's own kernel and initrd)",
+    )  # fmt: skip
     p.add_argument("--no-start", action="store_true", help="define it, do not start it")
     p.add_argument(
         "--wait", action="store_true", help="return once cloud-init has finished in the guest"
@@ -83,6 +90,7 @@ def do_create(args: argparse.Namespace) -> int:
         raise InvalidArgument("--wait needs the VM started: drop --no-start or --wait")
     say = _Progress(quiet=args.json)
     image = ImageStore().get(args.image)
+    boot = boot_section(args, image)
     if args.cloud_init:
         user_data = Path(args.cloud_init).expanduser().absolute()
         if not user_data.is_file():
@@ -108,7 +116,7 @@ def do_create(args: argparse.Namespace) -> int:
         args.name, size, pool=args.pool, format="qcow2", backing=str(image.disk)
     )
     say(f"disk: volume {volume['name']} in pool {args.pool}, {format_size(size)}, on {image.name}")
-    doc = definition(args, volume["name"], cloud_init, port)
+    doc = definition(args, volume["name"], cloud_init, port, boot)
     try:
         vm = client.define(doc)
     except BaseException:
@@ -134,25 +142,49 @@ def do_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def boot_section(args: argparse.Namespace, image: Image) -> dict[str, Any]:
+    """Firmware boot from the VM's disk for QEMU; for qumran-vmm, which loads a kernel
+    itself and has no firmware, the kernel, initrd and command line built with the image."""
+    if args.hypervisor != "native":
+        return {"disk": 0}
+    if image.kernel is None or not image.info.cmdline:
+        raise InvalidArgument(
+            f"--hypervisor native: image {image.name} has no kernel of its own beside its "
+            "disk (only built images do, `qumran image build`); use --hypervisor qemu"
+        )
+    boot: dict[str, Any] = {"kernel": str(image.kernel), "cmdline": image.info.cmdline}
+    if image.initrd is not None:
+        boot["initrd"] = str(image.initrd)
+    return boot
+
+
 def definition(
-    args: argparse.Namespace, volume: str, cloud_init: dict[str, Any], port: int | None
+    args: argparse.Namespace,
+    volume: str,
+    cloud_init: dict[str, Any],
+    port: int | None,
+    boot: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The VM's definition: firmware boot from its volume, one NIC — on ``args.network``,
-    or user-mode with guest port 22 forwarded from ``port`` on the loopback address."""
+    """The VM's definition: ``boot`` (firmware boot from its volume by default), one NIC —
+    on ``args.network``, or user-mode with guest port 22 forwarded from ``port`` on the
+    loopback address."""
     nic: dict[str, Any] = (
         {"network": args.network}
         if args.network
         else {"type": "user", "forward": [f"tcp:127.0.0.1:{port}-:22"]}
     )
-    return {
+    doc: dict[str, Any] = {
         "name": args.name,
         "memory": args.memory,
         "vcpus": args.vcpus,
-        "boot": {"disk": 0},
+        "boot": boot or {"disk": 0},
         "disks": [{"volume": volume, "pool": args.pool}],
         "nics": [nic],
         "cloud_init": cloud_init,
     }
+    if getattr(args, "hypervisor", "qemu") != "qemu":
+        doc["hypervisor"] = args.hypervisor
+    return doc
 
 
 def wait_ready(client: Client, name: str, timeout: float) -> None:

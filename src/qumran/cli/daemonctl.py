@@ -159,3 +159,7 @@ def _restart(client: Client, info: DaemonInfo, timeout: float) -> int:
         f"qumrand restarted (pid {now['pid']}); its socket stayed open and running VMs kept running"
     )
     return 0
+
+
+# The command's (arguments, handler): qumran.cli.commands imports this module only for it.
+FUNCTIONS = {"daemon": (arguments, handler)}

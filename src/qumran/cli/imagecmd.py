@@ -165,7 +165,7 @@ def do_import(args: argparse.Namespace) -> int:
 
 
 def do_demo(args: argparse.Namespace) -> int:
-    from qumran.images import build_demo
+    from qumran.images.demo import build_demo
 
     image = build_demo(force=args.force)
     doc: dict[str, Any] = {
@@ -207,3 +207,7 @@ def _round_mib(n: int) -> int:
     """Sizes in the table to the MiB: exact bytes are in --json."""
     mib = 1 << 20
     return max((n + mib - 1) // mib * mib, mib) if n else 0
+
+
+# The command's (arguments, handler): qumran.cli.commands imports this module only for it.
+FUNCTIONS = {"image": (arguments, run)}

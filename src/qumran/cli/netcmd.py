@@ -60,8 +60,14 @@ def do_net_define(args: argparse.Namespace) -> int:
     return _done(args, net, f"network '{net['name']}' defined from {args.file}")
 
 
+def _undefine_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--force", action="store_true",
+                   help="remove it even while defined VMs have a NIC on it")  # fmt: skip
+
+
 def do_net_undefine(args: argparse.Namespace) -> int:
-    _client(args).undefine_network(args.name)
+    _client(args).undefine_network(args.name, force=args.force)
     if args.json:
         output.print_json({"name": args.name, "undefined": True})
     else:
@@ -192,20 +198,19 @@ def _done(args: argparse.Namespace, net: NetworkInfo, message: str) -> int:
     return 0
 
 
-# (name, help, arguments, handler): made into Commands by qumran.cli.commands.
-COMMANDS: list[
-    tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-] = [
-    ("net-list", "list virtual networks", _nothing, do_net_list),
-    ("net-define", "define a network from a YAML or TOML file (root)", _define_args,
-     do_net_define),
-    ("net-undefine", "remove an inactive network's definition (root)", _name, do_net_undefine),
-    ("net-start", "start a network: its bridge, DHCP/DNS and NAT (root)", _name, do_net_start),
-    ("net-destroy", "stop a network (root)", _destroy_args, do_net_destroy),
-    ("net-autostart", "start a network whenever qumrand starts (root)", _autostart_args,
-     do_net_autostart),
-    ("net-info", "show a network", _name, do_net_info),
-    ("net-dhcp-leases", "show a network's DHCP leases", _name, do_net_dhcp_leases),
-    ("domifaddr", "show the addresses leased to a VM's NICs", _domifaddr_args, do_domifaddr),
-    ("domiflist", "list a VM's NICs: TAP, network, model, MAC", _vm, do_domiflist),
-]  # fmt: skip
+# Each command's (arguments, handler), by name; qumran.cli.commands has their help and
+# imports this module only when one of them runs.
+FUNCTIONS: dict[
+    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "net-list": (_nothing, do_net_list),
+    "net-define": (_define_args, do_net_define),
+    "net-undefine": (_undefine_args, do_net_undefine),
+    "net-start": (_name, do_net_start),
+    "net-destroy": (_destroy_args, do_net_destroy),
+    "net-autostart": (_autostart_args, do_net_autostart),
+    "net-info": (_name, do_net_info),
+    "net-dhcp-leases": (_name, do_net_dhcp_leases),
+    "domifaddr": (_domifaddr_args, do_domifaddr),
+    "domiflist": (_vm, do_domiflist),
+}

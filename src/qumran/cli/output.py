@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 TYPE_CHECKING = False  # typing stays out of the CLI's fast path
 if TYPE_CHECKING:
@@ -106,6 +105,8 @@ def hanging(label: str, text: str, indent: int, width: int = WIDTH) -> str:
 
 
 def event_line(ev: Event) -> str:
+    import time  # only here: `qumran list` does without
+
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.get("time", 0)))
     state = state_word(ev.get("state", ""))
     reason = ev.get("reason")

@@ -276,23 +276,20 @@ def _gib(n: int) -> str:
     return str(n)  # not reached
 
 
-# (name, help, arguments, handler): made into Commands by qumran.cli.commands.
-COMMANDS: list[
-    tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-] = [
-    ("pool-list", "list storage pools (root: everyone's)", _nothing, do_pool_list),
-    ("pool-define", "define a directory of yours as a storage pool", _pool_define_args,
-     do_pool_define),
-    ("pool-info", "show a storage pool", _pool_name_args, do_pool_info),
-    ("pool-undefine", "forget a storage pool (its files stay)", _pool_name_args,
-     do_pool_undefine),
-    ("vol-list", "list the volumes of a pool", _vol_list_args, do_vol_list),
-    ("vol-create", "create a volume (qcow2 or raw; --backing for an overlay)", _vol_create_args,
-     do_vol_create),
-    ("vol-clone", "copy a volume", _vol_clone_args, do_vol_clone),
-    ("vol-resize", "grow a volume", _vol_resize_args, do_vol_resize),
-    ("vol-delete", "delete a volume", _vol_name_args, do_vol_delete),
-    ("vol-info", "show a volume", _vol_name_args, do_vol_info),
-    ("vol-import", "copy a disk image file into a pool as a volume", _vol_import_args,
-     do_vol_import),
-]  # fmt: skip
+# Each command's (arguments, handler), by name; qumran.cli.commands has their help and
+# imports this module only when one of them runs.
+FUNCTIONS: dict[
+    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "pool-list": (_nothing, do_pool_list),
+    "pool-define": (_pool_define_args, do_pool_define),
+    "pool-info": (_pool_name_args, do_pool_info),
+    "pool-undefine": (_pool_name_args, do_pool_undefine),
+    "vol-list": (_vol_list_args, do_vol_list),
+    "vol-create": (_vol_create_args, do_vol_create),
+    "vol-clone": (_vol_clone_args, do_vol_clone),
+    "vol-resize": (_vol_resize_args, do_vol_resize),
+    "vol-delete": (_vol_name_args, do_vol_delete),
+    "vol-info": (_vol_name_args, do_vol_info),
+    "vol-import": (_vol_import_args, do_vol_import),
+}

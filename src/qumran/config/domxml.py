@@ -16,28 +16,23 @@ outright (entities are how a small document becomes a huge one, and a domain has
 from __future__ import annotations
 
 import json
+import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from qumran.config import xmlread
 from qumran.config.spec import DiskBoot, KernelBoot, VmSpec
-from qumran.errors import InvalidArgument
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 
 NS = "https://qumran.dev/xmlns/libvirt/domain/1.0"
 _Q = f"{{{NS}}}"
 MAX_XML = 1 << 20  # bytes; a domain is a few KiB
 QEMU_BINARY_NAMES = ("qemu-system-x86_64", "kvm")
+MACHINE = "q35"  # the machine type QEMU runs a Qumran VM as (drivers/qemu/cmdline.py)
 _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 10**6, "m": 1 << 20,
           "mib": 1 << 20, "gb": 10**9, "g": 1 << 30, "gib": 1 << 30, "tb": 10**12,
           "t": 1 << 40, "tib": 1 << 40}  # fmt: skip
-
-
-class XmlUnsupported(InvalidArgument):
-    """XML using something Qumran does not have (libvirt: VIR_ERR_CONFIG_UNSUPPORTED)."""
-
-
-class XmlInvalid(InvalidArgument):
-    """XML that is not a domain at all (libvirt: VIR_ERR_XML_ERROR)."""
 
 
 # --- a definition as XML -----------------------------------------------------------------
@@ -57,7 +52,7 @@ def to_xml(name: str, uuid: str, spec: VmSpec, *, dom_id: int | None = None,
     ET.SubElement(root, "currentMemory", unit="KiB").text = kib
     ET.SubElement(root, "vcpu", placement="static").text = str(spec.vcpus)
     os_el = ET.SubElement(root, "os")
-    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    ET.SubElement(os_el, "type", arch="x86_64", machine=MACHINE).text = "hvm"
     if isinstance(spec.boot, KernelBoot):
         ET.SubElement(os_el, "kernel").text = str(spec.boot.kernel)
         if spec.boot.initrd is not None:
@@ -147,12 +142,52 @@ class _Reader:
             if not isinstance(child.tag, str):
                 continue  # a comment or processing instruction
             if child.tag not in allowed:
+                where = f"{path}/{_tag(child.tag)}"
                 raise XmlUnsupported(
-                    f"{path}/{_tag(child.tag)}: Qumran has no such setting; remove the "
-                    "element (docs/libvirt.md lists what a domain may hold)"
+                    f"{where}: Qumran has no such setting; remove the element"
+                    + (_hint(where) or " (docs/libvirt.md lists what a domain may hold)")
                 )
             found.setdefault(child.tag, []).append(child)
         return found
+
+
+# What virt-install (and virt-manager) add by default that a Qumran VM does not have, and
+# the virt-install option that leaves it out: a refusal names it, so the fix is one flag.
+# Keyed by the refused element's path (its last steps), most specific first.
+VIRT_INSTALL_HINTS = {
+    "devices/controller@type=usb": "--controller usb,model=none",
+    "devices/controller@model=pcie-root-port": "--controller pci,model=pcie-root",
+    "devices/input": "--input none",
+    "devices/sound": "--sound none",
+    "devices/channel": "--channel none",
+    "devices/rng": "--rng none",
+    "devices/memballoon": "--memballoon none",
+    "devices/redirdev": "--redirdev none",
+    "devices/video": "--video vga with --graphics vnc, --video none without",
+    "devices/graphics": "--graphics vnc (or --graphics none)",
+    "devices/disk@device": "--disk ...,device=disk",
+    "devices/disk/target@bus": "--disk ...,bus=virtio",
+    "devices/interface/model@type": "--network ...,model=virtio",
+    "devices/interface@type": "--network user (or network=NAME)",
+    "clock/timer": "--clock offset=utc,hpet_present=yes",
+    "domain/pm": "--pm suspend_to_mem.enabled=on,suspend_to_disk.enabled=on",
+    "metadata/{http://libosinfo.org/xmlns/libvirt/domain/1.0}libosinfo":
+        "--osinfo detect=on,require=off (which writes none when it detects nothing) "
+        "or --osinfo generic",
+}  # fmt: skip
+
+
+def _hint(where: str) -> str:
+    """The virt-install option that leaves out what ``where`` names, as a sentence end."""
+    bare = re.sub(r"\[\d+\]|'", "", where)
+    for key, option in VIRT_INSTALL_HINTS.items():
+        if key in bare:
+            return f" (virt-install: {option})"
+    return ""
+
+
+def _refuse(where: str, why: str) -> XmlUnsupported:
+    return XmlUnsupported(f"{where}: {why}{_hint(where)}")
 
 
 def _tag(tag: str) -> str:
@@ -160,17 +195,12 @@ def _tag(tag: str) -> str:
 
 
 def _attrs(el: ET.Element, path: str, allowed: dict[str, set[str] | None]) -> dict[str, str]:
-    """The element's attributes; one not allowed, or with a value not allowed, refused."""
-    for key, value in el.attrib.items():
-        if key not in allowed:
-            raise XmlUnsupported(f"{path}@{key}: Qumran has no such setting; remove it")
-        values = allowed[key]
-        if values is not None and value not in values:
-            choices = ", ".join(sorted(values))
-            raise XmlUnsupported(
-                f"{path}@{key}={value!r}: Qumran supports only {choices}"
-            )
-    return dict(el.attrib)
+    """xmlread.attrs, its refusal ending with the virt-install option that avoids it."""
+    try:
+        return xmlread.attrs(el, path, allowed)
+    except XmlUnsupported as exc:
+        message = str(exc)
+        raise XmlUnsupported(message + _hint(message.split(":", 1)[0])) from None
 
 
 def _one(found: dict[str, list[ET.Element]], tag: str, path: str) -> ET.Element | None:
@@ -188,20 +218,11 @@ def _text(el: ET.Element, path: str) -> str:
 
 def parse(text: str) -> tuple[dict[str, Any], str | None]:
     """A Qumran definition (to validate as any other) and the ``<uuid>``, if given."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_XML:
-        raise XmlInvalid(f"the domain XML is over {MAX_XML} bytes")
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise XmlInvalid("the domain XML has a DOCTYPE; a domain needs none, remove it")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise XmlInvalid(f"the domain XML is not well-formed: {exc}") from None
-    if root.tag != "domain":
-        raise XmlInvalid(f"the document is <{root.tag}>, not a <domain>")
+    root = xmlread.root(text, "domain", MAX_XML)
     _attrs(root, "domain", {"type": {"qemu", "kvm"}, "id": None})
     top = _Reader(root).children(root, "domain", {
         "name", "uuid", "metadata", "memory", "currentMemory", "vcpu", "os", "features",
-        "clock", "on_poweroff", "on_reboot", "on_crash", "devices"})  # fmt: skip
+        "cpu", "clock", "pm", "on_poweroff", "on_reboot", "on_crash", "devices"})  # fmt: skip
     doc: dict[str, Any] = {}
     name = _one(top, "name", "domain")
     if name is None:
@@ -218,6 +239,8 @@ def parse(text: str) -> tuple[dict[str, Any], str | None]:
     _vcpus(top, doc)
     _actions(top)
     _features(top)
+    _cpu(top, root.get("type", "qemu"))
+    _pm(top)
     boot_disk = _devices(top, doc)
     _os(top, doc, boot_disk)
     _read_metadata(top, doc)
@@ -277,13 +300,79 @@ def _actions(top: dict[str, list[ET.Element]]) -> None:
 
 
 def _features(top: dict[str, list[ET.Element]]) -> None:
-    # ACPI and the APIC are always there in a Qumran VM (and PAE on x86_64): naming them
+    # ACPI and the APIC are always there in a Qumran VM (and PAE on x86_64), and so is
+    # VMware's I/O port (QEMU's q35 has vmport on unless told otherwise): naming them
     # changes nothing; any other feature is one Qumran does not have.
     for features in top.get("features", []):
-        _Reader(features).children(features, "domain/features", {"acpi", "apic", "pae"})
+        found = _Reader(features).children(features, "domain/features",
+                                           {"acpi", "apic", "pae", "vmport"})  # fmt: skip
+        for vmport in found.get("vmport", []):
+            _attrs(vmport, "domain/features/vmport", {"state": {"on"}})
     for clock in top.get("clock", []):
         _attrs(clock, "domain/clock", {"offset": {"utc"}})
-        _Reader(clock).children(clock, "domain/clock", set())
+        found = _Reader(clock).children(clock, "domain/clock", {"timer"})
+        for index, timer in enumerate(found.get("timer", [])):
+            _timer(timer, f"domain/clock/timer[{index + 1}]")
+
+
+# The timers QEMU's q35 machine has under Qumran's command line, as libvirt names their
+# settings: an RTC and a PIT whose missed ticks are delivered late ("delay": QEMU's
+# default, no driftfix), an HPET (q35 has one unless hpet=off), and under KVM kvmclock.
+_TIMERS: dict[str, dict[str, set[str] | None]] = {
+    "rtc": {"present": {"yes"}, "tickpolicy": {"delay"}},
+    "pit": {"present": {"yes"}, "tickpolicy": {"delay"}},
+    "hpet": {"present": {"yes"}},
+    "kvmclock": {"present": {"yes"}},
+}
+
+
+def _timer(timer: ET.Element, path: str) -> None:
+    name = timer.get("name", "")
+    if name not in _TIMERS:
+        raise _refuse(f"{path}@name={name!r}", "Qumran's VMs have no such timer to set; "
+                      "they have rtc, pit, hpet and (under KVM) kvmclock")  # fmt: skip
+    _attrs(timer, path, {"name": None, **_TIMERS[name]})
+    _Reader(timer).children(timer, path, set())
+
+
+def _cpu(top: dict[str, list[ET.Element]], domain_type: str) -> None:
+    # The CPU QEMU gives a Qumran VM: `-cpu max` under TCG (libvirt's "maximum"), and
+    # `-cpu host` under KVM ("host-passthrough"); QEMU's CPU models are not offered.
+    cpu = _one(top, "cpu", "domain")
+    if cpu is None:
+        return
+    mode = "host-passthrough" if domain_type == "kvm" else "maximum"
+    _attrs(cpu, "domain/cpu", {"mode": {mode}, "check": {"none"},
+                               "migratable": {"on"}})  # fmt: skip
+    if "mode" not in cpu.attrib:
+        raise _refuse("domain/cpu", f"give mode='{mode}' (the CPU a {domain_type} domain has "
+                      "under Qumran) or remove the element")  # fmt: skip
+    _Reader(cpu).children(cpu, "domain/cpu", set())
+
+
+def _pm(top: dict[str, list[ET.Element]]) -> None:
+    # QEMU's q35 offers the guest S3 and S4 (ICH9-LPC's disable_s3/disable_s4 are off under
+    # Qumran's command line), so only enabled='yes' describes a Qumran VM.
+    for pm in top.get("pm", []):
+        found = _Reader(pm).children(pm, "domain/pm", {"suspend-to-mem", "suspend-to-disk"})
+        for tag, items in found.items():
+            for el in items:
+                if el.get("enabled") == "no":
+                    raise _refuse("domain/pm", f"{tag} enabled='no': a Qumran VM can "
+                                  "suspend to memory and disk; remove <pm> or say "
+                                  "enabled='yes'")  # fmt: skip
+                _attrs(el, f"domain/pm/{tag}", {"enabled": {"yes"}})
+
+
+def _machine(machine: str | None) -> None:
+    """Refuse a machine type other than the one Qumran runs. 'pc' is taken too: it is what
+    Qumran's own dumpxml wrote before it said q35, and XML kept from then must define."""
+    if machine is None or machine in (MACHINE, "pc") or machine.startswith("pc-q35-"):
+        return
+    raise XmlUnsupported(
+        f"domain/os/type@machine={machine!r}: Qumran's VMs are {MACHINE} machines; "
+        f"give machine='{MACHINE}' or leave it out"
+    )
 
 
 def _os(top: dict[str, list[ET.Element]], doc: dict[str, Any], boot_disk: int | None) -> None:
@@ -293,7 +382,8 @@ def _os(top: dict[str, list[ET.Element]], doc: dict[str, Any], boot_disk: int | 
     found = _Reader(os_el).children(os_el, "domain/os",
                                     {"type", "kernel", "initrd", "cmdline", "boot"})  # fmt: skip
     if (typ := _one(found, "type", "domain/os")) is not None:
-        _attrs(typ, "domain/os/type", {"arch": {"x86_64"}, "machine": None})
+        found_attrs = _attrs(typ, "domain/os/type", {"arch": {"x86_64"}, "machine": None})
+        _machine(found_attrs.get("machine"))
         if _text(typ, "domain/os/type") != "hvm":
             raise XmlUnsupported("domain/os/type: Qumran runs hvm guests only")
     kernel = _one(found, "kernel", "domain/os")
@@ -321,7 +411,8 @@ def _devices(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> int | Non
     if devices is None:
         return None
     found = _Reader(devices).children(devices, "domain/devices", {
-        "emulator", "disk", "interface", "serial", "console", "graphics"})  # fmt: skip
+        "emulator", "disk", "interface", "serial", "console", "graphics", "controller",
+        "input", "video", "memballoon"})  # fmt: skip
     for emulator in found.get("emulator", []):
         if _text(emulator, "domain/devices/emulator").rsplit("/", 1)[-1] not in QEMU_BINARY_NAMES:
             raise XmlUnsupported("domain/devices/emulator: Qumran chooses its own QEMU; "
@@ -346,11 +437,84 @@ def _devices(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> int | Non
     doc["graphics"] = False
     for index, graphics in enumerate(found.get("graphics", [])):
         path = f"domain/devices/graphics[{index + 1}]"
-        _attrs(graphics, path, {"type": {"vnc"}, "port": {"-1"}, "autoport": {"yes"},
-                                "listen": None})  # fmt: skip
-        _Reader(graphics).children(graphics, path, {"listen"})
+        if "listen" in graphics.attrib:
+            raise XmlUnsupported(f"{path}@listen: {_NO_LISTEN}")
+        _attrs(graphics, path, {"type": {"vnc"}, "port": {"-1"}, "autoport": {"yes"}})
+        listens = _Reader(graphics).children(graphics, path, {"listen"}).get("listen", [])
+        for number, listen in enumerate(listens):
+            where = f"{path}/listen[{number + 1}]"
+            if listen.get("type") != "none" or len(listen.attrib) > 1:
+                raise XmlUnsupported(f"{where}: {_NO_LISTEN}")
+            _Reader(listen).children(listen, where, set())
         doc["graphics"] = True
+    _builtin_devices(found, doc["graphics"])
     return boot_disk
+
+
+_NO_LISTEN = (
+    "Qumran's VNC listens on no address or socket: each viewer gets its own connection "
+    "through qumrand (virt-viewer --attach, virt-manager, the web manager); remove it, or "
+    "give <listen type='none'/>"
+)
+
+
+def _builtin_devices(found: dict[str, list[ET.Element]], graphics: bool) -> None:
+    """Devices that describe what QEMU's q35 machine under Qumran's command line has
+    anyway (so naming them changes nothing), or say it has none of a kind: anything
+    else of these kinds is a device Qumran does not have, refused naming it."""
+    for index, el in enumerate(found.get("controller", [])):
+        _controller(el, f"domain/devices/controller[{index + 1}]")
+    for index, el in enumerate(found.get("input", [])):
+        # q35's i8042 always has a PS/2 keyboard and mouse; there is no USB for a tablet.
+        path = f"domain/devices/input[{index + 1}]"
+        _attrs(el, path, {"type": {"mouse", "keyboard"}, "bus": {"ps2"}})
+        _Reader(el).children(el, path, set())
+    for index, el in enumerate(found.get("video", [])):
+        _video(el, f"domain/devices/video[{index + 1}]", graphics)
+    for el in found.get("memballoon", []):
+        # No balloon device: model='none' says so, as libvirt writes it.
+        _attrs(el, "domain/devices/memballoon", {"model": {"none"}})
+        _Reader(el).children(el, "domain/devices/memballoon", set())
+
+
+# libvirt's controllers that q35 under Qumran has: its PCIe root bus (every device sits
+# on it: Qumran adds no root ports, so no hot-plug slots), the ICH9 AHCI (SATA) controller
+# built into q35, and the ICH9 LPC's ISA bus; and model='none' USB, which says "no USB".
+_CONTROLLERS: dict[str, set[str]] = {"pci": {"pcie-root"}, "sata": {"ich9-ahci"},
+                                     "isa": set(), "usb": {"none"}}  # fmt: skip
+
+
+def _controller(el: ET.Element, path: str) -> None:
+    kind = el.get("type", "")
+    model = el.get("model")
+    if kind not in _CONTROLLERS:
+        raise _refuse(f"{path}@type={kind!r}", "Qumran's VMs have no such controller")
+    if kind == "usb" and model != "none":
+        raise _refuse(f"{path}@type='usb'", "Qumran's VMs have no USB; say model='none' "
+                      "or remove the controller")  # fmt: skip
+    if kind == "pci" and model != "pcie-root":
+        raise _refuse(f"{path}@model={model!r}", "a Qumran VM's devices sit on its PCIe root "
+                      "bus; it has no root ports or bridges (no hot-plug slots)")  # fmt: skip
+    _attrs(el, path, {"type": None, "index": {"0"}, "model": _CONTROLLERS[kind] or None})
+    _Reader(el).children(el, path, set())
+
+
+def _video(el: ET.Element, path: str, graphics: bool) -> None:
+    # With graphics, QEMU's standard VGA (-device VGA, 16 MiB of video memory, one head);
+    # without, none.
+    found = _Reader(el).children(el, path, {"model"})
+    model = _one(found, "model", path)
+    want = "vga" if graphics else "none"
+    if model is None or (kind := model.get("type", "")) != want:
+        shown = "" if model is None else f"@type={kind!r}"
+        having = "with" if graphics else "without"
+        raise _refuse(f"{path}/model{shown}",
+                      f"a Qumran VM {having} graphics has video type='{want}'")  # fmt: skip
+    allowed: dict[str, set[str] | None] = {"type": None}
+    if graphics:
+        allowed |= {"vram": {"16384"}, "heads": {"1"}, "primary": {"yes"}}
+    _attrs(model, path + "/model", allowed)
+    _Reader(model).children(model, path + "/model", set())
 
 
 def _disk(el: ET.Element, path: str) -> tuple[str, dict[str, Any], bool]:

@@ -4,9 +4,10 @@ Two ways a listening socket arrives, one protocol (sd_listen_fds(3)): the enviro
 says ``LISTEN_PID`` (must be ours), ``LISTEN_FDS`` (how many, from fd 3 up) and, maybe,
 ``LISTEN_FDNAMES`` (colon-separated names). systemd's ``qumrand.socket`` passes the API
 socket that way; and qumrand restarting itself (SIGHUP, ``qumran daemon restart``)
-re-executes itself with its own listening sockets passed the same way, named ``api`` and
-``web``. A listening socket never closes in between, so a client connecting during the
-restart waits in the kernel's backlog for the new process instead of being refused.
+re-executes itself with its own listening sockets passed the same way, named ``api``,
+``web`` and ``libvirt``. A listening socket never closes in between, so a client
+connecting during the restart waits in the kernel's backlog for the new process instead
+of being refused.
 
 sd_notify(3) is the other half of living under systemd (``Type=notify``): READY=1 once
 the socket is served, RELOADING=1 before a restart, STOPPING=1 before leaving.
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 FIRST_FD = 3  # SD_LISTEN_FDS_START
 API = "api"
 WEB = "web"
+LIBVIRT = "libvirt"  # libvirt's protocol's socket (docs/libvirt.md)
 # Not for VM processes: qumrand's children must not think these were meant for them.
 _VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 SOURCE_VAR = "QUMRAN_SOCKET_SOURCE"  # who first bound the API socket: systemd or qumrand

@@ -49,9 +49,11 @@ def add_network_routes(app: FastAPI, manager: Manager) -> None:
         return await manager.networks.info(caller_of(request), network)
 
     @app.delete(base, status_code=204, responses=errors(404, 409))
-    async def undefine_network(request: Request, network: Network) -> Response:
-        """Refused while the network is active."""
-        await manager.networks.undefine(caller_of(request), network)
+    async def undefine_network(request: Request, network: Network, force: bool = False
+                               ) -> Response:  # fmt: skip
+        """Refused while the network is active, and while defined VMs have a NIC on it
+        (naming them) unless ``force``."""
+        await manager.networks.undefine(caller_of(request), network, force=force)
         return Response(status_code=204)
 
     @app.post(base + "/start", responses=errors(404, 409))

@@ -70,6 +70,9 @@ class BoundedHTTP(H11Protocol):
 
     slots: ClassVar[Slots]
     request_timeout: ClassVar[float]
+    # Bytes a starting qumrand read from this connection before this protocol took it
+    # (daemon/early.py): handled as if just received, before anything more is read.
+    replay = b""
 
     def identify(self, transport: asyncio.Transport) -> Hashable:
         """Who is connecting: the key the connection's slot counts under."""
@@ -90,6 +93,9 @@ class BoundedHTTP(H11Protocol):
             transport.close()
             return
         self._watch()
+        replay, self.replay = self.replay, b""
+        if replay:
+            self.data_received(replay)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_watch()

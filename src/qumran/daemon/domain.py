@@ -17,13 +17,17 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qumran.client.schema import VmInfo
-from qumran.config.spec import VmSpec
-from qumran.daemon.console import ConsoleBroker
 from qumran.daemon.store import EventRecord, VmRecord
-from qumran.drivers.base import Instance, RunPaths
-from qumran.drivers.process import Spawned, proc_cpu_seconds, proc_rss_bytes
+from qumran.drivers.process import proc_cpu_seconds, proc_rss_bytes
+
+if TYPE_CHECKING:  # the states alone stay light: a starting qumrand answers with them
+    from qumran.config.spec import VmSpec  # (daemon/early.py) before the models load
+    from qumran.daemon.console import ConsoleBroker
+    from qumran.drivers.base import Instance, RunPaths
+    from qumran.drivers.process import Spawned
 
 
 class State(enum.Enum):
@@ -74,6 +78,14 @@ class Reason(enum.Enum):
             return cls(value)
         except ValueError:
             return cls.UNKNOWN
+
+
+def reason_after_restart(last: EventRecord | None) -> Reason:
+    """At daemon start, a shut-off VM keeps the reason of its last event (``killed``
+    stays ``killed``); a last event that left it running says nothing sure: unknown."""
+    if last is not None and last.state == State.SHUTOFF.value:
+        return Reason.parse(last.reason)
+    return Reason.UNKNOWN
 
 
 _S = State
@@ -188,12 +200,7 @@ class Domain:
         return self.state
 
     def restore_reason(self, last: EventRecord | None) -> None:
-        """At daemon start, a shut-off VM keeps the reason of its last event (``killed``
-        stays ``killed``); a last event that left it running says nothing sure: unknown."""
-        if last is not None and last.state == State.SHUTOFF.value:
-            self.reason = Reason.parse(last.reason)
-        else:
-            self.reason = Reason.UNKNOWN
+        self.reason = reason_after_restart(last)
 
     def info(self) -> VmInfo:
         run = self.run

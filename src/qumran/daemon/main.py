@@ -4,6 +4,13 @@ Settings: ``qumran.daemon.config`` (defaults, the settings file, the command lin
 Sockets: bound here, or passed in by systemd or by the qumrand before a restart
 (``qumran.daemon.activation``). SIGTERM stops it, SIGHUP restarts it in place; running
 VMs keep running either way and the next qumrand re-attaches to them.
+
+Start-up is in two steps, so that a (re)started qumrand answers at once: with the
+sockets and the store, list requests are answered (``qumran.daemon.early``) while the
+rest loads in a thread (the API's framework, the drivers) and the VMs are re-attached;
+then the full server takes over every other request, none refused or lost. This module
+imports only what the first step needs; the libvirt protocol loads when its socket
+first gets a client.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -18,15 +26,16 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qumran.config.paths import is_fallback
 from qumran.daemon import activation, admin, config, limits, listeners
-from qumran.drivers.base import Driver
+from qumran.daemon.early import EarlyServer, Listing, readable
 from qumran.errors import QumranError
 
 if TYPE_CHECKING:
     from qumran.daemon.manager import Manager
+    from qumran.drivers.base import Driver
 
 log = logging.getLogger("qumran.daemon")
 
@@ -71,6 +80,8 @@ def _server_class() -> type:
         handing_over = False
         _exit_requested = False
         _exit: asyncio.Event | None = None
+        early: EarlyServer | None = None  # gives its held connections once we serve
+        _adopting: set[asyncio.Task[Any]] = set()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -95,16 +106,60 @@ def _server_class() -> type:
                 self._exit = asyncio.Event()
             return self._exit
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.early is not None:  # serving: the early server's
+                self.early.hand_over(self._adopt)  # connections are ours (also when a
+                self.early = None  # restart came during start-up: answered, then gone)
+
         async def main_loop(self) -> None:
             await self.on_tick(0)  # the default headers
             await self._exit_event().wait()
 
+        def _adopt(self, conn: socket.socket, data: bytes) -> None:
+            """Serve a connection the early server accepted, ``data`` read from it."""
+            config, state, app_state = self.config, self.server_state, self.lifespan.state
+
+            def protocol() -> asyncio.Protocol:
+                made: Any = config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=state, app_state=app_state
+                )
+                made.replay = data  # before anything more is read (connections.py)
+                return cast(asyncio.Protocol, made)
+
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopted)
+
+        def _adopted(self, task: asyncio.Task[Any]) -> None:
+            self._adopting.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("a connection accepted while starting: %s", task.exception())
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """uvicorn's, without its fixed waits: it sleeps 0.1 s, then looks every
+            0.1 s for connections and tasks to end, 100-200 ms that a restart spends
+            doing nothing. Here the look is every few ms. (No lifespan: it is off.)"""
+            for server in self.servers:
+                server.close()  # a restart's duplicate keeps the socket listening
             if self.handing_over:
-                for server in self.servers:
-                    server.close()  # our duplicate keeps the socket listening
                 await self._let_requests_arrive()
-            await super().shutdown(sockets)
+            for sock in sockets or []:
+                sock.close()
+            state = self.server_state
+            for connection in list(state.connections):
+                connection.shutdown()  # idle ones close now, busy ones after their answer
+            try:
+                async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                    while (state.connections or state.tasks) and not self.force_exit:
+                        await asyncio.sleep(0.005)
+            except TimeoutError:
+                log.error("cancelling %d request(s) still running at the end", len(state.tasks))
+                for task in state.tasks:
+                    task.cancel()
+            for server in self.servers:
+                await server.wait_closed()
 
         async def _let_requests_arrive(self) -> None:
             loop = asyncio.get_running_loop()
@@ -162,7 +217,6 @@ def _web_server(address: str, manager: Any, app: Any, bounds: limits.Limits) -> 
 
 async def serve(settings: config.Settings) -> listeners.Listening | None:
     """Run qumrand until SIGTERM (None) or SIGHUP (the sockets to restart with)."""
-    from qumran.daemon.manager import Manager
     from qumran.daemon.store import Store
 
     limits.raise_fd_limit()  # before the socket is bound: up to the caps' needs from the start
@@ -186,21 +240,46 @@ async def serve(settings: config.Settings) -> listeners.Listening | None:
         listening = listeners.api_listener(settings.socket, passed_api, source)
         listening.web = web_sock
         opened.callback(listeners.let_go, listening)
-        libvirt_sock = _libvirt_listener(settings)
+        libvirt_sock = _libvirt_listener(settings, passed.pop(activation.LIBVIRT, None))
         if libvirt_sock is not None:
-            opened.callback(_close_libvirt, libvirt_sock, settings.libvirt_socket)
+            opened.callback(_close_libvirt, libvirt_sock, settings.libvirt_socket, listening)
         store = Store(state / "qumran.db")
         opened.callback(store.close)
-        manager = Manager(store, make_drivers(settings.driver), run,
-                          manage_networks=settings.networks_enabled,
+        early = EarlyServer(listening.sock, Listing(store, os.geteuid()))
+        early.start()
+        opened.callback(early.abandon)  # nothing left to abandon once handed over
+        # The rest loads in a thread, while the early server answers on this one.
+        drivers = await asyncio.to_thread(_load, settings.driver)
+        from qumran.daemon.manager import Manager
+
+        manager = Manager(store, drivers, run, manage_networks=settings.networks_enabled,
                           default_network=settings.make_default_network)  # fmt: skip
-        await _serve(settings, manager, listening, libvirt_sock)
+        await _serve(settings, manager, listening, libvirt_sock, early)
         return listening if listening.handover is not None else None
 
 
-def _libvirt_listener(settings: config.Settings) -> socket.socket | None:
-    """libvirt's protocol on its own socket (docs/libvirt.md), bound like the API's."""
+def _load(driver: str) -> dict[str, Driver]:
+    """What the full daemon needs beyond the early server: imported here, off the event
+    loop (a thread), so that loading it does not hold up the early answers."""
+    import uvicorn  # noqa: F401
+
+    import qumran.daemon.api
+    import qumran.daemon.manager
+    import qumran.daemon.peer  # noqa: F401
+
+    return make_drivers(driver)
+
+
+def _libvirt_listener(
+    settings: config.Settings, passed: socket.socket | None
+) -> socket.socket | None:
+    """libvirt's protocol on its own socket (docs/libvirt.md), bound like the API's; or
+    the one the qumrand before a restart passed on, if it is still at the same path."""
     path = settings.libvirt_socket
+    if passed is not None:
+        if path is not None and passed.getsockname() == path:
+            return passed
+        passed.close()
     if path is None:
         return None
     try:
@@ -212,9 +291,9 @@ def _libvirt_listener(settings: config.Settings) -> socket.socket | None:
         ) from None
 
 
-def _close_libvirt(sock: socket.socket, path: str | None) -> None:
+def _close_libvirt(sock: socket.socket, path: str | None, listening: listeners.Listening) -> None:
     sock.close()
-    if path is not None:
+    if path is not None and listening.handover is None:  # a restart's qumrand keeps it
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -224,34 +303,21 @@ async def _serve(
     manager: Manager,
     listening: listeners.Listening,
     libvirt_sock: socket.socket | None = None,
+    early: EarlyServer | None = None,
 ) -> None:
-    import uvicorn
-
-    from qumran.daemon.api import build_app
-    from qumran.daemon.peer import api_protocols
-
+    # The servers are built in a thread while the VMs are re-attached on the loop:
+    # building the API's routes is CPU, re-attaching mostly waits on monitors.
+    building = asyncio.ensure_future(asyncio.to_thread(_servers, settings, manager, listening))
     try:
         await manager.restore()
     except BaseException:
+        await asyncio.gather(building, return_exceptions=True)
         await manager.close()
         raise
-    app = build_app(manager)
-    unit = activation.under_systemd_service()
-    app.state.daemon = admin.describe(settings, listening.path, listening.source, unit)
-    bounds = settings.limits
+    server, web = await building
+    server.early = early
     web_sock = listening.web
-    web = _web_server(settings.web, manager, app, bounds) if settings.web else None
-    config = uvicorn.Config(
-        limits.BodyLimit(app, bounds.max_body),
-        **api_protocols(bounds),
-        timeout_keep_alive=bounds.idle_timeout,
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        date_header=False,
-        ws_ping_interval=None,
-    )
-    server = _server_class()(config)
+    bounds = settings.limits
     servers = [server] if web is None else [server, web]
     loop = asyncio.get_running_loop()
 
@@ -271,6 +337,8 @@ async def _serve(
         listening.handover = {activation.API: listening.sock.dup()}
         if web_sock is not None:
             listening.handover[activation.WEB] = web_sock.dup()
+        if libvirt_sock is not None:
+            listening.handover[activation.LIBVIRT] = libvirt_sock.dup()
         activation.notify(f"RELOADING=1\nMONOTONIC_USEC={activation.monotonic_usec()}")
         log.info("restarting in place (SIGHUP): the sockets stay open; VMs keep running")
         for each in servers:
@@ -288,11 +356,9 @@ async def _serve(
     activation.notify(f"READY=1\nSTATUS=listening on {listening.path}\nMAINPID={os.getpid()}")
     libvirt_task = None
     if libvirt_sock is not None:
-        from qumran.libvirt.server import Server as LibvirtServer
-
-        libvirt = LibvirtServer(manager, per_uid=bounds.per_uid, privileged=bounds.privileged,
-                                packet_timeout=bounds.header_timeout)  # fmt: skip
-        libvirt_task = asyncio.create_task(libvirt.serve(libvirt_sock), name="libvirt protocol")
+        libvirt_task = asyncio.create_task(
+            _serve_libvirt(manager, libvirt_sock, bounds), name="libvirt protocol"
+        )
         log.info("libvirt protocol on %s", settings.libvirt_socket)
     try:
         if web is None:
@@ -309,6 +375,46 @@ async def _serve(
         await manager.close()
         if listening.handover is None:
             log.info("qumrand stopped; running VMs keep running")
+
+
+def _servers(
+    settings: config.Settings, manager: Manager, listening: listeners.Listening
+) -> tuple[Any, Any]:
+    """The API's server and the web manager's (None when off), built and loaded."""
+    import uvicorn
+
+    from qumran.daemon.api import build_app
+    from qumran.daemon.peer import api_protocols
+
+    app = build_app(manager)
+    unit = activation.under_systemd_service()
+    app.state.daemon = admin.describe(settings, listening.path, listening.source, unit)
+    bounds = settings.limits
+    web = _web_server(settings.web, manager, app, bounds) if settings.web else None
+    config = uvicorn.Config(
+        limits.BodyLimit(app, bounds.max_body),
+        **api_protocols(bounds),
+        timeout_keep_alive=bounds.idle_timeout,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        date_header=False,
+        ws_ping_interval=None,
+    )
+    config.load()  # imports the protocols' modules: here, not on the event loop
+    if web is not None:
+        web.config.load()
+    return _server_class()(config), web
+
+
+async def _serve_libvirt(manager: Manager, sock: socket.socket, bounds: limits.Limits) -> None:
+    """libvirt's protocol, loaded when its socket first has a client waiting (most
+    qumrands never get one; until then the client waits in the socket's backlog)."""
+    await readable(sock)
+    module = await asyncio.to_thread(importlib.import_module, "qumran.libvirt.server")
+    libvirt = module.Server(manager, per_uid=bounds.per_uid, privileged=bounds.privileged,
+                            packet_timeout=bounds.header_timeout)  # fmt: skip
+    await libvirt.serve(sock)
 
 
 # Set by a SIGHUP that comes before the event loop handles it (during start-up).

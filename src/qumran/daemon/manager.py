@@ -90,6 +90,7 @@ class Manager:
         self._default_network = default_network
         self.saves = saves.ManagedSaves(store.path.parent)
         self.networks.attached = lambda network: nics.running_on(self.domains, network)
+        self.networks.defined_on = lambda network: nics.defined_on(self.domains, network)
         self.networks.mac_owner = lambda mac: nics.mac_owner(self.domains, mac)
 
     # ownership

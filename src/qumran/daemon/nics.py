@@ -211,6 +211,14 @@ def running_on(domains: Mapping[str, Domain], network: str) -> list[str]:
             if d.active and any(n.network == network for n in d.spec.nics)]  # fmt: skip
 
 
+def defined_on(domains: Mapping[str, Domain], network: str) -> list[str]:
+    """The VMs with a NIC on ``network`` in their definition or the one saved for next
+    start, running or not."""
+    return [d.name for d in domains.values()
+            if any(nic.network == network for s in (d.spec, d.pending) if s is not None
+                   for nic in s.nics)]  # fmt: skip
+
+
 def mac_owner(domains: Mapping[str, Domain], mac: str) -> int | None:
     """The uid whose VM has ``mac`` (in its definition or the one saved for next start)."""
     for dom in domains.values():

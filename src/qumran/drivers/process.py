@@ -13,9 +13,12 @@ import enum
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from qumran.drivers.asuser import groups_of
-from qumran.drivers.base import Owner
+if TYPE_CHECKING:
+    # Types only: drivers.base loads the definition's models (pydantic), and a starting
+    # qumrand reads process states (daemon/early.py) before it needs those.
+    from qumran.drivers.base import Owner
 
 
 class ProcState(enum.Enum):
@@ -118,11 +121,26 @@ class Spawned:
         """A pidfd for ``pid`` (readable when it exits); raise ProcessLookupError if gone."""
         return os.pidfd_open(self.pid)
 
-    def reap(self) -> int | None:
-        """Exit status if we are the parent and it has exited (negative: killed by signal)."""
-        if self.popen is None:
+    def reap(self, pidfd: int = -1) -> int | None:
+        """Exit status if we are the parent and it has exited (negative: killed by signal).
+
+        Without a Popen (a qumrand restarted in place by exec is still the parent of the
+        VMs the one before it started), the process is reaped through ``pidfd``, which
+        names exactly this process, so a recycled pid can never be waited for instead;
+        unreaped, it would stay a zombie until qumrand exits."""
+        if self.popen is not None:
+            return self.popen.poll()
+        if pidfd < 0:
             return None
-        return self.popen.poll()
+        try:
+            result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return None  # not ours: its parent (or init) reaps it
+        if result is None:
+            return None
+        if result.si_code == os.CLD_EXITED:
+            return result.si_status
+        return -result.si_status  # killed (or dumped core) by that signal
 
 
 def spawn(
@@ -158,6 +176,8 @@ def spawn(
 def _groups(owner: Owner) -> list[int]:
     """Supplementary groups for a VM process: the owner's login groups (the same rights
     its files were checked with, drivers/checks.py) and the group owning /dev/kvm."""
+    from qumran.drivers.asuser import groups_of  # ctypes: loaded when a VM is started
+
     groups = set(groups_of(owner.uid, owner.gid))
     with contextlib.suppress(OSError):
         groups.add(os.stat("/dev/kvm").st_gid)

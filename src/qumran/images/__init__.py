@@ -1,5 +1,3 @@
-"""Guest images built from Debian packages: the demo guest and the pieces it is made of."""
-
-from qumran.images.demo import READY_LINE, DemoImage, build_demo
-
-__all__ = ["READY_LINE", "DemoImage", "build_demo"]
+"""Guest images built from Debian packages: the demo guest (``qumran.images.demo``) and
+the pieces it is made of. Nothing is imported here: qumrand imports
+``qumran.images.cloudinit`` for seeds and must not load the builders with it."""

@@ -28,9 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pycdlib
-import yaml
-
 from qumran.config.cloudinit import CloudInit, hostname_for, is_crypt_hash
 
 LABEL = "cidata"
@@ -145,6 +142,8 @@ def _user(user: Any) -> dict[str, Any]:
 
 
 def _yaml(doc: dict[str, Any]) -> str:
+    import yaml  # here: qumrand imports this module at start, and writes a seed rarely
+
     # A wide line: a key line stays on one line, as in an authorized_keys file.
     return yaml.safe_dump(
         doc, default_flow_style=False, sort_keys=False, allow_unicode=True, width=1 << 16
@@ -176,6 +175,8 @@ def seed_files(
 
 def build_iso(files: SeedFiles) -> bytes:
     """The ISO 9660 image (label ``cidata``, Rock Ridge and Joliet) holding ``files``."""
+    import pycdlib  # here: qumrand loads it at the first seed, not at start (2 MB)
+
     iso = pycdlib.PyCdlib()
     iso.new(vol_ident=LABEL, joliet=3, rock_ridge="1.09", app_ident_str="qumran")
     try:

@@ -3,5 +3,8 @@ bindings (docs/libvirt.md).
 
 ``xdr`` (the codec), ``protocol/`` (libvirt's ``.x`` files and the modules ``gen``
 makes from them), ``packet`` (framing), ``server`` (the socket, connections, keepalive),
-``procedures`` (each call on the Manager), ``domxml`` (domain XML both ways), ``host``.
+``procedures/`` (each call on the Manager, a module per kind of object), ``console``
+(the console stream), ``host`` (the host's description and counters), ``storagexml`` and
+``netxml`` (pool, volume and network XML both ways; domain XML is
+``qumran.config.domxml``), ``errors``, ``constants``.
 """

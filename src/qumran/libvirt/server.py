@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from qumran.errors import QumranError
 from qumran.libvirt import constants as c
-from qumran.libvirt import packet
+from qumran.libvirt import fdpass, packet
 from qumran.libvirt.errors import RpcError, no_support
 from qumran.libvirt.packet import Header, PacketError
 from qumran.libvirt.protocol import keepalive, remote
@@ -178,11 +178,12 @@ class Connection:
             self.event_queue = None
         self.writer.close()
 
-    def spawn(self, coro: Awaitable[None], name: str) -> None:
+    def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         task.set_name(name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     # --- sending ------------------------------------------------------------------------
 
@@ -250,6 +251,9 @@ class Connection:
             args = _decode(proc, payload)
             self.current = header
             result = await handler(self, args)
+            fds = None
+            if isinstance(result, fdpass.WithFds):  # a reply with descriptors after it
+                result, fds = result
             body = b"" if proc.ret is None else proc.ret.pack(result)
         except RpcError as err:
             self.send_error(header, err)
@@ -270,7 +274,10 @@ class Connection:
             self.send_error(header, RpcError(c.VIR_ERR_INTERNAL_ERROR,
                                              "internal error in qumrand (details in its log)"))
             return  # fmt: skip
-        self.send(reply, body)
+        if fds is None:
+            self.send(reply, body)
+        elif not await fdpass.send_reply(self.writer, reply, body, fds):
+            self.close()
 
     current: Header | None = None
 

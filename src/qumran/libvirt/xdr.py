@@ -35,6 +35,11 @@ def _pad(n: int) -> int:
     return (4 - n % 4) % 4
 
 
+# The zero bytes that pad n bytes of data to a multiple of 4, by n % 4 (made once: the
+# encoders append them for every string and opaque of every reply).
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
 class Reader:
     """A cursor over one received payload."""
 
@@ -106,9 +111,10 @@ class _Int(Codec[int]):
         self.min_size = fmt.size
 
     def encode(self, out: bytearray, value: int) -> None:
-        if not self.lo <= value <= self.hi:
-            raise XdrError(f"{value} does not fit an XDR {self.name}")
-        out += self.fmt.pack(value)
+        try:  # struct checks the range itself, at no cost when it fits
+            out += self.fmt.pack(value)
+        except struct.error:
+            raise XdrError(f"{value} does not fit an XDR {self.name}") from None
 
     def decode(self, r: Reader) -> int:
         value: int = self.fmt.unpack(r.take(self.fmt.size))[0]
@@ -176,7 +182,9 @@ class String(Codec[str]):
         data = value.encode("utf-8")
         if self.max_len is not None and len(data) > self.max_len:
             raise XdrError(f"a string of {len(data)} bytes is over its limit of {self.max_len}")
-        out += _U32.pack(len(data)) + data + bytes(_pad(len(data)))
+        out += _U32.pack(len(data))
+        out += data
+        out += _PADDING[len(data) & 3]
 
     def decode(self, r: Reader) -> str:
         n = r.u32()
@@ -209,7 +217,8 @@ class Opaque(Codec[bytes]):
             raise XdrError(f"{n} bytes of opaque data are over the limit of {self.max_len}")
         if not self.fixed:
             out += _U32.pack(n)
-        out += value + bytes(_pad(n))
+        out += value
+        out += _PADDING[n & 3]
 
     def decode(self, r: Reader) -> bytes:
         if self.fixed:
@@ -240,8 +249,9 @@ class Array(Codec[list[T]]):
             raise XdrError(f"an array of {n} elements is over its limit of {self.max_len}")
         if not self.fixed:
             out += _U32.pack(n)
+        encode = self.elem.encode
         for item in value:
-            self.elem.encode(out, item)
+            encode(out, item)
 
     def decode(self, r: Reader) -> list[T]:
         n = self.max_len if self.fixed else r.u32()

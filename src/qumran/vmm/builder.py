@@ -181,6 +181,11 @@ def load_boot_source(spec: VmSpec) -> BootSource:
     return BootSource(kernel, kernel_file, initrd, spec.cmdline)
 
 
+def _shares_memory(spec: VmSpec) -> bool:
+    """Whether another process maps guest RAM: a disk served by a vhost-user back end."""
+    return spec.devices is not None and any(d.vhost_user for d in spec.devices.disks)
+
+
 def open_kvm(path: str) -> Kvm:
     if not os.path.exists(path):
         raise KvmUnavailable(f"open {path}", 2, "is the kvm module loaded?")
@@ -206,7 +211,7 @@ def build_machine(spec: VmSpec, console_out: Callable[[bytes], None], events: Ev
             owned.append(backends.close)
         kvm = open_kvm(spec.kvm_path)
         owned.append(kvm.close)
-        memory = GuestMemory(spec.memory)
+        memory = GuestMemory(spec.memory, shared=_shares_memory(spec))
     except BaseException:
         for close in reversed(owned):
             close()

@@ -76,14 +76,16 @@ OPTIONS = (
     Option("--force-kvm", None, "skip the vmx/svm host check"),
     Option(
         "--disk",
-        "PATH[,ro]|vhost-user=SOCKET",
-        "raw disk image, or a vhost-user-blk back end, as virtio-blk (repeatable)",
+        "PATH[,ro]|fd=N[,ro]|vhost-user=SOCKET",
+        "raw disk image (by path, or inherited open), or a vhost-user-blk back end, as"
+        " virtio-blk (repeatable)",
         repeat=True,
     ),
     Option(
         "--net",
         "tap=NAME|fd=N[,mac=MAC][,vhost=on|off][,vhostfd=N]",
-        "virtio-net on a TAP (repeatable); vhost=on moves frames in the host kernel (off)",
+        "virtio-net on a TAP (repeatable); vhost=on moves frames in the host kernel (off);"
+        " or passt[,mac=MAC][,forward=tcp:127.0.0.1:2222-:22]...: user-mode, no privileges",
         repeat=True,
     ),
     Option("--rng", None, "virtio-rng fed from /dev/urandom"),

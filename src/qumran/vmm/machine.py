@@ -199,6 +199,20 @@ class Machine:
                 self._paused_total += time.monotonic() - self._paused_since
                 self._paused_since = None
 
+    def crash_dump(self) -> list[str]:
+        """Every vCPU's registers and last exits (crashdump.py), the vCPUs held first:
+        registers can be read only outside KVM_RUN. Nothing resumes them."""
+        from qumran.vmm.crashdump import dump
+
+        boot = self.boot
+        if boot is None:
+            return []
+        for v in boot.vcpus:
+            v.pause()
+        for v in boot.vcpus:
+            v.wait_held(PAUSE_TIMEOUT)
+        return dump(boot.vcpus)
+
     def snapshot(self, path: str | int) -> dict[str, Any]:
         """Pause, write the guest to ``path`` (a path, or a file open for writing; see
         :mod:`qumran.vmm.snapshot`), and run again if it was running."""

@@ -3,7 +3,9 @@
     qumran-vmm --name N --kernel bzImage [--initrd F] [--cmdline S] [--memory 256M]
                [--vcpus 2] [--console stdio|socket:PATH|none] [--console-log PATH]
                [--control PATH]
-               [--disk PATH[,ro]]... [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
+               [--disk PATH[,ro]|fd=N[,ro]|vhost-user=SOCKET]...
+               [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
+               [--net passt[,mac=MAC][,forward=tcp:127.0.0.1:2222-:22]...]
                [--virtio-console socket:PATH]
     qumran-vmm --restore SNAPSHOT [--name N] [--console ...] [--control PATH] ...
 
@@ -28,6 +30,7 @@ import signal
 import sys
 
 from qumran.errors import QumranError
+from qumran.vmm import confine
 from qumran.vmm import log as vmm_log
 from qumran.vmm.builder import VmSpec, build_machine
 from qumran.vmm.cmdline import VmmArgs, parse_or_exit
@@ -36,7 +39,7 @@ from qumran.vmm.control import ControlServer
 from qumran.vmm.events import GuestEvent, GuestEventNotice
 from qumran.vmm.machine import Machine
 from qumran.vmm.mainloop import MainLoop
-from qumran.vmm.proctitle import set_thread_name
+from qumran.vmm.proctitle import set_process_title, set_thread_name
 from qumran.vmm.vcpu import install_kick_handler
 
 TYPE_CHECKING = False
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from qumran.vmm.devices.virtio.backends import DeviceSpecs, DiskSpec, NetSpec
+    from qumran.vmm.devices.virtio.passt import PasstSpec
 
 log = vmm_log.get_logger("qumran.vmm")
 
@@ -109,7 +113,9 @@ class VmmProcess:
         finally:
             self._cleanup()
 
-    def _device_specs(self, disks: tuple[DiskSpec, ...], nets: tuple[NetSpec, ...]) -> DeviceSpecs:
+    def _device_specs(
+        self, disks: tuple[DiskSpec, ...], nets: tuple[NetSpec | PasstSpec, ...]
+    ) -> DeviceSpecs:
         from qumran.vmm.devices.virtio.backends import DeviceSpecs
 
         port = None
@@ -152,6 +158,8 @@ class VmmProcess:
                 machine.reboot()
                 return None
             case GuestEvent.CRASH:
+                for line in machine.crash_dump():
+                    log.error("%s", line)
                 print(f"qumran-vmm: {self.args.name}: guest crashed: {notice.detail}",
                       file=sys.stderr)  # fmt: skip
                 return EXIT_CRASHED
@@ -172,14 +180,14 @@ class VmmProcess:
 
 def _parse_device_args(
     a: VmmArgs,
-) -> tuple[tuple[DiskSpec, ...], tuple[NetSpec, ...]] | None:
+) -> tuple[tuple[DiskSpec, ...], tuple[NetSpec | PasstSpec, ...]] | None:
     """The --disk and --net specs, or None without any virtio device: then the virtio
     stack is never imported."""
     if not (a.disk or a.net or a.rng or a.virtio_console):
         return None
-    from qumran.vmm.devices.virtio.backends import DiskSpec, NetSpec
+    from qumran.vmm.devices.virtio.backends import DiskSpec, parse_net
 
-    return tuple(DiskSpec.parse(d) for d in a.disk), tuple(NetSpec.parse(n) for n in a.net)
+    return tuple(DiskSpec.parse(d) for d in a.disk), tuple(parse_net(n) for n in a.net)
 
 
 def _since_exec() -> float:
@@ -202,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qumran-vmm: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     set_thread_name(args.name or "qumran-vmm")
+    if argv is None:  # the program itself, not a test calling main() in its own process
+        # What ps shows, not python3's argv.
+        set_process_title(f"qumran-vmm {args.name or ''}".rstrip())
+        try:
+            # Seccomp filters for the threads started from here.
+            confine.prepare(args.name or "qumran-vmm")
+        except RuntimeError as exc:
+            print(f"qumran-vmm: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     install_kick_handler()
     try:
         return VmmProcess(args).run()

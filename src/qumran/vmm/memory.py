@@ -1,9 +1,13 @@
-"""Guest RAM: one shared mapping of a memfd, registered with KVM as one or two slots
-(below the 3 GiB MMIO gap, and from 4 GiB up).
+"""Guest RAM: one mapping, registered with KVM as one or two slots (below the 3 GiB MMIO
+gap, and from 4 GiB up).
 
-A memfd rather than anonymous memory so that another process can map the same pages: a
-vhost-user back end (qemu-storage-daemon serving a disk) is handed the fd and reads and
-writes the guest's buffers itself. Pages are still allocated only when touched.
+Anonymous private memory, or, when another process must map the same pages (``shared``:
+a vhost-user back end, qemu-storage-daemon serving a disk, is handed the fd and reads and
+writes the guest's buffers itself), a memfd mapped shared. Only when needed: a memfd is
+shmem, which gets transparent huge pages only where the host's administrator allowed
+them for shmem (``/sys/kernel/mm/transparent_hugepage/shmem_enabled``, "never" by
+default), and a guest booting on 4 KiB pages was measured 2-3 s slower to reach /init
+in the KVM test host (BENCHMARKS.md). Either way pages come when the guest touches them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from qumran.kvm import Vm
 from qumran.vmm.arch import layout
 from qumran.vmm.errors import GuestTooLarge, VmmError
 
+MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)  # linux/mman.h
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # linux/mman.h; absent in 3.11
 MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
@@ -26,25 +31,26 @@ HUGE_PAGE = 2 * 1024 * 1024
 class GuestMemory:
     """Guest-physical RAM backed by process memory, addressed by guest-physical address."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, shared: bool = False) -> None:
         if size < layout.MiB or size % layout.PAGE_SIZE:
             raise GuestTooLarge(f"memory size {size} must be a whole number of pages >= 1 MiB")
         self.size = size
         self.ranges = layout.ram_ranges(size)
-        self._map_memfd()
+        self._map_new(shared)
 
     @classmethod
     def from_snapshot(cls, fd: int, offset: int, size: int) -> GuestMemory:
         """RAM as a private copy-on-write mapping of ``size`` bytes of file ``fd`` at
         ``offset`` (a page multiple): pages are read from the file when the guest first
         touches them, and what it writes stays in this process. A reboot (:meth:`discard`)
-        moves to a fresh memfd, as a cold start has nothing to do with the file."""
+        moves to fresh anonymous memory, as a cold start has nothing to do with the file."""
         self = cls.__new__(cls)
         if size < layout.MiB or size % layout.PAGE_SIZE or offset % mmap.ALLOCATIONGRANULARITY:
             raise VmmError(f"memory of {size} bytes at offset {offset} cannot be mapped")
         self.size = size
         self.ranges = layout.ram_ranges(size)
         self.fd = -1  # nothing another process could map: no vhost-user after a restore
+        self._snapshot = True
         try:
             self._map = mmap.mmap(fd, size, mmap.MAP_PRIVATE | MAP_NORESERVE,
                                   mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)  # fmt: skip
@@ -58,14 +64,14 @@ class GuestMemory:
     @property
     def private(self) -> bool:
         """True while RAM is a copy-on-write mapping of a snapshot file."""
-        return self.fd < 0
+        return self._snapshot
 
     def data_extents(self) -> list[tuple[int, int]]:
         """(offset, length) in RAM order (the ranges back to back) of what may hold
-        anything but zeros: the memfd's allocated pages (SEEK_DATA), or every page of a
-        snapshot mapping that is not all zeros."""
-        if self.private:
-            return _nonzero_extents(memoryview(self._map)[: self.size])
+        anything but zeros: the memfd's allocated pages (SEEK_DATA), or, for anonymous
+        memory and a snapshot mapping, every 64 KiB that is not all zeros."""
+        if self.fd < 0:
+            return _nonzero_extents(memoryview(self._map)[self._base : self._base + self.size])
         out: list[tuple[int, int]] = []
         start, end = self._base, self._base + self.size
         pos = start
@@ -85,16 +91,21 @@ class GuestMemory:
         """All of RAM as one read-only view, ranges back to back (what a snapshot saves)."""
         return memoryview(self._map)[self._base : self._base + self.size].toreadonly()
 
-    def _map_memfd(self) -> None:
+    def _map_new(self, shared: bool) -> None:
         size = self.size
-        self.fd = -1
+        self._snapshot = False
+        self.fd = -1  # the memfd, when shared
         try:
             # One huge page more than needed, so RAM can start on a 2 MiB boundary (see
-            # below); the spare part is never touched, so it costs nothing. A memfd has no
-            # commit charge (VM_NORESERVE): pages come when the guest touches them.
-            self.fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
-            os.ftruncate(self.fd, size + HUGE_PAGE)
-            self._map = mmap.mmap(self.fd, size + HUGE_PAGE, mmap.MAP_SHARED | MAP_NORESERVE)
+            # below); the spare part is never touched, so it costs nothing. MAP_NORESERVE,
+            # and a memfd has no commit charge (VM_NORESERVE) either.
+            if shared:
+                self.fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+                os.ftruncate(self.fd, size + HUGE_PAGE)
+                flags = mmap.MAP_SHARED | MAP_NORESERVE
+            else:
+                flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+            self._map = mmap.mmap(self.fd, size + HUGE_PAGE, flags)
         except OSError as exc:
             if self.fd >= 0:
                 os.close(self.fd)
@@ -124,7 +135,10 @@ class GuestMemory:
 
     def file_regions(self) -> tuple[tuple[int, int, int, int], ...]:
         """(guest address, size, host-virtual address, offset in :attr:`fd`) of each RAM
-        range: what a vhost-user back end is told, to map the same pages."""
+        range: what a vhost-user back end is told, to map the same pages. Empty unless
+        the memory is shared."""
+        if self.fd < 0:
+            return ()
         offset = self._base
         out = []
         for gpa, length, hva in self.regions():
@@ -183,15 +197,15 @@ class GuestMemory:
     def discard(self) -> None:
         """Give every page back (reads as zeros again): a cold start for a reboot.
 
-        MADV_REMOVE, not MADV_DONTNEED: in a shared mapping DONTNEED only unmaps, and the
-        memfd would keep the old contents. RAM restored from a snapshot is replaced by a
-        fresh memfd (the next boot registers the new address with KVM)."""
-        if self.private:
+        Shared: MADV_REMOVE, not MADV_DONTNEED, which in a shared mapping only unmaps (the
+        memfd would keep the old contents). RAM restored from a snapshot is replaced by
+        fresh anonymous memory (the next boot registers the new address with KVM)."""
+        if self._snapshot:
             self._view = None
             self._map.close()
-            self._map_memfd()
+            self._map_new(shared=False)
             return
-        self._map.madvise(MADV_REMOVE)
+        self._map.madvise(MADV_REMOVE if self.fd >= 0 else MADV_DONTNEED)
 
     def close(self) -> None:
         self._view = None

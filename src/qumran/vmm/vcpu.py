@@ -30,6 +30,7 @@ from qumran.kvm.exits import (
     TripleFault,
     Unhandled,
 )
+from qumran.vmm import confine
 from qumran.vmm.devices import PioBus
 from qumran.vmm.events import EventSink, GuestEvent, GuestEventNotice
 from qumran.vmm.log import get_logger
@@ -51,6 +52,7 @@ log = get_logger(__name__)
 
 KICK_SIGNAL = signal.SIGUSR1
 # Process-wide signals are for the main thread; a vCPU thread only takes the kick.
+RECENT_EXITS = 24
 BLOCKED_IN_VCPU = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE}
 
 
@@ -100,6 +102,9 @@ class VcpuThread:
         self._held = False  # the thread is parked in _wait_runnable
         self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.id}", daemon=True)
         self.exits: collections.Counter[str] = collections.Counter()
+        # The last exits, for the crash dump (crashdump.py): the exit objects themselves,
+        # so that the hot path pays one append.
+        self.recent: collections.deque[object] = collections.deque(maxlen=RECENT_EXITS)
         self.native_id: int | None = None
 
     @property
@@ -163,6 +168,7 @@ class VcpuThread:
         self.native_id = threading.get_native_id()
         set_thread_name(f"CPU {self.vcpu.id}/KVM")  # what QEMU calls its vCPU threads
         signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_IN_VCPU)
+        confine.enter("vcpu")
         try:
             self._loop()
         except KvmError as exc:
@@ -188,9 +194,10 @@ class VcpuThread:
 
     def _loop(self) -> None:
         vcpu, bus, page, exits = self.vcpu, self._bus, self.vcpu.run_page, self.exits
-        mmio = self._mmio
+        mmio, recent = self._mmio, self.recent.append
         while self._wait_runnable():
             exit_ = vcpu.run()
+            recent(exit_)
             match exit_:
                 case IoOut(port, size, count, data):
                     exits["io"] += 1

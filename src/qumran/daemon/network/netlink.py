@@ -118,6 +118,13 @@ def set_up(index: int) -> None:
         ipr.link("set", index=index, state="up")
 
 
+def set_noqueue(index: int) -> None:
+    """Give the device the ``noqueue`` root qdisc: a TAP's packets go straight to the VM's
+    queue, with no qdisc of the host's in between (a TAP starts with pfifo_fast)."""
+    with _ipr() as ipr:
+        ipr.tc("replace", "noqueue", index, 0)
+
+
 def set_master(index: int, bridge: int) -> None:
     with _ipr() as ipr:
         ipr.link("set", index=index, master=bridge, state="up")

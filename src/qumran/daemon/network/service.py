@@ -11,10 +11,11 @@ reloads the firewall table of all of them. The host work runs in a worker thread
 
 For the VMs' NICs (docs/networks.md): :meth:`Networks.usable` (may this uid attach to
 this network), :meth:`Networks.open_tap` (a TAP owned by the VM's user on the network's
-bridge, as an open fd), :meth:`Networks.lease_for` (the lease of a MAC), and two hooks the
+bridge, as an open fd), :meth:`Networks.lease_for` (the lease of a MAC), and hooks the
 Manager sets: :attr:`Networks.attached` (VMs running on a network: destroy refuses while
-there are any) and :attr:`Networks.mac_owner` (whose VM a MAC is: a user sees the leases
-of their own VMs).
+there are any), :attr:`Networks.defined_on` (VMs whose definition has a NIC on a network:
+undefine refuses while there are any) and :attr:`Networks.mac_owner` (whose VM a MAC is:
+a user sees the leases of their own VMs).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Networks:
         # Hooks for the VMs' NICs, set by the Manager: the VMs running on a network, and
         # the uid whose VM has a MAC (None: nobody's). Until then: none and nobody's.
         self.attached: Callable[[str], list[str]] = lambda network: []
+        self.defined_on: Callable[[str], list[str]] = lambda network: []
         self.mac_owner: Callable[[str], int | None] = lambda mac: None
 
     # who may do what --------------------------------------------------------------------
@@ -175,7 +177,10 @@ class Networks:
         self.records[spec.name], self.specs[spec.name] = record, spec
         return record
 
-    async def undefine(self, caller: Caller, name: str) -> None:
+    async def undefine(self, caller: Caller, name: str, *, force: bool = False) -> None:
+        """Remove the definition. Refused while it is active, and while defined VMs have
+        a NIC on it unless ``force`` (those VMs then fail to start until their NIC names
+        another network, or the network is defined again)."""
         self._require_admin(caller, "undefine")
         async with self._lock:
             record = self._get(caller, name)
@@ -183,11 +188,18 @@ class Networks:
                 raise InvalidState(
                     f"network {name!r} is active; stop it first (`qumran net-destroy {name}`)"
                 )
+            users = self.defined_on(name)
+            if users and not force:
+                raise InvalidState(
+                    f"network {name!r} is used by defined VMs ({', '.join(sorted(users))}); "
+                    f"change their nics first, or use `qumran net-undefine --force {name}`"
+                )
             self.store.remove_network(name)
             del self.records[name], self.specs[name]
             files = self.plumbing.files(name)
             await asyncio.to_thread(dnsmasq.remove_files, files, keep_leases=False)
-        log.info("network %s undefined", name)
+        log.info("network %s undefined%s", name,
+                 f" (VMs still naming it: {users})" if users else "")  # fmt: skip
 
     async def set_autostart(self, caller: Caller, name: str, enabled: bool) -> NetworkInfo:
         self._require_admin(caller, "change")

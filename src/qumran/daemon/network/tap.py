@@ -40,9 +40,9 @@ TUNSETGROUP = _iow("T", 206, _INT)
 
 
 def open_tap(name: str, uid: int, gid: int, bridge: int, *, vnet_hdr: bool = True) -> int:
-    """Create the TAP ``name`` owned by ``uid``:``gid``, up and a port of the bridge with
-    index ``bridge``; return its open fd (close-on-exec: pass it on explicitly). On any
-    failure nothing is left: the fd is closed, so the TAP is gone."""
+    """Create the TAP ``name`` owned by ``uid``:``gid``, without a qdisc, up and a port of
+    the bridge with index ``bridge``; return its open fd (close-on-exec: pass it on
+    explicitly). On any failure nothing is left: the fd is closed, so the TAP is gone."""
     if not 0 < len(name) < IFNAMSIZ:
         raise ValueError(f"a TAP name is 1-{IFNAMSIZ - 1} characters: {name!r}")
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
@@ -54,6 +54,7 @@ def open_tap(name: str, uid: int, gid: int, bridge: int, *, vnet_hdr: bool = Tru
         link = netlink.find_link(name)
         if link is None:
             raise OSError(f"TAP {name} vanished as it was made")
+        netlink.set_noqueue(link.index)
         netlink.set_master(link.index, bridge)
     except BaseException:
         os.close(fd)

@@ -63,18 +63,29 @@ async def info(owner: Owner, path: Path, *, what: str) -> ImageInfo:
         raise StorageError(f"{what}: qemu-img info gave no usable answer ({exc})") from None
 
 
+async def check_chain(owner: Owner, path: Path, *, what: str) -> None:
+    """Refuse ``path`` unless ``owner`` can open every file of its backing chain: an
+    overlay is only as usable as the last file it leans on."""
+    argv = ["qemu-img", "info", "-U", "--backing-chain", "--output=json", "--", str(path)]
+    status, out, err = await run(owner, argv)
+    if status != 0:
+        raise InvalidArgument(f"{what}: its backing chain cannot be opened: {_message(err, out)}")
+
+
 async def create(
     owner: Owner,
     path: Path,
     fmt: str,
     size: int,
     backing: tuple[Path, str] | None = None,
+    *,
+    what: str,
 ) -> None:
     argv = ["create", "-q", "-f", fmt]
     if backing is not None:
         argv += ["-b", str(backing[0]), "-F", backing[1]]
     argv += ["--", str(path), str(size)]
-    await _qemu_img(owner, argv, f"creating {path.name}")
+    await _qemu_img(owner, argv, what)
 
 
 async def convert(
@@ -83,6 +94,8 @@ async def convert(
     target: Path,
     fmt: str,
     backing: tuple[str, str] | None = None,
+    *,
+    what: str,
 ) -> None:
     """Copy ``source`` (format ``fmt``) to a new ``target`` of the same format, sparse.
     ``backing``: the source's backing file and format, kept as the copy's (an overlay
@@ -91,7 +104,7 @@ async def convert(
     if backing is not None:
         argv += ["-B", backing[0], "-F", backing[1]]
     argv += ["--", str(source), str(target)]
-    await _qemu_img(owner, argv, f"copying to {target.name}")
+    await _qemu_img(owner, argv, what)
 
 
 async def resize(owner: Owner, path: Path, fmt: str, size: int) -> None:

@@ -322,6 +322,7 @@ class Storage:
         try:
             await volumes.readable_file(who, path, "backing", own=True)
             info = await qemuimg.info(who, path, what=f"backing: {text!r}")
+            await qemuimg.check_chain(who, path, what=f"backing: {text!r}")
         except InvalidArgument:
             raise unseen from None
         if info.format not in qemuimg.FORMATS:

@@ -131,7 +131,8 @@ async def create(
 ) -> Volume:  # fmt: skip
     temp = work.temp_name(name)
     try:
-        await qemuimg.create(owner, pool.volume_path(temp), fmt, size, backing)
+        await qemuimg.create(owner, pool.volume_path(temp), fmt, size, backing,
+                             what=f"creating volume {name!r}")  # fmt: skip
     except BaseException:
         await discard(owner, pool, work, temp)
         raise
@@ -147,7 +148,8 @@ async def copy(owner: Owner, pool: Pool, work: Work, source: Path, info: qemuimg
     if info.backing:
         backing = (info.backing, info.backing_format or "raw")
     try:
-        await qemuimg.convert(owner, source, pool.volume_path(temp), info.format, backing)
+        await qemuimg.convert(owner, source, pool.volume_path(temp), info.format, backing,
+                              what=f"copying to volume {name!r}")  # fmt: skip
     except BaseException:
         await discard(owner, pool, work, temp)
         raise

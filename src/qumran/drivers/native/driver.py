@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qumran.config.spec import KernelBoot, VmSpec
+from qumran.config.spec import KernelBoot, Nic, VmSpec
 from qumran.drivers.base import (
     Driver,
     EventSink,
@@ -31,9 +32,10 @@ from qumran.drivers.checks import check_files
 from qumran.drivers.native import storage
 from qumran.drivers.native.control import VmmControl
 from qumran.drivers.native.storage import StorageDaemon
-from qumran.drivers.process import Spawned
+from qumran.drivers.process import ProcState, Spawned
 from qumran.drivers.qemu.cmdline import default_mac
-from qumran.errors import InvalidArgument, InvalidState
+from qumran.drivers.seed import check_seed
+from qumran.errors import HypervisorError, InvalidArgument, InvalidState
 
 if TYPE_CHECKING:
     from qumran.drivers.qemu.accel import AccelChoice
@@ -80,25 +82,67 @@ def build_argv(
             argv += ["--disk", f"vhost-user={served[i]}"]
         else:
             argv += ["--disk", f"{disk.host_path},ro" if disk.readonly else str(disk.host_path)]
+    if fds.seed is not None:
+        # The cloud-init seed, after the VM's own disks (as with QEMU): a raw read-only
+        # virtio-blk disk on the fd of qumrand's own file in the run directory, so
+        # qumran-vmm follows no path for it. cloud-init finds it by its label.
+        argv += ["--disk", f"fd={fds.seed},ro"]
     argv += net_args(spec, fds)
     return argv
 
 
 def net_args(spec: VmSpec, fds: HandoffFds) -> list[str]:
-    """``--net fd=N,mac=..`` per network NIC: the TAP the daemon made and handed over.
-    vhost-net only through an fd the daemon opened (``vhostfd=``): qumran-vmm runs as the
-    VM's owner, who may not open /dev/vhost-net (udev makes it root's 0600 on some hosts,
-    the KVM test host's devtmpfs too), and a VM must not fail to start over it."""
-    nics = [(i, nic) for i, nic in enumerate(spec.nics) if nic.network is not None]
-    if len(nics) != len(fds.nets):
-        raise ValueError(f"internal: {len(fds.nets)} TAPs handed over for {len(nics)} NICs")
+    """One ``--net`` per NIC, in order. A network NIC: ``fd=N,mac=..``, the TAP the daemon
+    made and handed over; vhost-net only through an fd the daemon opened (``vhostfd=``):
+    qumran-vmm runs as the VM's owner, who may not open /dev/vhost-net (udev makes it
+    root's 0600 on some hosts, the KVM test host's devtmpfs too), and a VM must not fail to
+    start over it. A user NIC: ``passt,mac=..,forward=..``: qumran-vmm starts passt, which
+    needs no privilege and nothing from the daemon."""
+    taps = iter(fds.nets)
+    wanted = sum(1 for nic in spec.nics if nic.network is not None)
+    if wanted != len(fds.nets):
+        raise ValueError(f"internal: {len(fds.nets)} TAPs handed over for {wanted} NICs")
     argv: list[str] = []
-    for (index, nic), net in zip(nics, fds.nets, strict=True):
+    for index, nic in enumerate(spec.nics):
         mac = nic.mac if nic.mac is not None else default_mac(spec.name, index)
+        if nic.network is None:
+            option = f"passt,mac={mac}"
+            for fwd in nic.forwards:  # validated: no comma can reach the option string
+                option += f",forward={fwd.proto}:{fwd.host_addr}:{fwd.host_port}-:{fwd.guest_port}"
+            argv += ["--net", option]
+            continue
+        net = next(taps)
         option = f"fd={net.tap},mac={mac}"
         option += f",vhost=on,vhostfd={net.vhost}" if net.vhost is not None else ",vhost=off"
         argv += ["--net", option]
     return argv
+
+
+PASST_GUEST_ADDR = "10.0.2.15"  # qumran-vmm gives passt QEMU's user-mode addresses
+
+
+def check_user_nic(index: int, nic: Nic) -> None:
+    """A user NIC runs on passt: it must be installed, and a forward goes to the guest's
+    own address (passt knows no other)."""
+    if shutil.which("passt") is None and not Path("/usr/bin/passt").exists():
+        raise InvalidArgument(
+            f"nics[{index}]: a user NIC on hypervisor: native needs passt, which is not "
+            "installed (Debian: apt install passt); or attach the NIC to a network"
+        )
+    for rule, fwd in zip(nic.forward, nic.forwards, strict=True):
+        if fwd.guest_addr not in ("", PASST_GUEST_ADDR):
+            raise InvalidArgument(
+                f"nics[{index}].forward: {rule!r}: qumran-vmm forwards to the guest's own "
+                f"address ({PASST_GUEST_ADDR}); leave the guest address out"
+            )
+
+
+def in_definition_terms(message: str, served: dict[int, Path]) -> str:
+    """qumran-vmm's words about a ``--disk vhost-user=SOCKET`` (a back end it refused), in
+    the definition's terms: the disk's field."""
+    for index, sock in served.items():
+        message = message.replace(f"--disk vhost-user={sock}", f"disks[{index}]")
+    return message
 
 
 class NativeInstance(Instance):
@@ -177,7 +221,10 @@ class NativeInstance(Instance):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         if self.storage is not None:
-            await self.storage.close()
+            if self.process.state() is ProcState.GONE:  # the VM ended: so does its storage
+                await self.storage.stop()
+            else:
+                await self.storage.close()
         await self.control.close()
 
 
@@ -231,17 +278,10 @@ class NativeDriver(Driver):
                 )
         for i, nic in enumerate(spec.nics):
             if nic.network is None:
-                raise InvalidArgument(
-                    f"nics[{i}]: qumran-vmm has no user-mode networking (type: user); attach "
-                    "the NIC to a network (network: NAME, `qumran net-list`) or use "
-                    "hypervisor: qemu"
-                )
+                check_user_nic(i, nic)
         if spec.graphics:
             raise InvalidArgument("graphics: qumran-vmm has no display; use hypervisor: qemu")
-        if spec.cloud_init is not None:
-            raise InvalidArgument(
-                "cloud_init: qumran-vmm cannot attach a cloud-init seed yet; use hypervisor: qemu"
-            )
+        check_seed(spec, owner)
         check_files(spec, owner)
 
     def command(self, spec: VmSpec, fds: HandoffFds) -> list[str]:
@@ -270,6 +310,9 @@ class NativeDriver(Driver):
         tokens = (_SERVED.set(served), _STORAGE.set(disks))
         try:
             return await super().launch(spec, paths, owner, events, seed=seed, nets=nets)
+        except HypervisorError as exc:
+            await disks.stop()
+            raise HypervisorError(in_definition_terms(exc.message, served)) from None
         except BaseException:
             await disks.stop()
             raise

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from qumran.config.spec import VmSpec
 from qumran.drivers.base import GuestEvent, Owner, RunPaths
-from qumran.drivers.process import RUN_DIR_VAR, ProcState, Spawned, spawn
+from qumran.drivers.process import RUN_DIR_VAR, ProcState, Spawned, processes_marked, spawn
 from qumran.drivers.rundir import RunDir
 from qumran.errors import HypervisorError, InvalidState, QumranError
 
@@ -47,6 +47,7 @@ MONITOR = "storage.sock"
 PIDFILE = "storage.pid"
 LOG = "storage.log"
 START_TIMEOUT = 30.0
+MAX_QUEUES = 16  # what qumran-vmm's vhost-user-blk takes
 STOP_GRACE = 5.0  # seconds after SIGTERM to flush a qcow2's tables before SIGKILL
 SERVED_FORMATS = frozenset({"qcow2"})  # raw: qumran-vmm's own virtio-blk is faster
 
@@ -140,13 +141,16 @@ class StorageDaemon:
         program = binary()
         if program is None:
             raise HypervisorError(f"{QSD} is not installed (Debian: qemu-utils)")
+        await kill_leftovers(paths, owner)
         prepare_socket_dir(paths, owner)
         with RunDir(paths) as run_dir:
             listening = run_dir.listen(MONITOR)
             output = run_dir.open_append(LOG)
             offset = run_dir.size(LOG)
             try:
-                argv = build_argv(program, exports, paths, listening.fileno())
+                # A queue per vCPU, as QEMU's virtio-blk-pci has by default.
+                queues = min(spec.vcpus, MAX_QUEUES)
+                argv = build_argv(program, exports, paths, listening.fileno(), queues)
                 env = {**os.environ, RUN_DIR_VAR: str(paths.root)}
                 try:
                     process = spawn(argv, owner, output, env=env, pass_fds=[listening.fileno()])
@@ -231,6 +235,27 @@ class StorageDaemon:
     async def close(self) -> None:
         """Let go of it, leaving it running (qumrand stops; the VM goes on)."""
         await self.monitor.close()
+
+
+async def kill_leftovers(paths: RunPaths, owner: Owner) -> None:
+    """A storage daemon of an earlier run of this VM, still holding its images: its VM
+    ended while qumrand was away, so nobody stopped it."""
+    for pid, (run_dir, uid) in processes_marked().items():
+        if (
+            run_dir == str(paths.root)
+            and uid == owner.uid
+            and _comm(pid).startswith("qemu-storage")
+        ):
+            log.warning("stopping the storage daemon %d left from an earlier run", pid)
+            await kill(Spawned(pid), STOP_GRACE)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 async def kill(process: Spawned, grace: float = 0.0) -> None:

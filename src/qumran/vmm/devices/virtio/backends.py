@@ -18,6 +18,10 @@ from qumran.vmm.devices.virtio.console import ConsolePort, VirtioConsole
 from qumran.vmm.devices.virtio.device import VirtioDevice
 from qumran.vmm.devices.virtio.rng import VirtioRng
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qumran.vmm.devices.virtio.passt import PasstSpec
+
 
 @dataclass(frozen=True)
 class DiskSpec:
@@ -25,9 +29,13 @@ class DiskSpec:
     readonly: bool = False
     vhost_user: bool = False  # ``path`` is a vhost-user-blk socket, not an image
 
+    fd: int | None = None  # an image inherited open (``fd=N``): ``path`` is only its name
+
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
-        """``PATH[,ro]``, or ``vhost-user=SOCKET`` (the back end decides read-only)."""
+        """``PATH[,ro]``, ``fd=N[,ro]`` (an image the parent opened, such as qumrand's
+        cloud-init seed: no path of the user's is followed), or ``vhost-user=SOCKET``
+        (the back end decides read-only)."""
         if text.startswith("vhost-user="):
             socket_path = text.removeprefix("vhost-user=")
             if not socket_path:
@@ -38,6 +46,11 @@ class DiskSpec:
             raise DeviceError(f"--disk {text!r}: no image path")
         if opts not in ("", "ro"):
             raise DeviceError(f"--disk {text!r}: unknown option {opts!r} (only 'ro')")
+        if path.startswith("fd="):
+            number = path.removeprefix("fd=")
+            if not number.isdigit():
+                raise DeviceError(f"--disk {text!r}: fd= needs a file descriptor number")
+            return cls(path, opts == "ro", fd=int(number))
         return cls(path, opts == "ro")
 
 
@@ -90,10 +103,19 @@ class NetSpec:
                    vhost == "on" or vhost_fd is not None, vhost_fd)  # fmt: skip
 
 
+def parse_net(text: str) -> NetSpec | PasstSpec:
+    """A ``--net`` value: a TAP (:class:`NetSpec`) or passt (``passt[,...]``)."""
+    if text == "passt" or text.startswith("passt,"):
+        from qumran.vmm.devices.virtio.passt import PasstSpec
+
+        return PasstSpec.parse(text)
+    return NetSpec.parse(text)
+
+
 @dataclass(frozen=True)
 class DeviceSpecs:
     disks: tuple[DiskSpec, ...] = ()
-    nets: tuple[NetSpec, ...] = ()
+    nets: tuple[NetSpec | PasstSpec, ...] = ()
     rng: bool = False
     console: ConsolePort | None = None
 
@@ -122,7 +144,10 @@ def open_backends(specs: DeviceSpecs) -> Backends:
             if disk.vhost_user:
                 _open_vhost_user(backends, disk.path)
                 continue
-            image = DiskImage.open(disk.path, disk.readonly)
+            if disk.fd is not None:
+                image = DiskImage.inherit(disk.fd, disk.readonly)
+            else:
+                image = DiskImage.open(disk.path, disk.readonly)
             backends.closers.append(image.close)
             backends.disks.append(image)
             backends.factories.append(lambda image=image: VirtioBlock(image))  # type: ignore[misc]
@@ -150,9 +175,18 @@ def _open_vhost_user(backends: Backends, path: str) -> None:
     backends.factories.append(lambda: VhostUserBlock(backend))
 
 
-def _open_net(backends: Backends, spec: NetSpec) -> None:
+def _open_net(backends: Backends, spec: NetSpec | PasstSpec) -> None:
     from qumran.vmm.devices.virtio.net import VirtioNet, parse_mac, random_mac
     from qumran.vmm.devices.virtio.tap import Tap
+
+    if not isinstance(spec, NetSpec):
+        from qumran.vmm.devices.virtio.passt import PasstLink, PasstNet
+
+        link = PasstLink.start_passt(spec)
+        backends.closers.append(link.close)
+        passt_mac = parse_mac(spec.mac) if spec.mac else random_mac()
+        backends.factories.append(lambda: PasstNet(link, passt_mac))
+        return
 
     vhost = None
     if spec.vhost:  # before the TAP: a host without vhost-net fails without side effects

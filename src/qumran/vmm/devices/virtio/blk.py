@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -52,9 +53,29 @@ class DiskImage:
             hint = "" if readonly else " (add ,ro to attach it read-only)"
             raise DeviceError(f"disk image {path} is not {'readable' if readonly else 'writable'}"
                               f"{hint}") from None  # fmt: skip
+        return cls._locked(path, fd, readonly)
+
+    @classmethod
+    def inherit(cls, fd: int, readonly: bool) -> DiskImage:
+        """An image the parent opened and handed over as ``fd``: its open mode must allow
+        what the guest gets (a read-only fd only for ``,ro``)."""
+        path = f"fd={fd}"
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError as exc:
+            raise DeviceError(f"--disk {path}: {exc.strerror}") from None
+        if not readonly and flags & os.O_ACCMODE == os.O_RDONLY:
+            raise DeviceError(f"--disk {path}: open read-only; add ,ro to attach it read-only")
+        os.set_inheritable(fd, False)  # not passed on to passt or anything else we start
+        return cls._locked(path, fd, readonly)
+
+    @classmethod
+    def _locked(cls, path: str, fd: int, readonly: bool) -> DiskImage:
+        """``fd`` sized and locked; closed on failure."""
         try:
             st = os.fstat(fd)
-            size = st.st_size if os.path.isfile(path) else os.lseek(fd, 0, os.SEEK_END)
+            regular = stat.S_ISREG(st.st_mode)
+            size = st.st_size if regular else os.lseek(fd, 0, os.SEEK_END)
             # One writer or many readers, as QEMU does with its image locks.
             fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:

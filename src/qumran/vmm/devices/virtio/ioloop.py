@@ -18,6 +18,7 @@ import select
 import threading
 from collections.abc import Callable
 
+from qumran.vmm import confine
 from qumran.vmm.log import get_logger
 from qumran.vmm.proctitle import set_thread_name
 
@@ -91,6 +92,7 @@ class IoLoop:
 
     def _run(self) -> None:
         set_thread_name("virtio-io")
+        confine.enter("io")
         poll, readers, wake = self._epoll.poll, self._readers, self._wake
         while True:
             for fd, _ in poll():

@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 
+from qumran.vmm import confine
 from qumran.vmm.proctitle import set_thread_name
 
 SPLIT_BYTES = 256 << 10
@@ -110,6 +111,7 @@ class IoPool:
 
     def _helper(self) -> None:
         set_thread_name(threading.current_thread().name)
+        confine.enter("blk")
         while (part := self._jobs.get()) is not None:
             self._done.put(self._move(part))
 

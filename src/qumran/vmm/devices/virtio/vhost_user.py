@@ -19,6 +19,7 @@ must turn into an error, not a vCPU stuck forever.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import struct
@@ -81,6 +82,11 @@ INFLIGHT = struct.Struct("<QQHH")  # mmap size, mmap offset, num queues, queue s
 VRING_NOFD = 1 << 8  # SET_VRING_KICK/CALL: no fd passed (polling mode); never sent by us
 
 
+# Seconds a back end may take to answer: generous, for a loaded host (a storage daemon
+# answers in microseconds), but bounded, so that a vCPU thread is never stuck for good.
+TIMEOUT = 15.0
+
+
 class Disconnected(DeviceError):
     """The back end closed the socket, or stopped answering."""
 
@@ -88,14 +94,14 @@ class Disconnected(DeviceError):
 class Connection:
     """One connected vhost-user socket; requests are serialised by a lock."""
 
-    def __init__(self, sock: socket.socket, path: str, timeout: float = 5.0) -> None:
+    def __init__(self, sock: socket.socket, path: str, timeout: float = TIMEOUT) -> None:
         sock.settimeout(timeout)
         self.sock, self.path = sock, path
         self.reply_ack = False  # set once REPLY_ACK is negotiated
         self._lock = threading.Lock()
 
     @classmethod
-    def connect(cls, path: str, timeout: float = 5.0) -> Connection:
+    def connect(cls, path: str, timeout: float = TIMEOUT) -> Connection:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(timeout)
         try:
@@ -181,6 +187,10 @@ class Connection:
                     return b"", []
                 answer, got = self._receive(request)
             except (OSError, EOFError) as exc:
+                # The conversation is out of step (a reply may still come): end it, so that
+                # whoever watches the socket sees it hang up and starts over.
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
                 why = getattr(exc, "strerror", None) or exc
                 raise Disconnected(f"vhost-user {self.path}: {_name(request)}: {why}") from None
         if ack:

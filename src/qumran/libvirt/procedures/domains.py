@@ -1,8 +1,5 @@
-"""The procedures of libvirt's remote program that qumrand answers, each on the Manager.
-
-Every handler acts as the connection's caller (SO_PEERCRED), so a user sees and runs
-only their own VMs, as on the HTTP API. A procedure not here is answered with
-VIR_ERR_NO_SUPPORT by the server, which libvirt's clients report as "not supported".
+"""Domains: listing, lookups, one domain's info and XML, define and undefine, the
+lifecycle, and the console.
 
 Identity: a domain's UUID is its Qumran uuid; its id is its hypervisor's process id
 while it runs (a Qumran VM *is* a process), -1 when shut off, as libvirt's are.
@@ -10,36 +7,34 @@ while it runs (a Qumran VM *is* a process), -1 when shut off, as libvirt's are.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import socket
+import functools
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qumran.config import domxml
-from qumran.daemon.domain import Domain, Event, Reason, State
+from qumran.config.xmlread import XmlInvalid, XmlUnsupported
+from qumran.daemon.domain import Domain, Reason, State
 from qumran.errors import AlreadyExists, InvalidState
 from qumran.libvirt import constants as c
 from qumran.libvirt import host
 from qumran.libvirt.console import ConsoleStream
 from qumran.libvirt.errors import RpcError, no_domain
 from qumran.libvirt.protocol import remote as r
-from qumran.libvirt.server import Connection, ConnState, handles
-
-if TYPE_CHECKING:
-    from qumran.daemon.store import EventRecord
-
-FEATURES = frozenset({c.VIR_DRV_FEATURE_TYPED_PARAM_STRING, c.VIR_DRV_FEATURE_PROGRAM_KEEPALIVE,
-                      c.VIR_DRV_FEATURE_REMOTE_EVENT_CALLBACK,
-                      c.VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK})  # fmt: skip
-
+from qumran.libvirt.server import Connection, handles
 
 # --- domains on the wire ----------------------------------------------------------------
 
 
 def wire(dom: Domain) -> r.remote_nonnull_domain:
-    return r.remote_nonnull_domain(dom.name, uuidlib.UUID(dom.uuid).bytes, dom_id(dom))
+    return r.remote_nonnull_domain(dom.name, uuid_bytes(dom.uuid), dom_id(dom))
+
+
+@functools.lru_cache(maxsize=4096)
+def uuid_bytes(text: str) -> bytes:
+    """A VM's uuid as libvirt's 16 bytes: every listing sends every VM's, and parsing the
+    same strings again each time was a third of a listing's cost."""
+    return uuidlib.UUID(text).bytes
 
 
 def dom_id(dom: Domain) -> int:
@@ -87,88 +82,12 @@ def state_of(dom: Domain) -> tuple[int, int]:
             reason = c.VIR_DOMAIN_CRASHED_PANICKED
     return state, reason
 
-
-# --- the connection ---------------------------------------------------------------------
-
-
-@handles(r.REMOTE_PROC_AUTH_LIST)
-async def auth_list(conn: Connection, _: None) -> r.remote_auth_list_ret:
-    # The socket is UNIX and the kernel names the caller: nothing to authenticate.
-    return r.remote_auth_list_ret([r.REMOTE_AUTH_NONE])
-
-
-@handles(r.REMOTE_PROC_CONNECT_SUPPORTS_FEATURE)
-async def supports_feature(
-    conn: Connection, args: r.remote_connect_supports_feature_args
-) -> r.remote_connect_supports_feature_ret:
-    return r.remote_connect_supports_feature_ret(int(args.feature in FEATURES))
-
-
-@handles(r.REMOTE_PROC_CONNECT_OPEN)
-async def connect_open(conn: Connection, args: r.remote_connect_open_args) -> None:
-    conn.state = ConnState.OPEN
-
-
-@handles(r.REMOTE_PROC_CONNECT_CLOSE)
-async def connect_close(conn: Connection, _: None) -> None:
-    conn.state = ConnState.NEW  # the client closes the socket next
-
-
-@handles(r.REMOTE_PROC_CONNECT_REGISTER_CLOSE_CALLBACK)
-@handles(r.REMOTE_PROC_CONNECT_UNREGISTER_CLOSE_CALLBACK)
-async def close_callback(conn: Connection, _: None) -> None:
-    return None  # the client learns of a close from the socket itself
-
-
-@handles(r.REMOTE_PROC_CONNECT_GET_URI)
-async def get_uri(conn: Connection, _: None) -> r.remote_connect_get_uri_ret:
-    return r.remote_connect_get_uri_ret("qemu:///system")
-
-
-@handles(r.REMOTE_PROC_CONNECT_GET_TYPE)
-async def get_type(conn: Connection, _: None) -> r.remote_connect_get_type_ret:
-    return r.remote_connect_get_type_ret("QEMU")
-
-
-@handles(r.REMOTE_PROC_CONNECT_GET_HOSTNAME)
-async def get_hostname(conn: Connection, _: None) -> r.remote_connect_get_hostname_ret:
-    return r.remote_connect_get_hostname_ret(socket.gethostname())
-
-
-@handles(r.REMOTE_PROC_CONNECT_GET_VERSION)
-async def get_version(conn: Connection, _: None) -> r.remote_connect_get_version_ret:
-    return r.remote_connect_get_version_ret(host.hypervisor_version(conn.manager))
-
-
-@handles(r.REMOTE_PROC_CONNECT_GET_LIB_VERSION)
-async def get_lib_version(conn: Connection, _: None) -> r.remote_connect_get_lib_version_ret:
-    return r.remote_connect_get_lib_version_ret(host.LIB_VERSION)
-
-
-@handles(r.REMOTE_PROC_CONNECT_IS_SECURE)
-async def is_secure(conn: Connection, _: None) -> r.remote_connect_is_secure_ret:
-    return r.remote_connect_is_secure_ret(1)  # a local UNIX socket
-
-
-@handles(r.REMOTE_PROC_NODE_GET_INFO)
-async def node_info(conn: Connection, _: None) -> r.remote_node_get_info_ret:
-    return host.node_info()
-
-
-@handles(r.REMOTE_PROC_CONNECT_GET_CAPABILITIES)
-async def capabilities(conn: Connection, _: None) -> r.remote_connect_get_capabilities_ret:
-    return r.remote_connect_get_capabilities_ret(host.capabilities_xml(conn.manager))
-
-
-@handles(r.REMOTE_PROC_NODE_GET_SECURITY_MODEL)
-async def security_model(conn: Connection, _: None) -> r.remote_node_get_security_model_ret:
-    return r.remote_node_get_security_model_ret([], [])  # none (libvirt: empty strings)
-
-
 # --- listing and lookups ----------------------------------------------------------------
 
 
-def _matches(dom: Domain, flags: int) -> bool:
+def matches(dom: Domain, flags: int) -> bool:
+    if not flags:  # python3-libvirt's listAllDomains() and `virsh list --all`: every one
+        return True
     active = dom.active
     groups = (
         (c.VIR_CONNECT_LIST_DOMAINS_ACTIVE, active, c.VIR_CONNECT_LIST_DOMAINS_INACTIVE,
@@ -204,7 +123,7 @@ def _matches(dom: Domain, flags: int) -> bool:
 async def list_all(
     conn: Connection, args: r.remote_connect_list_all_domains_args
 ) -> r.remote_connect_list_all_domains_ret:
-    doms = [wire(d) for d in conn.manager.visible(conn.caller) if _matches(d, args.flags)]
+    doms = [wire(d) for d in conn.manager.visible(conn.caller) if matches(d, args.flags)]
     doms = doms[: r.REMOTE_DOMAIN_LIST_MAX]
     return r.remote_connect_list_all_domains_ret(doms if args.need_results else [], len(doms))
 
@@ -369,14 +288,19 @@ async def dumpxml(
     return r.remote_domain_get_xml_desc_ret(xml)
 
 
-async def _define(conn: Connection, xml: str) -> r.remote_nonnull_domain:
+def _parse(xml: str) -> tuple[dict[str, Any], str | None]:
     try:
         doc, uuid = domxml.parse(xml)
-    except domxml.XmlUnsupported as exc:
+    except XmlUnsupported as exc:
         raise RpcError(c.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"unsupported configuration: {exc.message}", c.VIR_FROM_DOMAIN) from None
-    except domxml.XmlInvalid as exc:
+    except XmlInvalid as exc:
         raise RpcError(c.VIR_ERR_XML_ERROR, f"XML error: {exc.message}", c.VIR_FROM_XML) from None
+    return doc, uuid
+
+
+async def _define(conn: Connection, xml: str) -> r.remote_nonnull_domain:
+    doc, uuid = _parse(xml)
     name = doc.get("name")
     existing = conn.manager.domains.get(name) if isinstance(name, str) else None
     if existing is not None:
@@ -395,6 +319,32 @@ async def define(conn: Connection, args: r.remote_domain_define_xml_args) -> Any
 @handles(r.REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS)
 async def define_flags(conn: Connection, args: r.remote_domain_define_xml_flags_args) -> Any:
     return r.remote_domain_define_xml_flags_ret(await _define(conn, args.xml))
+
+
+@handles(r.REMOTE_PROC_DOMAIN_CREATE_XML)
+async def create_xml(
+    conn: Connection, args: r.remote_domain_create_xml_args
+) -> r.remote_domain_create_xml_ret:
+    """``virsh create``, and how virt-install and virt-manager start a new VM (then
+    defining the same XML). Qumran has no transient VMs: the domain is defined and
+    started, and stays defined after it stops; if it does not start, it is undefined
+    again, so a failed create leaves nothing, as libvirt's does."""
+    if args.flags:
+        raise RpcError(c.VIR_ERR_INVALID_ARG, f"invalid argument: flags {args.flags:#x}: "
+                       "Qumran starts a created domain without flags (no paused start, "
+                       "no autodestroy)", c.VIR_FROM_DOMAIN)  # fmt: skip
+    doc, uuid = _parse(args.xml_desc)
+    name = doc.get("name")
+    if isinstance(name, str) and name in conn.manager.domains:
+        raise AlreadyExists(f"domain '{name}' already exists; start it (virsh start)")
+    dom = await conn.manager.define(conn.caller, doc, uuid=uuid)
+    try:
+        dom = await conn.manager.start(conn.caller, dom.name)
+    except Exception:
+        with contextlib.suppress(Exception):  # the start's error is the one to report
+            await conn.manager.undefine(conn.caller, dom.name)
+        raise
+    return r.remote_domain_create_xml_ret(wire(dom))
 
 
 @handles(r.REMOTE_PROC_DOMAIN_UNDEFINE)
@@ -466,95 +416,7 @@ async def suspend(conn: Connection, args: r.remote_domain_suspend_args) -> None:
 async def resume(conn: Connection, args: r.remote_domain_resume_args) -> None:
     await _lifecycle(conn, args.dom, "resume")
 
-
-# --- lifecycle events -------------------------------------------------------------------
-
-
-def lifecycle(record: EventRecord) -> tuple[int, int] | None:
-    """libvirt's (event, detail) for a Qumran event; None: libvirt has no such event."""
-    reason = Reason.parse(record.reason)
-    match Event(record.event) if record.event in Event._value2member_map_ else None:
-        case Event.DEFINED:
-            added = reason is Reason.DEFINED
-            return c.VIR_DOMAIN_EVENT_DEFINED, (
-                c.VIR_DOMAIN_EVENT_DEFINED_ADDED if added else c.VIR_DOMAIN_EVENT_DEFINED_UPDATED
-            )
-        case Event.UNDEFINED:
-            return c.VIR_DOMAIN_EVENT_UNDEFINED, 0
-        case Event.STARTED:
-            return c.VIR_DOMAIN_EVENT_STARTED, c.VIR_DOMAIN_EVENT_STARTED_BOOTED
-        case Event.SUSPENDED:
-            return c.VIR_DOMAIN_EVENT_SUSPENDED, c.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED
-        case Event.RESUMED:
-            return c.VIR_DOMAIN_EVENT_RESUMED, c.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED
-        case Event.SHUTDOWN if reason is Reason.GUEST:
-            return c.VIR_DOMAIN_EVENT_SHUTDOWN, c.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST
-        case Event.CRASHED:
-            return c.VIR_DOMAIN_EVENT_CRASHED, c.VIR_DOMAIN_EVENT_CRASHED_PANICKED
-        case Event.STOPPED:
-            detail = {Reason.DESTROYED: c.VIR_DOMAIN_EVENT_STOPPED_DESTROYED,
-                      Reason.CRASHED: c.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
-                      Reason.KILLED: c.VIR_DOMAIN_EVENT_STOPPED_FAILED,
-                      Reason.GONE: c.VIR_DOMAIN_EVENT_STOPPED_FAILED}.get(
-                          reason, c.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)  # fmt: skip
-            return c.VIR_DOMAIN_EVENT_STOPPED, detail
-    return None
-
-
-@handles(r.REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY)
-async def register_event(
-    conn: Connection, args: r.remote_connect_domain_event_callback_register_any_args
-) -> r.remote_connect_domain_event_callback_register_any_ret:
-    if args.eventID != c.VIR_DOMAIN_EVENT_ID_LIFECYCLE:
-        # Only lifecycle events exist in Qumran; registering for one that never comes
-        # would be harmless, but the client would wait for it in vain: say so.
-        from qumran.libvirt.errors import no_support
-
-        raise no_support(f"domain event {args.eventID} (Qumran sends lifecycle events)")
-    uuid = None
-    if args.dom is not None:
-        uuid = find(conn, args.dom).uuid
-    callback = conn.next_callback
-    conn.next_callback += 1
-    conn.callbacks[callback] = (args.eventID, uuid)
-    if conn.event_queue is None:
-        conn.event_queue = conn.manager.events.subscribe()
-        conn.spawn(_pump_events(conn, conn.event_queue), "libvirt events")
-    return r.remote_connect_domain_event_callback_register_any_ret(callback)
-
-
-@handles(r.REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY)
-async def deregister_event(
-    conn: Connection, args: r.remote_connect_domain_event_callback_deregister_any_args
-) -> None:
-    if conn.callbacks.pop(args.callbackID, None) is None:
-        raise RpcError(c.VIR_ERR_INVALID_ARG, f"no domain event callback {args.callbackID}")
-
-
-async def _pump_events(conn: Connection, queue: asyncio.Queue[EventRecord]) -> None:
-    everything = conn.caller.uid in (0, os.geteuid())  # the daemon's ownership rule
-    while True:
-        record = await queue.get()
-        if not (everything or record.owner == conn.caller.uid):
-            continue
-        mapped = lifecycle(record)
-        if mapped is None:
-            continue
-        dom = conn.manager.domains.get(record.vm)
-        live = dom if dom is not None and dom.uuid == record.uuid else None
-        ref = r.remote_nonnull_domain(record.vm, uuidlib.UUID(record.uuid).bytes,
-                                      dom_id(live) if live is not None else -1)  # fmt: skip
-        for callback, (_, uuid) in list(conn.callbacks.items()):
-            if uuid is None or uuid == record.uuid:
-                msg = r.remote_domain_event_callback_lifecycle_msg(
-                    callback, r.remote_domain_event_lifecycle_msg(ref, *mapped)
-                )
-                conn.send_event(r.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE, msg)
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.drain()
-
-
-# --- the console stream (qumran.libvirt.console) -------------------------------------
+# --- the console stream (qumran.libvirt.console) ---------------------------------------
 
 
 @handles(r.REMOTE_PROC_DOMAIN_OPEN_CONSOLE)
@@ -565,7 +427,6 @@ async def open_console(conn: Connection, args: r.remote_domain_open_console_args
     if args.dev_name not in (None, "serial0", "console0"):
         raise RpcError(c.VIR_ERR_INVALID_ARG, f"cannot find character device {args.dev_name}")
     assert conn.current is not None
-    stream = ConsoleStream(conn, conn.current, dom.run.console)
-    conn.streams[conn.current.serial] = stream
-    # The reply goes first (the server sends it when this returns); then the data.
-    conn.spawn(stream.pump(), f"libvirt console {dom.name}")
+    # Registered now, so the client's first keystrokes find it; its output waits in the
+    # pump's task until the call's reply is out (the server sends that when this returns).
+    ConsoleStream(conn, conn.current, dom.run.console).start()
