@@ -129,6 +129,15 @@ def start_error(said: str, exports: list[Export], vm: str) -> QumranError:
     return HypervisorError(f"{QSD} failed to start for VM {vm}: {said or 'it exited'}")
 
 
+def _silent_end(status: int | None, exc: BaseException) -> str:
+    """What is known of a storage daemon that failed without a word in its log."""
+    if status is None:
+        return f"it did not answer on its monitor ({type(exc).__name__}: {exc})"
+    if status < 0:
+        return f"it was killed by {signal.Signals(-status).name}, having written nothing"
+    return f"it exited with status {status}, having written nothing"
+
+
 class StorageDaemon:
     """One VM's qemu-storage-daemon: its process and its QMP session."""
 
@@ -162,11 +171,14 @@ class StorageDaemon:
             run_dir.write_file(PIDFILE, f"{process.pid}\n".encode(), 0o644)
             try:
                 monitor = await cls._open(spec.name, paths)
-            except BaseException:
+            except BaseException as exc:
+                status = process.reap()  # before the kill: how it ended, if it had
                 await kill(process)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 text = run_dir.read(LOG, offset, 1 << 16).decode(errors="replace")
                 said = " ".join(line.strip() for line in text.splitlines() if line.strip())
-                raise start_error(said, exports, spec.name) from None
+                raise start_error(said or _silent_end(status, exc), exports, spec.name) from None
         return cls(spec.name, process, monitor, paths)
 
     @classmethod
