@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from qumran.drivers import rundir
 from qumran.drivers.base import Owner, RunPaths
 from qumran.drivers.native import storage
 from qumran.drivers.native.storage import StorageDaemon
-from qumran.drivers.process import ProcState
-from qumran.errors import InvalidState
+from qumran.drivers.process import ProcState, Spawned
+from qumran.errors import HypervisorError, InvalidState
 from qumran.vmm.devices.virtio.vhost_user_blk import VhostUserBackend
 
 pytestmark = pytest.mark.skipif(storage.binary() is None, reason="needs qemu-storage-daemon")
@@ -123,3 +124,53 @@ def test_a_storage_daemon_left_from_an_earlier_run_is_stopped_at_the_next_start(
         await new.stop()
 
     asyncio.run(run())
+
+
+# A monitor that meets QEMU 7.2's start-up race once: it greets the first client and
+# hangs up on its capabilities, as the storage daemon does about one start in 25 to 50.
+_RACY_MONITOR = r"""
+import json, socket, sys
+server = socket.socket(fileno=int(sys.argv[1]))
+greeting = json.dumps({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7},
+                                           "package": ""}, "capabilities": []}}).encode()
+first, _ = server.accept()
+first.sendall(greeting + b"\r\n")
+first.recv(4096)
+first.close()
+conn, _ = server.accept()
+conn.sendall(greeting + b"\r\n")
+while chunk := conn.recv(4096):  # one command at a time, each answered
+    ask = json.loads(chunk)
+    conn.sendall(json.dumps({"return": {}, "id": ask.get("id")}).encode() + b"\r\n")
+"""
+
+
+def test_a_monitor_that_hangs_up_during_negotiation_is_connected_to_again(
+    tmp_path: Path,
+) -> None:
+    paths = _paths(tmp_path, "web")
+    with rundir.RunDir(paths) as run_dir:
+        listening = run_dir.listen(storage.MONITOR)
+    popen = subprocess.Popen([sys.executable, "-c", _RACY_MONITOR, str(listening.fileno())],
+                             pass_fds=[listening.fileno()])  # fmt: skip
+    listening.close()
+    try:
+
+        async def run() -> None:
+            monitor = await StorageDaemon._open("web", paths, Spawned(popen.pid, popen))
+            assert monitor.connected
+            assert await monitor.execute("query-block-exports") == {}
+            await monitor.close()
+
+        asyncio.run(run())
+    finally:
+        popen.kill()
+        popen.wait()
+
+
+def test_a_monitor_whose_daemon_died_is_not_connected_to_again(tmp_path: Path) -> None:
+    paths = _paths(tmp_path, "web")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with pytest.raises(HypervisorError, match="cannot connect to"):
+        asyncio.run(StorageDaemon._open("web", paths, Spawned(dead.pid, dead)))

@@ -171,11 +171,15 @@ async def readable(sock: socket.socket) -> None:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(sock.fileno(), wake)
+    fd = sock.fileno()
+    loop.add_reader(fd, wake)
     try:
         await ready
     finally:
-        loop.remove_reader(sock.fileno())
+        # Unless whoever closed the socket meanwhile removed it first (its number may
+        # already belong to another socket, whose reader this must not remove).
+        if sock.fileno() == fd:
+            loop.remove_reader(fd)
 
 
 def _peer_uid(conn: socket.socket) -> int | None:
@@ -240,14 +244,23 @@ class EarlyServer:
         self._accepting = asyncio.get_running_loop().create_task(self._accept(), name="early")
 
     async def _accept(self) -> None:
+        # Not loop.sock_accept: cancelled (by the hand-over) after its accept() but before
+        # this task resumed, it drops the connection it took, and the client, its request
+        # unread, is reset. Here the accept() runs in this task, after the wait: a
+        # cancellation during the wait leaves the connection in the backlog.
         loop = asyncio.get_running_loop()
         while True:
             await self._room.acquire()
             try:
-                conn, _ = await loop.sock_accept(self._sock)
+                await readable(self._sock)
             except BaseException:
                 self._room.release()
                 raise
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                self._room.release()
+                continue
             conn.setblocking(False)
             pending = _Pending(conn)
             self._pending.add(pending)
@@ -331,9 +344,8 @@ class EarlyServer:
         if self._accepting is not None:
             self._accepting.cancel()
             self._accepting = None
-        # The loop may already hold sock_accept's callback for this round (a client came
-        # as we stopped): without its reader it is skipped, where it would accept on the
-        # closed socket and fail on the cancelled future (asyncio's InvalidStateError).
+        # The task ends on its next step; the reader goes now, before the socket it
+        # watches is closed (see ``readable``).
         if self._sock.fileno() >= 0:
             with contextlib.suppress(RuntimeError):  # no running loop: nothing registered
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())

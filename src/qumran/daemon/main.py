@@ -65,6 +65,9 @@ def make_drivers(kind: str) -> dict[str, Driver]:
 # before the old qumrand lets go of it (uvicorn would close it unanswered at once). Ours
 # send at once; this bounds what a client that never sends can hold up.
 FIRST_REQUEST_GRACE = 1.0
+# Loop steps from asyncio's accept() of a connection to its protocol's connection_made:
+# its _accept_connection2 task's first step, then the transport's call_soon. One spare.
+_ACCEPT_STEPS = 3
 
 
 def _server_class() -> type:
@@ -143,6 +146,13 @@ def _server_class() -> type:
             doing nothing. Here the look is every few ms. (No lifespan: it is off.)"""
             for server in self.servers:
                 server.close()  # a restart's duplicate keeps the socket listening
+            # asyncio accepts eagerly (up to the backlog per wake-up) and makes each
+            # connection's protocol a step or two later; until then uvicorn does not know
+            # the connection. Let those steps run, so that every connection accepted is
+            # seen below: one missed is closed at the exec with its request unread, and
+            # its client is reset.
+            for _ in range(_ACCEPT_STEPS):
+                await asyncio.sleep(0)
             if self.handing_over:
                 await self._let_requests_arrive()
             for sock in sockets or []:

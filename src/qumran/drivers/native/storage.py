@@ -47,6 +47,8 @@ MONITOR = "storage.sock"
 PIDFILE = "storage.pid"
 LOG = "storage.log"
 START_TIMEOUT = 30.0
+SESSION_TIMEOUT = 3.0  # one try at the monitor's greeting and negotiation (see _open)
+RETRY_PAUSE = 0.05
 MAX_QUEUES = 16  # what qumran-vmm's vhost-user-blk takes
 STOP_GRACE = 5.0  # seconds after SIGTERM to flush a qcow2's tables before SIGKILL
 SERVED_FORMATS = frozenset({"qcow2"})  # raw: qumran-vmm's own virtio-blk is faster
@@ -129,6 +131,15 @@ def start_error(said: str, exports: list[Export], vm: str) -> QumranError:
     return HypervisorError(f"{QSD} failed to start for VM {vm}: {said or 'it exited'}")
 
 
+def _silent_end(status: int | None, exc: BaseException) -> str:
+    """What is known of a storage daemon that failed without a word in its log."""
+    if status is None:
+        return f"it did not answer on its monitor ({type(exc).__name__}: {exc})"
+    if status < 0:
+        return f"it was killed by {signal.Signals(-status).name}, having written nothing"
+    return f"it exited with status {status}, having written nothing"
+
+
 class StorageDaemon:
     """One VM's qemu-storage-daemon: its process and its QMP session."""
 
@@ -161,12 +172,15 @@ class StorageDaemon:
                 os.close(output)
             run_dir.write_file(PIDFILE, f"{process.pid}\n".encode(), 0o644)
             try:
-                monitor = await cls._open(spec.name, paths)
-            except BaseException:
+                monitor = await cls._open(spec.name, paths, process)
+            except BaseException as exc:
+                status = process.reap()  # before the kill: how it ended, if it had
                 await kill(process)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 text = run_dir.read(LOG, offset, 1 << 16).decode(errors="replace")
                 said = " ".join(line.strip() for line in text.splitlines() if line.strip())
-                raise start_error(said, exports, spec.name) from None
+                raise start_error(said or _silent_end(status, exc), exports, spec.name) from None
         return cls(spec.name, process, monitor, paths)
 
     @classmethod
@@ -181,18 +195,42 @@ class StorageDaemon:
         if not pid or process.state() is ProcState.GONE or not _is_ours(pid, paths):
             return None
         try:
-            monitor = await cls._open(spec.name, paths)
+            monitor = await cls._open(spec.name, paths, process)
         except (QumranError, OSError, TimeoutError) as exc:
             log.error("VM %s: cannot re-attach to its storage daemon %d: %s", spec.name, pid, exc)
             return None
         return cls(spec.name, process, monitor, paths)
 
     @staticmethod
-    async def _open(vm: str, paths: RunPaths) -> QmpMonitor:
-        """The QMP session on ``storage.sock``. No SO_PEERCRED check, unlike qumran-vmm's
-        monitor: QEMU does not listen() again on a socket it inherits, so the kernel names
-        the daemon that bound it. None is needed: that socket sits in the daemon's own
-        directory and only the storage daemon was ever given it."""
+    async def _open(vm: str, paths: RunPaths, process: Spawned) -> QmpMonitor:
+        """The QMP session on ``storage.sock``, connecting again while the daemon lives
+        and a session does not come up.
+
+        QEMU 7.2 has a start-up race: for a moment both its main thread and its monitor
+        I/O thread watch the monitor's socket, and a client that connects then may get
+        the greeting and no answer, or the connection closed (measured: 1 start in 25 to
+        50, the daemon alive and well). A new connection is answered. (Fixed upstream in
+        QEMU's monitor/qmp.c, 2025; the storage daemon meets it more than QEMU itself
+        because its main loop starts right after the monitor is made.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            left = deadline - loop.time()
+            try:
+                return await StorageDaemon._session(vm, paths, min(SESSION_TIMEOUT, left))
+            except (HypervisorError, TimeoutError) as exc:
+                if process.state() is ProcState.GONE or loop.time() >= deadline:
+                    raise
+                said = exc.message if isinstance(exc, HypervisorError) else "no answer"
+                log.info("VM %s: the storage daemon's monitor: %s; connecting again", vm, said)
+                await asyncio.sleep(RETRY_PAUSE)
+
+    @staticmethod
+    async def _session(vm: str, paths: RunPaths, timeout: float) -> QmpMonitor:
+        """One try. No SO_PEERCRED check, unlike qumran-vmm's monitor: QEMU does not
+        listen() again on a socket it inherits, so the kernel names the daemon that bound
+        it. None is needed: that socket sits in the daemon's own directory and only the
+        storage daemon was ever given it."""
         from qumran.drivers.qemu.monitor import QmpMonitor
 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -205,9 +243,10 @@ class StorageDaemon:
             raise HypervisorError(f"cannot connect to {where}: {exc.strerror}") from None
         session = QmpMonitor(f"{vm} (storage)", _no_events)
         try:
-            async with asyncio.timeout(START_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 await session.connect(sock)
         except BaseException:
+            await session.close()
             sock.close()
             raise
         return session
