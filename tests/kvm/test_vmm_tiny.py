@@ -70,7 +70,13 @@ def test_ps_shows_the_vms_name(vmm_factory: MakeVmm, workdir: Path) -> None:
     ps = subprocess.run(["ps", "-o", "comm=,args=", "-p", str(vmm.pid)],
                         capture_output=True, text=True, check=True)  # fmt: skip
     comm, args = ps.stdout.split(None, 1)
-    assert comm == "web-frontend-7" and args.strip() == "qumran-vmm web-frontend-7", ps.stdout
+    assert comm == "web-frontend-7", ps.stdout
+    assert args.startswith("qumran-vmm --name web-frontend-7 "), ps.stdout  # not python3's
+    assert Path(f"/proc/{vmm.pid}/cmdline").read_bytes().split(b"\0")[:3] == [
+        b"qumran-vmm",
+        b"--name",
+        b"web-frontend-7",
+    ]
     threads = os.listdir(f"/proc/{vmm.pid}/task")
     names = {Path(f"/proc/{vmm.pid}/task/{t}/comm").read_text().strip() for t in threads}
     assert "CPU 0/KVM" in names, names

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     set_thread_name(args.name)
     if argv is None:  # the program itself, not a test calling main() in its own process
-        set_process_title(f"qumran-vmm {args.name}")  # what ps shows, not python3's argv
+        set_process_title(["qumran-vmm", *sys.argv[1:]])  # not python3's path and ours
         try:
             confine.prepare(args.name)  # seccomp filters for the threads started from here
         except RuntimeError as exc:
