@@ -235,15 +235,20 @@ def test_vcpu_and_device_threads_run_under_seccomp_with_no_new_privs(
     assert vmm.wait(30) == 0  # the filters let the threads stop and the process exit
 
 
-@pytest.mark.parametrize(("role", "thread"), [("vcpu", "vcpu"), ("io", "io")])
+@pytest.mark.parametrize(("role", "thread", "call"), [
+    ("vcpu", "vcpu", "ptrace (101)"),
+    ("io", "io", "ptrace (101)"),
+    ("io:ioctl", "io", "ioctl (16)"),  # the I/O thread's ioctls: KVM_IRQ_LINE only
+])  # fmt: skip
 def test_a_forbidden_system_call_stops_the_vmm_and_is_named(
-    vmm_factory: MakeVmm, workdir: Path, monkeypatch: pytest.MonkeyPatch, role: str, thread: str
-) -> None:
-    monkeypatch.setenv("QUMRAN_VMM_SECCOMP_PROBE", role)  # test-only: call ptrace there
+    vmm_factory: MakeVmm, workdir: Path, monkeypatch: pytest.MonkeyPatch, role: str, thread: str,
+    call: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("QUMRAN_VMM_SECCOMP_PROBE", role)  # test-only: a forbidden call there
     kernel = _kernel(workdir, "probe", tinykernel.reset_on_key())
     vmm = vmm_factory(kernel, memory="64M", name="probed", extra=["--force-kvm", "--rng"])
     assert vmm.start().wait(60) == 1
-    assert (f"qumran-vmm: probed: forbidden system call ptrace (101) in the {thread} thread"
+    assert (f"qumran-vmm: probed: forbidden system call {call} in the {thread} thread"
             in vmm.stderr), vmm.stderr  # fmt: skip
     # Ended on the spot, as by SIGKILL: nothing removed its control socket.
     (workdir / "control.sock").unlink()
