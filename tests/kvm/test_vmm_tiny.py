@@ -5,6 +5,7 @@ with vmx/svm (``--force-kvm``), so they also run on a host with a software KVM."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -63,7 +64,7 @@ def test_triple_fault_is_a_crash(vmm_factory: MakeVmm, workdir: Path) -> None:
     assert "last exits (oldest first): IoOut(port=0x3f8, size=0x1) x11, TripleFault" in err, err
 
 
-def test_ps_shows_the_vms_name(vmm_factory: MakeVmm, workdir: Path) -> None:
+def test_ps_shows_the_vms_name_and_the_limits_hold(vmm_factory: MakeVmm, workdir: Path) -> None:
     kernel = _kernel(workdir, "named", tinykernel.reset_on_key())
     vmm = vmm_factory(kernel, memory="64M", name="web-frontend-7", extra=["--force-kvm"])
     vmm.start().console.wait_for("TINY-BOOT", 60)
@@ -77,6 +78,9 @@ def test_ps_shows_the_vms_name(vmm_factory: MakeVmm, workdir: Path) -> None:
         b"--name",
         b"web-frontend-7",
     ]
+    limits = Path(f"/proc/{vmm.pid}/limits").read_text()
+    assert re.search(r"Max open files +4096 +4096 ", limits), limits
+    assert re.search(r"Max core file size +0 +0 ", limits), limits
     threads = os.listdir(f"/proc/{vmm.pid}/task")
     names = {Path(f"/proc/{vmm.pid}/task/{t}/comm").read_text().strip() for t in threads}
     assert "CPU 0/KVM" in names, names

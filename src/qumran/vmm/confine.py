@@ -1,4 +1,5 @@
-"""Confinement of the VMM process: seccomp filters per thread, no_new_privs, limits.
+"""Confinement of the VMM process: seccomp filters per thread, no_new_privs, limits (no
+core file, at most :data:`MAX_FILES` open files).
 
 A hostile guest's way out is a bug in the device code it drives: the vCPU threads (every
 port and MMIO access) and the device threads (every virtqueue). Each of them, as it
@@ -39,6 +40,7 @@ SYS_IOCTL = 16  # x86-64
 TCGETS = 0x5401  # asm-generic/ioctls.h
 SYSTEM_MODULES = "/usr/lib/python3/dist-packages"
 EXIT_FORBIDDEN = 1
+MAX_FILES = 4096  # RLIMIT_NOFILE of a VMM process (prepare)
 _libc = ctypes.CDLL(None, use_errno=True)
 _names: dict[int, str] = {}  # syscall number -> name, filled before any filter is loaded
 _roles: dict[int, str] = {}  # native thread id -> role, for the message
@@ -142,6 +144,12 @@ def prepare(vm_name: str) -> None:
         log.warning("prctl(PR_SET_NO_NEW_PRIVS) failed: errno %d", ctypes.get_errno())
     # No core file: it would hold the guest's memory, readable by whoever reads the dumps.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Open files capped, hard limit too: device code a guest makes leak descriptors stops
+    # at this, not at the owner's limit (shared with every other process of the owner's).
+    # A VMM holds a few per device and queue: 16 queues of a vhost-user disk take 40.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = MAX_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_FILES)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
     if not enabled():
         return
     from qumran.vmm.syscalls import ALL_NAMES
