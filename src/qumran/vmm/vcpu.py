@@ -3,6 +3,18 @@
 ``pause`` kicks the thread out of KVM_RUN (``immediate_exit`` plus a signal, so there is
 no window in which the kick is lost) and holds it; ``resume`` releases it; ``stop`` makes
 it return. Exits are typed values (:mod:`qumran.kvm.exits`) dispatched with ``match``.
+
+A paused vCPU is held only after a KVM_RUN that returned ``Interrupted``. After a port or
+MMIO exit, KVM finishes the instruction in the next KVM_RUN (an IN's value reaches RAX,
+RIP moves past the IN or OUT; api.rst: "the corresponding operations are complete (and
+guest state is consistent) only after userspace has re-entered the kernel with
+KVM_RUN"). Held before that, the vCPU's registers still point at an instruction whose
+device side effect has happened, and a snapshot taken then makes the restored guest do
+it again: reading the UART's IIR a second time, after the first read acknowledged the
+THRE interrupt, the guest's serial driver finds nothing pending and waits for an
+interrupt that never comes. So a pause goes through KVM_RUN once more, with the kick's
+``immediate_exit`` set: KVM completes the exit and returns at once, no guest
+instruction run.
 """
 
 from __future__ import annotations
@@ -182,9 +194,13 @@ class VcpuThread:
                     self._state = RunState.STOPPING
                 self._move(RunState.STOPPED)
 
-    def _wait_runnable(self) -> bool:
-        """Park while paused; False once the thread must stop."""
+    def _wait_runnable(self, settled: bool) -> bool:
+        """Park while paused; False once the thread must stop. ``settled``: the last
+        KVM_RUN returned ``Interrupted``; until then a pause runs again (see the module's
+        docstring)."""
         with self._cond:
+            if not settled and self._state is RunState.PAUSED:
+                return True
             while self._state is RunState.PAUSED:
                 self._held = True
                 self._cond.notify_all()
@@ -195,9 +211,11 @@ class VcpuThread:
     def _loop(self) -> None:
         vcpu, bus, page, exits = self.vcpu, self._bus, self.vcpu.run_page, self.exits
         mmio, recent = self._mmio, self.recent.append
-        while self._wait_runnable():
+        settled = True  # no exit waits for a KVM_RUN to complete it
+        while self._wait_runnable(settled):
             exit_ = vcpu.run()
             recent(exit_)
+            settled = False
             match exit_:
                 case IoOut(port, size, count, data):
                     exits["io"] += 1
@@ -210,6 +228,7 @@ class VcpuThread:
                 case Interrupted():
                     exits["intr"] += 1
                     vcpu.set_immediate_exit(False)
+                    settled = True
                 case MmioRead(addr, length):
                     exits["mmio"] += 1
                     vcpu.complete_mmio_read(mmio.mmio_read(addr, length))
