@@ -307,7 +307,7 @@ def _read_as_passt(sock: socket.socket, count: int, out: list[bytes], rests: lis
 
 
 def test_passt_can_complete_every_frame_it_reads_in_part() -> None:
-    """The kernel queues a stream sendmsg in pieces (36,480 bytes on Linux 6.1), which a
+    """The kernel queues a stream sendmsg in pieces (36,544 bytes on Linux 6.1), which a
     reader takes whole, and passt completes a partly read frame with one recv: the rest
     of a frame must be one piece, as it is when each frame starts a sendmsg (at most two
     pieces). Frames packed in one sendmsg were cut anywhere: rests of up to a whole frame,

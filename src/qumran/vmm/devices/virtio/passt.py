@@ -387,8 +387,9 @@ class PasstNet(VirtioDevice):
         frame and every frame parsed in the same read, and then takes the middle of the
         frame for a length (the stream is out of step until a read happens to begin on a
         frame). It also drops 1 to 4 bytes of a length left at the end of a read. The
-        kernel queues a stream sendmsg in pieces of at most 36,480 bytes (SKB_MAX_HEAD(0)
-        + 32 KiB on Linux 6.1 with 4 KiB pages), and a reader takes a piece whole. A frame
+        kernel queues a stream sendmsg in pieces of at most 36,544 bytes (SKB_MAX_HEAD(0)
+        + 32 KiB on Linux 6.1 with 4 KiB pages, seen in passt's reads), and a reader takes
+        a piece whole. A frame
         sent alone, starting a sendmsg, is at most two pieces: if passt sees part of it,
         the rest is one piece, queued at once, which its one recv takes whole (QEMU writes
         frames this way). Frames packed into one sendmsg are cut anywhere instead: with the
