@@ -11,7 +11,6 @@ One test, one boot of each guest: nested emulation makes every boot slow.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,6 @@ from netvm import LAN, boot, define_demo, dhcp, net_daemon, ping, qumran, sh
 from qumran.images.demo import DemoImage
 
 pytestmark = [
-    pytest.mark.skipif(
-        os.environ.get("QUMRAN_KVM_UNSTABLE") != "1",
-        reason="failed 3 of 3 tries in a loaded test host at the end of session 6 (cause not yet"
-        " found); QUMRAN_KVM_UNSTABLE=1 runs it",
-    ),
     pytest.mark.kvm,
     pytest.mark.skipif(available() is not None, reason=str(available())),
 ]

@@ -5,6 +5,7 @@ with vmx/svm (``--force-kvm``), so they also run on a host with a software KVM."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -63,14 +64,23 @@ def test_triple_fault_is_a_crash(vmm_factory: MakeVmm, workdir: Path) -> None:
     assert "last exits (oldest first): IoOut(port=0x3f8, size=0x1) x11, TripleFault" in err, err
 
 
-def test_ps_shows_the_vms_name(vmm_factory: MakeVmm, workdir: Path) -> None:
+def test_ps_shows_the_vms_name_and_the_limits_hold(vmm_factory: MakeVmm, workdir: Path) -> None:
     kernel = _kernel(workdir, "named", tinykernel.reset_on_key())
     vmm = vmm_factory(kernel, memory="64M", name="web-frontend-7", extra=["--force-kvm"])
     vmm.start().console.wait_for("TINY-BOOT", 60)
     ps = subprocess.run(["ps", "-o", "comm=,args=", "-p", str(vmm.pid)],
                         capture_output=True, text=True, check=True)  # fmt: skip
     comm, args = ps.stdout.split(None, 1)
-    assert comm == "web-frontend-7" and args.strip() == "qumran-vmm web-frontend-7", ps.stdout
+    assert comm == "web-frontend-7", ps.stdout
+    assert args.startswith("qumran-vmm --name web-frontend-7 "), ps.stdout  # not python3's
+    assert Path(f"/proc/{vmm.pid}/cmdline").read_bytes().split(b"\0")[:3] == [
+        b"qumran-vmm",
+        b"--name",
+        b"web-frontend-7",
+    ]
+    limits = Path(f"/proc/{vmm.pid}/limits").read_text()
+    assert re.search(r"Max open files +4096 +4096 ", limits), limits
+    assert re.search(r"Max core file size +0 +0 ", limits), limits
     threads = os.listdir(f"/proc/{vmm.pid}/task")
     names = {Path(f"/proc/{vmm.pid}/task/{t}/comm").read_text().strip() for t in threads}
     assert "CPU 0/KVM" in names, names
@@ -229,15 +239,20 @@ def test_vcpu_and_device_threads_run_under_seccomp_with_no_new_privs(
     assert vmm.wait(30) == 0  # the filters let the threads stop and the process exit
 
 
-@pytest.mark.parametrize(("role", "thread"), [("vcpu", "vcpu"), ("io", "io")])
+@pytest.mark.parametrize(("role", "thread", "call"), [
+    ("vcpu", "vcpu", "ptrace (101)"),
+    ("io", "io", "ptrace (101)"),
+    ("io:ioctl", "io", "ioctl (16)"),  # the I/O thread's ioctls: KVM_IRQ_LINE only
+])  # fmt: skip
 def test_a_forbidden_system_call_stops_the_vmm_and_is_named(
-    vmm_factory: MakeVmm, workdir: Path, monkeypatch: pytest.MonkeyPatch, role: str, thread: str
-) -> None:
-    monkeypatch.setenv("QUMRAN_VMM_SECCOMP_PROBE", role)  # test-only: call ptrace there
+    vmm_factory: MakeVmm, workdir: Path, monkeypatch: pytest.MonkeyPatch, role: str, thread: str,
+    call: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("QUMRAN_VMM_SECCOMP_PROBE", role)  # test-only: a forbidden call there
     kernel = _kernel(workdir, "probe", tinykernel.reset_on_key())
     vmm = vmm_factory(kernel, memory="64M", name="probed", extra=["--force-kvm", "--rng"])
     assert vmm.start().wait(60) == 1
-    assert (f"qumran-vmm: probed: forbidden system call ptrace (101) in the {thread} thread"
+    assert (f"qumran-vmm: probed: forbidden system call {call} in the {thread} thread"
             in vmm.stderr), vmm.stderr  # fmt: skip
     # Ended on the spot, as by SIGKILL: nothing removed its control socket.
     (workdir / "control.sock").unlink()

@@ -1,4 +1,5 @@
-"""Confinement of the VMM process: seccomp filters per thread, no_new_privs, limits.
+"""Confinement of the VMM process: seccomp filters per thread, no_new_privs, limits (no
+core file, at most :data:`MAX_FILES` open files).
 
 A hostile guest's way out is a bug in the device code it drives: the vCPU threads (every
 port and MMIO access) and the device threads (every virtqueue). Each of them, as it
@@ -17,7 +18,7 @@ interpreter's, so a module built for another one is never picked up). No .pth fi
 
 ``QUMRAN_VMM_SECCOMP=off`` leaves the filters out (for tracing the calls anew). For tests
 only, ``QUMRAN_VMM_SECCOMP_PROBE=ROLE`` makes the first thread of that role call
-``ptrace``, which no list allows.
+``ptrace``, which no list allows, and ``ROLE:ioctl`` an ioctl its argument rule refuses.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ log = get_logger(__name__)
 
 PR_SET_NO_NEW_PRIVS = 38
 SYS_PTRACE = 101  # x86-64
+SYS_IOCTL = 16  # x86-64
+TCGETS = 0x5401  # asm-generic/ioctls.h
 SYSTEM_MODULES = "/usr/lib/python3/dist-packages"
 EXIT_FORBIDDEN = 1
+MAX_FILES = 4096  # RLIMIT_NOFILE of a VMM process (prepare)
 _libc = ctypes.CDLL(None, use_errno=True)
 _names: dict[int, str] = {}  # syscall number -> name, filled before any filter is loaded
 _roles: dict[int, str] = {}  # native thread id -> role, for the message
@@ -140,6 +144,12 @@ def prepare(vm_name: str) -> None:
         log.warning("prctl(PR_SET_NO_NEW_PRIVS) failed: errno %d", ctypes.get_errno())
     # No core file: it would hold the guest's memory, readable by whoever reads the dumps.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Open files capped, hard limit too: device code a guest makes leak descriptors stops
+    # at this, not at the owner's limit (shared with every other process of the owner's).
+    # A VMM holds a few per device and queue: 16 queues of a vhost-user disk take 40.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = MAX_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_FILES)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (cap, cap))
     if not enabled():
         return
     from qumran.vmm.syscalls import ALL_NAMES
@@ -161,7 +171,7 @@ def enter(role: str) -> None:
     nothing unless :func:`prepare` ran (the VMM's main), so device tests run unfiltered."""
     if not _active:
         return
-    from qumran.vmm.syscalls import ALLOWED
+    from qumran.vmm.syscalls import ALLOWED, ARG_RULES
 
     seccomp = load_seccomp()
     _roles[threading.get_native_id()] = role
@@ -171,7 +181,15 @@ def enter(role: str) -> None:
             f.add_rule(seccomp.ALLOW, name)  # type: ignore[attr-defined]
         except (ValueError, RuntimeError):
             continue  # a call this kernel or libseccomp does not know
+    for name, (index, values) in ARG_RULES.get(role, {}).items():
+        for value in values:
+            arg = seccomp.Arg(index, seccomp.EQ, value)  # type: ignore[attr-defined]
+            f.add_rule(seccomp.ALLOW, name, arg)  # type: ignore[attr-defined]
     f.load()
-    if os.environ.get("QUMRAN_VMM_SECCOMP_PROBE") == role and role not in _probed:
-        _probed.add(role)
-        _libc.syscall(SYS_PTRACE, 0, 0, 0, 0)
+    probe = os.environ.get("QUMRAN_VMM_SECCOMP_PROBE", "")
+    if probe.partition(":")[0] == role and probe not in _probed:
+        _probed.add(probe)
+        if probe.endswith(":ioctl"):  # an ioctl the role's argument rule does not allow
+            _libc.syscall(SYS_IOCTL, -1, TCGETS, 0)
+        else:
+            _libc.syscall(SYS_PTRACE, 0, 0, 0, 0)

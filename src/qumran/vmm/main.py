@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     set_thread_name(args.name or "qumran-vmm")
     if argv is None:  # the program itself, not a test calling main() in its own process
-        # What ps shows, not python3's argv.
-        set_process_title(f"qumran-vmm {args.name or ''}".rstrip())
+        set_process_title(["qumran-vmm", *sys.argv[1:]])  # not python3's path and ours
         try:
             # Seccomp filters for the threads started from here.
             confine.prepare(args.name or "qumran-vmm")

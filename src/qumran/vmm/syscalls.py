@@ -24,9 +24,17 @@ drive, named here:
   resets the device (the trace's guest never did);
 - blk: ``preadv2``, ``pwritev2`` (the helpers move large requests; the trace's were small
   enough for the I/O thread's one-transfer path, which made these calls there).
+
+Allowed with one argument checked (:data:`ARG_RULES`):
+- io: ``ioctl`` with request ``KVM_IRQ_LINE`` only: a device's INTx line, raised from the
+  I/O thread when the guest's driver runs without MSI-X (``pci=nomsi``, or a driver that
+  never enables it). The trace's guest used MSI-X, whose interrupts are irqfd writes, so
+  the INTx tests of the KVM tier found this one.
 """
 
 from __future__ import annotations
+
+from qumran.kvm.constants import KVM_IRQ_LINE
 
 _COMMON = ("rt_sigreturn", "write", "exit_group", "brk", "mremap")
 VCPU = ("clock_gettime", "epoll_ctl", "exit", "futex", "gettid", "ioctl", "madvise", "mmap",
@@ -42,4 +50,8 @@ BLK = ("clock_gettime", "exit", "futex", "gettid", "madvise", "mmap", "mprotect"
        "preadv2", "pwritev2", *_COMMON)  # fmt: skip
 
 ALLOWED = {"vcpu": VCPU, "io": IO, "blk": BLK}
+# role -> call -> (argument index, the values it may have)
+ARG_RULES: dict[str, dict[str, tuple[int, tuple[int, ...]]]] = {
+    "io": {"ioctl": (1, (KVM_IRQ_LINE,))},
+}
 ALL_NAMES = tuple(sorted(set(VCPU) | set(IO) | set(BLK)))

@@ -18,12 +18,12 @@ error that stops the VM before the guest starts. The background passt lives as l
 socket: however the VMM ends (even SIGKILL), its end closes and passt quits.
 
 Data path (the device I/O loop, in Python, as the TAP device without vhost):
-- transmit: each chain is the 12-byte ``virtio_net_hdr_v1`` and a frame; the frames of one
-  kick go out in as few ``sendmsg`` calls as IOV_MAX allows, each behind its length,
-  straight from guest memory, never blocking (see ``_send``). No
-  checksum or segmentation offload is offered (passt takes whole frames only), but a
-  65520-byte MTU is (VIRTIO_NET_F_MTU, passt's own default), so TCP still moves in large
-  frames;
+- transmit: each chain is the 12-byte ``virtio_net_hdr_v1`` and a frame; each frame goes
+  out behind its length in a ``sendmsg`` of its own, as QEMU writes them, straight from
+  guest memory, never blocking (see ``_send``). Never several frames in one call: Debian
+  12's passt loses frames then (see ``_transmit``). No checksum or segmentation offload
+  is offered (passt takes whole frames only), but a 65520-byte MTU is (VIRTIO_NET_F_MTU,
+  passt's own default), so TCP still moves in large frames;
 - receive: the stream is read in large pieces into a buffer, cut into frames, and each is
   copied behind a zeroed header into the guest's receive chains, spread over several with
   MRG_RXBUF. When the guest has no buffers left the socket is not read (passt then holds
@@ -59,9 +59,11 @@ GUEST_ADDR, GATEWAY, PREFIX = "10.0.2.15", "10.0.2.2", "24"  # QEMU's user-mode 
 LOOPBACK_MAC = "52:55:0a:00:02:02"  # passt's own MAC without a default route: slirp's
 READ_SIZE = 1 << 18
 SETUP_TIMEOUT = 30.0  # passt checks its options and binds its ports in milliseconds
-TX_BATCH = 64  # frames per sendmsg, at most
-IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one sendmsg takes (1024 on Linux)
 MAX_FRAME_VIEWS = 64  # more buffers than this in one frame: joined into one first
+# Our socket's send buffer (the kernel doubles it). It must stay above 73 KB, so that the
+# kernel queues a frame in at most two pieces (see _transmit), and below passt's 8 MB read
+# buffer, so that passt's reads always end on a piece's end.
+SNDBUF = 1 << 21
 _ZERO_HDR = bytes(NET_HDR_LEN)
 POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
 
@@ -188,7 +190,7 @@ class PasstLink:
             raise DeviceError(f"--net passt: passt failed to start: {why}")
         ours.setblocking(True)  # every call says MSG_DONTWAIT itself
         with contextlib.suppress(OSError):
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         log.info("%s: passt started (%s)", name or "net", " ".join(argv[1:]))
         return cls(ours, spec.forwards)
@@ -377,38 +379,41 @@ class PasstNet(VirtioDevice):
     # --- transmit -------------------------------------------------------------------------
 
     def _transmit(self, ctx: DeviceContext) -> int:
-        """Send every chain on the transmit queue to passt; the number of frames sent."""
+        """Send every chain on the transmit queue to passt; the number of frames sent.
+
+        One frame per ``sendmsg``, never a batch. passt 0.0~git20230309 (Debian 12; tap.c,
+        tap_handler_passt) reads whatever is queued on its socket, and when that ends inside
+        a frame, completes the frame with ONE more recv: if that returns short, it drops the
+        frame and every frame parsed in the same read, and then takes the middle of the
+        frame for a length (the stream is out of step until a read happens to begin on a
+        frame). It also drops 1 to 4 bytes of a length left at the end of a read. The
+        kernel queues a stream sendmsg in pieces of at most 36,544 bytes (SKB_MAX_HEAD(0)
+        + 32 KiB on Linux 6.1 with 4 KiB pages, seen in passt's reads), and a reader takes
+        a piece whole. A frame
+        sent alone, starting a sendmsg, is at most two pieces: if passt sees part of it,
+        the rest is one piece, queued at once, which its one recv takes whole (QEMU writes
+        frames this way). Frames packed into one sendmsg are cut anywhere instead: with the
+        rest of a frame in two pieces, passt read one, lost frames, and a guest-to-host
+        transfer came up short (passt also takes a bare FIN without checking that the data
+        before it arrived: it ends the host's connection after a loss near the end).
+        """
         queue, ram = ctx.queues[TX], ctx.ram
         done = packets = nbytes = 0
         try:
-            while True:
-                iov: list[memoryview | bytes] = []
-                heads: list[int] = []
-                # One sendmsg per batch, within IOV_MAX buffers: a 64 KiB frame from Linux
-                # is its head and up to 17 page fragments, so 64 of them would not fit.
-                while len(heads) < TX_BATCH and len(iov) < IOV_MAX - MAX_FRAME_VIEWS:
-                    chain = queue.pop(ram)
-                    if chain is None:
-                        break
-                    if chain.writable:
-                        raise QueueError("virtio-net transmit chain with device-writable buffers")
-                    heads.append(chain.head)
-                    views = _skip(chain.readable, NET_HDR_LEN)
-                    length = sum(map(len, views))
-                    if len(views) > MAX_FRAME_VIEWS:  # a frame in crumbs: copied whole
-                        views = [b"".join(views)]
-                    if 0 < length <= MAX_FRAME:  # passt refuses anything larger anyway
-                        iov.append(length.to_bytes(4, "big"))
-                        iov += views
-                        packets += 1
-                        nbytes += length
-                if not heads:
-                    break
-                if iov and self.link.alive:
-                    self._send(ctx, iov)
-                for head in heads:
-                    queue.push(head, 0)
-                done += len(heads)
+            while (chain := queue.pop(ram)) is not None:
+                if chain.writable:
+                    raise QueueError("virtio-net transmit chain with device-writable buffers")
+                views = _skip(chain.readable, NET_HDR_LEN)
+                length = sum(map(len, views))
+                if len(views) > MAX_FRAME_VIEWS:  # a frame in crumbs: copied whole
+                    views = [b"".join(views)]
+                # passt refuses anything larger anyway; a dead passt takes nothing.
+                if 0 < length <= MAX_FRAME and self.link.alive:
+                    self._send(ctx, [length.to_bytes(4, "big"), *views])
+                    packets += 1
+                    nbytes += length
+                queue.push(chain.head, 0)
+                done += 1
         finally:
             if done:
                 self.counters["tx_packets"] += packets
@@ -417,7 +422,9 @@ class PasstNet(VirtioDevice):
         return packets
 
     def _send(self, ctx: DeviceContext, iov: list[memoryview | bytes]) -> None:
-        """All of ``iov``, however many calls it takes; a dead passt drops it.
+        """All of ``iov`` (one frame), however many calls it takes; a dead passt drops it.
+        A call that takes part of a frame ends on one of the kernel's pieces, so the rest
+        goes in one piece too (see ``_transmit``).
 
         Never blocks while passt has frames for us: passt does not wait for a full socket
         (it drops what it cannot write), so a device stuck in sendmsg would lose the very
