@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from vmm_harness import Vmm
 
+from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
 from qumran.images.demo import DemoImage, build_demo, default_cache_dir
 
 
@@ -83,3 +84,16 @@ def vmm_factory(workdir: Path) -> Iterator[Callable[..., Vmm]]:
     yield make
     for vmm in made:
         vmm.close()
+
+
+@pytest.fixture
+def kvm_daemon() -> Iterator[Daemon]:
+    """A real-driver qumrand of the test's own. The first in a fresh test host imports
+    FastAPI and pydantic under nested emulation, from a cold page cache, on a loaded
+    machine: seen to take over 20 s, hence the long start timeout."""
+    root = short_tmpdir()
+    daemon = Daemon(root, driver="real", start_timeout=120)
+    daemon.start()
+    yield daemon
+    daemon.cleanup()
+    remove_tmpdir(root)

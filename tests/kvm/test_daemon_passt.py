@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon_kvm import QUMRAN, kvm_daemon, qumran, qumran_json  # noqa: F401
+from test_daemon_kvm import QUMRAN, qumran, qumran_json
 from test_vmm_passt import _DHCP_SCRIPT
 
 from daemon_harness import Daemon
@@ -45,7 +45,7 @@ def _send_through_forward(port: int, data: bytes, timeout: float = 180) -> None:
 
 
 def test_a_native_vm_on_a_user_nic_gets_a_lease_and_its_ssh_forward(
-    kvm_daemon: Daemon,  # noqa: F811
+    kvm_daemon: Daemon,
     demo: DemoImage,
     tmp_path: Path,
 ) -> None:

@@ -9,27 +9,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
+from daemon_harness import Daemon
 from qumran.images.demo import READY_LINE, DemoImage
 
 pytestmark = pytest.mark.kvm
 QUMRAN = str(Path(sys.executable).parent / "qumran")
-
-
-@pytest.fixture
-def kvm_daemon() -> Iterator[Daemon]:
-    root = short_tmpdir()
-    daemon = Daemon(root, driver="real", start_timeout=120)
-    daemon.start()
-    yield daemon
-    daemon.cleanup()
-    remove_tmpdir(root)
 
 
 def qumran(

@@ -28,12 +28,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from daemon_harness import Daemon, remove_tmpdir, short_tmpdir
+from daemon_harness import Daemon
 from qumran.images.cache import Image, ImageStore
 
 _SLOW = os.environ.get("QUMRAN_KVM_DEBIAN") != "1"
@@ -66,18 +66,13 @@ def image() -> tuple[Image, Path]:
 
 
 @pytest.fixture
-def daemon() -> Iterator[Daemon]:
+def daemon(request: pytest.FixtureRequest) -> Daemon:
     for tool in ("passt", "qemu-storage-daemon", "ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
     # The test host starts with its loopback down; passt's forward listens there.
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    root = short_tmpdir()
-    daemon = Daemon(root, driver="real", start_timeout=120)
-    daemon.start()
-    yield daemon
-    daemon.cleanup()
-    remove_tmpdir(root)
+    return cast(Daemon, request.getfixturevalue("kvm_daemon"))
 
 
 def _run_files(daemon: Daemon) -> str:
