@@ -2,15 +2,21 @@
 
 Order matters, on both sides:
 
-- Saving a vCPU starts with KVM_GET_MP_STATE: it makes KVM take the LAPIC's pending INIT
-  and SIPI, which changes the registers read after it.
+- Saving a vCPU starts with KVM_GET_VCPU_EVENTS: an exception KVM has queued but not yet
+  delivered keeps its payload (CR2 of a page fault, DR6 of a debug trap) aside, and this
+  call writes it into the register, so the special registers are read after it, or a
+  restored page fault would carry a stale CR2. Then KVM_GET_MP_STATE: it makes KVM take
+  the LAPIC's pending INIT and SIPI, which changes the registers read after it.
 - Restoring: the CPUID table first (the builder sets it: MSRs and XSAVE components are
   accepted only as far as CPUID allows them); then MP state, registers, special
   registers (before the MSRs: EFER and the APIC base come with them), XSAVE and XCRs,
   debug registers, the LAPIC (before the MSRs: KVM drops a TSC deadline written while the
   LAPIC timer is not in TSC-deadline mode), the MSRs in index order (IA32_TSC before
-  IA32_TSC_DEADLINE, which is a point on the guest's TSC), and the pending events last
-  (an interrupt or exception being injected refers to all of the above).
+  IA32_TSC_DEADLINE, which is a point on the guest's TSC) but for the async page fault
+  enable, which goes last: writing it wakes every guest task waiting on a page, with an
+  interrupt whose vector is the one in MSR_KVM_ASYNC_PF_INT, so that must be in place
+  first; then the pending events (an interrupt or exception being injected refers to all
+  of the above).
 - The VM: PIC, IOAPIC and PIT, then kvmclock right before the vCPUs run again, so the
   guest's clock continues from the value it had, not from the time spent on disk.
 """
@@ -23,6 +29,7 @@ import ctypes
 from qumran.kvm import Vcpu, Vm
 from qumran.kvm import constants as k
 from qumran.kvm import structs as s
+from qumran.vmm.arch import msrs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,8 +65,14 @@ def readable_msrs(vcpu: Vcpu, indices: list[int]) -> list[int]:
     return ok
 
 
-def save_vcpu(vcpu: Vcpu, msrs: list[int]) -> dict[str, Any]:
-    mp_state = vcpu.get_mp_state()  # first: see the module's docstring
+def _msr_order(item: tuple[int, int]) -> tuple[bool, int]:
+    """Index order, the async page fault enable last (see the module's docstring)."""
+    return (item[0] == msrs.MSR_KVM_ASYNC_PF_EN, item[0])
+
+
+def save_vcpu(vcpu: Vcpu, indices: list[int]) -> dict[str, Any]:
+    events = _blob(vcpu.get_vcpu_events())  # these two first: see the module's docstring
+    mp_state = vcpu.get_mp_state()
     return {
         "mp_state": mp_state,
         "regs": _blob(vcpu.get_regs()),
@@ -68,8 +81,8 @@ def save_vcpu(vcpu: Vcpu, msrs: list[int]) -> dict[str, Any]:
         "xcrs": _blob(vcpu.get_xcrs()),
         "debugregs": _blob(vcpu.get_debugregs()),
         "lapic": _blob(vcpu.get_lapic()),
-        "msrs": sorted(vcpu.get_msrs(msrs).items()),
-        "events": _blob(vcpu.get_vcpu_events()),
+        "msrs": sorted(vcpu.get_msrs(indices).items()),
+        "events": events,
     }
 
 
@@ -82,7 +95,7 @@ def restore_vcpu(vcpu: Vcpu, state: dict[str, Any]) -> None:
     vcpu.set_xcrs(_unblob(s.kvm_xcrs, state["xcrs"]))
     vcpu.set_debugregs(_unblob(s.kvm_debugregs, state["debugregs"]))
     vcpu.set_lapic(_unblob(s.kvm_lapic_state, state["lapic"]))
-    vcpu.set_msrs({int(index): int(value) for index, value in state["msrs"]})
+    vcpu.set_msrs(dict(sorted(((int(i), int(v)) for i, v in state["msrs"]), key=_msr_order)))
     events = _unblob(s.kvm_vcpu_events, state["events"])
     # KVM_GET_VCPU_EVENTS fills every field but flags only what it must; the pending NMI
     # and the SIPI vector are taken only when flagged.
