@@ -24,11 +24,16 @@ from vslib.procs import reap, start, until_success
 from vslib.qumran_stack import QumranStack
 
 SSH_POLL = 0.25  # seconds between two `qumran ssh` attempts, as on the libvirt side
+CREATE_ARGS = ("--memory", "1G", "--vcpus", "2", "--disk-size", "8G")
 
 
 class QumranCreate:
-    def __init__(self, q: QumranStack, env: dict[str, str], key: Path, probe: bool = False) -> None:
+    def __init__(
+        self, q: QumranStack, env: dict[str, str], key: Path, probe: bool = False,
+        create_args: tuple[str, ...] = CREATE_ARGS,
+    ) -> None:  # fmt: skip
         self.q = q
+        self.create_args = create_args  # the VM's size (and hypervisor), after --image
         # Also try a plain ssh (host key unchecked, as on the libvirt side) from the moment
         # the port is known: when the guest would first have let a user in. Not counted.
         self.probe = probe
@@ -36,10 +41,8 @@ class QumranCreate:
         self.key = key
 
     def create_argv(self, name: str) -> list[str]:
-        return [
-            self.q.cli, "create", name, "--image", "debian-12", "--memory", "1G",
-            "--vcpus", "2", "--disk-size", "8G", "--ssh-key", f"{self.key}.pub",
-        ]  # fmt: skip
+        return [self.q.cli, "create", name, "--image", "debian-12", *self.create_args,
+                "--ssh-key", f"{self.key}.pub"]  # fmt: skip
 
     def create_to_ssh(self, name: str, timeout: float = 900) -> dict[str, float]:
         cpu0 = cpu_seconds([self.q.pid])
@@ -77,10 +80,7 @@ class QumranCreate:
             t_created = now()
             if done.returncode != 0:
                 raise BenchError(f"qumran create {name} failed: {' | '.join(lines)[-600:]}")
-            # The libvirt side's ssh options (create_libvirt.ssh_argv) that bound one try.
-            ssh = [self.q.cli, "ssh", name, "-i", str(self.key), "-o", "BatchMode=yes",
-                   "-o", "ConnectTimeout=10", "--", "true"]  # fmt: skip
-            tries, ssh_cpu = until_success(ssh, deadline, SSH_POLL, self.env)
+            tries, ssh_cpu = until_success(self.ssh_argv(name), deadline, SSH_POLL, self.env)
             t_ssh = now()
         finally:
             if proc.poll() is None:
@@ -102,6 +102,12 @@ class QumranCreate:
             times.update(watch.times())
         times.update(probed)
         return times
+
+    def ssh_argv(self, name: str) -> list[str]:
+        """``qumran ssh NAME -- true`` with the libvirt side's options that bound one try
+        (create_libvirt.ssh_argv)."""
+        return [self.q.cli, "ssh", name, "-i", str(self.key), "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=10", "--", "true"]  # fmt: skip
 
     def _probe(self, port: int, t0: float, deadline: float, out: dict[str, float]) -> None:
         from vslib.create_libvirt import SSH_POLL as PLAIN_POLL

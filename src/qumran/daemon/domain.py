@@ -17,11 +17,12 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qumran.client.schema import VmInfo
 from qumran.daemon.store import EventRecord, VmRecord
 from qumran.drivers.process import proc_cpu_seconds, proc_rss_bytes
+from qumran.errors import Timeout
 
 if TYPE_CHECKING:  # the states alone stay light: a starting qumrand answers with them
     from qumran.config.spec import VmSpec  # (daemon/early.py) before the models load
@@ -224,3 +225,14 @@ class Domain:
             "pending_definition": self.record.pending,
             "ssh_host_keys": [self.ssh_host_key] if self.ssh_host_key else [],
         }
+
+
+async def bounded(aw: Any, dom: Domain, seconds: float = 10.0) -> Any:
+    """Await a monitor call; a stopped or hung hypervisor must not hang the daemon."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await aw
+    except TimeoutError:
+        raise Timeout(
+            f"VM {dom.name!r}: the hypervisor did not answer within {seconds:.0f} s"
+        ) from None

@@ -80,7 +80,7 @@ class Listing:
 
 
 def _document(vm: _Vm) -> VmInfo:
-    """As ``Domain.info`` after the full daemon's re-attach (``Manager._reattach``)."""
+    """As ``Domain.info`` after the full daemon's re-attach (``reattach.reattach``)."""
     record, rt = vm.record, vm.runtime
     alive = rt is not None and proc_state(rt.pid, rt.start_time)
     if rt is None or alive is ProcState.GONE:

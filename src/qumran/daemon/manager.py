@@ -26,9 +26,17 @@ from typing import Any
 from qumran.client.schema import InterfaceInfo
 from qumran.config.spec import VmSpec
 from qumran.config.validate import validate_spec
-from qumran.daemon import hostkeys, nics, saves, supervisor
-from qumran.daemon.console import HISTORY_BYTES, ConsoleBroker
-from qumran.daemon.domain import Domain, Event, IllegalTransition, Reason, Running, State
+from qumran.daemon import hostkeys, nics, reattach, saves, supervisor
+from qumran.daemon.console import ConsoleBroker
+from qumran.daemon.domain import (
+    Domain,
+    Event,
+    IllegalTransition,
+    Reason,
+    Running,
+    State,
+    bounded,
+)
 from qumran.daemon.events import EventBus
 from qumran.daemon.network import Networks
 from qumran.daemon.stats import StatsSampler
@@ -36,9 +44,9 @@ from qumran.daemon.storage import Storage
 from qumran.daemon.storage.resolve import resolve
 from qumran.daemon.store import RuntimeRecord, Store, VmRecord
 from qumran.drivers import rundir
-from qumran.drivers.base import Driver, GuestEvent, Instance, Owner, RunPaths
+from qumran.drivers.base import Driver, GuestEvent, Instance, Owner
 from qumran.drivers.checks import check_memory
-from qumran.drivers.process import ProcState, proc_state, processes_marked
+from qumran.drivers.process import ProcState
 from qumran.drivers.seed import seed_for
 from qumran.drivers.startup import connect_to_process
 from qumran.errors import (
@@ -48,7 +56,6 @@ from qumran.errors import (
     NotFound,
     PermissionDenied,
     QumranError,
-    Timeout,
 )
 
 log = logging.getLogger(__name__)
@@ -268,7 +275,7 @@ class Manager:
         async with self._locked(caller, name) as dom:
             self._snapshot_driver(dom, "save")
             run = self._running_unstopped(dom)
-            await _bounded(run.instance.save(path), dom, SAVE_SECONDS)
+            await bounded(run.instance.save(path), dom, SAVE_SECONDS)
             run.exit_reason = Reason.SAVED
             await self._kill(dom, run)
         return dom
@@ -281,7 +288,7 @@ class Manager:
             run = self._running_unstopped(dom)
             fd = self.saves.create(dom.uuid)
             try:
-                await _bounded(run.instance.save(fd), dom, SAVE_SECONDS)
+                await bounded(run.instance.save(fd), dom, SAVE_SECONDS)
             except BaseException:
                 self.saves.remove(dom.uuid, part=True)
                 raise
@@ -414,7 +421,7 @@ class Manager:
             if dom.state is State.PAUSED:
                 raise InvalidState(f"VM {name!r} is paused; resume it before shutting it down")
             self._require(dom, Event.SHUTDOWN, "shut down")
-            await _bounded(run.instance.powerdown(), dom)
+            await bounded(run.instance.powerdown(), dom)
             self._changed(dom, Event.SHUTDOWN, Reason.USER, "ACPI power button pressed")
         return dom
 
@@ -444,7 +451,7 @@ class Manager:
         async with self._locked(caller, name) as dom:
             run = self._running_unstopped(dom)
             self._require(dom, Event.REBOOT_REQUESTED, "rebooted")
-            await _bounded(run.instance.request_reboot(), dom)
+            await bounded(run.instance.request_reboot(), dom)
             self._changed(dom, Event.REBOOT_REQUESTED, Reason.USER, "ctrl-alt-del")
         return dom
 
@@ -453,7 +460,7 @@ class Manager:
         async with self._locked(caller, name) as dom:
             run = self._running_unstopped(dom)
             self._require(dom, Event.REBOOTED, "reset")
-            await _bounded(run.instance.reset(), dom)
+            await bounded(run.instance.reset(), dom)
             run.last_reset = time.monotonic()  # the firmware's own reset that may follow
             self._changed(dom, Event.REBOOTED, Reason.USER, "reset")
         return dom
@@ -470,7 +477,7 @@ class Manager:
             if dom.state is State.PAUSED:
                 raise InvalidState(f"VM {name!r} is already paused")
             self._require(dom, Event.SUSPENDED, "suspended")
-            await _bounded(run.instance.pause(), dom)
+            await bounded(run.instance.pause(), dom)
             run.paused_by_user = True
             self._changed(dom, Event.SUSPENDED, Reason.USER)
         return dom
@@ -483,8 +490,8 @@ class Manager:
             if run.stopped_by_signal:
                 os.kill(run.process.pid, signal.SIGCONT)
                 run.stopped_by_signal = False
-            if run.paused_by_user or await _bounded(run.instance.is_paused(), dom):
-                await _bounded(run.instance.resume(), dom)
+            if run.paused_by_user or await bounded(run.instance.is_paused(), dom):
+                await bounded(run.instance.resume(), dom)
                 run.paused_by_user = False
             self._changed(dom, Event.RESUMED, Reason.USER)
         return dom
@@ -567,102 +574,8 @@ class Manager:
 
     # daemon start and stop
     async def restore(self) -> None:
-        """Load definitions; re-attach to VMs that kept running; then autostart.
-        Networks first: a VM's NICs need their bridges."""
-        await self.networks.restore(make_default=self._default_network)
-        runtimes = self.store.runtimes()
-        last_events = self.store.last_events()
-        reattach = []
-        for record in self.store.vms():
-            try:
-                spec = validate_spec(record.definition)
-            except QumranError as exc:
-                log.error("definition of %s no longer validates: %s", record.name, exc)
-                continue
-            dom = Domain(record, spec)
-            dom.restore_reason(last_events.get(record.uuid))
-            key = self.store.host_key(record.uuid)
-            dom.ssh_host_key = key[1] if key is not None else None
-            dom.pending = _pending_spec(record)
-            self.domains[record.name] = dom
-            rt = runtimes.get(record.uuid)
-            if rt is not None:
-                reattach.append(self._reattach(dom, rt))
-        # All at once: each waits on its own hypervisor's monitor, not on the others. A
-        # failure still stops the start-up as before, once every re-attach has ended.
-        for failure in await asyncio.gather(*reattach, return_exceptions=True):
-            if isinstance(failure, BaseException):
-                raise failure
-        for dom in self.domains.values():
-            if not dom.active:
-                self._apply_pending(dom)  # it stopped while the daemon was away
-        self._kill_unrecorded(set(runtimes))
-        await self.storage.clean_leftovers()  # copies a killed qumrand left half-written
-        self.stats.start()
-        for dom in list(self.domains.values()):
-            if dom.autostart and not dom.active:
-                try:
-                    async with dom.lock:
-                        await self._launch(dom, Reason.AUTOSTART)
-                except QumranError as exc:
-                    log.error("autostart of %s failed: %s", dom.name, exc)
-
-    def _kill_unrecorded(self, recorded: set[str]) -> None:
-        """Kill hypervisor processes of VMs whose start was never recorded: an earlier
-        daemon died between spawning one and committing the start, so no client was
-        told it started, and left running it would be a VM nobody manages. A VM whose
-        start was recorded is never killed here, even if re-attaching to it failed.
-        Only a process running as the VM's owner is touched."""
-        owners = {str(self._run_dir_of(d)): d for d in self.domains.values()}
-        for pid, (run_dir, uid) in processes_marked().items():
-            dom = owners.get(run_dir)
-            if dom is None or dom.uuid in recorded or uid != dom.owner:
-                continue
-            log.warning("killing process %d of %s: started but not tracked", pid, run_dir)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    async def _reattach(self, dom: Domain, rt: RuntimeRecord) -> None:
-        if proc_state(rt.pid, rt.start_time) is ProcState.GONE:
-            self.store.clear_runtime(dom.uuid)
-            self._changed(
-                dom, Event.STOPPED, Reason.GONE, "the process ended while the daemon was away"
-            )
-            return
-        driver = self.drivers.get(rt.driver)
-        if driver is None:
-            log.error("cannot re-attach to %s: no %r driver in this daemon", dom.name, rt.driver)
-            return
-        paths = RunPaths(self._run_dir_of(dom))
-        if Path(rt.run_dir) != paths.root:
-            log.error("cannot re-attach to %s: its run directory was recorded as %s, not %s",
-                      dom.name, rt.run_dir, paths.root)  # fmt: skip
-            return
-        try:
-            instance = await driver.attach(dom.spec, paths, rt.pid, self._guest_events(dom))
-        except (QumranError, OSError) as exc:
-            log.error("cannot re-attach to %s (pid %d): %s", dom.name, rt.pid, exc)
-            return
-        try:
-            with rundir.RunDir(paths) as run_dir:
-                seed = run_dir.read(paths.console_log.name, -HISTORY_BYTES)
-            console = ConsoleBroker(dom.name, seed=seed)
-            await self._open_console(dom, instance, console)
-        except (QumranError, OSError) as exc:
-            log.error("cannot re-attach to the console of %s (pid %d): %s", dom.name, rt.pid, exc)
-            await instance.close()
-            return
-        run = Running(instance, instance.process, paths, console, started_at=rt.started_at)
-        self._adopt(dom, run)
-        if instance.process.state() is ProcState.STOPPED:
-            # A stopped hypervisor cannot answer its monitor; the supervisor reports
-            # "paused (signal)" and SIGCONT brings it back.
-            self._changed(dom, Event.REATTACHED, Reason.DAEMON_RESTART, f"pid {rt.pid}",
-                          State.RUNNING)  # fmt: skip
-            return
-        run.paused_by_user = await _bounded(instance.is_paused(), dom)
-        state = State.PAUSED if run.paused_by_user else State.RUNNING
-        self._changed(dom, Event.REATTACHED, Reason.DAEMON_RESTART, f"pid {rt.pid}", state)
+        """Load definitions, re-attach to the VMs that kept running, autostart (reattach.py)."""
+        await reattach.restore(self)
 
     async def close(self) -> None:
         """Let go of every VM without stopping it (the VMs outlive the daemon), and wait
@@ -686,29 +599,8 @@ def already_exists(name: str) -> str:
     )
 
 
-def _pending_spec(record: VmRecord) -> VmSpec | None:
-    if record.pending is None:
-        return None
-    try:
-        return validate_spec(record.pending)
-    except QumranError as exc:
-        log.error("the pending definition of %s no longer validates: %s", record.name, exc)
-        return None
-
-
 async def _release(run: Running) -> None:
     """Close our connections to a hypervisor process (not the process itself)."""
     await run.console.close()
     with contextlib.suppress(Exception):
         await run.instance.close()
-
-
-async def _bounded(aw: Any, dom: Domain, seconds: float = 10.0) -> Any:
-    """Await a monitor call; a stopped or hung hypervisor must not hang the daemon."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await aw
-    except TimeoutError:
-        raise Timeout(
-            f"VM {dom.name!r}: the hypervisor did not answer within {seconds:.0f} s"
-        ) from None

@@ -1,14 +1,8 @@
-"""libvirt's domain XML, both ways: a Qumran definition as ``<domain>``, and back.
-
-Used by the libvirt protocol (``qumran.libvirt``: dumpxml, define) and by the CLI
-(``qumran dumpxml``, ``qumran define --xml``), so it lives with the other definition
-formats, in the config layer both may use.
+"""libvirt's ``<domain>`` as a Qumran definition (``qumran define --xml``, the libvirt
+protocol's DefineXML).
 
 Only what a Qumran VM can be is read; any element, attribute value or device Qumran does
 not have is refused with its path (``devices/disk[2]/target@bus``: ...), never dropped.
-What libvirt's XML has no place for (the native hypervisor, port forwards, cloud-init)
-travels in ``<metadata>`` under Qumran's own namespace, so dumpxml -> define keeps it.
-
 The XML is parsed with the standard library; a document with a DOCTYPE is refused
 outright (entities are how a small document becomes a huge one, and a domain has none).
 """
@@ -22,112 +16,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from qumran.config import xmlread
-from qumran.config.spec import DiskBoot, KernelBoot, VmSpec
+from qumran.config.domxml.names import MACHINE, MAX_XML, QEMU_BINARY_NAMES, Q
 from qumran.config.xmlread import XmlInvalid, XmlUnsupported
 
-NS = "https://qumran.dev/xmlns/libvirt/domain/1.0"
-_Q = f"{{{NS}}}"
-MAX_XML = 1 << 20  # bytes; a domain is a few KiB
-QEMU_BINARY_NAMES = ("qemu-system-x86_64", "kvm")
-MACHINE = "q35"  # the machine type QEMU runs a Qumran VM as (drivers/qemu/cmdline.py)
 _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 10**6, "m": 1 << 20,
           "mib": 1 << 20, "gb": 10**9, "g": 1 << 30, "gib": 1 << 30, "tb": 10**12,
           "t": 1 << 40, "tib": 1 << 40}  # fmt: skip
-
-
-# --- a definition as XML -----------------------------------------------------------------
-
-
-def to_xml(name: str, uuid: str, spec: VmSpec, *, dom_id: int | None = None,
-           accelerator: str = "qemu") -> str:  # fmt: skip
-    """``<domain>`` for one VM (``dom_id``: its process id while it runs)."""
-    root = ET.Element("domain", {"type": "kvm" if accelerator == "kvm" else "qemu"})
-    if dom_id is not None:
-        root.set("id", str(dom_id))
-    ET.SubElement(root, "name").text = name
-    ET.SubElement(root, "uuid").text = uuid
-    _metadata(root, spec)
-    kib = str(spec.memory * 1024)
-    ET.SubElement(root, "memory", unit="KiB").text = kib
-    ET.SubElement(root, "currentMemory", unit="KiB").text = kib
-    ET.SubElement(root, "vcpu", placement="static").text = str(spec.vcpus)
-    os_el = ET.SubElement(root, "os")
-    ET.SubElement(os_el, "type", arch="x86_64", machine=MACHINE).text = "hvm"
-    if isinstance(spec.boot, KernelBoot):
-        ET.SubElement(os_el, "kernel").text = str(spec.boot.kernel)
-        if spec.boot.initrd is not None:
-            ET.SubElement(os_el, "initrd").text = str(spec.boot.initrd)
-        if spec.boot.cmdline:
-            ET.SubElement(os_el, "cmdline").text = spec.boot.cmdline
-    # A guest that powers off ends its process; a reboot restarts in the same one; a
-    # crashed guest stays as it is until destroyed (libvirt's "preserve").
-    ET.SubElement(root, "on_poweroff").text = "destroy"
-    ET.SubElement(root, "on_reboot").text = "restart"
-    ET.SubElement(root, "on_crash").text = "preserve"
-    devices = ET.SubElement(root, "devices")
-    boot_disk = spec.boot.disk if isinstance(spec.boot, DiskBoot) else None
-    for index, disk in enumerate(spec.disks):
-        kind = "file" if disk.path is not None else "volume"
-        el = ET.SubElement(devices, "disk", type=kind, device="disk")
-        driver = {"name": "qemu"}
-        if disk.format is not None:
-            driver["type"] = disk.format
-        ET.SubElement(el, "driver", driver)
-        if disk.path is not None:
-            ET.SubElement(el, "source", file=str(disk.path))
-        else:
-            ET.SubElement(el, "source", pool=disk.pool, volume=str(disk.volume))
-        ET.SubElement(el, "target", dev=_vd(index), bus="virtio")
-        if disk.readonly:
-            ET.SubElement(el, "readonly")
-        if index == boot_disk:
-            ET.SubElement(el, "boot", order="1")
-    for nic in spec.nics:
-        if nic.network is not None:
-            el = ET.SubElement(devices, "interface", type="network")
-            ET.SubElement(el, "source", network=nic.network)
-        else:
-            el = ET.SubElement(devices, "interface", type="user")
-        if nic.mac:
-            ET.SubElement(el, "mac", address=nic.mac)
-        ET.SubElement(el, "model", type=nic.model)
-    if spec.serial:
-        serial = ET.SubElement(devices, "serial", type="pty")
-        ET.SubElement(serial, "target", port="0")
-        console = ET.SubElement(devices, "console", type="pty")
-        ET.SubElement(console, "target", type="serial", port="0")
-    if spec.graphics:
-        ET.SubElement(devices, "graphics", type="vnc", port="-1", autoport="yes")
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _metadata(root: ET.Element, spec: VmSpec) -> None:
-    extra: list[ET.Element] = []
-    if spec.hypervisor != "qemu":
-        el = ET.Element(_Q + "hypervisor")
-        el.text = spec.hypervisor
-        extra.append(el)
-    for index, nic in enumerate(spec.nics):
-        for rule in nic.forward:
-            el = ET.Element(_Q + "forward", nic=str(index))
-            el.text = rule
-            extra.append(el)
-    if spec.cloud_init is not None:
-        el = ET.Element(_Q + "cloud-init")
-        el.text = json.dumps(spec.cloud_init.model_dump(mode="json", exclude_defaults=True))
-        extra.append(el)
-    if extra:
-        ET.register_namespace("qumran", NS)
-        vm = ET.SubElement(ET.SubElement(root, "metadata"), _Q + "vm")
-        vm.extend(extra)
-
-
-def _vd(index: int) -> str:
-    return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
-
-
-# --- XML as a definition -----------------------------------------------------------------
 
 
 class _Reader:
@@ -191,7 +85,7 @@ def _refuse(where: str, why: str) -> XmlUnsupported:
 
 
 def _tag(tag: str) -> str:
-    return tag.replace(_Q, "qumran:")
+    return tag.replace(Q, "qumran:")
 
 
 def _attrs(el: ET.Element, path: str, allowed: dict[str, set[str] | None]) -> dict[str, str]:
@@ -588,20 +482,20 @@ def _serial(found: dict[str, list[ET.Element]]) -> bool:
 
 def _read_metadata(top: dict[str, list[ET.Element]], doc: dict[str, Any]) -> None:
     for metadata in top.get("metadata", []):
-        found = _Reader(metadata).children(metadata, "domain/metadata", {_Q + "vm"})
-        for vm in found.get(_Q + "vm", []):
+        found = _Reader(metadata).children(metadata, "domain/metadata", {Q + "vm"})
+        for vm in found.get(Q + "vm", []):
             path = "domain/metadata/qumran:vm"
-            inner = _Reader(vm).children(vm, path, {_Q + "hypervisor", _Q + "forward",
-                                                    _Q + "cloud-init"})  # fmt: skip
-            if (hyp := _one(inner, _Q + "hypervisor", path)) is not None:
+            inner = _Reader(vm).children(vm, path, {Q + "hypervisor", Q + "forward",
+                                                    Q + "cloud-init"})  # fmt: skip
+            if (hyp := _one(inner, Q + "hypervisor", path)) is not None:
                 doc["hypervisor"] = _text(hyp, path + "/qumran:hypervisor")
-            for forward in inner.get(_Q + "forward", []):
+            for forward in inner.get(Q + "forward", []):
                 nic = _attrs(forward, path + "/qumran:forward", {"nic": None}).get("nic", "0")
                 nics = doc.get("nics", [])
                 if not nic.isdigit() or int(nic) >= len(nics):
                     raise XmlInvalid(f"{path}/qumran:forward@nic={nic!r}: no such interface")
                 nics[int(nic)].setdefault("forward", []).append(forward.text or "")
-            if (ci := _one(inner, _Q + "cloud-init", path)) is not None:
+            if (ci := _one(inner, Q + "cloud-init", path)) is not None:
                 try:
                     doc["cloud_init"] = json.loads(ci.text or "")
                 except (ValueError, RecursionError):

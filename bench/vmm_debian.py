@@ -1,0 +1,189 @@
+"""The Debian 12 image on qumran-vmm against QEMU q35 ``-accel kvm``, both through qumrand,
+from the command to the first SSH command (inside the KVM test host).
+
+    python -m tests.kvmhost run --timeout 3400 --memory 5120 --cwd "$PWD" -- \\
+        "$PWD/.venv/bin/python" bench/vmm_debian.py [--runs N] [--only native|qemu]
+
+Each run, for each hypervisor in turn (the order rotating): ``qumran create NAME --image
+debian-12 --hypervisor HV --memory 768M --disk-size 2G --ssh-key KEY.pub`` until ``qumran
+ssh NAME -- true`` first succeeds (the first boot: cloud-init makes the user and installs
+the key); then ``qumran destroy`` and ``qumran start`` until ssh succeeds again (a second
+boot of the same disk, cloud-init's work done). The VM is the same definition both ways:
+the image's kernel and initrd (qumran-vmm has no firmware, so qumrand boots the image's
+own; QEMU the same), the disk a qcow2 overlay volume (QEMU opens it itself; qumran-vmm
+through qemu-storage-daemon over vhost-user-blk), the cloud-init seed as a read-only
+second disk, a user NIC with SSH forwarded (QEMU's slirp; passt for qumran-vmm).
+
+Memory, read when the second boot's ssh got in: the VMM's resident set minus the resident
+part of its guest-RAM mapping (as bench/vmm_boot.py), and the helper processes each VM
+has beside it (qumran-vmm: qemu-storage-daemon and passt; QEMU has both inside), their
+shared guest RAM left out the same way. Prints markdown; measures, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vmm_boot import guest_ram_rss, vm_rss
+from vslib.cleanup import interrupt
+from vslib.create_qumran import QumranCreate
+from vslib.measure import BenchError, now
+from vslib.procs import until_success
+from vslib.qumran_stack import QumranStack
+
+HYPERVISORS = ("native", "qemu")
+LABEL = {"native": "qumran-vmm", "qemu": "QEMU q35"}
+MEMORY_MIB = 768
+BOOT_TIMEOUT = 1800.0  # a first boot with cloud-init, nested under TCG: 5-10 min seen
+
+
+def log(message: str) -> None:
+    print(f"[vmm_debian {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def image_cache() -> Path:
+    """The XDG_CACHE_HOME holding a built debian-12 image: inside the test host, the host
+    user's ~/.cache (read-only there, which an overlay's backing file may be)."""
+    from qumran.images.cache import ImageStore
+
+    bases = [Path(os.environ["XDG_CACHE_HOME"])] if os.environ.get("XDG_CACHE_HOME") else []
+    bases.append(Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache")
+    for base in bases:
+        found = ImageStore(base / "qumran" / "images").find("debian-12")
+        if found is not None and found.kernel is not None:
+            return base
+    raise BenchError("no debian-12 image with its kernel: `qumran image build debian-12`")
+
+
+def helpers_of(run_dir: Path, vmm: int) -> dict[str, int]:
+    """The VM's other processes, by program name: those whose command line names its run
+    folder (qemu-storage-daemon's sockets), and the VMM's children (passt)."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == vmm:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == vmm or any(str(run_dir).encode() in arg for arg in argv):
+            found[os.path.basename(argv[0].decode(errors="replace"))] = int(entry.name)
+    return found
+
+
+def memory(q: QumranStack, pid: int) -> dict[str, float]:
+    mem_kib = MEMORY_MIB * 1024
+    out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib)) / 1024}
+    helpers = 0.0
+    for name, hpid in helpers_of(q._console_log(pid).parent, pid).items():
+        try:
+            own = (vm_rss(hpid) - guest_ram_rss(hpid, mem_kib)) / 1024
+        except OSError:
+            continue
+        out[f"{name}_mib"] = own
+        helpers += own
+    out["with_helpers_mib"] = out["vmm_mib"] + helpers
+    return out
+
+
+def vm_pid(q: QumranStack, name: str) -> int:
+    import json
+
+    done = subprocess.run([q.cli, "--json", "dominfo", name], env=q.env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"dominfo {name}: {done.stderr.strip()}")
+    return int(json.loads(done.stdout)["pid"])
+
+
+def one_run(
+    q: QumranStack, creator: QumranCreate, env: dict[str, str], name: str
+) -> dict[str, float]:
+    times = creator.create_to_ssh(name, timeout=BOOT_TIMEOUT)
+    result = {"first_boot_ssh": times["ssh"], "first_ssh_tries": times["ssh_tries"]}
+    subprocess.run([q.cli, "destroy", name], env=env, capture_output=True, timeout=120, check=True)
+    t0 = now()
+    subprocess.run([q.cli, "start", name], env=env, capture_output=True, timeout=120, check=True)
+    tries, _ = until_success(creator.ssh_argv(name), t0 + BOOT_TIMEOUT, 0.25, env)
+    result["second_boot_ssh"] = now() - t0
+    result["second_ssh_tries"] = float(tries)
+    result.update(memory(q, vm_pid(q, name)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--only", choices=HYPERVISORS)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)  # a timeout's SIGTERM cleans up as Ctrl-C does
+    for tool in ("passt", "qemu-storage-daemon", "ssh", "ssh-keygen", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"vmm_debian: needs {tool}")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # the forwards listen there
+    root = Path(tempfile.mkdtemp(prefix="qd", dir="/tmp"))
+    root.chmod(0o755)
+    q = QumranStack(root, Path(sys.executable).parent, Path("/"), Path("/"), "")
+    env = {**q.env, "XDG_CACHE_HOME": str(image_cache()), "XDG_DATA_HOME": str(root / "data")}
+    key = root / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    chosen = [args.only] if args.only else list(HYPERVISORS)
+    results: dict[str, list[dict[str, float]]] = {hv: [] for hv in chosen}
+    q.compile()
+    q.start_daemon(timeout=180)
+    try:
+        for run in range(args.runs):
+            order = chosen[run % len(chosen) :] + chosen[: run % len(chosen)]
+            for hv in order:
+                name = f"deb{hv[0]}{run}"
+                size = ("--hypervisor", hv, "--memory", f"{MEMORY_MIB}M", "--disk-size", "2G")
+                creator = QumranCreate(q, env, key, create_args=size)
+                log(f"run {run + 1}: {LABEL[hv]}")
+                try:
+                    got = one_run(q, creator, env, name)
+                finally:
+                    creator.remove(name)
+                log(f"  {got}")
+                results[hv].append(got)
+    finally:
+        q.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    report(results)
+    return 0
+
+
+def report(results: dict[str, list[dict[str, float]]]) -> None:
+    rows = [("command → ssh, first boot (cloud-init), s", "first_boot_ssh"),
+            ("command → ssh, second boot, s", "second_boot_ssh"),
+            ("VMM overhead (RSS - guest RAM), MiB", "vmm_mib"),
+            ("with its helper processes, MiB", "with_helpers_mib")]  # fmt: skip
+    hvs = list(results)
+    pair = len(hvs) == 2
+    print("| measure | " + " | ".join(LABEL[h] for h in hvs) + (" | ratio |" if pair else " |"))
+    print("|---" * (len(hvs) + 1 + pair) + "|")
+    for label, key in rows:
+        values = [[r[key] for r in results[h]] for h in hvs]
+        cells = [f"{statistics.median(v):.1f} ({min(v):.1f} to {max(v):.1f})" if v else "-"
+                 for v in values]  # fmt: skip
+        ratio = ""
+        if pair and values[0] and values[1]:
+            ratio = f" {statistics.median(values[0]) / statistics.median(values[1]):.2f} |"
+        print(f"| {label} | " + " | ".join(cells) + (" |" + ratio if ratio else " |"))
+    for h in hvs:
+        for r in results[h]:
+            print(f"- {LABEL[h]}: " + "; ".join(f"{k} {v:.2f}" for k, v in r.items()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
