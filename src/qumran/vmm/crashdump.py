@@ -6,6 +6,12 @@ general registers, its special registers (segments, descriptor tables, control
 registers, EFER, APIC base, pending interrupts), its multiprocessing state and its last
 exits, oldest first. The lines start with ``crash:`` so they are easy to find in a VM's
 log among everything else.
+
+On AMD, KVM answers a shutdown (a triple fault) by re-initialising the vCPU before it
+returns to us (the VMCB is undefined after a shutdown intercept: arch/x86/kvm/svm/svm.c,
+shutdown_interception), so the registers read then are the reset state, and the dump
+says so; only the exits before it tell where the guest was. On Intel they are the
+fault's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ MP_STATES = ("runnable", "uninitialized", "init-received", "halted", "sipi-recei
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")  # fmt: skip
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
+RESET_RIP = 0xFFF0  # where a vCPU starts after INIT, in real mode
 
 
 def describe_exit(exit_: object) -> str:
@@ -77,6 +84,11 @@ def vcpu_lines(thread: VcpuThread) -> list[str]:
         f"crash:   cr0={sregs.cr0:x} cr2={sregs.cr2:x} cr3={sregs.cr3:x} cr4={sregs.cr4:x} "
         f"cr8={sregs.cr8:x} efer={sregs.efer:x} apic_base={sregs.apic_base:x}"
     )
+    if regs.rip == RESET_RIP and not sregs.cr0 & 1:
+        lines.append(
+            "crash:   (the reset state, not the fault's: KVM on AMD re-initialises a vCPU "
+            "that shuts down; its last exits are what is left of the fault)"
+        )
     pending = [i * 64 + b for i, word in enumerate(sregs.interrupt_bitmap)
                for b in range(64) if word >> b & 1]  # fmt: skip
     try:
