@@ -305,9 +305,6 @@ class Manager:
             self.saves.remove(dom.uuid)
         return dom
 
-    def has_managed_save(self, dom: Domain) -> bool:
-        return self.saves.exists(dom.uuid)
-
     async def restore_file(self, caller: Caller, path: str) -> Domain:
         """Start the VM the snapshot at ``path`` names (the caller's, shut off) from it.
         The file is opened with the caller's rights, and again with the owner's when
