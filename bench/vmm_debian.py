@@ -10,8 +10,8 @@ guest's sshd sends its banner through the forward, then until ``qumran ssh NAME 
 first gets in (the first boot: cloud-init makes the user and installs the key); then
 ``qumran destroy`` and ``qumran start``, timed the same way (a second boot of the same
 disk, cloud-init's work done). The banner is checked in-process once a second and ssh
-tried once a second: quicker tries, each a Python start, would take the nested guest's
-CPU in the test host (a first try at 0.25 s had not got in after 22 minutes).
+tried once a second, so the waiting costs the nested guest little CPU in the test host;
+a VM that is no longer running ends the wait with its logs.
 
 The VM is what ``qumran create`` defines for each: qumran-vmm, having no firmware, boots
 the image's own kernel and initrd; QEMU boots the disk through its firmware (SeaBIOS,
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -52,7 +53,7 @@ from vslib.qumran_stack import QumranStack
 HYPERVISORS = ("native", "qemu")
 LABEL = {"native": "qumran-vmm", "qemu": "QEMU q35"}
 MEMORY_MIB = 768
-BOOT_TIMEOUT = 1800.0  # a first boot with cloud-init, nested under TCG: 5-10 min seen
+BOOT_TIMEOUT = 1200.0  # a first boot with cloud-init, nested under TCG: 5-10 min seen
 
 
 def log(message: str) -> None:
@@ -105,28 +106,47 @@ def memory(q: QumranStack, pid: int) -> dict[str, float]:
     return out
 
 
-def vm_pid(q: QumranStack, name: str) -> int:
-    import json
-
+def vm_info(q: QumranStack, name: str) -> dict[str, object]:
     done = subprocess.run([q.cli, "--json", "dominfo", name], env=q.env, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     if done.returncode != 0:
         raise BenchError(f"dominfo {name}: {done.stderr.strip()}")
-    return int(json.loads(done.stdout)["pid"])
+    info: dict[str, object] = json.loads(done.stdout)
+    return info
 
 
-def ssh_banner(port: int, deadline: float) -> float:
+def vm_pid(q: QumranStack, name: str) -> int:
+    return int(str(vm_info(q, name)["pid"]))
+
+
+def ssh_banner(q: QumranStack, name: str, port: int, deadline: float) -> float:
     """When the guest's sshd first sends its banner through the forward (:func:`now`).
     Checked in this process, once a second: ``qumran ssh`` tries (a Python start and an
     ssh each) every quarter second, as bench/vs_create.py makes them, would take the
     nested guest's CPU from it in the test host and slow the boot being timed."""
+    checked = now()
     while now() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 5) as s:
             s.settimeout(5)
             if s.recv(64).startswith(b"SSH-"):
                 return now()
+        if now() - checked > 10:  # a VM that is gone never answers: say so at once
+            checked = now()
+            state = vm_info(q, name).get("state")
+            if state != "running":
+                raise BenchError(f"VM {name} is {state}, no SSH banner came{vm_logs(q, name)}")
         time.sleep(1.0)
-    raise BenchError(f"no SSH banner on 127.0.0.1:{port} in time")
+    raise BenchError(f"no SSH banner on 127.0.0.1:{port} in time{vm_logs(q, name)}")
+
+
+def vm_logs(q: QumranStack, name: str) -> str:
+    """The ends of the VM's console and hypervisor logs, for a failure's message."""
+    uuid = str(vm_info(q, name).get("uuid", ""))
+    text = ""
+    for path in sorted((q.root / "run" / "vms" / uuid[:13]).glob("*.log")) if uuid else []:
+        with contextlib.suppress(OSError):
+            text += f"\n--- {path.name}:\n{path.read_text(errors='replace')[-3000:]}"
+    return text
 
 
 def boot_to_ssh(
@@ -140,10 +160,11 @@ def boot_to_ssh(
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv[1:3])}: {done.stderr.strip()[-600:]}")
     for line in done.stdout.splitlines():
+        log(f"  {argv[1]}: {line}")
         port = forwarded_port(line) or port
     if port is None:
         raise BenchError(f"{argv[1]} {name} named no SSH forward: {done.stdout[-600:]}")
-    banner = ssh_banner(port, deadline)
+    banner = ssh_banner(creator.q, name, port, deadline)
     tries, _ = until_success(creator.ssh_argv(name), deadline, 1.0, creator.env)
     return {"banner": banner - t0, "ssh": now() - t0, "tries": float(tries), "port": port}
 
@@ -177,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     chosen = [args.only] if args.only else list(HYPERVISORS)
     results: dict[str, list[dict[str, float]]] = {hv: [] for hv in chosen}
+    failures: dict[str, int] = {}
     q.compile()
     q.start_daemon(timeout=180)
     try:
@@ -189,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"run {run + 1}: {LABEL[hv]}")
                 try:
                     got = one_run(q, creator, name)
+                except BenchError as exc:  # one VM's failure is a result too: go on
+                    log(f"  {LABEL[hv]} failed: {exc}")
+                    failures[hv] = failures.get(hv, 0) + 1
+                    continue
                 finally:
                     creator.remove(name)
                 log(f"  {got}")
@@ -197,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         q.stop()
         shutil.rmtree(root, ignore_errors=True)
     report(results)
-    return 0
+    for hv, n in failures.items():
+        print(f"- {LABEL[hv]}: {n} of {args.runs} run(s) failed (logged above)")
+    return 1 if failures else 0
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> None:
