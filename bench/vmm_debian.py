@@ -8,10 +8,11 @@ Each run, for each hypervisor in turn (the order rotating): ``qumran create NAME
 debian-12 --hypervisor HV --memory 768M --disk-size 2G --ssh-key KEY.pub`` until the
 guest's sshd sends its banner through the forward, then until ``qumran ssh NAME -- true``
 first gets in (the first boot: cloud-init makes the user and installs the key); then
-``qumran destroy`` and ``qumran start``, timed the same way (a second boot of the same
-disk, cloud-init's work done). The banner is checked in-process once a second and ssh
-tried once a second, so the waiting costs the nested guest little CPU in the test host;
-a VM that is no longer running ends the wait with its logs.
+``qumran shutdown`` (waiting until it is off) and ``qumran start``, timed the same way
+(a second boot of the same disk, cloud-init's work done). The banner is checked
+in-process once a second and ssh tried once a second, so the waiting costs the nested
+guest little CPU in the test host; a VM that is no longer running ends the wait with
+its logs.
 
 The VM is what ``qumran create`` defines for each: qumran-vmm, having no firmware, boots
 the image's own kernel and initrd; QEMU boots the disk through its firmware (SeaBIOS,
@@ -169,11 +170,23 @@ def boot_to_ssh(
     return {"banner": banner - t0, "ssh": now() - t0, "tries": float(tries), "port": port}
 
 
+def shut_down(q: QumranStack, name: str, timeout: float = 600) -> None:
+    """``qumran shutdown`` and wait until the guest has powered off. Not ``destroy``: a
+    guest killed seconds after its first boot loses what it had not written back (the
+    SSH host keys cloud-init had just made: sshd then failed at every later boot)."""
+    subprocess.run([q.cli, "shutdown", name], env=q.env, capture_output=True, timeout=120,
+                   check=True)  # fmt: skip
+    deadline = now() + timeout
+    while vm_info(q, name).get("state") != "shutoff":
+        if now() > deadline:
+            raise BenchError(f"VM {name} did not power off in {timeout:.0f} s")
+        time.sleep(2.0)
+
+
 def one_run(q: QumranStack, creator: QumranCreate, name: str) -> dict[str, float]:
     first = boot_to_ssh(creator, creator.create_argv(name), name)
     result = {"first_banner": first["banner"], "first_ssh": first["ssh"]}
-    subprocess.run([q.cli, "destroy", name], env=creator.env, capture_output=True,
-                   timeout=120, check=True)  # fmt: skip
+    shut_down(q, name)
     second = boot_to_ssh(creator, [q.cli, "start", name], name, int(first["port"]))
     result.update(second_banner=second["banner"], second_ssh=second["ssh"])
     result.update(memory(q, vm_pid(q, name)))
