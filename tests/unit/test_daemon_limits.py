@@ -173,8 +173,12 @@ def test_a_dripped_head_does_not_reset_the_timer(daemon: Daemon) -> None:
             except OSError:
                 break
             readable, _, _ = select.select([s], [], [], TIMEOUT / 4)
-            if readable and s.recv(1) == b"":
-                break
+            if readable:
+                try:
+                    if s.recv(1) == b"":
+                        break
+                except ConnectionResetError:  # closed with our last header unread
+                    break
         closed = time.monotonic()
     assert TIMEOUT * 0.9 <= closed - began < TIMEOUT * 3
 

@@ -174,3 +174,30 @@ def test_a_monitor_whose_daemon_died_is_not_connected_to_again(tmp_path: Path) -
     dead.wait()
     with pytest.raises(HypervisorError, match="cannot connect to"):
         asyncio.run(StorageDaemon._open("web", paths, Spawned(dead.pid, dead)))
+
+
+def test_a_storage_daemon_that_dies_while_being_adopted_is_reported_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real storage daemon that ends while a new qumrand connects to it: the error says it
+    exited and what it last wrote, not only that its monitor did not answer."""
+    spec, paths = _spec(tmp_path), _paths(tmp_path, "web")
+
+    async def run() -> None:
+        disks = await StorageDaemon.start(spec, storage.exports_of(spec), paths, OWNER)
+        await disks.close()
+        with open(paths.root / storage.LOG, "a") as f:
+            f.write("qemu-storage-daemon: the last words\n")
+
+        async def dies(vm: str, paths: RunPaths, process: Spawned) -> Any:
+            os.kill(process.pid, 9)
+            assert disks.process.popen is not None
+            disks.process.popen.wait(10)  # reaped: gone
+            raise HypervisorError("cannot open the QMP monitor: Negotiation failed")
+
+        monkeypatch.setattr(StorageDaemon, "_open", staticmethod(dies))
+        assert await StorageDaemon.adopt(spec, paths) is None
+
+    asyncio.run(run())
+    said = [r.getMessage() for r in caplog.records if "re-attach" in r.getMessage()]
+    assert said and "it has exited" in said[0] and "the last words" in said[0], said

@@ -7,8 +7,3 @@ Q = f"{{{NS}}}"
 MAX_XML = 1 << 20  # bytes; a domain is a few KiB
 QEMU_BINARY_NAMES = ("qemu-system-x86_64", "kvm")
 MACHINE = "q35"  # the machine type QEMU runs a Qumran VM as (drivers/qemu/cmdline.py)
-
-
-def vd(index: int) -> str:
-    """The guest's name for the VM's ``index``-th disk."""
-    return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]

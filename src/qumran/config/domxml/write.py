@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from qumran.config.domxml.names import MACHINE, NS, Q, vd
+from qumran.config.domxml.names import MACHINE, NS, Q
 from qumran.config.spec import DiskBoot, KernelBoot, VmSpec
 
 
@@ -94,3 +94,8 @@ def _metadata(root: ET.Element, spec: VmSpec) -> None:
         ET.register_namespace("qumran", NS)
         vm = ET.SubElement(ET.SubElement(root, "metadata"), Q + "vm")
         vm.extend(extra)
+
+
+def vd(index: int) -> str:
+    """The guest's name for the VM's ``index``-th disk."""
+    return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]

@@ -197,7 +197,13 @@ class StorageDaemon:
         try:
             monitor = await cls._open(spec.name, paths, process)
         except (QumranError, OSError, TimeoutError) as exc:
-            log.error("VM %s: cannot re-attach to its storage daemon %d: %s", spec.name, pid, exc)
+            said = ""
+            if process.state() is ProcState.GONE:  # what it said before it went
+                with contextlib.suppress(OSError, QumranError), RunDir(paths) as run_dir:
+                    said = run_dir.read(LOG, -800).decode(errors="replace").strip()
+                said = f"; it has exited, its log ending: {said or '(empty)'}"
+            log.error("VM %s: cannot re-attach to its storage daemon %d: %s%s", spec.name, pid,
+                      exc, said)  # fmt: skip
             return None
         return cls(spec.name, process, monitor, paths)
 
