@@ -48,6 +48,12 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 # Networks: a definition can fit the schema and be refused (a nat network needs ipv4; a
 # subnet may clash; this qumrand offers `user` networks only), a name may be of no
 # network (404), and a start or destroy may not apply to its state (409).
+# Save and restore: a well-formed file name may be of no file, or of one that is not a
+# snapshot or not of this VM (400); the VM may not run on a driver that saves (409).
+[[operations]]
+include-path-regex = "(/save|/managedsave|^/v1/restore)$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+
 [[operations]]
 include-path-regex = "^/v1/networks"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]

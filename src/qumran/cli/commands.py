@@ -253,7 +253,8 @@ def do_start(args: argparse.Namespace) -> int:
     _check_timeout(args)
     client = _client(args)
     vm = client.start(args.name)
-    _done(args, vm, f"VM '{args.name}' started")
+    restored = " from its managed save" if vm.get("reason") == "restored" else ""
+    _done(args, vm, f"VM '{args.name}' started{restored}")
     if args.console:
         from qumran.client.console import Replay
 
@@ -268,6 +269,47 @@ def _lifecycle(action: str, message: str) -> Callable[[argparse.Namespace], int]
         return _done(args, vm, message.format(name=args.name))
 
     return handler
+
+
+# --- save and restore (native VMs; docs/vmm.md) -------------------------------------
+
+SAVE_TIMEOUT = 330.0  # qumrand allows 300 s to write a snapshot
+
+
+def _save_args(p: argparse.ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("file", metavar="FILE", help="the snapshot file to write (as the VM's owner)")
+
+
+def do_save(args: argparse.Namespace) -> int:
+    import os.path
+
+    file = os.path.abspath(args.file)  # qumrand has no working directory of ours
+    vm = Client(args.socket, timeout=SAVE_TIMEOUT).save(args.name, file)
+    return _done(args, vm, f"VM '{args.name}' saved to {file} and shut off")
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a snapshot file written by `qumran save`")
+
+
+def do_restore(args: argparse.Namespace) -> int:
+    import os.path
+
+    file = os.path.abspath(args.file)
+    vm = Client(args.socket, timeout=SAVE_TIMEOUT).restore(file)
+    return _done(args, vm, f"VM '{vm['name']}' restored from {file}")
+
+
+def do_managedsave(args: argparse.Namespace) -> int:
+    vm = Client(args.socket, timeout=SAVE_TIMEOUT).managed_save(args.name)
+    return _done(args, vm, f"VM '{args.name}' saved and shut off; `qumran start {args.name}` "
+                 "resumes it")  # fmt: skip
+
+
+def do_managedsave_remove(args: argparse.Namespace) -> int:
+    vm = _client(args).managed_save_remove(args.name)
+    return _done(args, vm, f"VM '{args.name}': managed save removed; its next start boots afresh")
 
 
 # --- console and events ---------------------------------------------------------------
@@ -425,8 +467,7 @@ COMMANDS = [
     Command("define", "define a VM from a YAML or TOML file", _define_args, do_define),
     Command("undefine", "remove a shut-off VM's definition", _name, do_undefine),
     Command("dumpdef", "print a VM's definition as YAML", _dumpdef_args, do_dumpdef),
-    Command("dumpxml", "print a VM's definition as libvirt domain XML", _dumpdef_args,
-            do_dumpxml),
+    Command("dumpxml", "print a VM's definition as libvirt domain XML", _dumpdef_args, do_dumpxml),
     Command("edit", "edit a VM's definition in $VISUAL or $EDITOR", _edit_args, do_edit),
     Command("start", "start a VM", _start_args, do_start),
     Command(
@@ -454,6 +495,22 @@ COMMANDS = [
         _lifecycle("reset", "VM '{name}' was reset"),
     ),
     Command("suspend", "pause a VM's vCPUs", _name, _lifecycle("suspend", "VM '{name}' suspended")),
+    Command("save", "snapshot a running native VM to FILE, then shut it off", _save_args, do_save),
+    Command(
+        "restore", "start a VM from the snapshot FILE it was saved to", _restore_args, do_restore
+    ),
+    Command(
+        "managedsave",
+        "save a running native VM for its next start, then shut it off",
+        _name,
+        do_managedsave,
+    ),
+    Command(
+        "managedsave-remove",
+        "forget a VM's managed save (its next start boots afresh)",
+        _name,
+        do_managedsave_remove,
+    ),
     Command("resume", "resume a paused VM", _name, _lifecycle("resume", "VM '{name}' resumed")),
     Command("dominfo", "show a VM's details", _name, do_dominfo),
     Command("domstats", "show a VM's CPU, memory and I/O", _name, do_domstats),

@@ -113,6 +113,23 @@ class Client:
     def resume(self, name: str) -> VmInfo:
         return self._action(name, "resume")
 
+    def save(self, name: str, file: str) -> VmInfo:
+        """Snapshot a running native VM to ``file`` (absolute), then shut it off."""
+        result: VmInfo = self._call("POST", f"{_vm(name)}/save", {"file": file})
+        return result
+
+    def restore(self, file: str) -> VmInfo:
+        """Start the VM the snapshot ``file`` (absolute) names, from it."""
+        result: VmInfo = self._call("POST", "/v1/restore", {"file": file})
+        return result
+
+    def managed_save(self, name: str) -> VmInfo:
+        return self._action(name, "managedsave")
+
+    def managed_save_remove(self, name: str) -> VmInfo:
+        result: VmInfo = self._call("DELETE", f"{_vm(name)}/managedsave")
+        return result
+
     def set_autostart(self, name: str, enabled: bool) -> VmInfo:
         doc = {"enabled": enabled}
         result: VmInfo = self._call("PUT", _vm(name) + "/autostart", doc)

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Path, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -84,6 +84,11 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 class Autostart(BaseModel):
     enabled: bool
+
+
+class SnapshotFile(BaseModel):
+    # An absolute path, opened with the rights of the VM's owner.
+    file: Annotated[str, Field(pattern=r"^/[^\x00]*$", max_length=4096)]
 
 
 def caller_of(conn: Request | WebSocket) -> Caller:
@@ -211,6 +216,29 @@ def _routes(app: FastAPI, manager: Manager) -> None:
 
     for action in ("start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume"):
         _add_action(app, manager, action)
+
+    @app.post("/v1/vms/{name}/save", responses=errors(404, 409, 504))
+    async def save(request: Request, name: Name, body: SnapshotFile) -> VmInfo:
+        """Snapshot a running native VM to ``file`` (written by qumran-vmm as the VM's
+        owner), then end it: shut off, reason ``saved`` (docs/vmm.md)."""
+        return (await manager.save(caller_of(request), name, body.file)).info()
+
+    @app.post("/v1/restore", responses=errors(404, 409, 504))
+    async def restore(request: Request, body: SnapshotFile) -> VmInfo:
+        """Start the VM a snapshot ``file`` names (the caller's, shut off) from it; the
+        file is opened with the caller's rights (and the owner's)."""
+        return (await manager.restore_file(caller_of(request), body.file)).info()
+
+    @app.post("/v1/vms/{name}/managedsave", responses=errors(404, 409, 504))
+    async def managedsave(request: Request, name: Name) -> VmInfo:
+        """Snapshot a running native VM into qumrand's own file for it, then end it; its
+        next start resumes from there."""
+        return (await manager.managed_save(caller_of(request), name)).info()
+
+    @app.delete("/v1/vms/{name}/managedsave", responses=errors(404))
+    async def managedsave_remove(request: Request, name: Name) -> VmInfo:
+        """Forget the managed save: the next start boots afresh."""
+        return (await manager.managed_save_remove(caller_of(request), name)).info()
 
     @app.get("/v1/vms/{name}/stats", responses=errors(404))
     async def stats(request: Request, name: Name) -> Stats:

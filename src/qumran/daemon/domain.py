@@ -69,6 +69,8 @@ class Reason(enum.Enum):
     KILLED = "killed"  # someone else killed the process
     GONE = "gone"  # the process ended while the daemon was away
     DAEMON_RESTART = "daemon-restart"
+    SAVED = "saved"  # its snapshot was written, then the process ended (save, managedsave)
+    RESTORED = "restored"  # started from a snapshot
 
     @classmethod
     def parse(cls, value: str) -> Reason:

@@ -26,7 +26,7 @@ from typing import Any
 from qumran.client.schema import InterfaceInfo
 from qumran.config.spec import VmSpec
 from qumran.config.validate import validate_spec
-from qumran.daemon import hostkeys, nics, reattach, supervisor
+from qumran.daemon import hostkeys, nics, reattach, saves, supervisor
 from qumran.daemon.console import ConsoleBroker
 from qumran.daemon.domain import (
     Domain,
@@ -61,6 +61,7 @@ from qumran.errors import (
 log = logging.getLogger(__name__)
 
 DESTROY_GRACE_SECONDS = 3.0
+SAVE_SECONDS = 300.0  # writing a snapshot: RAM to disk, seconds under a slow host
 # Guest resets this close together are one reboot: firmware resets once more by itself,
 # and a guest may try several reset methods in a row (QEMU reports each one).
 RESET_BURST_SECONDS = 1.0
@@ -94,6 +95,7 @@ class Manager:
         self.networks = Networks(store, run_dir, store.path.parent, self._admin_uid,
                                  manage_host=manage_networks)  # fmt: skip
         self._default_network = default_network
+        self.saves = saves.ManagedSaves(store.path.parent)
         self.networks.attached = lambda network: nics.running_on(self.domains, network)
         self.networks.defined_on = lambda network: nics.defined_on(self.domains, network)
         self.networks.mac_owner = lambda mac: nics.mac_owner(self.domains, mac)
@@ -235,6 +237,7 @@ class Manager:
         async with self._locked(caller, name) as dom:
             if dom.active:
                 raise InvalidState(f"VM {name!r} is {dom.state.value}; destroy it first")
+            self.saves.remove(dom.uuid)  # a managed save goes with its VM
             with self.store.transaction():  # the removal and its event: one commit
                 self.store.remove_vm(dom.uuid)
                 self._changed(dom, Event.UNDEFINED, Reason.UNDEFINED)  # marks it: queued ops stop
@@ -254,7 +257,98 @@ class Manager:
             await self._launch(dom, reason)
         return dom
 
-    async def _launch(self, dom: Domain, reason: Reason) -> None:
+    # save and restore (daemon/saves.py)
+    def _snapshot_driver(self, dom: Domain, verb: str) -> Driver:
+        driver = self._driver(dom)
+        if not driver.snapshots:
+            raise InvalidState(
+                f"VM {dom.name!r} runs on {driver.program} (hypervisor: {driver.name}), which "
+                f"qumrand cannot {verb} yet; only hypervisor: native VMs (qumran-vmm) can"
+            )
+        return driver
+
+    async def save(self, caller: Caller, name: str, path: str) -> Domain:
+        """Snapshot the running VM to ``path`` (written by its hypervisor, as the VM's
+        owner), then end it: shut off, reason "saved"."""
+        if not os.path.isabs(path):
+            raise InvalidArgument(f"file: {path!r} is not an absolute path")
+        async with self._locked(caller, name) as dom:
+            self._snapshot_driver(dom, "save")
+            run = self._running_unstopped(dom)
+            await bounded(run.instance.save(path), dom, SAVE_SECONDS)
+            run.exit_reason = Reason.SAVED
+            await self._kill(dom, run)
+        return dom
+
+    async def managed_save(self, caller: Caller, name: str) -> Domain:
+        """Snapshot the running VM into the daemon's own file for it, then end it; its
+        next start resumes from there."""
+        async with self._locked(caller, name) as dom:
+            self._snapshot_driver(dom, "save")
+            run = self._running_unstopped(dom)
+            fd = self.saves.create(dom.uuid)
+            try:
+                await bounded(run.instance.save(fd), dom, SAVE_SECONDS)
+            except BaseException:
+                self.saves.remove(dom.uuid, part=True)
+                raise
+            finally:
+                os.close(fd)
+            self.saves.commit(dom.uuid)
+            run.exit_reason = Reason.SAVED
+            await self._kill(dom, run)
+        return dom
+
+    async def managed_save_remove(self, caller: Caller, name: str) -> Domain:
+        async with self._locked(caller, name) as dom:
+            self.saves.require(dom.uuid, name)
+            self.saves.remove(dom.uuid)
+        return dom
+
+    async def restore_file(self, caller: Caller, path: str) -> Domain:
+        """Start the VM the snapshot at ``path`` names (the caller's, shut off) from it.
+        The file is opened with the caller's rights, and again with the owner's when
+        they differ (root restoring a user's VM): the VM runs as its owner."""
+        fd = saves.open_user_file(path, Owner(caller.uid, caller.gid))
+        try:
+            head = await asyncio.to_thread(saves.head_of, fd, path)
+            vm = head.machine.get("name")
+            if not isinstance(vm, str):
+                raise InvalidArgument(f"{path} is damaged: it names no VM")
+            async with self._locked(caller, vm) as dom:
+                if dom.active:
+                    raise InvalidState(f"VM {vm!r} is {dom.state.value}; {path} restores a VM "
+                                       "that is shut off (destroy it first)")  # fmt: skip
+                self._snapshot_driver(dom, "restore")
+                saves.check_fits(head, dom.spec, path)
+                if dom.owner != caller.uid:  # the owner must be able to read it too
+                    os.close(fd)
+                    fd = -1
+                    fd = saves.open_user_file(path, Owner(dom.owner, dom.record.owner_gid))
+                await self._launch(dom, Reason.RESTORED, restore=fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return dom
+
+    async def _launch(self, dom: Domain, reason: Reason, restore: int | None = None) -> None:
+        """``restore``: a snapshot file to resume, open. Without one, a managed save is
+        resumed (and removed once the VM runs from it)."""
+        own = self.drivers.get(dom.spec.hypervisor)
+        if restore is None and own is not None and own.snapshots and self.saves.exists(dom.uuid):
+            fd = self.saves.open(dom.uuid)
+            label = f"the managed save of VM {dom.name!r}"
+            try:
+                saves.check_fits(await asyncio.to_thread(saves.head_of, fd, label), dom.spec,
+                                 label)  # fmt: skip
+                await self._launch(dom, Reason.RESTORED, restore=fd)
+            except QumranError as exc:
+                raise type(exc)(f"{exc.message} (the managed save is kept; `qumran "
+                                f"managedsave-remove {dom.name}` to boot afresh)") from None
+            finally:
+                os.close(fd)
+            self.saves.remove(dom.uuid)
+            return
         driver = self._driver(dom)
         owner = Owner(dom.owner, dom.record.owner_gid)
         # Volumes become paths here, each start: the driver sees files, never volume names.
@@ -269,7 +363,8 @@ class Manager:
         try:
             paths = rundir.create(self._run_dir_of(dom))
             instance = await driver.launch(
-                spec, paths, owner, self._guest_events(dom), seed=seed, nets=nets
+                spec, paths, owner, self._guest_events(dom), seed=seed, nets=nets,
+                restore=restore,
             )
         finally:
             nics.close_nics(nets)

@@ -93,6 +93,8 @@ class HandoffFds:
     seed: int | None = None  # a cloud-init seed image open read-only; None without one
     # One per network NIC (``nics[].network``), in the order of those NICs in the spec.
     nets: tuple[NetFds, ...] = ()
+    # A snapshot to resume instead of booting (save/restore, docs/vmm.md), open read-only.
+    restore: int | None = None
 
 
 class GuestEvent(enum.Enum):
@@ -158,6 +160,11 @@ class Instance(ABC):
         """Bytes read and written by the guest's disks, if the hypervisor counts them."""
         return None
 
+    async def save(self, target: str | int) -> None:
+        """Write the guest's snapshot to ``target`` (a path the hypervisor opens as the
+        VM's owner, or a file open for writing); the guest is left paused."""
+        raise InvalidState("this hypervisor cannot save a VM")
+
     async def open_display(self) -> socket.socket:
         """A new connection to the guest's graphical display (RFB), for a viewer."""
         raise InvalidState("this VM has no graphical display (graphics: true, QEMU driver)")
@@ -169,6 +176,7 @@ class Driver(ABC):
     name: str
     program: str  # how messages name the hypervisor: "QEMU", "qumran-vmm", ...
     start_timeout = 30.0  # seconds from exec to a monitor session
+    snapshots = False  # save, restore and managedsave (Instance.save, HandoffFds.restore)
 
     @abstractmethod
     def host_info(self) -> HostInfo: ...
@@ -206,16 +214,20 @@ class Driver(ABC):
         *,
         seed: bytes | None = None,
         nets: tuple[NetFds, ...] = (),
+        restore: int | None = None,
     ) -> Instance:
         """Start the process as ``owner`` and connect its monitor; raise HypervisorError
         with the hypervisor's own error text if it fails. ``paths.root`` is a fresh run
         directory (:func:`qumran.drivers.rundir.create`). The console socket is listening
         when this returns. ``seed``: the cloud-init seed image the VM gets as a read-only
         disk (:mod:`qumran.drivers.seed`). ``nets``: the network NICs' TAPs (and vhost-net
-        fds), one per network NIC; the caller keeps them and closes its copies after."""
+        fds), one per network NIC; the caller keeps them and closes its copies after.
+        ``restore``: a snapshot file, open, to resume (only where :attr:`snapshots`); the
+        caller keeps it too."""
         from qumran.drivers.startup import launch
 
-        return await launch(self, spec, paths, owner, events, seed=seed, nets=nets)
+        return await launch(self, spec, paths, owner, events, seed=seed, nets=nets,
+                            restore=restore)  # fmt: skip
 
     async def attach(self, spec: VmSpec, paths: RunPaths, pid: int, events: EventSink) -> Instance:
         """Re-connect to a process an earlier daemon launched, once the kernel vouches

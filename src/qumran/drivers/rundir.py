@@ -162,10 +162,12 @@ class Handoff:
     seed, written here and opened read-only, and its network NICs' TAPs."""
 
     def __init__(self, run_dir: RunDir, *, serial: bool, seed: bytes | None = None,
-                 nets: tuple[NetFds, ...] = ()) -> None:  # fmt: skip
+                 nets: tuple[NetFds, ...] = (), restore: int | None = None) -> None:  # fmt: skip
         paths = run_dir.paths
-        # The NICs' TAPs are the caller's (it made them, it closes them): passed on only.
+        # The NICs' TAPs and the snapshot are the caller's (it opened them, it closes
+        # them): passed on only.
         self.nets = nets
+        self.restore = restore
         self._sockets: list[socket.socket] = []
         self._files: list[int] = []
         try:
@@ -191,12 +193,14 @@ class Handoff:
     @property
     def fds(self) -> tuple[int, ...]:
         nets = (fd for net in self.nets for fd in net.all)
-        return (*(s.fileno() for s in self._sockets), *self._files, *nets)
+        restore = () if self.restore is None else (self.restore,)
+        return (*(s.fileno() for s in self._sockets), *self._files, *nets, *restore)
 
     @property
     def numbers(self) -> HandoffFds:
         console = self.console.fileno() if self.console is not None else None
-        return HandoffFds(self.monitor.fileno(), console, self.console_log, self.seed, self.nets)
+        return HandoffFds(self.monitor.fileno(), console, self.console_log, self.seed, self.nets,
+                          self.restore)  # fmt: skip
 
     def close(self) -> None:
         """Close the daemon's copies (the hypervisor keeps its own)."""

@@ -49,11 +49,12 @@ async def launch(
     *,
     seed: bytes | None = None,
     nets: tuple[NetFds, ...] = (),
+    restore: int | None = None,
 ) -> Instance:
     driver.check(spec, owner)  # again at each start: files change after define
     with RunDir(paths) as run_dir:
         offset = run_dir.size(paths.log.name)
-        handoff = Handoff(run_dir, serial=spec.serial, seed=seed, nets=nets)
+        handoff = Handoff(run_dir, serial=spec.serial, seed=seed, nets=nets, restore=restore)
         try:
             argv = driver.command(spec, handoff.numbers)
             log.info("VM %s: starting %s", spec.name, describe(argv))

@@ -56,6 +56,18 @@ KVM_SET_LAPIC = iow(KVMIO, 0x8F, s.kvm_lapic_state)
 KVM_SET_CPUID2 = iow(KVMIO, 0x90, s.kvm_cpuid2)
 KVM_GET_MP_STATE = ior(KVMIO, 0x98, s.kvm_mp_state)
 KVM_SET_MP_STATE = iow(KVMIO, 0x99, s.kvm_mp_state)
+KVM_GET_VCPU_EVENTS = ior(KVMIO, 0x9F, s.kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = iow(KVMIO, 0xA0, s.kvm_vcpu_events)
+KVM_GET_DEBUGREGS = ior(KVMIO, 0xA1, s.kvm_debugregs)
+KVM_SET_DEBUGREGS = iow(KVMIO, 0xA2, s.kvm_debugregs)
+KVM_GET_XSAVE = ior(KVMIO, 0xA4, s.kvm_xsave)
+KVM_SET_XSAVE = iow(KVMIO, 0xA5, s.kvm_xsave)
+KVM_GET_XCRS = ior(KVMIO, 0xA6, s.kvm_xcrs)
+KVM_SET_XCRS = iow(KVMIO, 0xA7, s.kvm_xcrs)
+
+# struct kvm_vcpu_events flags (asm/kvm.h KVM_VCPUEVENT_VALID_*)
+KVM_VCPUEVENT_VALID_NMI_PENDING = 1 << 0
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 1 << 1
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1

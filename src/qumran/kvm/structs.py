@@ -314,6 +314,38 @@ class kvm_clock_data(ctypes.Structure):
     ]
 
 
+class kvm_vcpu_events(ctypes.Structure):
+    """asm/kvm.h: pending exceptions, interrupts, NMI, SIPI vector and SMM state. Kept as
+    bytes but for ``flags``, which says which parts KVM_SET_VCPU_EVENTS takes."""
+
+    _fields_ = [("head", c_uint8 * 20), ("flags", c_uint32), ("tail", c_uint8 * 40)]
+
+
+class kvm_debugregs(ctypes.Structure):
+    """asm/kvm.h: DR0-3, DR6, DR7."""
+
+    _fields_ = [("db", c_uint64 * 4), ("dr6", c_uint64), ("dr7", c_uint64),
+                ("flags", c_uint64), ("reserved", c_uint64 * 9)]  # fmt: skip
+
+
+class kvm_xsave(ctypes.Structure):
+    """asm/kvm.h: the XSAVE area (its legacy 4 KiB; larger only with AMX permission, which
+    qumran-vmm never asks for)."""
+
+    _fields_ = [("region", c_uint32 * 1024)]
+
+
+class kvm_xcr(ctypes.Structure):
+    _fields_ = [("xcr", c_uint32), ("reserved", c_uint32), ("value", c_uint64)]
+
+
+class kvm_xcrs(ctypes.Structure):
+    """asm/kvm.h: extended control registers (XCR0)."""
+
+    _fields_ = [("nr_xcrs", c_uint32), ("flags", c_uint32), ("xcrs", kvm_xcr * 16),
+                ("padding", c_uint64 * 16)]  # fmt: skip
+
+
 # --- struct kvm_run: the page shared with the kernel, mapped from the vCPU fd -------------
 
 
@@ -460,6 +492,11 @@ KERNEL_SIZES: dict[type[ctypes.Structure], int] = {
     kvm_irq_level: 8,
     kvm_mp_state: 4,
     kvm_clock_data: 48,
+    kvm_vcpu_events: 64,
+    kvm_debugregs: 128,
+    kvm_xsave: 4096,
+    kvm_xcr: 16,
+    kvm_xcrs: 392,
     kvm_run: 2352,
 }
 

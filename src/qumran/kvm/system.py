@@ -101,6 +101,20 @@ class Kvm(_Fd):
         entries = table.entries[: table.nent]
         return [s.kvm_cpuid_entry2.from_buffer_copy(e) for e in entries]
 
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and emulates (what a snapshot keeps).
+        The first call with room for none learns the count (E2BIG), the second the list."""
+        probe = s.msr_list_type(0)()
+        try:
+            self._ioctl("KVM_GET_MSR_INDEX_LIST", k.KVM_GET_MSR_INDEX_LIST, probe)
+        except KvmError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+        table = s.msr_list_type(probe.nmsrs)()
+        table.nmsrs = probe.nmsrs
+        self._ioctl("KVM_GET_MSR_INDEX_LIST", k.KVM_GET_MSR_INDEX_LIST, table)
+        return list(table.indices[: table.nmsrs])
+
     def create_vm(self) -> Vm:
         fd = self._ioctl("KVM_CREATE_VM", k.KVM_CREATE_VM, 0)
         return Vm(fd, self.vcpu_mmap_size())
@@ -160,11 +174,21 @@ class Vm(_Fd):
         self._ioctl("KVM_GET_IRQCHIP", k.KVM_GET_IRQCHIP, chip)
         return chip
 
+    def set_irqchip(self, chip: s.kvm_irqchip) -> None:
+        self._ioctl("KVM_SET_IRQCHIP", k.KVM_SET_IRQCHIP, chip)
+
     def get_pit2(self) -> s.kvm_pit_state2:
         return self._get("KVM_GET_PIT2", k.KVM_GET_PIT2, s.kvm_pit_state2)
 
+    def set_pit2(self, state: s.kvm_pit_state2) -> None:
+        self._ioctl("KVM_SET_PIT2", k.KVM_SET_PIT2, state)
+
     def get_clock(self) -> s.kvm_clock_data:
         return self._get("KVM_GET_CLOCK", k.KVM_GET_CLOCK, s.kvm_clock_data)
+
+    def set_clock(self, clock: int) -> None:
+        """KVM_SET_CLOCK: kvmclock reads ``clock`` ns now (and runs on from there)."""
+        self._ioctl("KVM_SET_CLOCK", k.KVM_SET_CLOCK, s.kvm_clock_data(clock=clock))
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         fd = self._ioctl("KVM_CREATE_VCPU", k.KVM_CREATE_VCPU, vcpu_id)
@@ -252,6 +276,33 @@ class Vcpu(_Fd):
 
     def get_mp_state(self) -> int:
         return int(self._get("KVM_GET_MP_STATE", k.KVM_GET_MP_STATE, s.kvm_mp_state).mp_state)
+
+    def set_mp_state(self, state: int) -> None:
+        self._ioctl("KVM_SET_MP_STATE", k.KVM_SET_MP_STATE, s.kvm_mp_state(state))
+
+    def get_xsave(self) -> s.kvm_xsave:
+        return self._get("KVM_GET_XSAVE", k.KVM_GET_XSAVE, s.kvm_xsave)
+
+    def set_xsave(self, xsave: s.kvm_xsave) -> None:
+        self._ioctl("KVM_SET_XSAVE", k.KVM_SET_XSAVE, xsave)
+
+    def get_xcrs(self) -> s.kvm_xcrs:
+        return self._get("KVM_GET_XCRS", k.KVM_GET_XCRS, s.kvm_xcrs)
+
+    def set_xcrs(self, xcrs: s.kvm_xcrs) -> None:
+        self._ioctl("KVM_SET_XCRS", k.KVM_SET_XCRS, xcrs)
+
+    def get_debugregs(self) -> s.kvm_debugregs:
+        return self._get("KVM_GET_DEBUGREGS", k.KVM_GET_DEBUGREGS, s.kvm_debugregs)
+
+    def set_debugregs(self, regs: s.kvm_debugregs) -> None:
+        self._ioctl("KVM_SET_DEBUGREGS", k.KVM_SET_DEBUGREGS, regs)
+
+    def get_vcpu_events(self) -> s.kvm_vcpu_events:
+        return self._get("KVM_GET_VCPU_EVENTS", k.KVM_GET_VCPU_EVENTS, s.kvm_vcpu_events)
+
+    def set_vcpu_events(self, events: s.kvm_vcpu_events) -> None:
+        self._ioctl("KVM_SET_VCPU_EVENTS", k.KVM_SET_VCPU_EVENTS, events)
 
     def set_cpuid2(self, entries: Iterable[s.kvm_cpuid_entry2]) -> None:
         items = list(entries)

@@ -41,8 +41,10 @@ from qumran.vmm.vcpu import VcpuThread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the virtio stack is imported only for a machine that has devices
+    from typing import Any
+
     from qumran.vmm.devices.virtio.backends import Backends, DeviceSpecs
-    from qumran.vmm.machine import Peripherals
+    from qumran.vmm.machine import Peripherals, Stateful
     from qumran.vmm.vcpu import MmioHandler
 
 MAX_VCPUS = 64  # APIC ids fit the MADT and the xAPIC's 8-bit id with room to spare
@@ -215,9 +217,27 @@ def build_machine(spec: VmSpec, console_out: Callable[[bytes], None], events: Ev
             close()
         raise
     config = MachineConfig(spec.name, spec.memory, spec.vcpus, spec.cmdline)
+    config.origin = origin_of(spec)
     machine = Machine(config, kvm, memory, lambda m: boot(m, source, console_out, events, backends))
     machine.on_close(source.close)
     return machine
+
+
+def origin_of(spec: VmSpec) -> dict[str, Any]:
+    """What a snapshot records to build the same machine again: boot files for its later
+    reboots, and the devices (only the kinds a snapshot can hold; others refuse it)."""
+    devices = spec.devices
+    disks = [] if devices is None else [
+        {"path": os.path.abspath(d.path), "readonly": d.readonly}
+        for d in devices.disks if not d.vhost_user
+    ]  # fmt: skip
+    return {
+        "name": spec.name, "kernel": os.path.abspath(spec.kernel),
+        "initrd": os.path.abspath(spec.initrd) if spec.initrd else None,
+        "cmdline": spec.cmdline, "memory": spec.memory, "vcpus": spec.vcpus,
+        "disks": disks, "rng": bool(devices and devices.rng),
+        "virtio": devices is not None,
+    }  # fmt: skip
 
 
 # --- one boot -------------------------------------------------------------------------------------
@@ -239,14 +259,14 @@ def boot(
         initrd = load_initrd(machine.memory, source)
         rsdp = write_acpi_tables(machine.memory, machine.config.vcpus)
         write_zero_page(machine.memory, source, initrd, rsdp)
-        bus, serial, pm = attach_legacy_devices(vm, console_out, events)
-        pci, mmio = attach_pci_devices(vm, machine.memory, bus, backends, events)
+        bus, serial, pm, legacy = attach_legacy_devices(vm, console_out, events)
+        pci, mmio = attach_pci_devices(vm, machine.memory, bus, backends, events, legacy)
         configure_vcpus(machine.kvm, vcpus, source.kernel)
     except BaseException:
         vm.close()
         raise
     threads = [VcpuThread(v, bus, events, mmio) for v in vcpus]
-    return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm, pci=pci)
+    return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm, pci=pci, legacy=legacy)
 
 
 def create_vm(kvm: Kvm, memory: GuestMemory) -> Vm:
@@ -313,8 +333,9 @@ def write_zero_page(
 
 def attach_legacy_devices(
     vm: Vm, console_out: Callable[[bytes], None], events: EventSink
-) -> tuple[PioBus, Serial16550, AcpiPm]:
-    """COM1, CMOS RTC, i8042 (reset line) and ACPI PM block on one bus.
+) -> tuple[PioBus, Serial16550, AcpiPm, dict[str, Stateful]]:
+    """COM1, CMOS RTC, i8042 (reset line) and ACPI PM block on one bus; the last item
+    names each device with state for a snapshot.
 
     Every reset path (i8042 0xFE, ACPI reset register, 0xCF9) is a guest reboot.
     """
@@ -325,7 +346,8 @@ def attach_legacy_devices(
     bus = PioBus()
     serial = Serial16550(KvmIrqLine(vm, platform.COM1_IRQ), console_out)
     bus.register(COM1_BASE, UART_PORTS, serial)
-    bus.register(RTC_BASE, RTC_PORTS, CmosRtc())
+    rtc = CmosRtc()
+    bus.register(RTC_BASE, RTC_PORTS, rtc)
     i8042 = I8042(on_reset=notify(GuestEvent.REBOOT, "reset through the i8042"))
     bus.register(I8042_DATA_PORT, 1, i8042)
     bus.register(I8042_COMMAND_PORT, 1, i8042)
@@ -335,11 +357,16 @@ def attach_legacy_devices(
         on_reset=notify(GuestEvent.REBOOT, "ACPI reset register"),
     )
     bus.register(platform.PM_BASE, platform.PM_LEN, pm)
-    return bus, serial, pm
+    return bus, serial, pm, {"serial": serial, "rtc": rtc, "i8042": i8042, "pm": pm}
 
 
 def attach_pci_devices(
-    vm: Vm, memory: GuestMemory, bus: PioBus, backends: Backends | None, events: EventSink
+    vm: Vm,
+    memory: GuestMemory,
+    bus: PioBus,
+    backends: Backends | None,
+    events: EventSink,
+    legacy: dict[str, Stateful],
 ) -> tuple[Peripherals | None, MmioHandler | None]:
     """PCI bus 0 on ports 0xCF8-0xCFF (0xCF9 resets: a guest reboot) with the virtio devices.
 
@@ -351,7 +378,9 @@ def attach_pci_devices(
         events(GuestEventNotice(GuestEvent.REBOOT, "reset through port 0xCF9"))
 
     if backends is None:
-        bus.register(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, PciConfigStub(on_reset=on_reset))
+        stub = PciConfigStub(on_reset=on_reset)
+        bus.register(PCI_CONFIG_BASE, PCI_CONFIG_PORTS, stub)
+        legacy["pci_config"] = stub
         return None, None
     from qumran.vmm.devices.pci.system import attach_pci
 
@@ -360,12 +389,18 @@ def attach_pci_devices(
     return pci, pci
 
 
-def configure_vcpus(kvm: Kvm, vcpus: list[Vcpu], kernel: Bzimage) -> None:
-    """CPUID, MSRs and LAPIC wiring on every vCPU; boot registers on the first only."""
+def set_cpuid(kvm: Kvm, vcpus: list[Vcpu]) -> None:
+    """The CPUID table of every vCPU (first of all: other state is checked against it)."""
     supported = kvm.supported_cpuid()
     tsc_deadline = bool(kvm.check_extension(Cap.TSC_DEADLINE_TIMER))
     for v in vcpus:
         v.set_cpuid2(cpuid.vcpu_cpuid(supported, v.id, len(vcpus), tsc_deadline))
+
+
+def configure_vcpus(kvm: Kvm, vcpus: list[Vcpu], kernel: Bzimage) -> None:
+    """CPUID, MSRs and LAPIC wiring on every vCPU; boot registers on the first only."""
+    set_cpuid(kvm, vcpus)
+    for v in vcpus:
         v.set_msrs(msrs.boot_msrs())
         v.set_lapic(lapic.set_lint(v.get_lapic()))
     bsp = vcpus[0]

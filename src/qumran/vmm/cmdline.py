@@ -90,11 +90,14 @@ OPTIONS = (
     ),
     Option("--rng", None, "virtio-rng fed from /dev/urandom"),
     Option("--virtio-console", "socket:PATH", "hvc0 as a second console"),
+    Option("--restore", "PATH", "resume the guest saved in snapshot PATH (control: snapshot)"),
     Option("--log-level", "LEVEL", "DEBUG, INFO, WARNING (default, or $QUMRAN_VMM_LOG), ERROR"),
     Option("--kvm-device", "PATH", ""),  # tests only: another /dev/kvm; not in --help
 )
 _BY_FLAG = {o.flag: o for o in OPTIONS}
 REQUIRED = ("--name", "--kernel")
+FROM_SNAPSHOT = {"--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--disk", "--net",
+                 "--rng", "--virtio-console"}  # fmt: skip
 
 
 class VmmArgs:
@@ -117,6 +120,7 @@ class VmmArgs:
         self.virtio_console: str | None = None
         self.log_level = os.environ.get("QUMRAN_VMM_LOG", "WARNING")
         self.kvm_device = "/dev/kvm"
+        self.restore: str | None = None
 
 
 def parse(argv: list[str]) -> VmmArgs:
@@ -136,6 +140,7 @@ def parse(argv: list[str]) -> VmmArgs:
             if eq:
                 raise UsageError(f"{flag} takes no value")
             setattr(args, option.dest, True)
+            seen.add(flag)
             continue
         if not eq:
             if i == len(argv):
@@ -153,6 +158,12 @@ def parse(argv: list[str]) -> VmmArgs:
             getattr(args, option.dest).append(converted)
         else:
             setattr(args, option.dest, converted)
+    if "--restore" in seen:
+        given = sorted(seen & FROM_SNAPSHOT)
+        if given:
+            raise UsageError(f"{', '.join(given)}: the machine comes from the snapshot "
+                             "with --restore")  # fmt: skip
+        return args
     missing = [flag for flag in REQUIRED if flag not in seen]
     if missing:
         raise UsageError(f"the following arguments are required: {', '.join(missing)}")

@@ -1,6 +1,11 @@
 """The control socket: JSON lines over a UNIX socket.
 
-Request ``{"cmd": "status"|"pause"|"resume"|"shutdown"|"reset"|"quit"|"stats", "id": any?}``;
+Request ``{"cmd": "status"|"pause"|"resume"|"shutdown"|"reset"|"quit"|"stats", "id": any?}``,
+or ``{"cmd": "snapshot", "path": "/abs/file"}`` (the guest is paused while it is written,
+then runs again if it was running; ``qumran-vmm --restore FILE`` resumes it), or
+``{"cmd": "snapshot", "fd": true}`` with an open file sent along (SCM_RIGHTS): the
+snapshot is written into that file, which whoever sent it renames into place (qumrand's
+managed save, in a folder the VMM cannot open);
 reply ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``, echoing
 ``id`` when given. ``shutdown`` presses the ACPI power button (the guest decides);
 ``reset`` is the reset button: the guest starts again from its kernel at once, in the same
@@ -11,6 +16,7 @@ once, like QEMU's ``quit``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 from qumran.errors import InvalidArgument, QumranError
@@ -49,7 +55,7 @@ class ControlServer:
 
     def _client(self, conn: socket) -> None:
         assert self._loop is not None
-        peer = Peer(self._loop, conn, self._received, self._gone)
+        peer = Peer(self._loop, conn, self._received, self._gone, max_fds=1)
         self._clients[peer] = bytearray()
 
     def _gone(self, peer: Peer) -> None:
@@ -72,12 +78,12 @@ class ControlServer:
             del pending[: end + 1]
             if not line.strip():
                 continue
-            reply, quit_after = self.handle_line(line)
+            reply, quit_after = self.handle_line(line, peer)
             _send(peer, reply)
             if quit_after:
                 self._on_quit()
 
-    def handle_line(self, line: bytes) -> tuple[dict[str, Any], bool]:
+    def handle_line(self, line: bytes, peer: Peer | None = None) -> tuple[dict[str, Any], bool]:
         """One request -> (reply, whether to quit after sending it)."""
         try:
             request = json.loads(line)
@@ -86,7 +92,7 @@ class ControlServer:
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return _error("bad-request", 'a request is an object with a "cmd" string'), False
         try:
-            reply = {"ok": True, **self._dispatch(request["cmd"])}
+            reply = {"ok": True, **self._dispatch(request["cmd"], request, peer)}
         except QumranError as exc:
             reply = {"ok": False, "error": exc.to_dict()}
         except Exception as exc:  # a bug must not take the control socket down
@@ -96,7 +102,7 @@ class ControlServer:
             reply["id"] = request["id"]
         return reply, request["cmd"] == "quit" and reply["ok"]
 
-    def _dispatch(self, cmd: str) -> dict[str, Any]:
+    def _dispatch(self, cmd: str, request: dict[str, Any], peer: Peer | None) -> dict[str, Any]:
         machine = self._machine
         match cmd:
             case "status":
@@ -115,12 +121,25 @@ class ControlServer:
             case "reset":
                 machine.reset()
                 return {"state": machine.state.value, "reboots": machine.reboots}
+            case "snapshot":
+                if request.get("fd") is True:
+                    fd = peer.take_fd() if peer is not None else None
+                    if fd is None:
+                        raise InvalidArgument('snapshot "fd": no open file came with the request')
+                    try:
+                        return {**machine.snapshot(fd), "state": machine.state.value}
+                    finally:
+                        os.close(fd)
+                path = request.get("path")
+                if not isinstance(path, str) or not path:
+                    raise InvalidArgument('snapshot needs "path": the file to write')
+                return {**machine.snapshot(path), "state": machine.state.value}
             case "quit":
                 return {}
             case _:
                 raise UnknownCommand(
                     f"unknown command {cmd!r};"
-                    " try status, pause, resume, shutdown, reset, quit, stats"
+                    " try status, pause, resume, shutdown, reset, quit, stats, snapshot"
                 )
 
     def close(self) -> None:

@@ -25,12 +25,27 @@ if TYPE_CHECKING:  # typing costs resident memory in every VMM process: checkers
     class PowerButton(Protocol):
         def press_power_button(self) -> None: ...
 
+    class Stateful(Protocol):
+        """A device whose state a snapshot saves and a restore puts back."""
+
+        def save_state(self) -> dict[str, Any]: ...
+
+        def load_state(self, state: dict[str, Any]) -> None: ...
+
     class Peripherals(Protocol):
         """The devices on PCI: stopped after the vCPUs and before the VM fd closes."""
 
         def status(self) -> list[dict[str, Any]]: ...
 
         def stop(self) -> None: ...
+
+        def unsnapshottable(self) -> list[str]: ...
+
+        def park(self) -> Callable[[], None]: ...
+
+        def save_state(self) -> dict[str, Any]: ...
+
+        def load_state(self, state: dict[str, Any]) -> None: ...
 
 
 PAUSE_TIMEOUT = 5.0
@@ -54,8 +69,10 @@ class Boot:
         serial: ConsoleInput,
         pm: PowerButton | None,
         pci: Peripherals | None = None,
+        legacy: dict[str, Stateful] | None = None,
     ) -> None:
         self.vm = vm
+        self.legacy = legacy or {}
         self.bus = bus
         self.vcpus = vcpus
         self.serial = serial
@@ -76,9 +93,10 @@ class Boot:
 
 
 class MachineConfig:
-    __slots__ = ("cmdline", "memory", "name", "vcpus")
+    __slots__ = ("cmdline", "memory", "name", "origin", "vcpus")
 
     def __init__(self, name: str, memory: int, vcpus: int, cmdline: str) -> None:
+        self.origin: dict[str, Any] = {}  # how it was built, for a snapshot (builder.py)
         self.name = name
         self.memory = memory
         self.vcpus = vcpus
@@ -194,6 +212,13 @@ class Machine:
         for v in boot.vcpus:
             v.wait_held(PAUSE_TIMEOUT)
         return dump(boot.vcpus)
+
+    def snapshot(self, path: str | int) -> dict[str, Any]:
+        """Pause, write the guest to ``path`` (a path, or a file open for writing; see
+        :mod:`qumran.vmm.snapshot`), and run again if it was running."""
+        from qumran.vmm.snapshot.save import take_snapshot
+
+        return take_snapshot(self, self._require_boot(), path)
 
     def power_button(self) -> None:
         boot = self._require_boot()

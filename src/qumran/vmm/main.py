@@ -7,6 +7,7 @@
                [--net tap=NAME|fd=N[,mac=MAC][,vhost=on|off]]... [--rng]
                [--net passt[,mac=MAC][,forward=tcp:127.0.0.1:2222-:22]...]
                [--virtio-console socket:PATH]
+    qumran-vmm --restore SNAPSHOT [--name N] [--console ...] [--control PATH] ...
 
 Exit status: 0 when the guest powers off or the VM is told to quit (control ``quit``,
 SIGTERM, SIGINT, SIGHUP); 1 for bad input or a host that cannot run the VM (one line on
@@ -87,17 +88,24 @@ class VmmProcess:
                     output = self.console_log.write
             except ValueError as exc:
                 raise QumranError(str(exc)) from None
-            devices = self._device_specs(*device_args) if device_args is not None else None
-            spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus, a.force_kvm,
-                          a.kvm_device, devices)  # fmt: skip
-            self.machine = build_machine(spec, output, self._post)
+            if a.restore is not None:
+                from qumran.vmm.snapshot.restore import restore_machine
+
+                self.machine = restore_machine(a.restore, a.name or None, output, self._post,
+                                               a.kvm_device, a.force_kvm)  # fmt: skip
+            else:
+                devices = self._device_specs(*device_args) if device_args is not None else None
+                spec = VmSpec(a.name, a.kernel, a.initrd, a.cmdline, a.memory, a.vcpus,
+                              a.force_kvm, a.kvm_device, devices)  # fmt: skip
+                self.machine = build_machine(spec, output, self._post)
             if a.control:
                 self.control = ControlServer(a.control, self.machine, self._quit)
             self.console.on_input = self.machine.feed_console
             self.console.on_quit = self._quit
             self.console.prepare()
             self.machine.start()
-            log.info("guest started %.2f s after exec", _since_exec())
+            log.info("guest %s %.2f s after exec", "restored" if a.restore else "started",
+                     _since_exec())  # fmt: skip
             for server in (self.control, self.console, self.hvc):
                 if server is not None:
                     server.start(self.loop)
@@ -201,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"qumran-vmm: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    set_thread_name(args.name)
+    set_thread_name(args.name or "qumran-vmm")
     if argv is None:  # the program itself, not a test calling main() in its own process
         set_process_title(["qumran-vmm", *sys.argv[1:]])  # not python3's path and ours
         try:
-            confine.prepare(args.name)  # seccomp filters for the threads started from here
+            # Seccomp filters for the threads started from here.
+            confine.prepare(args.name or "qumran-vmm")
         except RuntimeError as exc:
             print(f"qumran-vmm: error: {exc}", file=sys.stderr)
             return EXIT_ERROR

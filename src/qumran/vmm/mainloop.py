@@ -105,9 +105,15 @@ class Peer:
         on_data: Callable[[Peer, bytes], None],
         on_close: Callable[[Peer], None],
         max_backlog: int = 1 << 20,
+        *,
+        max_fds: int = 0,
     ) -> None:
         self._loop = loop
         self.sock = sock
+        # Open files the client sent (SCM_RIGHTS), oldest first, for a request to take;
+        # only where ``max_fds`` allows any (elsewhere the kernel closes what is sent).
+        self.fds: list[int] = []
+        self._max_fds = max_fds
         self._on_data = on_data
         self._on_close = on_close
         self._max_backlog = max_backlog
@@ -139,7 +145,7 @@ class Peer:
             self._flush()
         if mask & READ and not self.closed:
             try:
-                data = self.sock.recv(65536)
+                data = self._receive()
             except BlockingIOError:
                 return
             except OSError:
@@ -148,6 +154,26 @@ class Peer:
                 self.close()
                 return
             self._on_data(self, data)
+
+    def _receive(self) -> bytes:
+        if not self._max_fds:
+            return self.sock.recv(65536)
+        space = _socket.CMSG_SPACE(self._max_fds * 4)
+        data, ancillary, _, _ = self.sock.recvmsg(65536, space)
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                got = [int.from_bytes(payload[i : i + 4], "little", signed=True)
+                       for i in range(0, len(payload) - len(payload) % 4, 4)]  # fmt: skip
+                for fd in got:
+                    os.set_inheritable(fd, False)
+                self.fds += got
+        while len(self.fds) > self._max_fds:  # more than a request can use: not kept
+            os.close(self.fds.pop(0))
+        return data
+
+    def take_fd(self) -> int | None:
+        """The oldest file the client sent, now the caller's to close; None if none."""
+        return self.fds.pop(0) if self.fds else None
 
     def _flush(self) -> None:
         try:
@@ -167,6 +193,9 @@ class Peer:
         self.closed = True
         self._loop.unwatch(self.sock.fileno())
         self.sock.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
         self._on_close(self)
 
 

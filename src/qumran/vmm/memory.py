@@ -36,6 +36,64 @@ class GuestMemory:
             raise GuestTooLarge(f"memory size {size} must be a whole number of pages >= 1 MiB")
         self.size = size
         self.ranges = layout.ram_ranges(size)
+        self._map_new(shared)
+
+    @classmethod
+    def from_snapshot(cls, fd: int, offset: int, size: int) -> GuestMemory:
+        """RAM as a private copy-on-write mapping of ``size`` bytes of file ``fd`` at
+        ``offset`` (a page multiple): pages are read from the file when the guest first
+        touches them, and what it writes stays in this process. A reboot (:meth:`discard`)
+        moves to fresh anonymous memory, as a cold start has nothing to do with the file."""
+        self = cls.__new__(cls)
+        if size < layout.MiB or size % layout.PAGE_SIZE or offset % mmap.ALLOCATIONGRANULARITY:
+            raise VmmError(f"memory of {size} bytes at offset {offset} cannot be mapped")
+        self.size = size
+        self.ranges = layout.ram_ranges(size)
+        self.fd = -1  # nothing another process could map: no vhost-user after a restore
+        self._snapshot = True
+        try:
+            self._map = mmap.mmap(fd, size, mmap.MAP_PRIVATE | MAP_NORESERVE,
+                                  mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)  # fmt: skip
+        except OSError as exc:
+            raise VmmError(f"cannot map guest memory from the snapshot: {exc}") from None
+        self._base = 0
+        self._view = (ctypes.c_char * size).from_buffer(self._map, 0)
+        self.host_addr = ctypes.addressof(self._view)
+        return self
+
+    @property
+    def private(self) -> bool:
+        """True while RAM is a copy-on-write mapping of a snapshot file."""
+        return self._snapshot
+
+    def data_extents(self) -> list[tuple[int, int]]:
+        """(offset, length) in RAM order (the ranges back to back) of what may hold
+        anything but zeros: the memfd's allocated pages (SEEK_DATA), or, for anonymous
+        memory and a snapshot mapping, every 64 KiB that is not all zeros."""
+        if self.fd < 0:
+            return _nonzero_extents(memoryview(self._map)[self._base : self._base + self.size])
+        out: list[tuple[int, int]] = []
+        start, end = self._base, self._base + self.size
+        pos = start
+        while pos < end:
+            try:
+                data = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            if data >= end:
+                break
+            hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), end)
+            out.append((data - start, hole - data))
+            pos = hole
+        return out
+
+    def image(self) -> memoryview:
+        """All of RAM as one read-only view, ranges back to back (what a snapshot saves)."""
+        return memoryview(self._map)[self._base : self._base + self.size].toreadonly()
+
+    def _map_new(self, shared: bool) -> None:
+        size = self.size
+        self._snapshot = False
         self.fd = -1  # the memfd, when shared
         try:
             # One huge page more than needed, so RAM can start on a 2 MiB boundary (see
@@ -140,7 +198,13 @@ class GuestMemory:
         """Give every page back (reads as zeros again): a cold start for a reboot.
 
         Shared: MADV_REMOVE, not MADV_DONTNEED, which in a shared mapping only unmaps (the
-        memfd would keep the old contents)."""
+        memfd would keep the old contents). RAM restored from a snapshot is replaced by
+        fresh anonymous memory (the next boot registers the new address with KVM)."""
+        if self._snapshot:
+            self._view = None
+            self._map.close()
+            self._map_new(shared=False)
+            return
         self._map.madvise(MADV_REMOVE if self.fd >= 0 else MADV_DONTNEED)
 
     def close(self) -> None:
@@ -150,3 +214,21 @@ class GuestMemory:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
+
+
+_CHUNK = 64 * 1024
+
+
+def _nonzero_extents(ram: memoryview) -> list[tuple[int, int]]:
+    """(offset, length) of the 64 KiB chunks of ``ram`` that are not all zeros, merged."""
+    zero = bytes(_CHUNK)
+    out: list[tuple[int, int]] = []
+    for pos in range(0, len(ram), _CHUNK):
+        chunk = ram[pos : pos + _CHUNK]
+        if chunk == zero[: len(chunk)]:
+            continue
+        if out and out[-1][0] + out[-1][1] == pos:
+            out[-1] = (out[-1][0], out[-1][1] + len(chunk))
+        else:
+            out.append((pos, len(chunk)))
+    return out

@@ -61,6 +61,12 @@ def build_argv(
 ) -> list[str]:
     assert isinstance(spec.boot, KernelBoot)
     console = f"socket:fd={fds.console}" if fds.console is not None else "none"
+    if fds.restore is not None:  # the machine, its disks and boot files: from the snapshot
+        return [
+            binary, "--restore", f"fd={fds.restore}", "--name", spec.name,
+            "--console", console, "--console-log", f"fd={fds.console_log}",
+            "--control", f"fd={fds.monitor}",
+        ]  # fmt: skip
     argv = [
         binary, "--name", spec.name, "--kernel", str(spec.boot.kernel),
         "--cmdline", spec.boot.cmdline, "--memory", f"{spec.memory}M",
@@ -187,6 +193,13 @@ class NativeInstance(Instance):
     async def is_paused(self) -> bool:
         return (await self.control.call("status")).get("state") == "paused"
 
+    async def save(self, target: str | int) -> None:
+        if isinstance(target, int):
+            await self.control.call("snapshot", {"fd": True}, fd=target)
+        else:
+            await self.control.call("snapshot", {"path": target})
+        await self.control.call("pause")  # it ran on after the snapshot; hold it for the end
+
     async def block_io(self) -> tuple[int, int] | None:
         """Bytes read and written by the guest's disks since its last boot (the control
         socket's per-device counters); None without a disk."""
@@ -218,6 +231,7 @@ class NativeInstance(Instance):
 class NativeDriver(Driver):
     name = "native"
     program = "qumran-vmm"
+    snapshots = True
 
     def __init__(
         self, binary: str | None = None, *, probe: Callable[[], AccelChoice] | None = None
@@ -282,12 +296,14 @@ class NativeDriver(Driver):
         *,
         seed: bytes | None = None,
         nets: tuple[NetFds, ...] = (),
+        restore: int | None = None,
     ) -> Instance:
         """The storage daemon first (its disks' sockets listening, or the reason it could
         not open them), then qumran-vmm; a failure of either leaves neither running."""
         exports = storage.exports_of(spec)
         if not exports:
-            return await super().launch(spec, paths, owner, events, seed=seed, nets=nets)
+            return await super().launch(spec, paths, owner, events, seed=seed, nets=nets,
+                                        restore=restore)  # fmt: skip
         self.check(spec, owner)  # before a storage daemon opens anything
         disks = await StorageDaemon.start(spec, exports, paths, owner)
         served = {e.index: storage.socket_path(paths, e.index) for e in exports}

@@ -17,6 +17,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the VMM's run time
+    from typing import Any
+
 I8042_DATA_PORT = 0x60
 I8042_COMMAND_PORT = 0x64
 _DATA, _COMMAND = 0, I8042_COMMAND_PORT - I8042_DATA_PORT
@@ -56,6 +60,17 @@ class I8042:
         self._out: int | None = None  # the byte waiting in the output buffer
         self._pending: int | None = None  # command waiting for its data byte
         self._status = STATUS_SYS | STATUS_UNLOCKED
+
+    _STATE = ("_ctr", "_output_port", "_out", "_pending", "_status")
+
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            return {n: getattr(self, n) for n in self._STATE}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            for n in self._STATE:
+                setattr(self, n, state[n])
 
     def pio_read(self, offset: int, size: int) -> int:
         with self._lock:

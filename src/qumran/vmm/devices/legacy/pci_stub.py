@@ -22,6 +22,10 @@ import struct
 import threading
 from collections.abc import Callable
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the VMM's run time
+    from typing import Any
+
 PCI_CONFIG_BASE = 0xCF8
 PCI_CONFIG_PORTS = 8
 _ADDRESS, _RESET_CONTROL, _DATA = 0, 1, 4
@@ -52,6 +56,13 @@ class PciConfigStub:
         self._address = 0
         self._bridge = _host_bridge_header() if host_bridge else None
         self._on_reset = on_reset
+
+    def save_state(self) -> dict[str, object]:
+        return {"address": self._address}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._address = state["address"]
 
     def pio_read(self, offset: int, size: int) -> int:
         ones = (1 << (8 * size)) - 1

@@ -32,6 +32,10 @@ from qumran.vmm.acpi.constants import (
 )
 from qumran.vmm.devices.irq import IrqLine, IrqOutput
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the VMM's run time
+    from typing import Any
+
 # PM1_STS / PM1_EN bits (the same positions in both registers)
 TMR_STS = 1 << 0
 GBL_STS = 1 << 5
@@ -72,6 +76,15 @@ class AcpiPm:
         self._sts = 0
         self._en = 0
         self._cnt = SCI_EN
+
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            return {"sts": self._sts, "en": self._en, "cnt": self._cnt}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._sts, self._en, self._cnt = state["sts"], state["en"], state["cnt"]
+            self._update_sci()
 
     def press_power_button(self) -> None:
         """The host pressed the power button: the guest's ACPI driver sees a fixed event."""

@@ -25,6 +25,10 @@ from collections.abc import Callable
 
 from qumran.vmm.acpi.constants import RTC_CENTURY_INDEX
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the VMM's run time
+    from typing import Any
+
 RTC_BASE = 0x70
 RTC_PORTS = 2
 
@@ -84,6 +88,19 @@ class CmosRtc:
         self._index = 0
         self._offset = 0.0
         self._frozen: list[int] | None = None  # the fields while SET is 1
+
+    def save_state(self) -> dict[str, object]:
+        """The guest's clock is kept as an offset from the host's: after a restore it
+        reads the host's time plus that offset, as a real RTC keeps running when off."""
+        with self._lock:
+            return {"ram": list(self._ram), "index": self._index, "offset": self._offset,
+                    "frozen": self._frozen}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._ram = bytearray(state["ram"])
+            self._index, self._offset, self._frozen = (
+                state["index"], state["offset"], state["frozen"])  # fmt: skip
 
     def pio_read(self, offset: int, size: int) -> int:
         if offset != 1:

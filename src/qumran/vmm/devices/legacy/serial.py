@@ -36,6 +36,10 @@ from collections.abc import Callable
 
 from qumran.vmm.devices.irq import IrqLine, IrqOutput
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing stays out of the VMM's run time
+    from typing import Any
+
 COM1_BASE = 0x3F8
 COM1_IRQ = 4
 UART_PORTS = 8
@@ -104,6 +108,22 @@ class Serial16550:
             self._rx.extend(taken)
             self._update_irq()
             return len(taken)
+
+    # -- snapshot (vCPUs paused) ----------------------------------------------------
+
+    _STATE = ("_ier", "_lcr", "_mcr", "_scr", "_dll", "_dlm", "_fifo", "_lsr_errors",
+              "_msr_deltas", "_thr_pending")  # fmt: skip
+
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            return {**{n: getattr(self, n) for n in self._STATE}, "rx": list(self._rx)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            for n in self._STATE:
+                setattr(self, n, state[n])
+            self._rx = deque(state["rx"])
+            self._update_irq()
 
     # -- bus side ------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from qumran.vmm.devices.pci.config import ConfigSpace
 
@@ -72,6 +72,13 @@ class PciHost:
         self._on_reset = on_reset
         self.slots: list[PciFunction | None] = [None] * MAX_SLOTS
         self.slots[0] = HostBridge()
+
+    def save_state(self) -> dict[str, Any]:
+        return {"address": self._address}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._address = state["address"]
 
     def add(self, function: PciFunction) -> int:
         """Put ``function`` in the first free slot; returns the slot number."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 CAP_ID_MSIX = 0x11
 ENTRY_SIZE = 16
@@ -136,6 +136,25 @@ class MsixTable:
                 return None
             self._route(index)
             return self._sink.eventfd(index)
+
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            return {"table": self.table.hex(), "pending": self.pending, "enabled": self.enabled,
+                    "function_mask": self.function_mask}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Table and control of a snapshot; every unmasked vector is routed again."""
+        table = bytes.fromhex(state["table"])
+        if len(table) != len(self.table):
+            raise ValueError(f"MSI-X table of {len(table)} bytes for {self.count} vectors")
+        with self._lock:
+            self.table[:] = table
+            self.pending = state["pending"]
+            self.enabled, self.function_mask = state["enabled"], state["function_mask"]
+            self._routed.clear()
+            for index in range(self.count):
+                if not self._masked(index):
+                    self._route(index)
 
     def reset(self) -> None:
         with self._lock:

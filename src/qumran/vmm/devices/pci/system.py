@@ -36,6 +36,27 @@ class PciSystem:
     def status(self) -> list[dict[str, Any]]:
         return [f.report() for f in self.functions]
 
+    def park(self) -> Callable[[], None]:
+        """Hold the device I/O thread still; call the result to let it go."""
+        return self.loop.park()
+
+    def unsnapshottable(self) -> list[str]:
+        """The devices whose state a snapshot cannot take (yet), by name."""
+        return [f.device.name for f in self.functions if not f.device.snapshottable]
+
+    def save_state(self) -> dict[str, Any]:
+        """Caller paused the vCPUs and parked :attr:`loop`."""
+        functions = [f.save_state() for f in self.functions]
+        return {"host": self.host.save_state(), "functions": functions}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        functions = state["functions"]
+        if len(functions) != len(self.functions):
+            raise ValueError(f"{len(functions)} PCI devices saved, {len(self.functions)} made")
+        self.host.load_state(state["host"])
+        for function, saved in zip(self.functions, functions, strict=True):
+            function.load_state(saved)
+
     def stop(self) -> None:
         """Stop the I/O loop and drop every view into guest memory."""
         self.loop.stop()

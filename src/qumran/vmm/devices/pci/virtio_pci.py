@@ -30,7 +30,7 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from qumran.vmm.devices.irq import IrqLine, IrqOutput
 from qumran.vmm.devices.pci.config import CMD_MEMORY, ConfigSpace
@@ -377,6 +377,47 @@ class VirtioPciDevice:
         self.isr |= cause
         if not self.msix.signal(vector):
             self._intx.drive(True)
+
+    # --- snapshot (vCPUs paused, I/O loop parked) ---------------------------------------------
+
+    _STATE = ("status", "dfselect", "gfselect", "driver_features", "config_vector",
+              "queue_select", "queue_vectors", "isr")  # fmt: skip
+
+    def save_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "device": self.device.name,
+                **{n: getattr(self, n) for n in self._STATE},
+                "intx": self._intx.level,
+                "pci_config": self.config.data.hex(),
+                "device_config": self.device.config.hex(),
+                "msix": self.msix.save_state(),
+                "queues": [q.save_state() for q in self.queues],
+            }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`save_state` saw, on a device just made for the same slot;
+        an active device is activated again and its queues looked at (a kick the guest
+        made just before the snapshot may not have been served yet). ValueError if the
+        state does not fit this device."""
+        if state["device"] != self.device.name or len(state["queues"]) != len(self.queues):
+            raise ValueError(f"saved {state['device']} does not fit {self.device.name}")
+        with self._lock:
+            self.config.data[:] = bytes.fromhex(state["pci_config"])
+            self.device.config[:] = bytes.fromhex(state["device_config"])
+            self.msix.load_state(state["msix"])
+            for n in self._STATE:
+                setattr(self, n, state[n])
+            self.queue_vectors = list(state["queue_vectors"])
+            for index, (q, saved) in enumerate(zip(self.queues, state["queues"], strict=True)):
+                try:
+                    q.load_state(saved, self._ram)
+                except QueueError as exc:
+                    raise ValueError(f"{self.device.name} queue {index}: {exc}") from None
+            self._rebind()
+            self._intx.drive(bool(state["intx"]))
+            if self.status & DRIVER_OK and not self.status & NEEDS_RESET:
+                self._activate()
 
     def report(self) -> dict[str, object]:
         """The device's own status, then the transport's counters (control ``status``)."""

@@ -129,6 +129,7 @@ def _parse(chain: DescChain) -> tuple[int, int, list[memoryview], list[memoryvie
 class VirtioBlock(VirtioDevice):
     device_id = DeviceId.BLOCK
     name = "virtio-blk"
+    snapshottable = True  # every request is done before the I/O loop lets a snapshot in
 
     def __init__(self, image: DiskImage, serial: str = "", helpers: int | None = None) -> None:
         features = F_SEG_MAX | F_FLUSH | (F_RO if image.readonly else 0)

@@ -76,6 +76,9 @@ class VirtioDevice(ABC):
     # True: the host kernel serves the rings once active (vhost); the transport then leaves
     # the kick eventfds alone and hands the device a :class:`KernelQueues`.
     rings_in_kernel: bool = False
+    # True: the transport's state (features, queues, MSI-X) is all there is to save for a
+    # snapshot; devices with state elsewhere (a back end's rings, a TAP) say False.
+    snapshottable: bool = False
 
     def __init__(self, queue_sizes: tuple[int, ...], features: int, config: bytes) -> None:
         self.queue_sizes = queue_sizes

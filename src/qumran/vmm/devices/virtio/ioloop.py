@@ -54,6 +54,24 @@ class IoLoop:
             self._calls.append(callback)
         self._poke()
 
+    def park(self, timeout: float = 5.0) -> Callable[[], None]:
+        """Hold the loop thread between two callbacks (no device runs) until the returned
+        function is called: a snapshot reads the devices' state meanwhile. TimeoutError
+        if the thread does not get there in ``timeout`` seconds (a device stuck in I/O)."""
+        if not self._thread.is_alive():
+            return lambda: None
+        parked, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            parked.set()
+            release.wait()
+
+        self.call_soon(hold)
+        if not parked.wait(timeout):
+            release.set()
+            raise TimeoutError(f"the device I/O thread did not stop within {timeout}s")
+        return release.set
+
     def start(self) -> None:
         self._thread.start()
 

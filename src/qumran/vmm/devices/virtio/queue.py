@@ -162,6 +162,25 @@ class SplitQueue:
         self.next_used = self.signalled_used = self._used[1]
         self.ready = True
 
+    _STATE = ("size", "ready", "indirect", "event_idx", "desc_addr", "avail_addr", "used_addr",
+              "last_avail", "next_used", "signalled_used")  # fmt: skip
+
+    def save_state(self) -> dict[str, int | bool]:
+        return {n: getattr(self, n) for n in self._STATE}
+
+    def load_state(self, state: dict[str, int | bool], ram: GuestRam) -> None:
+        """The registers and ring positions of a snapshot; a ready queue is mapped again
+        (QueueError if its areas are not RAM), keeping the saved positions, not the ones
+        in the rings: the device may not have caught up with the driver's index."""
+        self.release()
+        self.reset()
+        for n in self._STATE:
+            setattr(self, n, state[n])
+        if self.ready:
+            self.activate(ram)
+            for n in ("last_avail", "next_used", "signalled_used"):
+                setattr(self, n, state[n])
+
     def release(self) -> None:
         """Drop the views into guest memory (before the memory is unmapped)."""
         self._desc = self._avail = self._used = self._used_ring = None

@@ -14,6 +14,7 @@ MAX_REQUEST = 1 << 16  # per chain: the guest asks for small amounts; cap a host
 class VirtioRng(VirtioDevice):
     device_id = DeviceId.ENTROPY
     name = "virtio-rng"
+    snapshottable = True
 
     def __init__(self, source: str = "/dev/urandom") -> None:
         super().__init__((QUEUE_SIZE,), 0, b"")

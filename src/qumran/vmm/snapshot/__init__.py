@@ -1,0 +1,1 @@
+"""Snapshot and restore of a running qumran-vmm guest."""
