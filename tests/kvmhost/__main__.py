@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--env", action="append", default=[], help="KEY=VALUE to set inside")
     run.add_argument("--kernel-log", help="keep the test host's kernel log in this file")
+    run.add_argument(
+        "--kvm-trace", help="trace KVM; a nested guest's triple fault saves the trace here"
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     if args.action == "build":
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             tty=sys.stdout.isatty(),
             on_output=stream_to_stdout,
             kernel_log=args.kernel_log,
+            kvm_trace=args.kvm_trace,
         )
     except KeyboardInterrupt:
         return 130  # the guest is already killed by the runner

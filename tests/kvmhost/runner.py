@@ -51,6 +51,7 @@ class Job:
     timeout: float = 600.0
     tty: bool = False  # whether the job's stdout/stderr are a terminal inside
     keep_kernel_log: Path | None = None  # where to copy the test host's kernel log
+    kvm_trace: Path | None = None  # where to save the kvm trace up to a nested shutdown
     on_output: Callable[[bytes], None] | None = field(default=None, compare=False)
 
 
@@ -74,8 +75,37 @@ def job_script(job: Job) -> str:
     """The script the guest runs in the chroot (POSIX sh, all values quoted)."""
     lines = [f"cd {shlex.quote(str(job.cwd))} || exit {BOOT_FAILED_STATUS}"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in job.env.items()]
-    lines.append("exec " + " ".join(shlex.quote(a) for a in job.argv))
+    command = " ".join(shlex.quote(a) for a in job.argv)
+    if job.kvm_trace is None:
+        lines.append("exec " + command)
+    else:
+        out = shlex.quote(str(job.kvm_trace))
+        lines.append(KVM_TRACE_SCRIPT.format(command=command, out=out, lines=KVM_TRACE_LINES))
     return "\n".join(lines) + "\n"
+
+
+# The test host's kvm trace events (every exit and entry of every nested guest, with the
+# interrupt or exception being delivered), in a ring buffer that the first nested
+# shutdown stops: SVM exit code 0x7f, a triple fault (the test host is always AMD SVM).
+# KVM on AMD resets a vCPU that shuts down before userspace sees it, so this trace is
+# what shows the fault itself. KVMHOST_TRACEFS is for the runner's own tests.
+KVM_TRACE_LINES = 20000
+KVM_TRACE_SCRIPT = """\
+T=${{KVMHOST_TRACEFS:-/sys/kernel/tracing}}
+[ -e "$T/trace" ] || mount -t tracefs nodev "$T" || echo "kvmhost: no tracefs: no kvm trace" >&2
+echo 0 > "$T/tracing_on"; echo 16384 > "$T/buffer_size_kb"; echo > "$T/trace"
+echo 1 > "$T/events/kvm/enable"
+echo 'traceoff if exit_reason==127' > "$T/events/kvm/kvm_exit/trigger"
+echo 1 > "$T/tracing_on"
+{command}
+status=$?
+if [ "$(cat "$T/tracing_on")" = 0 ]; then
+    tail -n {lines} "$T/trace" > {out}
+    echo "kvmhost: a nested guest shut down (triple fault); kvm trace up to it:" {out} >&2
+else
+    echo 0 > "$T/tracing_on"
+fi
+exit $status"""
 
 
 def qemu_argv(kernel: Path, initrd: Path, cmdline: str, job: Job, kernel_log: Path) -> list[str]:
@@ -305,6 +335,7 @@ def run_in_kvmhost(
     tty: bool = False,
     on_output: Callable[[bytes], None] | None = None,
     kernel_log: str | Path | None = None,
+    kvm_trace: str | Path | None = None,
 ) -> tuple[int, str]:
     """Run ``cmd`` inside the KVM test host; return (exit status, combined output).
 
@@ -313,12 +344,17 @@ def run_in_kvmhost(
     to the default environment (see :func:`job_env`). ``tty`` gives the command a terminal
     for its output (colours, line buffering); otherwise it writes to a pipe. ``on_output``
     receives the output as it arrives. ``kernel_log`` keeps a copy of the test host's kernel
-    log (warnings and worse; its end is shown anyway when the host dies or freezes). Status
+    log (warnings and worse; its end is shown anyway when the host dies or freezes).
+    ``kvm_trace``: trace KVM in the test host, and if a nested guest shuts down (a triple
+    fault), save the trace's last events up to it in this file. Status
     124 means the timeout expired, 125 that the
     guest failed before running the command (or the cwd is missing).
     """
     if shutil.which("qemu-system-x86_64") is None:
         raise RuntimeError("qemu-system-x86_64 is not installed")
+    shares = list(shares)
+    if kvm_trace is not None:
+        shares.append(Path(kvm_trace).absolute().parent)
     for share in shares:
         Path(share).mkdir(parents=True, exist_ok=True)  # e.g. a results dir not made yet
     job = Job(
@@ -331,6 +367,7 @@ def run_in_kvmhost(
         tty=tty,
         on_output=on_output,
         keep_kernel_log=Path(kernel_log).absolute() if kernel_log is not None else None,
+        kvm_trace=Path(kvm_trace).absolute() if kvm_trace is not None else None,
     )
     status, output = run_job(job)
     return status, output.decode(errors="replace")

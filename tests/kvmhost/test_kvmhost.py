@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kvm import tinykernel  # tests/kvm's hand-made bzImages
+
 from .runner import BOOT_FAILED_STATUS, TIMEOUT_STATUS, run_in_kvmhost
 
 pytestmark = [
@@ -63,3 +65,19 @@ def test_a_dead_test_host_shows_its_kernel_log() -> None:
     assert status == BOOT_FAILED_STATUS
     assert "sysrq triggered crash" in output.split("the test host's kernel said", 1)[1]
     assert "the test host's QEMU exited with status 0" in output  # panic=-1: a reset
+
+
+def test_a_nested_triple_fault_leaves_its_kvm_trace(tmp_path: Path) -> None:
+    """A tiny guest that triple faults, under qumran-vmm in the test host: the trace shows
+    the shutdown exit with the exception that was being delivered, which the VMM itself
+    never sees on AMD (KVM resets the vCPU first)."""
+    kernel = tmp_path / "crash.bzImage"
+    kernel.write_bytes(tinykernel.triple_fault())
+    trace = tmp_path / "traces" / "kvm.txt"
+    vmm = str(Path(sys.executable).with_name("qumran-vmm"))
+    argv = [vmm, "--name", "crash", "--kernel", str(kernel), "--memory", "64M", "--console", "none"]
+    status, output = run_in_kvmhost(argv, timeout=300, kvm_trace=trace)
+    assert status == 2, output  # qumran-vmm: the guest crashed
+    assert f"kvm trace up to it: {trace}" in output
+    last = trace.read_text().splitlines()[-1]
+    assert "kvm_exit" in last and "reason shutdown" in last, last

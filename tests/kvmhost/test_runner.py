@@ -96,3 +96,35 @@ def test_environment_passthrough(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["HOME"] == "/tmp" and env["QUMRAN_KVM_TEST"] == "1" and env["EXTRA"] == "y"
     assert "SECRET_TOKEN" not in env and "PATH" in env
     assert env["XDG_CACHE_HOME"] == str(Path.home() / ".cache")
+
+
+def _fake_tracefs(root: Path) -> Path:
+    (root / "events/kvm/kvm_exit").mkdir(parents=True)
+    for name in ("trace", "tracing_on", "buffer_size_kb", "events/kvm/enable"):
+        (root / name).write_text("")
+    return root
+
+
+@pytest.mark.parametrize("shut_down", [True, False])
+def test_kvm_trace_is_kept_only_after_a_nested_shutdown(tmp_path: Path, shut_down: bool) -> None:
+    """The job script arms the trace, keeps the command's status, and saves the trace only
+    when the shutdown trigger stopped it (here the command plays the trigger's part)."""
+    fs = _fake_tracefs(tmp_path / "tracefs")
+    out = tmp_path / "kept" / "trace.txt"
+    out.parent.mkdir()
+    stop = f"echo 0 > {fs}/tracing_on; " if shut_down else ""
+    command = f"{stop}for i in 1 2 3; do echo event$i >> {fs}/trace; done; exit 3"
+    job = Job(argv=["sh", "-c", command], cwd=tmp_path, env={"KVMHOST_TRACEFS": str(fs)},
+              kvm_trace=out)  # fmt: skip
+    script = tmp_path / "job.sh"
+    script.write_text(job_script(job))
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    assert (fs / "events/kvm/kvm_exit/trigger").read_text() == "traceoff if exit_reason==127\n"
+    assert (fs / "events/kvm/enable").read_text() == "1\n"
+    if shut_down:
+        assert out.read_text().splitlines()[-3:] == ["event1", "event2", "event3"]
+        assert f"kvm trace up to it: {out}" in done.stderr
+    else:
+        assert not out.exists() and done.stderr == ""
+        assert (fs / "tracing_on").read_text() == "0\n"  # tracing is not left running
