@@ -1,7 +1,7 @@
 """The Debian 12 image on qumran-vmm against QEMU q35 ``-accel kvm``, both through qumrand,
 from the command to the first SSH command (inside the KVM test host).
 
-    python -m tests.kvmhost run --timeout 3400 --memory 5120 --cwd "$PWD" -- \\
+    python -m tests.kvmhost run --cpus 1 --timeout 3400 --memory 5120 --cwd "$PWD" -- \\
         "$PWD/.venv/bin/python" bench/vmm_debian.py [--runs N] [--only native|qemu]
 
 Each run, for each hypervisor in turn (the order rotating): ``qumran create NAME --image

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     run.add_argument("--cwd", help="working directory inside (default: the current one)")
     run.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
+    run.add_argument("--cpus", type=int, default=2, help="its CPUs (default 2)")
     run.add_argument(
         "--share", action="append", default=[], help="host directory writable inside (repeat)"
     )
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
             shares=args.share,
             memory_mib=args.memory,
+            cpus=args.cpus,
             tty=sys.stdout.isatty(),
             on_output=stream_to_stdout,
             kernel_log=args.kernel_log,
