@@ -1,6 +1,6 @@
 """save, restore and managedsave through a real qumrand (fake driver): every refusal is
 one clear line, before any process starts. The saves themselves, with qumran-vmm under
-KVM, are in tests/kvm/test_daemon_kvm.py."""
+KVM, are in tests/kvm/test_daemon_saves.py."""
 
 from __future__ import annotations
 
