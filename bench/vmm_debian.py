@@ -48,7 +48,7 @@ from vslib.cleanup import interrupt
 from vslib.create_qumran import QumranCreate
 from vslib.guest import forwarded_port
 from vslib.measure import BenchError, now
-from vslib.procs import until_success
+from vslib.procs import helpers_of, until_success
 from vslib.qumran_stack import QumranStack
 
 HYPERVISORS = ("native", "qemu")
@@ -75,33 +75,19 @@ def image_cache() -> Path:
     raise BenchError("no debian-12 image with its kernel: `qumran image build debian-12`")
 
 
-def helpers_of(run_dir: Path, vmm: int) -> dict[str, int]:
-    """The VM's other processes, by program name: those whose command line names its run
-    folder (qemu-storage-daemon's sockets), and the VMM's children (passt)."""
-    found: dict[str, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == vmm:
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == vmm or any(str(run_dir).encode() in arg for arg in argv):
-            found[os.path.basename(argv[0].decode(errors="replace"))] = int(entry.name)
-    return found
-
-
-def memory(q: QumranStack, pid: int) -> dict[str, float]:
+def memory(q: QumranStack, pid: int, port: int) -> dict[str, float]:
+    """The VMM's overhead, and its helpers': qemu-storage-daemon (its sockets are in a
+    folder named as the VM's run folder) and passt (its forward of ``port``)."""
     mem_kib = MEMORY_MIB * 1024
     out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib)) / 1024}
     helpers = 0.0
-    for name, hpid in helpers_of(q._console_log(pid).parent, pid).items():
+    markers = [f"/{q._console_log(pid).parent.name}/".encode(), f"/{port}:".encode()]
+    for hpid, name in helpers_of(pid, markers).items():
         try:
             own = (vm_rss(hpid) - guest_ram_rss(hpid, mem_kib)) / 1024
         except OSError:
             continue
-        out[f"{name}_mib"] = own
+        out[f"{name}_mib"] = out.get(f"{name}_mib", 0.0) + own
         helpers += own
     out["with_helpers_mib"] = out["vmm_mib"] + helpers
     return out
@@ -194,7 +180,7 @@ def one_run(q: QumranStack, creator: QumranCreate, name: str) -> dict[str, float
     shut_down(q, name)
     second = boot_to_ssh(creator, [q.cli, "start", name], name, int(first["port"]))
     result.update(second_banner=second["banner"], second_ssh=second["ssh"])
-    result.update(memory(q, vm_pid(q, name)))
+    result.update(memory(q, vm_pid(q, name), int(first["port"])))
     return result
 
 

@@ -77,3 +77,24 @@ def until_success(
         last = done.output.strip()[-300:]
         time.sleep(pause)
     raise BenchError(f"{' '.join(argv[:2])} ... did not succeed in time ({tries} tries): {last}")
+
+
+def helpers_of(vmm: int, markers: list[bytes]) -> dict[int, str]:
+    """A VM's other processes, pid -> program name: the VMM's children, and every process
+    whose command line holds one of ``markers`` somewhere in an argument (what names the
+    VM in it: qemu-storage-daemon's socket folder, passt's forward; passt forks into the
+    background, so it is nobody's child by then)."""
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in (vmm, os.getpid()):
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry.name}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == vmm or any(m in arg for arg in argv for m in markers):
+            found[int(entry.name)] = os.path.basename(argv[0].decode(errors="replace"))
+    return found

@@ -194,3 +194,32 @@ def test_qumran_definition_is_valid_and_the_same_vm() -> None:
     spec = validate_spec(yaml.safe_load(q.definition("qbench-000")))
     assert (spec.name, spec.memory, spec.vcpus) == ("qbench-000", 256, 1)
     assert str(spec.boot.kernel) == str(ODD / "vmlinuz")  # type: ignore[union-attr]
+
+
+def test_a_vms_helpers_are_its_children_and_what_names_it() -> None:
+    """helpers_of finds the VMM's child and a process naming the VM's folder or forward
+    (whoever its parent), and leaves other processes alone."""
+    import sys
+
+    from vslib.procs import helpers_of
+
+    py, nap = sys.executable, "import time; time.sleep(60)"
+    vmm = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])  # "the VMM", with a child
+    named = subprocess.Popen([py, "-c", nap, "--sock=/run/abc-123/disk0.sock"])
+    forward = subprocess.Popen([py, "-c", nap, "-t", "127.0.0.1/4242:22"])
+    other = subprocess.Popen([py, "-c", nap, "/run/abc-124/", "127.0.0.1/4243:22"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until each has exec'd (a fork not yet exec'd shows its parent's argv)
+            found = helpers_of(vmm.pid, [b"/abc-123/", b"/4242:"])
+            if len(found) == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        child = [pid for pid, name in found.items() if name == "sleep"]
+        assert len(child) == 1 and child[0] != vmm.pid, found
+        assert sorted(found) == sorted([child[0], named.pid, forward.pid]), found
+        assert found[named.pid] == found[forward.pid] == Path(py).name, found
+    finally:
+        for p in (vmm, named, forward, other):
+            p.kill()
+            p.wait()
