@@ -11,21 +11,19 @@ the hypervisor open, renamed into place once written; the next start resumes fro
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 from pathlib import Path
 
 from qumran.drivers.asuser import effective_uid, run_as
 from qumran.drivers.base import Owner
+from qumran.drivers.checks import refused_open
 from qumran.errors import InvalidArgument, NotFound
 from qumran.vmm.snapshot.file import Head, SnapshotError, read_head
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from qumran.config.spec import VmSpec
-
-UNSEEN = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP}
 
 
 def open_user_file(path: str, owner: Owner) -> int:
@@ -36,12 +34,7 @@ def open_user_file(path: str, owner: Owner) -> int:
     result = run_as(owner.uid, owner.gid, lambda: _open(path))
     uid = effective_uid(owner.uid)
     if isinstance(result, OSError):
-        if result.errno in UNSEEN:
-            raise InvalidArgument(
-                f"restore: {path} cannot be opened by uid {uid} (missing, or no permission);"
-                f" check the path, and that uid {uid} may read it"
-            )
-        raise InvalidArgument(f"restore: {path} cannot be opened by uid {uid}: {result.strerror}")
+        raise refused_open(f"restore: {path}", result, uid)
     if result is None:
         raise InvalidArgument(f"restore: {path} is not a regular file")
     return result

@@ -67,19 +67,27 @@ def _probe(file: _File) -> int | OSError:
         os.close(fd)
 
 
+def refused_open(
+    where: str, error: OSError, uid: int, access: str = "read", hint: str = ""
+) -> InvalidArgument:
+    """The one line for a file the owner could not open (an open through
+    :func:`run_as`): the same answer for one that is missing and one that is not theirs."""
+    if error.errno in UNSEEN_ERRNOS:
+        return InvalidArgument(
+            f"{where} cannot be opened by uid {uid} (missing, or no permission); "
+            f"check the path, and that uid {uid} may {access} it{hint}"
+        )
+    return InvalidArgument(f"{where} cannot be opened by uid {uid}: {error.strerror}")
+
+
 def _judge(file: _File, result: int | OSError, uid: int) -> None:
     where = f"{file.field}: {_show(file.path)}"
     access = "read and write" if file.writable else "read"
     if isinstance(result, OSError):
-        if result.errno in UNSEEN_ERRNOS:
-            hint = " (or set readonly: true)" if file.writable else ""
-            raise InvalidArgument(
-                f"{where} cannot be opened by uid {uid} (missing, or no permission); "
-                f"check the path, and that uid {uid} may {access} it{hint}"
-            )
         if result.errno == errno.EROFS:
             raise InvalidArgument(f"{where} is on a read-only file system; set readonly: true")
-        raise InvalidArgument(f"{where} cannot be opened by uid {uid}: {result.strerror}")
+        hint = " (or set readonly: true)" if file.writable else ""
+        raise refused_open(where, result, uid, access, hint)
     if not stat.S_ISREG(result) and not stat.S_ISBLK(result):
         raise InvalidArgument(f"{where} is not a regular file or block device")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from qumran.config.spec import VmSpec
 from qumran.drivers.asuser import effective_uid, read_regular, run_as
 from qumran.drivers.base import Owner
-from qumran.drivers.checks import UNSEEN_ERRNOS
+from qumran.drivers.checks import refused_open
 from qumran.errors import InvalidArgument
 from qumran.images.cloudinit import MAX_USER_DATA, HostKey, build_seed
 
@@ -46,12 +46,7 @@ def read_user_data(path: Path, owner: Owner) -> bytes:
     shown = str(path) if str(path).isprintable() else repr(str(path))
     where = f"{FIELD}: {shown}"
     if isinstance(result, OSError):
-        if result.errno in UNSEEN_ERRNOS:
-            raise InvalidArgument(
-                f"{where} cannot be opened by uid {uid} (missing, or no permission); check "
-                f"the path, and that uid {uid} may read it"
-            )
-        raise InvalidArgument(f"{where} cannot be read by uid {uid}: {result.strerror}")
+        raise refused_open(where, result, uid)
     if result is None:
         raise InvalidArgument(f"{where} is not a regular file")
     if len(result) > MAX_USER_DATA:
