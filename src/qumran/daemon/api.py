@@ -36,7 +36,7 @@ from qumran.client.schema import (
     VmInfo,
 )
 from qumran.config.spec import VmSpec
-from qumran.daemon import streams
+from qumran.daemon import snapshots, streams
 from qumran.daemon.admin import daemon_info
 from qumran.daemon.manager import Caller, Manager
 from qumran.drivers.base import HostInfo as DriverHostInfo
@@ -221,24 +221,24 @@ def _routes(app: FastAPI, manager: Manager) -> None:
     async def save(request: Request, name: Name, body: SnapshotFile) -> VmInfo:
         """Snapshot a running native VM to ``file`` (written by qumran-vmm as the VM's
         owner), then end it: shut off, reason ``saved`` (docs/vmm.md)."""
-        return (await manager.save(caller_of(request), name, body.file)).info()
+        return (await snapshots.save(manager, caller_of(request), name, body.file)).info()
 
     @app.post("/v1/restore", responses=errors(404, 409, 504))
     async def restore(request: Request, body: SnapshotFile) -> VmInfo:
         """Start the VM a snapshot ``file`` names (the caller's, shut off) from it; the
         file is opened with the caller's rights (and the owner's)."""
-        return (await manager.restore_file(caller_of(request), body.file)).info()
+        return (await snapshots.restore_file(manager, caller_of(request), body.file)).info()
 
     @app.post("/v1/vms/{name}/managedsave", responses=errors(404, 409, 504))
     async def managedsave(request: Request, name: Name) -> VmInfo:
         """Snapshot a running native VM into qumrand's own file for it, then end it; its
         next start resumes from there."""
-        return (await manager.managed_save(caller_of(request), name)).info()
+        return (await snapshots.managed_save(manager, caller_of(request), name)).info()
 
     @app.delete("/v1/vms/{name}/managedsave", responses=errors(404))
     async def managedsave_remove(request: Request, name: Name) -> VmInfo:
         """Forget the managed save: the next start boots afresh."""
-        return (await manager.managed_save_remove(caller_of(request), name)).info()
+        return (await snapshots.managed_save_remove(manager, caller_of(request), name)).info()
 
     @app.get("/v1/vms/{name}/stats", responses=errors(404))
     async def stats(request: Request, name: Name) -> Stats:

@@ -61,7 +61,6 @@ from qumran.errors import (
 log = logging.getLogger(__name__)
 
 DESTROY_GRACE_SECONDS = 3.0
-SAVE_SECONDS = 300.0  # writing a snapshot: RAM to disk, seconds under a slow host
 # Guest resets this close together are one reboot: firmware resets once more by itself,
 # and a guest may try several reset methods in a row (QEMU reports each one).
 RESET_BURST_SECONDS = 1.0
@@ -255,80 +254,6 @@ class Manager:
             if dom.active:
                 raise InvalidState(f"VM {name!r} is already {dom.state.value}")
             await self._launch(dom, reason)
-        return dom
-
-    # save and restore (daemon/saves.py)
-    def _snapshot_driver(self, dom: Domain, verb: str) -> Driver:
-        driver = self._driver(dom)
-        if not driver.snapshots:
-            raise InvalidState(
-                f"VM {dom.name!r} runs on {driver.program} (hypervisor: {driver.name}), which "
-                f"qumrand cannot {verb} yet; only hypervisor: native VMs (qumran-vmm) can"
-            )
-        return driver
-
-    async def save(self, caller: Caller, name: str, path: str) -> Domain:
-        """Snapshot the running VM to ``path`` (written by its hypervisor, as the VM's
-        owner), then end it: shut off, reason "saved"."""
-        if not os.path.isabs(path):
-            raise InvalidArgument(f"file: {path!r} is not an absolute path")
-        async with self._locked(caller, name) as dom:
-            self._snapshot_driver(dom, "save")
-            run = self._running_unstopped(dom)
-            await bounded(run.instance.save(path), dom, SAVE_SECONDS)
-            run.exit_reason = Reason.SAVED
-            await self._kill(dom, run)
-        return dom
-
-    async def managed_save(self, caller: Caller, name: str) -> Domain:
-        """Snapshot the running VM into the daemon's own file for it, then end it; its
-        next start resumes from there."""
-        async with self._locked(caller, name) as dom:
-            self._snapshot_driver(dom, "save")
-            run = self._running_unstopped(dom)
-            fd = self.saves.create(dom.uuid)
-            try:
-                await bounded(run.instance.save(fd), dom, SAVE_SECONDS)
-            except BaseException:
-                self.saves.remove(dom.uuid, part=True)
-                raise
-            finally:
-                os.close(fd)
-            self.saves.commit(dom.uuid)
-            run.exit_reason = Reason.SAVED
-            await self._kill(dom, run)
-        return dom
-
-    async def managed_save_remove(self, caller: Caller, name: str) -> Domain:
-        async with self._locked(caller, name) as dom:
-            self.saves.require(dom.uuid, name)
-            self.saves.remove(dom.uuid)
-        return dom
-
-    async def restore_file(self, caller: Caller, path: str) -> Domain:
-        """Start the VM the snapshot at ``path`` names (the caller's, shut off) from it.
-        The file is opened with the caller's rights, and again with the owner's when
-        they differ (root restoring a user's VM): the VM runs as its owner."""
-        fd = saves.open_user_file(path, Owner(caller.uid, caller.gid))
-        try:
-            head = await asyncio.to_thread(saves.head_of, fd, path)
-            vm = head.machine.get("name")
-            if not isinstance(vm, str):
-                raise InvalidArgument(f"{path} is damaged: it names no VM")
-            async with self._locked(caller, vm) as dom:
-                if dom.active:
-                    raise InvalidState(f"VM {vm!r} is {dom.state.value}; {path} restores a VM "
-                                       "that is shut off (destroy it first)")  # fmt: skip
-                self._snapshot_driver(dom, "restore")
-                saves.check_fits(head, dom.spec, path)
-                if dom.owner != caller.uid:  # the owner must be able to read it too
-                    os.close(fd)
-                    fd = -1
-                    fd = saves.open_user_file(path, Owner(dom.owner, dom.record.owner_gid))
-                await self._launch(dom, Reason.RESTORED, restore=fd)
-        finally:
-            if fd >= 0:
-                os.close(fd)
         return dom
 
     async def _launch(self, dom: Domain, reason: Reason, restore: int | None = None) -> None:
