@@ -28,6 +28,7 @@ def kvm_daemon() -> Iterator[Daemon]:
     daemon.cleanup()
     remove_tmpdir(root)
 
+
 LOOP = "i=0; while true; do i=$((i + 1)); echo count-$i; sleep 0.2; done\n"
 
 
@@ -65,18 +66,22 @@ def counting_on(daemon: Daemon, name: str) -> int:
     return now
 
 
+def _define_and_boot(daemon: Daemon, demo: DemoImage, tmp_path: Path, name: str) -> None:
+    """A native VM on the demo guest, defined and started until its shell is ready."""
+    doc = {
+        "name": name, "memory": "256M", "hypervisor": "native",
+        "boot": {"kernel": str(demo.kernel), "initrd": str(demo.initrd), "cmdline": demo.cmdline},
+    }  # fmt: skip
+    (tmp_path / f"{name}.yaml").write_text(json.dumps(doc))
+    qumran_json(daemon, "define", str(tmp_path / f"{name}.yaml"))
+    proc = qumran(daemon, "start", name, "--console", "--until", READY_LINE, "--timeout", "150")
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+
+
 def test_save_restore_and_managedsave_continue_the_guest(
     kvm_daemon: Daemon, demo: DemoImage, tmp_path: Path
 ) -> None:
-    doc = {
-        "name": "k-save", "memory": "256M", "hypervisor": "native",
-        "boot": {"kernel": str(demo.kernel), "initrd": str(demo.initrd), "cmdline": demo.cmdline},
-    }  # fmt: skip
-    (tmp_path / "k-save.yaml").write_text(json.dumps(doc))
-    qumran_json(kvm_daemon, "define", str(tmp_path / "k-save.yaml"))
-    proc = qumran(kvm_daemon, "start", "k-save", "--console", "--until", READY_LINE,
-                  "--timeout", "150")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    _define_and_boot(kvm_daemon, demo, tmp_path, "k-save")
     console(kvm_daemon, "k-save", "count-5\r", LOOP)
 
     snap = tmp_path / "k-save.snap"
@@ -119,15 +124,7 @@ def test_save_restore_and_managedsave_continue_the_guest(
 def test_managedsave_remove_boots_afresh(
     kvm_daemon: Daemon, demo: DemoImage, tmp_path: Path
 ) -> None:
-    doc = {
-        "name": "k-ms", "memory": "256M", "hypervisor": "native",
-        "boot": {"kernel": str(demo.kernel), "initrd": str(demo.initrd), "cmdline": demo.cmdline},
-    }  # fmt: skip
-    (tmp_path / "k-ms.yaml").write_text(json.dumps(doc))
-    qumran_json(kvm_daemon, "define", str(tmp_path / "k-ms.yaml"))
-    proc = qumran(kvm_daemon, "start", "k-ms", "--console", "--until", READY_LINE,
-                  "--timeout", "150")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    _define_and_boot(kvm_daemon, demo, tmp_path, "k-ms")
     qumran_json(kvm_daemon, "managedsave", "k-ms")
     qumran_json(kvm_daemon, "managedsave-remove", "k-ms")
     proc = qumran(kvm_daemon, "start", "k-ms", "--console", "--until", READY_LINE,
