@@ -67,13 +67,18 @@ def _boot(argv: list[str], ready: str, fill: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _resumed(argv: list[str]) -> float:
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def _echo_after_restore(proc: subprocess.Popen[bytes]) -> None:
+    """A line typed on the restored guest's console comes back: it runs again."""
     assert proc.stdin is not None
     proc.stdin.write(b"echo RESUMED''-OK\n")
     proc.stdin.flush()
     read_until(proc, b"RESUMED-OK", "the echo after restore")
+
+
+def _resumed(argv: list[str]) -> float:
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    _echo_after_restore(proc)
     took = time.monotonic() - start
     proc.kill()
     proc.wait()
@@ -146,10 +151,7 @@ def run_qemu(argv: list[str], ready: str, fill: int, tmp: Path) -> tuple[float, 
         qmp.call("cont")
         _until_status(qmp, "query-status", ("running",))
     _step("QEMU: running")
-    assert proc.stdin is not None
-    proc.stdin.write(b"echo RESUMED''-OK\n")
-    proc.stdin.flush()
-    read_until(proc, b"RESUMED-OK", "the echo after restore")
+    _echo_after_restore(proc)
     restored = time.monotonic() - start
     qmp.close()
     proc.kill()
