@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +98,14 @@ def test_a_file_the_caller_cannot_read_reads_as_missing(
     secret = daemon_root / "root.snap"
     tiny_snapshot(secret, "x")
     secret.chmod(0o600)
+    # A link of the user's own, in a folder of theirs, to root's file: followed with the
+    # user's rights, so it gets no further than the file itself.
+    theirs = Path(tempfile.mkdtemp(prefix="qumran-t1-"))
+    os.chown(theirs, user.pw_uid, user.pw_gid)
+    (theirs / "link.snap").symlink_to(secret)
     answers = [_qumran_as(fake_daemon, user, "restore", str(p))
-               for p in (secret, daemon_root / "none.snap")]  # fmt: skip
+               for p in (secret, daemon_root / "none.snap", theirs / "link.snap")]  # fmt: skip
+    shutil.rmtree(theirs)
     for status, err in answers:
         assert status != 0 and "Traceback" not in err
         assert f"cannot be opened by uid {user.pw_uid} (missing, or no permission)" in err
