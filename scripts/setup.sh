@@ -17,6 +17,8 @@ packages+=(nftables dnsmasq-base iproute2)
 packages+=(openssh-client)
 # passt: user-mode networking without privileges for qumran-vmm (`type: user` NICs).
 packages+=(passt)
+# libseccomp's Python bindings: qumran-vmm's threads run under seccomp filters (confine.py).
+packages+=(python3-seccomp)
 # The web manager's front-end libraries come from npm; NodeSource's nodejs brings its own npm.
 command -v npm >/dev/null || packages+=(npm)
 if [ "$want_tests" = 1 ]; then
