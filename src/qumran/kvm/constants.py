@@ -27,6 +27,8 @@ KVM_CREATE_VCPU = io(KVMIO, 0x41)
 KVM_SET_USER_MEMORY_REGION = iow(KVMIO, 0x46, s.kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = io(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = iow(KVMIO, 0x48, ctypes.c_uint64)
+KVM_REGISTER_COALESCED_MMIO = iow(KVMIO, 0x67, s.kvm_coalesced_mmio_zone)
+KVM_UNREGISTER_COALESCED_MMIO = iow(KVMIO, 0x68, s.kvm_coalesced_mmio_zone)
 KVM_CREATE_IRQCHIP = io(KVMIO, 0x60)
 KVM_IRQ_LINE = iow(KVMIO, 0x61, s.kvm_irq_level)
 KVM_GET_IRQCHIP = iowr(KVMIO, 0x62, s.kvm_irqchip)
@@ -155,6 +157,7 @@ class Cap(Constants):
     SET_TSS_ADDR = 4
     EXT_CPUID = 7
     NR_VCPUS = 9
+    COALESCED_MMIO = 15  # the ring's page offset in a vCPU's mapping, 0 if none
     IRQ_ROUTING = 25
     IRQFD = 32
     PIT2 = 33
@@ -164,6 +167,7 @@ class Cap(Constants):
     TSC_DEADLINE_TIMER = 72
     SIGNAL_MSI = 77
     IMMEDIATE_EXIT = 136
+    COALESCED_PIO = 162
 
 
 class MpState(Constants):

@@ -231,6 +231,24 @@ class kvm_ioeventfd(ctypes.Structure):
     ]
 
 
+class kvm_coalesced_mmio_zone(ctypes.Structure):
+    """linux/kvm.h: guest writes to [addr, addr+size) that KVM queues in the coalesced ring
+    instead of exiting (port I/O when ``pio`` is 1, KVM_CAP_COALESCED_PIO)."""
+
+    _fields_ = [("addr", c_uint64), ("size", c_uint32), ("pio", c_uint32)]
+
+
+class kvm_coalesced_mmio(ctypes.Structure):
+    """linux/kvm.h: one queued write in the ring."""
+
+    _fields_ = [
+        ("phys_addr", c_uint64),
+        ("len", c_uint32),
+        ("pio", c_uint32),
+        ("data", c_uint8 * 8),
+    ]
+
+
 class kvm_irq_routing_irqchip(ctypes.Structure):
     """linux/kvm.h: a GSI routed to a pin of the PIC or IOAPIC."""
 
@@ -486,6 +504,8 @@ KERNEL_SIZES: dict[type[ctypes.Structure], int] = {
     kvm_userspace_memory_region: 32,
     kvm_irqfd: 32,
     kvm_ioeventfd: 64,
+    kvm_coalesced_mmio_zone: 16,
+    kvm_coalesced_mmio: 24,
     kvm_irq_routing_entry: 48,
     kvm_irq_routing: 8,
     kvm_msi: 32,

@@ -156,6 +156,16 @@ class Vm(_Fd):
         arg = s.kvm_ioeventfd(addr=addr, len=length, fd=eventfd, flags=flags)
         self._ioctl("KVM_IOEVENTFD", k.KVM_IOEVENTFD, arg)
 
+    def register_coalesced_pio(self, port: int, size: int) -> None:
+        """Guest writes to ports [port, port+size) go to the coalesced ring instead of
+        exiting (KVM_CAP_COALESCED_PIO); reads still exit."""
+        zone = s.kvm_coalesced_mmio_zone(addr=port, size=size, pio=1)
+        self._ioctl("KVM_REGISTER_COALESCED_MMIO", k.KVM_REGISTER_COALESCED_MMIO, zone)
+
+    def unregister_coalesced_pio(self, port: int, size: int) -> None:
+        zone = s.kvm_coalesced_mmio_zone(addr=port, size=size, pio=1)
+        self._ioctl("KVM_UNREGISTER_COALESCED_MMIO", k.KVM_UNREGISTER_COALESCED_MMIO, zone)
+
     def set_gsi_routing(self, entries: list[s.kvm_irq_routing_entry]) -> None:
         """KVM_SET_GSI_ROUTING: replaces the whole table, default irqchip routes included."""
         table = s.irq_routing_type(len(entries))()
