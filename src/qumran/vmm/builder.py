@@ -17,6 +17,7 @@ from qumran.vmm.acpi import build_acpi_tables
 from qumran.vmm.acpi import constants as platform
 from qumran.vmm.arch import bootparams, cpuid, gdt, lapic, layout, msrs, paging, regs
 from qumran.vmm.arch.bootparams import Bzimage
+from qumran.vmm.coalesced import ConsoleCoalescing, coalesce_console
 from qumran.vmm.devices import PioBus
 from qumran.vmm.devices.legacy import (
     COM1_BASE,
@@ -262,11 +263,24 @@ def boot(
         bus, serial, pm, legacy = attach_legacy_devices(vm, console_out, events)
         pci, mmio = attach_pci_devices(vm, machine.memory, bus, backends, events, legacy)
         configure_vcpus(machine.kvm, vcpus, source.kernel)
+        coalescing = coalesce_console(machine.kvm, vm, vcpus[0], bus, serial)
     except BaseException:
         vm.close()
         raise
-    threads = [VcpuThread(v, bus, events, mmio) for v in vcpus]
-    return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm, pci=pci, legacy=legacy)
+    return make_boot(vm, vcpus, bus, events, mmio, serial, pm, pci, legacy, coalescing)
+
+
+def make_boot(
+    vm: Vm, vcpus: list[Vcpu], bus: PioBus, events: EventSink, mmio: MmioHandler | None,
+    serial: Serial16550, pm: AcpiPm, pci: Peripherals | None, legacy: dict[str, Stateful],
+    coalescing: ConsoleCoalescing | None,
+) -> Boot:  # fmt: skip
+    """The Boot, with a thread for each vCPU (that takes the console's queued bytes first
+    at each exit, when there are any: coalesced.py)."""
+    drain = coalescing.drain if coalescing is not None else None
+    threads = [VcpuThread(v, bus, events, mmio, drain) for v in vcpus]
+    return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm, pci=pci, legacy=legacy,
+                coalescing=coalescing)  # fmt: skip
 
 
 def create_vm(kvm: Kvm, memory: GuestMemory) -> Vm:

@@ -19,6 +19,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs resident memory in every VMM process: checkers only
     from typing import Any, Protocol
 
+    from qumran.vmm.coalesced import ConsoleCoalescing
+
     class ConsoleInput(Protocol):
         def feed(self, data: bytes) -> object: ...
 
@@ -70,8 +72,10 @@ class Boot:
         pm: PowerButton | None,
         pci: Peripherals | None = None,
         legacy: dict[str, Stateful] | None = None,
+        coalescing: ConsoleCoalescing | None = None,
     ) -> None:
         self.vm = vm
+        self.coalescing = coalescing
         self.legacy = legacy or {}
         self.bus = bus
         self.vcpus = vcpus
@@ -80,11 +84,25 @@ class Boot:
         self.pci = pci
         self.started = time.monotonic()
 
+    def drain_console(self) -> None:
+        """Console bytes KVM still holds queued (coalesced.py) to the console, now."""
+        if self.coalescing is not None:
+            self.coalescing.drain()
+
+    def exits(self) -> Counter[str]:
+        exits: Counter[str] = Counter()
+        for v in self.vcpus:
+            exits.update(v.exits)
+        if self.coalescing is not None and self.coalescing.count:
+            exits["coalesced"] = self.coalescing.count
+        return exits
+
     def stop(self) -> None:
         for v in self.vcpus:
             v.stop()
         for v in self.vcpus:
             v.join()
+        self.drain_console()  # the ring is in the vCPUs' mappings
         for v in self.vcpus:
             v.vcpu.close()
         if self.pci is not None:
@@ -168,9 +186,8 @@ class Machine:
     def _teardown(self) -> None:
         if self.boot is not None:
             boot, self.boot = self.boot, None
-            for v in boot.vcpus:
-                self._exits_before.update(v.exits)
             boot.stop()
+            self._exits_before.update(boot.exits())
 
     # --- control requests -------------------------------------------------------------------
 
@@ -260,8 +277,8 @@ class Machine:
         boot = self.boot
         vcpus = boot.vcpus if boot is not None else []
         exits = Counter(self._exits_before)
-        for v in vcpus:
-            exits.update(v.exits)
+        if boot is not None:
+            exits.update(boot.exits())
         paused = self._paused_total
         if self._paused_since is not None:
             paused += time.monotonic() - self._paused_since

@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from qumran.kvm import KvmError, Vcpu
 from qumran.kvm.constants import InternalError, SystemEvent
@@ -103,9 +104,15 @@ class VcpuThread:
     """Runs one vCPU on its own thread and handles its exits."""
 
     def __init__(
-        self, vcpu: Vcpu, bus: PioBus, events: EventSink, mmio: MmioHandler | None = None
+        self,
+        vcpu: Vcpu,
+        bus: PioBus,
+        events: EventSink,
+        mmio: MmioHandler | None = None,
+        drain: Callable[[], None] | None = None,
     ) -> None:
         self.vcpu = vcpu
+        self._drain = drain  # writes KVM queued (coalesced.py): handled before each exit
         self._bus = bus
         self._mmio: MmioHandler = mmio if mmio is not None else _NoMmio()
         self._events = events
@@ -210,11 +217,13 @@ class VcpuThread:
 
     def _loop(self) -> None:
         vcpu, bus, page, exits = self.vcpu, self._bus, self.vcpu.run_page, self.exits
-        mmio, recent = self._mmio, self.recent.append
+        mmio, recent, drain = self._mmio, self.recent.append, self._drain
         settled = True  # no exit waits for a KVM_RUN to complete it
         while self._wait_runnable(settled):
             exit_ = vcpu.run()
             recent(exit_)
+            if drain is not None:
+                drain()
             settled = False
             match exit_:
                 case IoOut(port, size, count, data):

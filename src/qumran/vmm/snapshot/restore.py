@@ -20,15 +20,16 @@ from qumran.vmm.builder import (
     create_vcpus,
     create_vm,
     load_boot_source,
+    make_boot,
     open_kvm,
     set_cpuid,
     setup_irqchip,
 )
+from qumran.vmm.coalesced import coalesce_console
 from qumran.vmm.events import EventSink, for_boot
 from qumran.vmm.machine import Boot, Machine, MachineConfig
 from qumran.vmm.snapshot import kvmstate
 from qumran.vmm.snapshot.file import Snapshot, SnapshotError, open_snapshot
-from qumran.vmm.vcpu import VcpuThread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,14 +114,14 @@ def restore_boot(
         if pci is not None:
             pci.load_state(state["pci"])
         kvmstate.restore_clock(vm, state["vm"])
+        coalescing = coalesce_console(machine.kvm, vm, vcpus[0], bus, serial)
     except (KeyError, ValueError, TypeError) as exc:
         _undo(vm, pci)
         raise SnapshotError(f"{snap.path}: its state does not fit this machine ({exc})") from None
     except BaseException:
         _undo(vm, pci)
         raise
-    threads = [VcpuThread(v, bus, events, mmio) for v in vcpus]
-    return Boot(vm=vm, bus=bus, vcpus=threads, serial=serial, pm=pm, pci=pci, legacy=legacy)
+    return make_boot(vm, vcpus, bus, events, mmio, serial, pm, pci, legacy, coalescing)
 
 
 def _undo(vm: Vm, pci: Any) -> None:

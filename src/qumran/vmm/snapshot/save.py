@@ -36,6 +36,7 @@ def take_snapshot(machine: Machine, boot: Boot, path: str | int) -> dict[str, An
     resume = machine.state is MachineState.RUNNING
     started = time.monotonic()
     machine.pause()
+    boot.drain_console()  # bytes KVM queued belong to the console before the snapshot
     try:
         release = boot.pci.park() if boot.pci is not None else (lambda: None)
         try:

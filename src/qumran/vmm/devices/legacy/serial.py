@@ -22,6 +22,16 @@ What Linux relies on, and this model does:
 - LSR: DR while the receive FIFO holds data, THRE|TEMT always (the transmitter never
   lags), OE after a loopback overrun, cleared by reading LSR.
 
+While the UART is quiet, a THR write has no effect the guest can see but the byte on the
+console, and the VMM lets KVM queue those writes instead of exiting for each
+(KVM_CAP_COALESCED_PIO, vmm/coalesced.py; ``watch_quiet`` says when). Quiet: IER 0 (no
+interrupt can tell the guest anything), no loopback, DLAB clear (offset 0 is THR), and
+the guest has read LSR since it last wrote IER, LCR or MCR. That is Linux's console
+write: it clears IER, polls LSR before each byte and once after the last, then restores
+IER; each of those reads and writes exits, and the exit takes the queued bytes first.
+The LSR condition leaves out a guest that writes THR blind and then runs on without
+exiting (the tests' tiny kernels): its bytes would stay queued.
+
 Host input (``feed``) is queued without the 16-byte limit of a real FIFO, so a paste is
 not dropped while the guest is slow; only loopback traffic overruns as on real hardware.
 The receive interrupt reports IIR 0x04 for any data (no character-timeout 0x0C): Linux
@@ -97,6 +107,31 @@ class Serial16550:
         self._lsr_errors = 0
         self._msr_deltas = 0
         self._thr_pending = False
+        self._quiet_watch: Callable[[bool], None] | None = None
+        self._quiet = False
+        self._lsr_polled = False
+
+    def watch_quiet(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(quiet)`` now and whenever the UART becomes quiet or stops being
+        so (see the module's docstring); with the UART's lock held, like ``out``."""
+        with self._lock:
+            self._quiet_watch = callback
+            self._quiet = self._is_quiet()
+            callback(self._quiet)
+
+    def _is_quiet(self) -> bool:
+        return (
+            self._lsr_polled
+            and self._ier == 0
+            and not self._mcr & MCR_LOOP
+            and not self._lcr & LCR_DLAB
+        )
+
+    def _check_quiet(self) -> None:
+        quiet = self._is_quiet()
+        if quiet != self._quiet and self._quiet_watch is not None:
+            self._quiet = quiet
+            self._quiet_watch(quiet)
 
     # -- host side -----------------------------------------------------------------
 
@@ -124,6 +159,7 @@ class Serial16550:
                 setattr(self, n, state[n])
             self._rx = deque(state["rx"])
             self._update_irq()
+            self._check_quiet()
 
     # -- bus side ------------------------------------------------------------------
 
@@ -150,6 +186,8 @@ class Serial16550:
                     if 0 <= reg < UART_PORTS:
                         self._write(reg, (value >> (8 * i)) & 0xFF)
             self._update_irq()
+            if offset != 0 or size != 1:  # IER, LCR or MCR may have changed (not by THR)
+                self._check_quiet()
 
     # -- registers (called with the lock held) --------------------------------------
 
@@ -168,6 +206,9 @@ class Serial16550:
         if reg == 5:
             lsr = self._lsr()
             self._lsr_errors = 0
+            if not self._lsr_polled:
+                self._lsr_polled = True
+                self._check_quiet()
             return lsr
         if reg == 6:
             msr = self._modem_status() | self._msr_deltas
@@ -177,6 +218,8 @@ class Serial16550:
 
     def _write(self, reg: int, value: int) -> None:
         dlab = self._lcr & LCR_DLAB
+        if reg in (1, 3, 4):
+            self._lsr_polled = False  # quiet again only after the next LSR read
         if reg == 0:
             if dlab:
                 self._dll = value
