@@ -217,3 +217,38 @@ def test_an_inherited_fd_that_is_not_a_listening_socket_is_refused(tmp_path: Pat
         adopt_socket(str(f.fileno()))
     with pytest.raises(VmmError, match="not a file descriptor number"):
         adopt_socket("x")
+
+
+def test_call_later_runs_timers_in_deadline_order_from_any_thread(loop: LoopThread) -> None:
+    seen: list[str] = []
+    done = threading.Event()
+    started = time.monotonic()
+
+    def late() -> None:
+        seen.append("late")
+        done.set()
+
+    threading.Thread(target=lambda: loop.loop.call_later(0.2, late)).start()
+    loop.loop.call_later(0.05, lambda: seen.append("early"))
+    assert done.wait(5)
+    assert seen == ["early", "late"]
+    assert time.monotonic() - started >= 0.2
+
+
+def test_console_output_reaches_each_sink_in_batches_and_in_order(loop: LoopThread) -> None:
+    from qumran.vmm.console import OUTPUT_DELAY, ConsoleOutput
+
+    batches: list[bytes] = []
+    logged = bytearray()
+    output = ConsoleOutput(loop.loop, [logged.extend, batches.append])
+    vcpu = threading.Thread(target=lambda: [output.write(bytes([b])) for b in b"hello, world\n"])
+    vcpu.start()
+    vcpu.join(5)
+    deadline = time.monotonic() + 5
+    while sum(map(len, batches)) < 13 and time.monotonic() < deadline:
+        time.sleep(OUTPUT_DELAY)
+    assert b"".join(batches) == bytes(logged) == b"hello, world\n"
+    assert len(batches) < 13  # a burst goes on in a few writes, not one per byte
+    output.write(b"tail")
+    output.flush()  # what the VMM does last: nothing stays behind
+    assert bytes(logged).endswith(b"tail")

@@ -34,7 +34,7 @@ from qumran.vmm import confine
 from qumran.vmm import log as vmm_log
 from qumran.vmm.builder import VmSpec, build_machine
 from qumran.vmm.cmdline import VmmArgs, parse_or_exit
-from qumran.vmm.console import Console, ConsoleLog, open_console
+from qumran.vmm.console import Console, ConsoleLog, ConsoleOutput, open_console
 from qumran.vmm.control import ControlServer
 from qumran.vmm.events import GuestEvent, GuestEventNotice
 from qumran.vmm.machine import Machine
@@ -44,6 +44,7 @@ from qumran.vmm.vcpu import install_kick_handler
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
 
     from qumran.vmm.devices.virtio.backends import DeviceSpecs, DiskSpec, NetSpec
@@ -69,6 +70,7 @@ class VmmProcess:
         self.loop = MainLoop()
         self.console: Console | None = None
         self.console_log: ConsoleLog | None = None
+        self.output: ConsoleOutput | None = None
         self.hvc: Console | None = None
         self.control: ControlServer | None = None
         self.machine: Machine | None = None
@@ -82,10 +84,12 @@ class VmmProcess:
             try:
                 self.console = open_console(a.console)
                 self.hvc = open_console(a.virtio_console) if a.virtio_console else None
-                output = self.console.write
+                sinks: list[Callable[[bytes], None]] = [self.console.write]
                 if a.console_log:
-                    self.console_log = ConsoleLog(a.console_log, output)
-                    output = self.console_log.write
+                    self.console_log = ConsoleLog(a.console_log)
+                    sinks.insert(0, self.console_log.write)
+                self.output = ConsoleOutput(self.loop, sinks)
+                output = self.output.write
             except ValueError as exc:
                 raise QumranError(str(exc)) from None
             if a.restore is not None:
@@ -167,6 +171,8 @@ class VmmProcess:
     def _cleanup(self) -> None:
         if self.machine is not None:
             self.machine.close()
+        if self.output is not None:
+            self.output.flush()  # the last bytes, to the log at least
         if self.control is not None:
             self.control.close()
         if self.console is not None:

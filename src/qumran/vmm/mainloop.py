@@ -5,7 +5,7 @@ Not asyncio: importing it (with the ``ssl`` module and libcrypto it brings along
 VMM process about 10 MiB of resident memory, and a few listening sockets need none of it.
 For the same reason epoll is used directly (not ``selectors``) and sockets are ``_socket``'s
 (``socket.py`` builds enum classes on import). vCPU threads and signal handlers hand work to
-the loop with :meth:`MainLoop.call_soon_threadsafe`.
+the loop with :meth:`MainLoop.call_soon_threadsafe` (or :meth:`MainLoop.call_later`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from __future__ import annotations
 import _socket
 import collections
 import contextlib
+import heapq
+import itertools
 import os
 import select
+import time
 from collections.abc import Callable
 
 from qumran.vmm.log import get_logger
@@ -39,6 +42,9 @@ class MainLoop:
         # the main thread while the loop itself is in the middle of taking calls out.
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._status: int | None = None
+        # (deadline, sequence, callback): only the loop's thread touches it.
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._sequence = itertools.count()
 
     def watch(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
         """Call ``callback(ready_events)`` whenever ``fd`` is ready for ``events`` (READ,
@@ -61,6 +67,12 @@ class MainLoop:
             with contextlib.suppress(OSError):  # closed: the process is on its way out
                 os.eventfd_write(self._wake, 1)
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop's thread ``delay`` seconds from now; from any thread."""
+        deadline = time.monotonic() + delay
+        entry = (deadline, next(self._sequence), callback)
+        self.call_soon_threadsafe(lambda: heapq.heappush(self._timers, entry))
+
     def stop(self, status: int) -> None:
         """Make :meth:`run` return ``status`` (on the loop's thread)."""
         self._status = status
@@ -68,9 +80,10 @@ class MainLoop:
     def run(self) -> int:
         while self._status is None:
             self._run_calls()
+            timeout = self._run_timers()
             if self._status is not None:
                 break
-            for fd, ready in self._epoll.poll():
+            for fd, ready in self._epoll.poll(timeout):
                 events, callback = self._watched.get(fd, (0, None))
                 if fd == self._wake:
                     with contextlib.suppress(BlockingIOError):
@@ -82,6 +95,16 @@ class MainLoop:
     def _run_calls(self) -> None:
         while self._calls and self._status is None:
             self._calls.popleft()()
+
+    def _run_timers(self) -> float:
+        """Run the timers that are due; the seconds until the next one (-1: none)."""
+        timers = self._timers
+        while timers and self._status is None:
+            wait = timers[0][0] - time.monotonic()
+            if wait > 0:
+                return wait
+            heapq.heappop(timers)[2]()
+        return -1
 
     def close(self) -> None:
         self._epoll.close()
