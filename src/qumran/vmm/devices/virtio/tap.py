@@ -18,15 +18,15 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import logging
 import os
 import struct
 from dataclasses import dataclass
 
 from qumran.kvm.ioctl import ior, iow
 from qumran.vmm.devices.errors import DeviceError
+from qumran.vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 NET_HDR_LEN = 12  # struct virtio_net_hdr_v1 (num_buffers included with VERSION_1)
 
