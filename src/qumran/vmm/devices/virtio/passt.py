@@ -41,7 +41,6 @@ import struct
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.device import DeviceContext, DeviceId, VirtioDevice
@@ -49,6 +48,11 @@ from qumran.vmm.devices.virtio.net import F_MAC, F_MRG_RXBUF, F_STATUS, LINK_UP,
 from qumran.vmm.devices.virtio.queue import QueueError
 from qumran.vmm.devices.virtio.tap import NET_HDR_LEN
 from qumran.vmm.log import get_logger
+from qumran.vmm.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 log = get_logger(__name__)
 
@@ -68,14 +72,16 @@ _ZERO_HDR = bytes(NET_HDR_LEN)
 POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
 
 
-@dataclass(frozen=True)
-class PasstForward:
+class PasstForward(Record):
     """One ``forward=PROTO:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`` (QEMU's hostfwd)."""
 
-    proto: str
-    host_addr: str
-    host_port: int
-    guest_port: int
+    __slots__ = __match_args__ = ("proto", "host_addr", "host_port", "guest_port")
+
+    def __init__(self, proto: str, host_addr: str, host_port: int, guest_port: int) -> None:
+        self.proto: Final = proto
+        self.host_addr: Final = host_addr
+        self.host_port: Final = host_port
+        self.guest_port: Final = guest_port
 
     @classmethod
     def parse(cls, text: str, where: str) -> PasstForward:
@@ -110,12 +116,14 @@ class PasstForward:
         return f"{self.proto}:{self.host_addr}:{self.host_port}-:{self.guest_port}"
 
 
-@dataclass(frozen=True)
-class PasstSpec:
+class PasstSpec(Record):
     """``passt[,mac=MAC][,forward=RULE]...``."""
 
-    mac: str | None = None
-    forwards: tuple[PasstForward, ...] = ()
+    __slots__ = __match_args__ = ("mac", "forwards")
+
+    def __init__(self, mac: str | None = None, forwards: tuple[PasstForward, ...] = ()) -> None:
+        self.mac: Final = mac
+        self.forwards: Final = forwards
 
     @classmethod
     def parse(cls, text: str) -> PasstSpec:

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
 
 from qumran.kvm.ioctl import ior, iow
 from qumran.vmm.devices.errors import DeviceError
@@ -48,14 +47,13 @@ _PROBES = (
 )
 
 
-@dataclass
 class Tap:
     """An open TAP fd; ``supported`` is the TUN_F_* set it accepts, ``offloads`` the set on."""
 
-    name: str
-    fd: int
-    supported: int = 0
-    offloads: int = 0
+    __slots__ = ("fd", "name", "offloads", "supported")
+
+    def __init__(self, name: str, fd: int, supported: int = 0, offloads: int = 0) -> None:
+        self.name, self.fd, self.supported, self.offloads = name, fd, supported, offloads
 
     @classmethod
     def open(cls, name: str | None, fd: int | None) -> Tap:
