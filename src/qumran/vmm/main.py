@@ -20,7 +20,9 @@ sockets and the console on the main thread (:mod:`qumran.vmm.mainloop`).
 The process stays small (BENCHMARKS.md, "qumran-vmm against QEMU"): the kernel and initrd
 are read into guest memory from their files, and the modules on this path stay clear of
 asyncio, logging, dataclasses, typing and pathlib, which together would more than double
-the VMM's own resident memory; tests/unit/test_vmm_imports.py holds that line.
+the VMM's own resident memory. So do the virtio devices' modules, which also keep clear of
+secrets (hmac, libcrypto), subprocess, shutil and socket.py; tests/unit/test_vmm_imports.py
+holds that line.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ plus the read-only type bits, as 6.2.5.1 describes.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 CONFIG_SIZE = 256
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
@@ -26,10 +25,12 @@ STATUS_INTERRUPT, STATUS_CAP_LIST = 1 << 3, 1 << 4
 BAR_MEM32 = 0x0  # 6.2.5.1: bit 0 = 0 memory, bits 2:1 = 00 anywhere in 32-bit space
 
 
-@dataclass
 class MemoryBar:
-    index: int
-    size: int  # a power of two >= 4 KiB
+    __slots__ = ("index", "size")
+
+    def __init__(self, index: int, size: int) -> None:
+        self.index = index
+        self.size = size  # a power of two >= 4 KiB
 
     @property
     def offset(self) -> int:

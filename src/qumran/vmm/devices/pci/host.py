@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from qumran.vmm.devices.pci.config import ConfigSpace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:  # typing costs every VMM process resident memory; a Protocol matters to checkers only
+    Protocol = object
 
 PCI_CONFIG_BASE = 0xCF8
 PCI_CONFIG_PORTS = 8

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any, Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:  # typing costs every VMM process resident memory; a Protocol matters to checkers only
+    Protocol = object
 
 CAP_ID_MSIX = 0x11
 ENTRY_SIZE = 16

@@ -4,7 +4,6 @@ loop and the KVM plumbing (irqfd/GSI routes for MSI-X, ioeventfd doorbells, INTx
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from qumran.kvm import Vm
 from qumran.vmm.acpi.constants import PCI_MMIO_BASE, PCI_MMIO_END, pci_intx_gsi
@@ -18,6 +17,10 @@ from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.queue import RamViews
 from qumran.vmm.log import get_logger
 from qumran.vmm.memory import GuestMemory
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = get_logger(__name__)
 

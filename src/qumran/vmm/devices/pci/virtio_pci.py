@@ -30,7 +30,6 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
 
 from qumran.vmm.devices.irq import IrqLine, IrqOutput
 from qumran.vmm.devices.pci.config import CMD_MEMORY, ConfigSpace
@@ -45,6 +44,12 @@ from qumran.vmm.devices.virtio.device import (
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.queue import GuestRam, QueueError, SplitQueue
 from qumran.vmm.log import get_logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:  # typing costs every VMM process resident memory; a Protocol matters to checkers only
+    Protocol = object
 
 log = get_logger(__name__)
 

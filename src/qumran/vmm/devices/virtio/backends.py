@@ -10,26 +10,32 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.blk import DiskImage, VirtioBlock
 from qumran.vmm.devices.virtio.console import ConsolePort, VirtioConsole
 from qumran.vmm.devices.virtio.device import VirtioDevice
 from qumran.vmm.devices.virtio.rng import VirtioRng
+from qumran.vmm.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Final
+
     from qumran.vmm.devices.virtio.passt import PasstSpec
 
 
-@dataclass(frozen=True)
-class DiskSpec:
-    path: str
-    readonly: bool = False
-    vhost_user: bool = False  # ``path`` is a vhost-user-blk socket, not an image
+class DiskSpec(Record):
+    """One ``--disk``."""
 
-    fd: int | None = None  # an image inherited open (``fd=N``): ``path`` is only its name
+    __slots__ = __match_args__ = ("path", "readonly", "vhost_user", "fd")
+
+    def __init__(self, path: str, readonly: bool = False, vhost_user: bool = False,
+                 fd: int | None = None) -> None:  # fmt: skip
+        self.path: Final = path
+        self.readonly: Final = readonly
+        self.vhost_user: Final = vhost_user  # ``path`` is a vhost-user-blk socket, not an image
+        self.fd: Final = fd  # an image inherited open (``fd=N``): ``path`` is only its name
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
@@ -57,15 +63,20 @@ class DiskSpec:
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
-@dataclass(frozen=True)
-class NetSpec:
-    tap: str | None = None
-    fd: int | None = None
-    mac: str | None = None
-    vhost: bool = False  # off unless asked: the same data path on every host
-    # An open /dev/vhost-net handed over by whoever started us (qumrand opens it as root,
-    # so the VM's user needs no right to it); implies vhost=on.
-    vhost_fd: int | None = None
+class NetSpec(Record):
+    """One ``--net`` on a TAP."""
+
+    __slots__ = __match_args__ = ("tap", "fd", "mac", "vhost", "vhost_fd")
+
+    def __init__(self, tap: str | None = None, fd: int | None = None, mac: str | None = None,
+                 vhost: bool = False, vhost_fd: int | None = None) -> None:  # fmt: skip
+        self.tap: Final = tap
+        self.fd: Final = fd
+        self.mac: Final = mac
+        self.vhost: Final = vhost  # off unless asked: the same data path on every host
+        # An open /dev/vhost-net handed over by whoever started us (qumrand opens it as
+        # root, so the VM's user needs no right to it); implies vhost=on.
+        self.vhost_fd: Final = vhost_fd
 
     @classmethod
     def parse(cls, text: str) -> NetSpec:
@@ -112,21 +123,28 @@ def parse_net(text: str) -> NetSpec | PasstSpec:
     return NetSpec.parse(text)
 
 
-@dataclass(frozen=True)
-class DeviceSpecs:
-    disks: tuple[DiskSpec, ...] = ()
-    nets: tuple[NetSpec | PasstSpec, ...] = ()
-    rng: bool = False
-    console: ConsolePort | None = None
+class DeviceSpecs(Record):
+    """Every virtio device of the command line."""
+
+    __slots__ = __match_args__ = ("disks", "nets", "rng", "console")
+
+    def __init__(self, disks: tuple[DiskSpec, ...] = (), nets: tuple[NetSpec | PasstSpec, ...] = (),
+                 rng: bool = False, console: ConsolePort | None = None) -> None:  # fmt: skip
+        self.disks: Final = disks
+        self.nets: Final = nets
+        self.rng: Final = rng
+        self.console: Final = console
 
 
-@dataclass
 class Backends:
     """Open host resources; ``make_devices`` builds this boot's virtio devices from them."""
 
-    disks: list[DiskImage] = field(default_factory=list)
-    factories: list[Callable[[], VirtioDevice]] = field(default_factory=list)
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    __slots__ = ("closers", "disks", "factories")
+
+    def __init__(self) -> None:
+        self.disks: list[DiskImage] = []
+        self.factories: list[Callable[[], VirtioDevice]] = []
+        self.closers: list[Callable[[], None]] = []
 
     def make_devices(self) -> list[VirtioDevice]:
         return [make() for make in self.factories]

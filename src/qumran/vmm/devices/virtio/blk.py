@@ -13,7 +13,6 @@ import fcntl
 import os
 import stat
 import struct
-from dataclasses import dataclass
 
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.device import DeviceContext, DeviceId, VirtioDevice
@@ -32,14 +31,13 @@ ID_BYTES = 20  # VIRTIO_BLK_ID_BYTES
 _NONE = memoryview(b"")
 
 
-@dataclass
 class DiskImage:
     """An open raw image: what ``--disk PATH[,ro]`` resolves to before the guest starts."""
 
-    path: str
-    fd: int
-    readonly: bool
-    size: int
+    __slots__ = ("fd", "path", "readonly", "size")
+
+    def __init__(self, path: str, fd: int, readonly: bool, size: int) -> None:
+        self.path, self.fd, self.readonly, self.size = path, fd, readonly, size
 
     @classmethod
     def open(cls, path: str, readonly: bool) -> DiskImage:

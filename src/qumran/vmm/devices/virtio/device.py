@@ -16,7 +16,6 @@ import struct
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.queue import GuestRam, QueueError, SplitQueue
@@ -39,33 +38,58 @@ class DeviceId:
     ENTROPY = 4
 
 
-@dataclass
 class KernelQueues:
-    """What a device whose rings the host kernel serves (vhost) gets from the transport."""
+    """What a device whose rings the host kernel serves (vhost) gets from the transport.
 
-    kick_fds: list[int]  # per queue: the eventfd KVM signals on the guest's doorbell write
-    regions: tuple[tuple[int, int, int], ...]  # guest RAM: (guest address, size, host address)
-    irqfd: Callable[[int], int | None]  # queue -> eventfd raising its MSI-X vector in KVM, if
-    # the vector is enabled and unmasked now; None: go through ``interrupt``
-    interrupt: Callable[[int], None]  # raise queue i's interrupt (already found to be needed)
-    # Guest RAM as a file another process can map (vhost-user): the memfd, and per region
-    # (guest address, size, host address, offset in the file). -1 and () without one.
-    ram_fd: int = -1
-    file_regions: tuple[tuple[int, int, int, int], ...] = ()
+    Here and in :class:`DeviceContext`, plain slotted classes, not dataclasses: see
+    :mod:`qumran.vmm.record`."""
+
+    __slots__ = ("file_regions", "interrupt", "irqfd", "kick_fds", "ram_fd", "regions")
+
+    def __init__(
+        self,
+        kick_fds: list[int],
+        regions: tuple[tuple[int, int, int], ...],
+        irqfd: Callable[[int], int | None],
+        interrupt: Callable[[int], None],
+        ram_fd: int = -1,
+        file_regions: tuple[tuple[int, int, int, int], ...] = (),
+    ) -> None:
+        self.kick_fds = kick_fds  # per queue: the eventfd KVM signals on the doorbell write
+        self.regions = regions  # guest RAM: (guest address, size, host address)
+        self.irqfd = irqfd  # queue -> eventfd raising its MSI-X vector in KVM, if the vector
+        # is enabled and unmasked now; None: go through ``interrupt``
+        self.interrupt = interrupt  # raise queue i's interrupt (already found to be needed)
+        # Guest RAM as a file another process can map (vhost-user): the memfd, and per
+        # region (guest address, size, host address, offset in the file). -1 and () without.
+        self.ram_fd = ram_fd
+        self.file_regions = file_regions
 
 
-@dataclass
 class DeviceContext:
     """What an active device works with, valid until the next reset."""
 
-    ram: GuestRam
-    queues: list[SplitQueue]
-    features: int  # the negotiated set
-    loop: IoLoop
-    used: Callable[[int], None]  # "used buffer notification" for a queue (2.3)
-    broken: Callable[[str], None]  # set DEVICE_NEEDS_RESET and tell the driver
-    lock: threading.RLock  # the transport's: hold it in callbacks of your own
-    kernel: KernelQueues | None = None  # set for a device with ``rings_in_kernel``
+    __slots__ = ("broken", "features", "kernel", "lock", "loop", "queues", "ram", "used")
+
+    def __init__(
+        self,
+        ram: GuestRam,
+        queues: list[SplitQueue],
+        features: int,
+        loop: IoLoop,
+        used: Callable[[int], None],
+        broken: Callable[[str], None],
+        lock: threading.RLock,
+        kernel: KernelQueues | None = None,
+    ) -> None:
+        self.ram = ram
+        self.queues = queues
+        self.features = features  # the negotiated set
+        self.loop = loop
+        self.used = used  # "used buffer notification" for a queue (2.3)
+        self.broken = broken  # set DEVICE_NEEDS_RESET and tell the driver
+        self.lock = lock  # the transport's: hold it in callbacks of your own
+        self.kernel = kernel  # set for a device with ``rings_in_kernel``
 
 
 class VirtioDevice(ABC):

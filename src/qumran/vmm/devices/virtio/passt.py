@@ -15,7 +15,10 @@ Process: passt is given one end of a socketpair (``--fd``) and ``--one-off``, an
 without ``--foreground``: it checks its options, binds the forwarded ports, then forks into
 the background, and the process we started exits — with 0 once it is set up, or with an
 error that stops the VM before the guest starts. The background passt lives as long as the
-socket: however the VMM ends (even SIGKILL), its end closes and passt quits.
+socket: however the VMM ends (even SIGKILL), its end closes and passt quits. It is started
+with ``os.posix_spawn`` and waited for with ``os.waitpid`` (see ``_run_passt``), found on
+PATH by a few lines of our own, and the socket is ``_socket``'s: ``subprocess``, ``shutil``
+and ``socket.py`` would cost every VM process with passt about 1 MiB of resident memory.
 
 Data path (the device I/O loop, in Python, as the TAP device without vhost):
 - transmit: each chain is the 12-byte ``virtio_net_hdr_v1`` and a frame; each frame goes
@@ -32,16 +35,15 @@ Data path (the device I/O loop, in Python, as the TAP device without vhost):
 
 from __future__ import annotations
 
+import _socket
 import contextlib
+import fcntl
 import os
 import select
-import shutil
-import socket
+import signal
 import struct
-import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.device import DeviceContext, DeviceId, VirtioDevice
@@ -49,6 +51,11 @@ from qumran.vmm.devices.virtio.net import F_MAC, F_MRG_RXBUF, F_STATUS, LINK_UP,
 from qumran.vmm.devices.virtio.queue import QueueError
 from qumran.vmm.devices.virtio.tap import NET_HDR_LEN
 from qumran.vmm.log import get_logger
+from qumran.vmm.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 log = get_logger(__name__)
 
@@ -68,14 +75,16 @@ _ZERO_HDR = bytes(NET_HDR_LEN)
 POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
 
 
-@dataclass(frozen=True)
-class PasstForward:
+class PasstForward(Record):
     """One ``forward=PROTO:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`` (QEMU's hostfwd)."""
 
-    proto: str
-    host_addr: str
-    host_port: int
-    guest_port: int
+    __slots__ = __match_args__ = ("proto", "host_addr", "host_port", "guest_port")
+
+    def __init__(self, proto: str, host_addr: str, host_port: int, guest_port: int) -> None:
+        self.proto: Final = proto
+        self.host_addr: Final = host_addr
+        self.host_port: Final = host_port
+        self.guest_port: Final = guest_port
 
     @classmethod
     def parse(cls, text: str, where: str) -> PasstForward:
@@ -96,7 +105,7 @@ class PasstForward:
             )
         if host_addr:
             try:
-                socket.inet_aton(host_addr)
+                _socket.inet_aton(host_addr)
             except OSError:
                 raise DeviceError(f"{where}: forward {text!r}: bad host address") from None
         return cls(proto, host_addr, int(host_port), int(guest_port))
@@ -110,12 +119,14 @@ class PasstForward:
         return f"{self.proto}:{self.host_addr}:{self.host_port}-:{self.guest_port}"
 
 
-@dataclass(frozen=True)
-class PasstSpec:
+class PasstSpec(Record):
     """``passt[,mac=MAC][,forward=RULE]...``."""
 
-    mac: str | None = None
-    forwards: tuple[PasstForward, ...] = ()
+    __slots__ = __match_args__ = ("mac", "forwards")
+
+    def __init__(self, mac: str | None = None, forwards: tuple[PasstForward, ...] = ()) -> None:
+        self.mac: Final = mac
+        self.forwards: Final = forwards
 
     @classmethod
     def parse(cls, text: str) -> PasstSpec:
@@ -140,7 +151,7 @@ class PasstSpec:
 
 
 def passt_binary() -> str:
-    found = shutil.which("passt") or next(
+    found = _on_path("passt") or next(
         (p for p in ("/usr/bin/passt", "/usr/sbin/passt") if os.access(p, os.X_OK)), None
     )
     if found is None:
@@ -148,11 +159,20 @@ def passt_binary() -> str:
     return found
 
 
+def _on_path(name: str) -> str | None:
+    """The first executable ``name`` in a directory of PATH, as ``shutil.which`` finds it."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 class PasstLink:
     """The stream socket to a running passt, and the frames read from it but not yet
     given to the guest (a backend: it outlives guest reboots)."""
 
-    def __init__(self, sock: socket.socket, forwards: tuple[PasstForward, ...]) -> None:
+    def __init__(self, sock: _socket.socket, forwards: tuple[PasstForward, ...]) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.forwards = forwards
@@ -163,8 +183,12 @@ class PasstLink:
     @classmethod
     def start_passt(cls, spec: PasstSpec, name: str = "") -> PasstLink:
         binary = passt_binary()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [binary, "--quiet", "--one-off", "--fd", str(theirs.fileno()),
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        # passt's end, as a copy the child inherits (ours are all close-on-exec), numbered
+        # above the standard descriptors, which the child gets anew.
+        passed = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, 3)
+        theirs.close()
+        argv = [binary, "--quiet", "--one-off", "--fd", str(passed),
                 "--address", GUEST_ADDR, "--netmask", PREFIX, "--gateway", GATEWAY,
                 "--mtu", str(MTU)]  # fmt: skip
         if not _default_route():
@@ -176,22 +200,20 @@ class PasstLink:
         for fwd in spec.forwards:
             argv += fwd.passt_args()
         try:
-            done = subprocess.run(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  timeout=SETUP_TIMEOUT, check=False)  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            returncode, stderr = _run_passt(argv, passed)
+        except OSError as exc:  # TimeoutError included
             ours.close()
             raise DeviceError(f"--net passt: cannot start passt: {exc}") from None
         finally:
-            theirs.close()
-        if done.returncode != 0:
+            os.close(passed)
+        if returncode != 0:
             ours.close()
-            why = _passt_error(done.stderr.decode(errors="replace"))
+            why = _passt_error(stderr.decode(errors="replace"))
             raise DeviceError(f"--net passt: passt failed to start: {why}")
         ours.setblocking(True)  # every call says MSG_DONTWAIT itself
         with contextlib.suppress(OSError):
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, SNDBUF)
+            ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 21)
         log.info("%s: passt started (%s)", name or "net", " ".join(argv[1:]))
         return cls(ours, spec.forwards)
 
@@ -205,7 +227,7 @@ class PasstLink:
             self.start, self.end = 0, n
         view = memoryview(self.buf)[self.end :]
         try:
-            n = self.sock.recv_into(view, len(view), socket.MSG_DONTWAIT)
+            n = self.sock.recv_into(view, len(view), _socket.MSG_DONTWAIT)
         except BlockingIOError:
             return -1
         except OSError as exc:
@@ -235,6 +257,78 @@ class PasstLink:
         if self.fd >= 0:
             self.fd = -1
             self.sock.close()  # passt (--one-off) quits when its end sees this
+
+
+def _run_passt(argv: list[str], passed: int) -> tuple[int, bytes]:
+    """Run the passt we start until it exits (its background copy goes on): its exit
+    status, negative for a signal, and what it wrote on stderr. As ``subprocess.run`` with
+    ``pass_fds=[passed]``, stdin and stdout on /dev/null, stderr on a pipe and a timeout of
+    SETUP_TIMEOUT, after which it is killed (TimeoutError, with subprocess's message).
+
+    The child keeps nothing of ours but ``passed``: our own descriptors are close-on-exec,
+    and any other one this process inherited open (qumrand's sockets, TAPs, images) is
+    closed for it, as subprocess's ``close_fds`` does. The signals Python ignores are reset
+    to their default, as subprocess's ``restore_signals`` does. (Debian 12's glibc leaves
+    its two internal signals, 32 and 33, ignored in a posix_spawn child; passt, a single
+    thread, has no use for them.)
+    """
+    read_end, write_end = os.pipe()
+    actions: list[tuple[int | str, ...]] = [
+        (os.POSIX_SPAWN_DUP2, write_end, 2),  # first: the pipe may be on fd 0 or 1
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_RDWR, 0),
+    ]
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds() if fd != passed]
+    try:
+        try:
+            pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions,
+                                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))  # fmt: skip
+        finally:
+            os.close(write_end)
+        return _wait_passt(pid, read_end, argv)
+    finally:
+        os.close(read_end)
+
+
+def _wait_passt(pid: int, read_end: int, argv: list[str]) -> tuple[int, bytes]:
+    """Read ``pid``'s stderr to its end (passt's background copy does not keep it), then
+    reap it; kill it once SETUP_TIMEOUT has passed."""
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    stderr = bytearray()
+    poller = select.poll()
+    poller.register(read_end, POLLIN)
+    at_end = False
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if at_end:  # stderr closed: it is exiting
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+                if reaped:
+                    return os.waitstatus_to_exitcode(status), bytes(stderr)
+                time.sleep(min(left, 0.001))
+            elif poller.poll(int(left * 1000) + 1):
+                chunk = os.read(read_end, 1 << 16)
+                stderr += chunk
+                at_end = not chunk
+        raise TimeoutError(f"Command '{argv}' timed out after {SETUP_TIMEOUT} seconds")
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
+def _inherited_fds() -> list[int]:
+    """The descriptors above stdio that an exec would pass on: those this process was given
+    open by whoever started it (its own are close-on-exec)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    fds = []
+    for fd in map(int, names):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+    return fds
 
 
 def _default_route(table: str = "/proc/net/route") -> bool:
@@ -435,7 +529,7 @@ class PasstNet(VirtioDevice):
         while iov:
             try:
                 self.counters["tx_sends"] += 1
-                sent = sock.sendmsg(iov, [], socket.MSG_DONTWAIT)
+                sent = sock.sendmsg(iov, [], _socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 self.counters["tx_full"] += 1
                 began = time.monotonic()

@@ -30,9 +30,14 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from qumran.vmm.errors import VmmError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # typing costs every VMM process resident memory; a Protocol matters to checkers only
+    Protocol = object
 
 MAX_QUEUE_SIZE = 32768  # 2.7: Queue Size ... the maximum is 32768
 

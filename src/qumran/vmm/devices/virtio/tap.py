@@ -18,15 +18,14 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import logging
 import os
 import struct
-from dataclasses import dataclass
 
 from qumran.kvm.ioctl import ior, iow
 from qumran.vmm.devices.errors import DeviceError
+from qumran.vmm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 NET_HDR_LEN = 12  # struct virtio_net_hdr_v1 (num_buffers included with VERSION_1)
 
@@ -48,14 +47,13 @@ _PROBES = (
 )
 
 
-@dataclass
 class Tap:
     """An open TAP fd; ``supported`` is the TUN_F_* set it accepts, ``offloads`` the set on."""
 
-    name: str
-    fd: int
-    supported: int = 0
-    offloads: int = 0
+    __slots__ = ("fd", "name", "offloads", "supported")
+
+    def __init__(self, name: str, fd: int, supported: int = 0, offloads: int = 0) -> None:
+        self.name, self.fd, self.supported, self.offloads = name, fd, supported, offloads
 
     @classmethod
     def open(cls, name: str | None, fd: int | None) -> Tap:

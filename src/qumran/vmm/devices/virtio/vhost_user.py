@@ -13,15 +13,16 @@ of their own (GET_*) never carry NEED_REPLY.
 
 The socket is blocking with a timeout: the calls come from vCPU threads (the driver set
 DRIVER_OK) and from the device's connection thread, and a back end that stops answering
-must turn into an error, not a vCPU stuck forever.
+must turn into an error, not a vCPU stuck forever. It is ``_socket``'s, as everywhere in
+the VMM: ``socket.py`` builds enum classes on import, resident memory in every VM process.
 """
 
 from __future__ import annotations
 
+import _socket
 import array
 import contextlib
 import os
-import socket
 import struct
 import threading
 
@@ -94,7 +95,7 @@ class Disconnected(DeviceError):
 class Connection:
     """One connected vhost-user socket; requests are serialised by a lock."""
 
-    def __init__(self, sock: socket.socket, path: str, timeout: float = TIMEOUT) -> None:
+    def __init__(self, sock: _socket.socket, path: str, timeout: float = TIMEOUT) -> None:
         sock.settimeout(timeout)
         self.sock, self.path = sock, path
         self.reply_ack = False  # set once REPLY_ACK is negotiated
@@ -102,7 +103,7 @@ class Connection:
 
     @classmethod
     def connect(cls, path: str, timeout: float = TIMEOUT) -> Connection:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         sock.settimeout(timeout)
         try:
             sock.connect(path)
@@ -180,7 +181,8 @@ class Connection:
         with self._lock:
             try:
                 if fds:
-                    socket.send_fds(self.sock, [message], fds)
+                    rights = array.array("i", fds)
+                    self.sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
                 else:
                     self.sock.sendall(message)
                 if not (reply or ack):
@@ -190,7 +192,7 @@ class Connection:
                 # The conversation is out of step (a reply may still come): end it, so that
                 # whoever watches the socket sees it hang up and starts over.
                 with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_RDWR)
+                    self.sock.shutdown(_socket.SHUT_RDWR)
                 why = getattr(exc, "strerror", None) or exc
                 raise Disconnected(f"vhost-user {self.path}: {_name(request)}: {why}") from None
         if ack:
@@ -204,9 +206,10 @@ class Connection:
 
     def _receive(self, request: int) -> tuple[bytes, list[int]]:
         fds = array.array("i")
-        data, anc, _, _ = self.sock.recvmsg(HEADER.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+        space = _socket.CMSG_SPACE(MAX_FDS * fds.itemsize)
+        data, anc, _, _ = self.sock.recvmsg(HEADER.size, space)
         for level, kind, blob in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                 fds.frombytes(blob[: len(blob) - len(blob) % fds.itemsize])
         try:
             if len(data) < HEADER.size:
