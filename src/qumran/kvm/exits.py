@@ -11,27 +11,15 @@ import struct
 
 from qumran.kvm import structs as s
 from qumran.kvm.constants import KVM_EXIT_IO_OUT, ExitReason
+from qumran.record import Record
 
 
-class _Exit:
-    """Plain slotted value classes (not dataclasses: importing ``dataclasses`` pulls in
-    ``inspect`` and ``ast``, over 1 MiB of resident memory in every VMM process). Each
+class _Exit(Record):
+    """A vCPU exit: a value record (:mod:`qumran.record`; not a dataclass, whose import of
+    ``inspect`` and ``ast`` costs every VMM process over 1 MiB of resident memory). Each
     subclass lists its fields once, in ``__slots__``; ``match`` takes them positionally."""
 
     __slots__: tuple[str, ...] = ()
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash((type(self), self._fields()))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({args})"
 
 
 class IoIn(_Exit):

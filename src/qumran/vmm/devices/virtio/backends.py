@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from qumran.record import Record
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.blk import DiskImage, VirtioBlock
 from qumran.vmm.devices.virtio.console import ConsolePort, VirtioConsole
 from qumran.vmm.devices.virtio.device import VirtioDevice
 from qumran.vmm.devices.virtio.rng import VirtioRng
-from qumran.vmm.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

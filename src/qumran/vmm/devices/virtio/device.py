@@ -42,7 +42,7 @@ class KernelQueues:
     """What a device whose rings the host kernel serves (vhost) gets from the transport.
 
     Here and in :class:`DeviceContext`, plain slotted classes, not dataclasses: see
-    :mod:`qumran.vmm.record`."""
+    :mod:`qumran.record`."""
 
     __slots__ = ("file_regions", "interrupt", "irqfd", "kick_fds", "ram_fd", "regions")
 

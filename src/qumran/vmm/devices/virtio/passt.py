@@ -45,13 +45,13 @@ import struct
 import time
 from collections.abc import Sequence
 
+from qumran.record import Record
 from qumran.vmm.devices.errors import DeviceError
 from qumran.vmm.devices.virtio.device import DeviceContext, DeviceId, VirtioDevice
 from qumran.vmm.devices.virtio.net import F_MAC, F_MRG_RXBUF, F_STATUS, LINK_UP, QUEUE_SIZE, RX, TX
 from qumran.vmm.devices.virtio.queue import QueueError
 from qumran.vmm.devices.virtio.tap import NET_HDR_LEN
 from qumran.vmm.log import get_logger
-from qumran.vmm.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -6,7 +6,9 @@ of resident memory in every VM process with a virtio device, for a few classes w
 ``__init__`` is a handful of lines. A subclass lists its fields once, in ``__slots__`` (also
 its ``__match_args__``), and assigns them in its own ``__init__``, as ``Final`` attributes:
 the type checker keeps them read-only, as ``frozen=True`` did at run time.
-(``qumran.kvm.exits`` does the same for vCPU exits, below the VMM.)
+
+Shared by the layers that keep their imports lean: the VMM's device specs and the KVM
+layer's vCPU exits (``qumran.kvm.exits``).
 """
 
 from __future__ import annotations
