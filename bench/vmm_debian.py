@@ -165,11 +165,14 @@ def boot_to_ssh(
 
 def log_boot_breakdown(creator: QumranCreate, name: str) -> None:
     """Where the guest says its boot went (``systemd-analyze``: kernel, initrd, user space,
-    and the slowest units), logged after the timing is taken: to compare the two stacks'
+    and the slowest units), logged after the timing is taken, to compare the two stacks'
     boots stage by stage."""
-    command = "systemd-analyze; systemd-analyze blame --no-pager | head -n 12"
+    # systemd-analyze answers only once the boot has finished (cloud-init's last stage
+    # may still run when SSH first answers): wait for that first.
+    command = ("timeout 600 systemctl is-system-running --wait; systemd-analyze; "
+               "systemd-analyze blame --no-pager | head -n 12")  # fmt: skip
     argv = [*creator.ssh_argv(name)[:-1], command]
-    done = subprocess.run(argv, env=creator.env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(argv, env=creator.env, capture_output=True, text=True, timeout=700)
     for line in (done.stdout + done.stderr).splitlines():
         log(f"    guest: {line.strip()}")
 
