@@ -44,7 +44,8 @@ class ConsoleCoalescing:
         self.count = 0  # writes taken from the ring
 
     def set_quiet(self, quiet: bool) -> None:
-        """Serial16550's quiet watch (on the thread that changed the UART, its lock held)."""
+        """Serial16550's quiet watch (on the thread that touched the UART, its lock held):
+        an ioctl only when the answer differs from the last one."""
         if quiet == self.registered:
             return
         try:

@@ -108,16 +108,15 @@ class Serial16550:
         self._msr_deltas = 0
         self._thr_pending = False
         self._quiet_watch: Callable[[bool], None] | None = None
-        self._quiet = False
         self._lsr_polled = False
 
     def watch_quiet(self, callback: Callable[[bool], None]) -> None:
-        """Call ``callback(quiet)`` now and whenever the UART becomes quiet or stops being
-        so (see the module's docstring); with the UART's lock held, like ``out``."""
+        """Call ``callback(quiet)`` now and whenever the UART may have become quiet or
+        stopped being so (see the module's docstring; the watcher keeps what it last saw);
+        with the UART's lock held, like ``out``."""
         with self._lock:
             self._quiet_watch = callback
-            self._quiet = self._is_quiet()
-            callback(self._quiet)
+            callback(self._is_quiet())
 
     def _is_quiet(self) -> bool:
         return (
@@ -128,10 +127,8 @@ class Serial16550:
         )
 
     def _check_quiet(self) -> None:
-        quiet = self._is_quiet()
-        if quiet != self._quiet and self._quiet_watch is not None:
-            self._quiet = quiet
-            self._quiet_watch(quiet)
+        if self._quiet_watch is not None:
+            self._quiet_watch(self._is_quiet())
 
     # -- host side -----------------------------------------------------------------
 
