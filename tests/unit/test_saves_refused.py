@@ -4,8 +4,6 @@ KVM, are in tests/kvm/test_daemon_saves.py."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pwd
 import shutil
@@ -18,7 +16,8 @@ from typing import Any
 import pytest
 
 from daemon_harness import Daemon, system_user
-from qumran.vmm.snapshot.file import HEADER, RAM_ALIGN, _pack_header
+from forged_snapshots import tiny_snapshot
+from qumran.vmm.snapshot.file import HEADER
 
 QUMRAN = str(Path(sys.executable).parent / "qumran")
 
@@ -32,21 +31,6 @@ def error(daemon: Daemon, method: str, path: str, **kwargs: Any) -> tuple[int, s
     response = daemon.call(method, path, **kwargs)
     assert response.status_code >= 400, response.text
     return response.status_code, response.json()["error"]["message"]
-
-
-def tiny_snapshot(path: Path, name: str, memory_mib: int = 64, vcpus: int = 1) -> None:
-    """A snapshot file's header and state, RAM all holes (what the daemon reads of it)."""
-    size = memory_mib << 20
-    machine = {"name": name, "memory": size, "vcpus": vcpus, "kernel": "/bin/sh"}
-    state = {"machine": machine, "memory": {"size": size, "extents": []}}
-    body = json.dumps(state).encode()
-    mem_offset = -(-(HEADER.size + len(body)) // RAM_ALIGN) * RAM_ALIGN
-    unsigned = _pack_header(len(body), mem_offset, size, bytes(32), bytes(32))
-    digest = hashlib.sha256(unsigned + body).digest()
-    header = _pack_header(len(body), mem_offset, size, digest, hashlib.sha256().digest())
-    with open(path, "wb") as f:
-        f.write(header + body)
-        f.truncate(mem_offset + size)
 
 
 def test_a_qemu_vm_is_refused_by_name(fake_daemon: Daemon, tmp_path: Path) -> None:
