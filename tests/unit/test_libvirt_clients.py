@@ -52,6 +52,8 @@ def test_the_whole_lifecycle_through_virsh(fake_daemon: Daemon, daemon_root: Pat
     ok(fake_daemon, "reset", "web1")
     ok(fake_daemon, "shutdown", "web1")
     assert state(fake_daemon, "web1").startswith(("in shutdown", "shut off"))
+    fake_daemon.wait_state("web1", "shutoff")  # the guest powers off 0.1 s after
+    ok(fake_daemon, "start", "web1")
     ok(fake_daemon, "destroy", "web1")
     assert state(fake_daemon, "web1") == "shut off (destroyed)"
 
