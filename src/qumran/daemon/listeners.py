@@ -8,6 +8,7 @@ web manager's TCP socket likewise. A user without a runtime folder gets a privat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -21,6 +22,30 @@ from qumran.daemon import config
 from qumran.errors import QumranError
 
 log = logging.getLogger("qumran.daemon")
+
+# Loop steps from asyncio's accept() of a connection to its protocol's connection_made (the
+# _accept_connection2 task's first step, then the transport's call_soon), and for a stream
+# server on to its handler's first step (a task connection_made creates). One spare.
+ACCEPT_STEPS = 4
+
+
+async def stop_accepting(server: asyncio.Server) -> None:
+    """Accept no more on ``server``, let every connection it has accepted reach its
+    protocol, then close it (and its sockets: a restart keeps duplicates listening, and
+    what is in their backlog waits there for the next qumrand).
+
+    Not ``server.close()`` first: asyncio accepts eagerly, up to the backlog at a time, and
+    makes each connection's transport a step later; a transport made once its server is
+    closed fails an assertion (``Server._attach``), and asyncio drops that connection
+    without a word (it reports the error only in debug mode). Its socket stays open, its
+    request unread, until the exec or the exit closes it, and the client is reset.
+    """
+    loop = asyncio.get_running_loop()
+    for sock in server.sockets:
+        loop.remove_reader(sock.fileno())
+    for _ in range(ACCEPT_STEPS):
+        await asyncio.sleep(0)
+    server.close()
 
 
 def bind_socket(path: str) -> socket.socket:

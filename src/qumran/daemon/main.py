@@ -65,9 +65,6 @@ def make_drivers(kind: str) -> dict[str, Driver]:
 # before the old qumrand lets go of it (uvicorn would close it unanswered at once). Ours
 # send at once; this bounds what a client that never sends can hold up.
 FIRST_REQUEST_GRACE = 1.0
-# Loop steps from asyncio's accept() of a connection to its protocol's connection_made:
-# its _accept_connection2 task's first step, then the transport's call_soon. One spare.
-_ACCEPT_STEPS = 3
 
 
 def _server_class() -> type:
@@ -144,15 +141,8 @@ def _server_class() -> type:
             """uvicorn's, without its fixed waits: it sleeps 0.1 s, then looks every
             0.1 s for connections and tasks to end, 100-200 ms that a restart spends
             doing nothing. Here the look is every few ms. (No lifespan: it is off.)"""
-            for server in self.servers:
-                server.close()  # a restart's duplicate keeps the socket listening
-            # asyncio accepts eagerly (up to the backlog per wake-up) and makes each
-            # connection's protocol a step or two later; until then uvicorn does not know
-            # the connection. Let those steps run, so that every connection accepted is
-            # seen below: one missed is closed at the exec with its request unread, and
-            # its client is reset.
-            for _ in range(_ACCEPT_STEPS):
-                await asyncio.sleep(0)
+            for server in self.servers:  # every connection accepted reaches uvicorn
+                await listeners.stop_accepting(server)
             if self.handing_over:
                 await self._let_requests_arrive()
             for sock in sockets or []:
@@ -330,6 +320,7 @@ async def _serve(
     bounds = settings.limits
     servers = [server] if web is None else [server, web]
     loop = asyncio.get_running_loop()
+    handing_over = asyncio.Event()  # the libvirt server's cue, as should_exit is uvicorn's
 
     def stop() -> None:
         activation.notify("STOPPING=1")
@@ -354,6 +345,7 @@ async def _serve(
         for each in servers:
             each.handing_over = True
             each.should_exit = True
+        handing_over.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
@@ -367,7 +359,7 @@ async def _serve(
     libvirt_task = None
     if libvirt_sock is not None:
         libvirt_task = asyncio.create_task(
-            _serve_libvirt(manager, libvirt_sock, bounds), name="libvirt protocol"
+            _serve_libvirt(manager, libvirt_sock, bounds, handing_over), name="libvirt protocol"
         )
         log.info("libvirt protocol on %s", settings.libvirt_socket)
     try:
@@ -379,9 +371,10 @@ async def _serve(
                 group.create_task(web.serve(sockets=[web_sock]))
     finally:
         if libvirt_task is not None:
-            libvirt_task.cancel()
+            if listening.handover is None:  # stopping: its connections close now
+                libvirt_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await libvirt_task
+                await libvirt_task  # restarting: it ends once its connections are quiet
         await manager.close()
         if listening.handover is None:
             log.info("qumrand stopped; running VMs keep running")
@@ -417,14 +410,26 @@ def _servers(
     return _server_class()(config), web
 
 
-async def _serve_libvirt(manager: Manager, sock: socket.socket, bounds: limits.Limits) -> None:
+async def _serve_libvirt(
+    manager: Manager, sock: socket.socket, bounds: limits.Limits, hand_over: asyncio.Event
+) -> None:
     """libvirt's protocol, loaded when its socket first has a client waiting (most
     qumrands never get one; until then the client waits in the socket's backlog)."""
-    await readable(sock)
+    waiting = asyncio.ensure_future(readable(sock))
+    cue = asyncio.ensure_future(hand_over.wait())
+    try:
+        await asyncio.wait([waiting, cue], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+        cue.cancel()
+    if hand_over.is_set():
+        return  # a restart before any client: the next qumrand serves the backlog
     module = await asyncio.to_thread(importlib.import_module, "qumran.libvirt.server")
+    if hand_over.is_set():
+        return
     libvirt = module.Server(manager, per_uid=bounds.per_uid, privileged=bounds.privileged,
                             packet_timeout=bounds.header_timeout)  # fmt: skip
-    await libvirt.serve(sock)
+    await libvirt.serve(sock, hand_over)
 
 
 # Set by a SIGHUP that comes before the event loop handles it (during start-up).

@@ -12,6 +12,12 @@ console output are written by their own tasks between whole packets.
 Hostile input: a length over libvirt's limit or under a header closes the connection
 before anything is allocated; a payload that does not decode is an error reply
 (VIR_ERR_RPC), never a crash; a connection that starts a packet and stalls is closed.
+
+A restart in place (``qumran daemon restart``) hands the listening socket to the next
+qumrand: what is still in the backlog waits for it. What this one has accepted is
+served until it falls quiet (:meth:`Server.serve`): every call a client has sent gets
+its answer, never a reset; a client between calls then sees the connection end, as
+with libvirtd's restart, and connects again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from qumran.daemon import listeners
 from qumran.errors import QumranError
 from qumran.libvirt import constants as c
 from qumran.libvirt import fdpass, packet
@@ -41,6 +48,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+
+# A restart's hand-over: how long a connection accepted but silent gets to send its first
+# call, how long one that has been answered may stay quiet before it is closed (libvirt's
+# clients send their next call as soon as they have the answer), and the most the whole
+# hand-over may take before what is left is closed.
+FIRST_CALL_GRACE = 1.0
+QUIET = 0.1
+HAND_OVER_LIMIT = 5.0
 
 Handler = Callable[["Connection", Any], Awaitable[Any]]
 HANDLERS: dict[int, Handler] = {}  # procedure number -> handler (qumran.libvirt.procedures)
@@ -78,20 +93,46 @@ class Server:
         self.packet_timeout = packet_timeout
         self.count: Counter[int] = Counter()
         self.connections: set[Connection] = set()
+        self.handing_over = False
+        self._emptied = asyncio.Event()
 
     def cap(self, uid: int) -> int:
         return self.privileged if uid in (0, os.geteuid()) else self.per_uid
 
-    async def serve(self, sock: socket.socket) -> None:
+    async def serve(self, sock: socket.socket, hand_over: asyncio.Event) -> None:
+        """Serve ``sock`` (closed at the end) until cancelled, which closes every
+        connection, or until ``hand_over`` is set: then accept no more and end once every
+        connection has gone quiet (see the module's docstring)."""
         from qumran.libvirt import procedures  # noqa: F401  (registers the handlers)
 
         server = await asyncio.start_unix_server(self._accept, sock=sock)
         try:
             async with server:
-                await server.serve_forever()
+                await hand_over.wait()
+                self.handing_over = True  # connections from here on get the first grace
+                await listeners.stop_accepting(server)  # each accepted is a Connection
+                await self._hand_over()
         finally:
             for conn in list(self.connections):
                 conn.close()
+
+    async def _hand_over(self) -> None:
+        for conn in self.connections:
+            conn.hand_over()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HAND_OVER_LIMIT):
+                while self.connections:
+                    self._emptied.clear()
+                    await self._emptied.wait()
+        if self.connections:
+            log.warning("libvirt socket: closing %d connection(s) still busy at the restart",
+                        len(self.connections))  # fmt: skip
+
+    def quiet_deadline(self, answered: int) -> float | None:
+        """When a connection waiting for its next call is closed: never, unless handing over."""
+        if not self.handing_over:
+            return None
+        return asyncio.get_running_loop().time() + (QUIET if answered else FIRST_CALL_GRACE)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from qumran.daemon.manager import Caller
@@ -112,6 +153,8 @@ class Server:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            if not self.connections:
+                self._emptied.set()
             self.count[uid] -= 1
             if self.count[uid] <= 0:
                 del self.count[uid]
@@ -136,6 +179,8 @@ class Connection:
         self.next_callback = 1
         self.streams: dict[int, Any] = {}  # serial -> a stream (libvirt.console.ConsoleStream)
         self.event_queue: Any = None
+        self.answered = 0  # packets handled
+        self._between: asyncio.Timeout | None = None  # waiting for the next packet
 
     async def run(self) -> None:
         try:
@@ -145,6 +190,7 @@ class Connection:
                     break
                 header, payload = packet.parse(body)
                 await self._dispatch(header, payload)
+                self.answered += 1
         except PacketError as exc:
             log.info("libvirt socket: closing the connection of uid %d: %s", self.caller.uid, exc)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -154,11 +200,22 @@ class Connection:
             with contextlib.suppress(ConnectionError):
                 await self.writer.wait_closed()
 
+    def hand_over(self) -> None:
+        """qumrand is restarting: close once quiet between packets."""
+        if self._between is not None:
+            self._between.reschedule(self.server.quiet_deadline(self.answered))
+
     async def _read_packet(self) -> bytes | None:
         try:
-            word = await self.reader.readexactly(packet.LEN_SIZE)
+            async with asyncio.timeout(self.server.quiet_deadline(self.answered)) as between:
+                self._between = between
+                word = await self.reader.readexactly(packet.LEN_SIZE)
+        except TimeoutError:
+            return None  # quiet while qumrand hands over to the next one
         except asyncio.IncompleteReadError:
             return None  # the client went away between packets
+        finally:
+            self._between = None
         length = packet.packet_length(word)
         try:
             async with asyncio.timeout(self.server.packet_timeout):
