@@ -75,21 +75,56 @@ def image_cache() -> Path:
     raise BenchError("no debian-12 image with its kernel: `qumran image build debian-12`")
 
 
+def helpers(q: QumranStack, pid: int, port: int) -> dict[int, str]:
+    """The VM's helper processes: qemu-storage-daemon (its sockets are in a folder named
+    as the VM's run folder) and passt (its forward of ``port``)."""
+    markers = [f"/{q._console_log(pid).parent.name}/".encode(), f"/{port}:".encode()]
+    return helpers_of(pid, markers)
+
+
 def memory(q: QumranStack, pid: int, port: int) -> dict[str, float]:
-    """The VMM's overhead, and its helpers': qemu-storage-daemon (its sockets are in a
-    folder named as the VM's run folder) and passt (its forward of ``port``)."""
+    """The VMM's overhead, and its helpers'."""
     mem_kib = MEMORY_MIB * 1024
     out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib)) / 1024}
-    helpers = 0.0
-    markers = [f"/{q._console_log(pid).parent.name}/".encode(), f"/{port}:".encode()]
-    for hpid, name in helpers_of(pid, markers).items():
+    helpers_mib = 0.0
+    for hpid, name in helpers(q, pid, port).items():
         try:
             own = (vm_rss(hpid) - guest_ram_rss(hpid, mem_kib)) / 1024
         except OSError:
             continue
         out[f"{name}_mib"] = out.get(f"{name}_mib", 0.0) + own
-        helpers += own
-    out["with_helpers_mib"] = out["vmm_mib"] + helpers
+        helpers_mib += own
+    out["with_helpers_mib"] = out["vmm_mib"] + helpers_mib
+    return out
+
+
+def cpu_seconds(pid: int, *, vcpus: bool | None = None) -> float:
+    """CPU time (user and system) of ``pid``'s threads so far: its vCPU threads alone
+    (``vcpus``: named "CPU N/KVM", by qumran-vmm as by QEMU), the others, or all (None)."""
+    total = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        try:
+            with open(f"{task.path}/comm") as f:
+                comm = f.read().strip()
+            with open(f"{task.path}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        is_vcpu = comm.startswith("CPU ") and comm.endswith("/KVM")
+        if vcpus is None or vcpus == is_vcpu:
+            total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu(q: QumranStack, name: str, port: int) -> dict[str, float]:
+    """Where the CPU of the boot went, at its first SSH command: the guest's vCPUs, the
+    VMM's other threads (device emulation, I/O), and each helper process. On the test
+    host's one CPU, all of it comes out of the same second."""
+    pid = vm_pid(q, name)
+    out = {"vcpu_s": cpu_seconds(pid, vcpus=True), "vmm_other_s": cpu_seconds(pid, vcpus=False)}
+    for hpid, helper in helpers(q, pid, port).items():
+        with contextlib.suppress(OSError):
+            out[f"{helper}_s"] = out.get(f"{helper}_s", 0.0) + cpu_seconds(hpid)
     return out
 
 
@@ -159,6 +194,7 @@ def boot_to_ssh(
     banner = ssh_banner(creator.q, name, port, deadline)
     tries, _ = until_success(creator.ssh_argv(name), deadline, 1.0, creator.env)
     result = {"banner": banner - t0, "ssh": now() - t0, "tries": float(tries), "port": port}
+    log(f"    CPU: {cpu(creator.q, name, port)}")
     log_boot_breakdown(creator, name)
     return result
 
@@ -170,7 +206,8 @@ def log_boot_breakdown(creator: QumranCreate, name: str) -> None:
     # systemd-analyze answers only once the boot has finished (cloud-init's last stage
     # may still run when SSH first answers): wait for that first.
     command = ("timeout 600 systemctl is-system-running --wait; systemd-analyze; "
-               "systemd-analyze blame --no-pager | head -n 12")  # fmt: skip
+               "systemd-analyze blame --no-pager | head -n 12; "
+               "cat /sys/devices/system/clocksource/clocksource0/current_clocksource")  # fmt: skip
     argv = [*creator.ssh_argv(name)[:-1], command]
     done = subprocess.run(argv, env=creator.env, capture_output=True, text=True, timeout=700)
     for line in (done.stdout + done.stderr).splitlines():
