@@ -201,13 +201,16 @@ def boot_to_ssh(
 
 def log_boot_breakdown(creator: QumranCreate, name: str) -> None:
     """Where the guest says its boot went (``systemd-analyze``: kernel, initrd, user space,
-    and the slowest units), logged after the timing is taken, to compare the two stacks'
-    boots stage by stage."""
+    and the slowest units; its clocksource; the kernel log's longest silences), logged
+    after the timing is taken, to compare the two stacks' boots stage by stage."""
     # systemd-analyze answers only once the boot has finished (cloud-init's last stage
     # may still run when SSH first answers): wait for that first.
     command = ("timeout 600 systemctl is-system-running --wait; systemd-analyze; "
                "systemd-analyze blame --no-pager | head -n 12; "
-               "cat /sys/devices/system/clocksource/clocksource0/current_clocksource")  # fmt: skip
+               "cat /sys/devices/system/clocksource/clocksource0/current_clocksource; "
+               # the kernel log's longest silences: a timeout one stack's machine causes
+               "sudo dmesg | awk -F'[][]' '{t=$2+0; if (t-p>0.5) printf \"%.1fs gap: %s\\n\", "
+               "t-p, $0; p=t}' | sort -rn | head -n 8")  # fmt: skip
     argv = [*creator.ssh_argv(name)[:-1], command]
     done = subprocess.run(argv, env=creator.env, capture_output=True, text=True, timeout=700)
     for line in (done.stdout + done.stderr).splitlines():
