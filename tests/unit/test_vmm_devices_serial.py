@@ -257,15 +257,20 @@ def test_wide_accesses_act_on_consecutive_registers(uart: Uart) -> None:
 
 
 def test_vcpus_and_console_thread_share_the_uart() -> None:
+    """Each register access is whole whichever thread makes it. The guest's two vCPUs
+    hold its driver's port lock from the LSR read to the RBR read, as Linux does: without
+    it both could see the one byte ready, and the second read an empty RBR."""
     uart = Uart()
     uart.w(IER, u.IER_THRI | u.IER_RDI)
     received: list[int] = []
+    port_lock = threading.Lock()
 
     def vcpu(ch: int) -> None:
         for _ in range(2000):
             uart.w(THR, ch)
-            if uart.r(LSR) & u.LSR_DR:
-                received.append(uart.r(RBR))
+            with port_lock:
+                if uart.r(LSR) & u.LSR_DR:
+                    received.append(uart.r(RBR))
 
     def console() -> None:
         for _ in range(500):
