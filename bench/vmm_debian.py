@@ -86,6 +86,7 @@ def memory(q: QumranStack, pid: int, port: int) -> dict[str, float]:
     """The VMM's overhead, and its helpers'."""
     mem_kib = MEMORY_MIB * 1024
     out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib)) / 1024}
+    log(f"    VMM resident, KiB: {rss_by_mapping(pid, mem_kib)}")
     helpers_mib = 0.0
     for hpid, name in helpers(q, pid, port).items():
         try:
@@ -96,6 +97,24 @@ def memory(q: QumranStack, pid: int, port: int) -> dict[str, float]:
         helpers_mib += own
     out["with_helpers_mib"] = out["vmm_mib"] + helpers_mib
     return out
+
+
+def rss_by_mapping(pid: int, mem_kib: int, top: int = 10) -> list[tuple[str, int]]:
+    """Where the VMM's resident set is, guest RAM left out: KiB per mapped file (its base
+    name) or kind of anonymous mapping ([heap], [stack], [anon]), the largest first."""
+    by: dict[str, int] = {}
+    name, size = "", 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                path = head[5].strip() if len(head) == 6 else ""
+                name = os.path.basename(path) if path.startswith("/") else (path or "[anon]")
+            elif line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Rss:") and not mem_kib <= size <= mem_kib + 4096:
+                by[name] = by.get(name, 0) + int(line.split()[1])
+    return sorted(by.items(), key=lambda item: -item[1])[:top]
 
 
 def cpu_seconds(pid: int, *, vcpus: bool | None = None) -> float:
