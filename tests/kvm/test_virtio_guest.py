@@ -437,18 +437,22 @@ def test_vhost_moves_tcp_both_ways_intact_with_offloads(
     vmm_factory: MakeVmm, demo: DemoImage, netns: str
 ) -> None:
     """vhost=on: ping, then 8 MiB each way byte-exact; frames above an MTU on average on
-    the TAP show that the kernel passed the TSO headers through in both directions; the
-    rings went through no Python (the VMM's frame and kick counters stay at zero)."""
+    the TAP, host to guest, show that the kernel passed the TSO headers through; the
+    rings went through no Python (the VMM's frame and kick counters stay at zero).
+
+    Guest to host, whether the guest sends TSO frames is its TCP's choice: busybox nc
+    writes 1 KiB at a time, and where vhost acknowledges each write before the next (a
+    slow nested guest: 1,155 bytes a frame seen in CI, three tries in a row) nothing
+    gathers them. The Python rings, slower to drain, see them gathered:
+    test_tcp_in_both_directions_arrives_intact_with_offloads checks that direction."""
     _need_vhost()
     vmm = _boot_on_tap(vmm_factory, demo, netns, "tap=qtap0,vhost=on")
     net = _net_status(vmm)
     assert net["vhost"] is True and {"csum", "tso4", "tso6"} <= set(net["rx_offloads"]), net
     out = vmm.command("ping -c 3 -W 5 10.0.2.2", timeout=60)
     assert "3 packets received" in out, out
-    rx0, rxp0, _, _ = _tap_counters(netns, "qtap0")
     _guest_to_host(vmm, netns)
-    rx1, rxp1, tx1, txp1 = _tap_counters(netns, "qtap0")
-    assert (rx1 - rx0) / (rxp1 - rxp0) > 1514, (rx0, rxp0, rx1, rxp1)
+    _, _, tx1, txp1 = _tap_counters(netns, "qtap0")
     _host_to_guest(vmm, netns)
     _, _, tx2, txp2 = _tap_counters(netns, "qtap0")
     assert (tx2 - tx1) / (txp2 - txp1) > 1514, (tx1, txp1, tx2, txp2)
