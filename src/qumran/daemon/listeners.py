@@ -23,6 +23,11 @@ from qumran.errors import QumranError
 
 log = logging.getLogger("qumran.daemon")
 
+# How long, on a restart, a connection accepted but still silent gets to send its first
+# request before the old qumrand lets go of it (uvicorn would close it unanswered at once;
+# the libvirt server likewise). Our clients send at once; this bounds what a client that
+# never sends can hold up.
+FIRST_REQUEST_GRACE = 1.0
 # Loop steps from asyncio's accept() of a connection to its protocol's connection_made (the
 # _accept_connection2 task's first step, then the transport's call_soon), and for a stream
 # server on to its handler's first step (a task connection_made creates). One spare.

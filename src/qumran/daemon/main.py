@@ -61,10 +61,6 @@ def make_drivers(kind: str) -> dict[str, Driver]:
     return drivers
 
 
-# How long, on a restart, a connection accepted but still silent gets to send its request
-# before the old qumrand lets go of it (uvicorn would close it unanswered at once). Ours
-# send at once; this bounds what a client that never sends can hold up.
-FIRST_REQUEST_GRACE = 1.0
 
 
 def _server_class() -> type:
@@ -163,7 +159,7 @@ def _server_class() -> type:
 
         async def _let_requests_arrive(self) -> None:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + FIRST_REQUEST_GRACE
+            deadline = loop.time() + listeners.FIRST_REQUEST_GRACE
             # uvicorn has no event for "a request began"; a short poll, bounded.
             while loop.time() < deadline and any(_silent(c) for c in self.server_state.connections):
                 await asyncio.sleep(0.005)

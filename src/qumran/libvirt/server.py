@@ -49,11 +49,10 @@ log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
-# A restart's hand-over: how long a connection accepted but silent gets to send its first
-# call, how long one that has been answered may stay quiet before it is closed (libvirt's
-# clients send their next call as soon as they have the answer), and the most the whole
+# A restart's hand-over: how long a connection that has been answered may stay quiet before
+# it is closed (libvirt's clients send their next call as soon as they have the answer; one
+# that has sent nothing yet gets listeners.FIRST_REQUEST_GRACE), and the most the whole
 # hand-over may take before what is left is closed.
-FIRST_CALL_GRACE = 1.0
 QUIET = 0.1
 HAND_OVER_LIMIT = 5.0
 
@@ -132,7 +131,8 @@ class Server:
         """When a connection waiting for its next call is closed: never, unless handing over."""
         if not self.handing_over:
             return None
-        return asyncio.get_running_loop().time() + (QUIET if answered else FIRST_CALL_GRACE)
+        grace = QUIET if answered else listeners.FIRST_REQUEST_GRACE
+        return asyncio.get_running_loop().time() + grace
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from qumran.daemon.manager import Caller
