@@ -81,6 +81,12 @@ def contenders(demo: DemoImage, mem: int, vcpus: int, ctl: Path) -> dict[str, li
     }
 
 
+def is_guest_ram(size_kib: int, mem_kib: int) -> bool:
+    """Whether a mapping of ``size_kib`` is the one that backs guest RAM: sized like the
+    guest (a VMM may add a few pages)."""
+    return mem_kib <= size_kib <= mem_kib + 4096
+
+
 def guest_ram_rss(pid: int, mem_kib: int) -> int:
     """Rss of the mapping that backs guest RAM: the anonymous one sized like the guest."""
     best = 0
@@ -89,7 +95,7 @@ def guest_ram_rss(pid: int, mem_kib: int) -> int:
         for line in f:
             if line.startswith("Size:"):
                 size = int(line.split()[1])
-            elif line.startswith("Rss:") and mem_kib <= size <= mem_kib + 4096:
+            elif line.startswith("Rss:") and is_guest_ram(size, mem_kib):
                 best = max(best, int(line.split()[1]))
     return best
 

@@ -43,11 +43,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmm_boot import guest_ram_rss, vm_rss
+from vmm_boot import guest_ram_rss, is_guest_ram, vm_rss
 from vslib.cleanup import interrupt
 from vslib.create_qumran import QumranCreate
 from vslib.guest import forwarded_port
-from vslib.measure import BenchError, now
+from vslib.measure import BenchError, cpu_seconds, now
 from vslib.procs import helpers_of, until_success
 from vslib.qumran_stack import QumranStack
 
@@ -112,27 +112,25 @@ def rss_by_mapping(pid: int, mem_kib: int, top: int = 10) -> list[tuple[str, int
                 name = os.path.basename(path) if path.startswith("/") else (path or "[anon]")
             elif line.startswith("Size:"):
                 size = int(line.split()[1])
-            elif line.startswith("Rss:") and not mem_kib <= size <= mem_kib + 4096:
+            elif line.startswith("Rss:") and not is_guest_ram(size, mem_kib):
                 by[name] = by.get(name, 0) + int(line.split()[1])
     return sorted(by.items(), key=lambda item: -item[1])[:top]
 
 
-def cpu_seconds(pid: int, *, vcpus: bool | None = None) -> float:
-    """CPU time (user and system) of ``pid``'s threads so far: its vCPU threads alone
-    (``vcpus``: named "CPU N/KVM", by qumran-vmm as by QEMU), the others, or all (None)."""
-    total = 0
+def vcpu_threads(pid: int) -> tuple[list[int], list[int]]:
+    """``pid``'s threads: its vCPU threads (named "CPU N/KVM", by qumran-vmm as by QEMU)
+    and the others. /proc/TID/stat is each thread's own, as vslib's cpu_seconds reads it."""
+    vcpus: list[int] = []
+    others: list[int] = []
     for task in os.scandir(f"/proc/{pid}/task"):
         try:
             with open(f"{task.path}/comm") as f:
                 comm = f.read().strip()
-            with open(f"{task.path}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         is_vcpu = comm.startswith("CPU ") and comm.endswith("/KVM")
-        if vcpus is None or vcpus == is_vcpu:
-            total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
-    return total / os.sysconf("SC_CLK_TCK")
+        (vcpus if is_vcpu else others).append(int(task.name))
+    return vcpus, others
 
 
 def cpu(q: QumranStack, name: str, port: int) -> dict[str, float]:
@@ -140,10 +138,10 @@ def cpu(q: QumranStack, name: str, port: int) -> dict[str, float]:
     VMM's other threads (device emulation, I/O), and each helper process. On the test
     host's one CPU, all of it comes out of the same second."""
     pid = vm_pid(q, name)
-    out = {"vcpu_s": cpu_seconds(pid, vcpus=True), "vmm_other_s": cpu_seconds(pid, vcpus=False)}
+    vcpus, others = vcpu_threads(pid)
+    out = {"vcpu_s": cpu_seconds(vcpus), "vmm_other_s": cpu_seconds(others)}
     for hpid, helper in helpers(q, pid, port).items():
-        with contextlib.suppress(OSError):
-            out[f"{helper}_s"] = out.get(f"{helper}_s", 0.0) + cpu_seconds(hpid)
+        out[f"{helper}_s"] = out.get(f"{helper}_s", 0.0) + cpu_seconds([hpid])
     return out
 
 
