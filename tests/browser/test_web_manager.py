@@ -84,6 +84,7 @@ def test_create_the_demo_vm_from_its_image(web: Web) -> None:
     demo = build_demo()  # in this user's cache, where `qumran image demo` puts it
     page = web.logged_in_page()
     page.click("text=Create VM >> nth=0")
+    page.wait_for_url(f"{web.base}/vms/new")  # loaded, with its script: not only begun
     page.check("input[name=mode][value=custom]")
     assert page.input_value("input[name=memory]") == "256M"  # the custom mode's default
     assert not page.is_visible("textarea[name=ssh_key]")  # the other mode's fields hide
@@ -433,6 +434,33 @@ def test_create_a_vm_from_an_image_with_its_own_volume(web: Web, tiny_image: str
     web.daemon.call("POST", "/v1/vms/web1/destroy").raise_for_status()
     web.daemon.call("DELETE", "/v1/vms/web1").raise_for_status()
     web.daemon.call("DELETE", "/v1/pools/default/volumes/web1").raise_for_status()
+    page.context.close()
+
+
+def test_a_mode_switched_while_the_page_loads_takes_its_memory_default(
+    web: Web, tiny_image: str
+) -> None:
+    page = web.logged_in_page()
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    page.route("**/static/create.js", hold)  # the form's script waits
+    page.goto(f"{web.base}/vms/new", wait_until="commit")
+    for _ in range(200):  # until the page asks for the script: the form is parsed
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    page.check("input[name=mode][value=custom]")  # a person quicker than the script
+    assert page.input_value("input[name=memory]") == "1G"  # nothing swapped it yet
+    held[0].continue_()
+    page.wait_for_load_state("load")
+    assert page.input_value("input[name=memory]") == "256M"  # the custom mode's default
+    page.fill("input[name=memory]", "2G")  # typed: kept on any switch
+    page.check("input[name=mode][value=image]")
+    assert page.input_value("input[name=memory]") == "2G"
     page.context.close()
 
 

@@ -8,12 +8,17 @@
   const cmdline = document.getElementById("cmdline");
   const memory = document.getElementById("memory");
   const radio = (value) => document.querySelector(`input[name=boot][value=${value}]`);
+  // The untouched default of the other mode becomes this mode's: on a switch, and once now,
+  // for a switch made while the page was still loading (the mode checked is not the page's).
+  const takeDefault = (mode) => {
+    const other = mode === "image" ? "custom" : "image";
+    if (memory.value === memory.dataset[other]) memory.value = memory.dataset[mode];
+  };
   for (const mode of document.querySelectorAll("input[name=mode]")) {
-    mode.addEventListener("change", () => {
-      const other = mode.value === "image" ? "custom" : "image";
-      if (memory.value === memory.dataset[other]) memory.value = memory.dataset[mode.value];
-    });
+    mode.addEventListener("change", () => takeDefault(mode.value));
   }
+  const checked = document.querySelector("input[name=mode]:checked");
+  if (checked && !checked.defaultChecked) takeDefault(checked.value);
   const diskImage = document.getElementById("disk-image");
   if (diskImage) {
     diskImage.addEventListener("change", () => {
