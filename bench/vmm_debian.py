@@ -10,9 +10,10 @@ guest's sshd sends its banner through the forward, then until ``qumran ssh NAME 
 first gets in (the first boot: cloud-init makes the user and installs the key); then
 ``qumran shutdown`` (waiting until it is off) and ``qumran start``, timed the same way
 (a second boot of the same disk, cloud-init's work done). The banner is checked
-in-process once a second and ssh tried once a second, so the waiting costs the nested
-guest little CPU in the test host; a VM that is no longer running ends the wait with
-its logs.
+in-process, a probe a second held until the forwarder ends it (bench/vslib/banner.py: a
+probe that hangs up first makes Debian 12's passt spin), and ssh tried once a second, so
+the waiting costs the nested guest little CPU in the test host; a VM that is no longer
+running ends the wait with its logs.
 
 The VM is what ``qumran create`` defines for each: qumran-vmm, having no firmware, boots
 the image's own kernel and initrd; QEMU boots the disk through its firmware (SeaBIOS,
@@ -35,7 +36,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from vmm_boot import guest_ram_rss, is_guest_ram, vm_rss
+from vslib.banner import wait_for_banner
 from vslib.cleanup import interrupt
 from vslib.create_qumran import QumranCreate
 from vslib.guest import forwarded_port
@@ -159,28 +160,22 @@ def vm_pid(q: QumranStack, name: str) -> int:
 
 
 def ssh_banner(q: QumranStack, name: str, port: int, deadline: float) -> float:
-    """When the guest's sshd first sends its banner through the forward (:func:`now`).
-    Checked in this process, once a second: ``qumran ssh`` tries (a Python start and an
-    ssh each) every quarter second, as bench/vs_create.py makes them, would take the
-    nested guest's CPU from it in the test host and slow the boot being timed."""
-    checked = now()
-    while now() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 5) as s:
-            s.settimeout(5)
-            # Our identification first, as an SSH client sends it: Debian 12's passt passes
-            # on nothing the guest sends first on a forwarded connection until the host side
-            # has sent something (tests/kvm/test_vmm_passt.py; the same under QEMU), so a
-            # probe that only listens never hears sshd through qumran-vmm's user NIC.
-            s.sendall(b"SSH-2.0-qumran-bench\r\n")
-            if s.recv(64).startswith(b"SSH-"):
-                return now()
-        if now() - checked > 10:  # a VM that is gone never answers: say so at once
-            checked = now()
-            state = vm_info(q, name).get("state")
-            if state != "running":
-                raise BenchError(f"VM {name} is {state}, no SSH banner came{vm_logs(q, name)}")
-        time.sleep(1.0)
-    raise BenchError(f"no SSH banner on 127.0.0.1:{port} in time{vm_logs(q, name)}")
+    """When the guest's sshd first sends its banner through the forward (:func:`now`),
+    checked in this process by :func:`vslib.banner.wait_for_banner`: a probe a second,
+    each held until the forwarder ends it, so that passt is never made to spin (and
+    ``qumran ssh`` tries, a Python start and an ssh each, would take the nested guest's
+    CPU from it in the test host). A VM that is no longer running ends the wait with its
+    logs."""
+
+    def still_running() -> None:
+        state = vm_info(q, name).get("state")
+        if state != "running":
+            raise BenchError(f"VM {name} is {state}, no SSH banner came{vm_logs(q, name)}")
+
+    try:
+        return wait_for_banner(port, deadline, check=still_running)
+    except TimeoutError as exc:
+        raise BenchError(f"{exc}{vm_logs(q, name)}") from None
 
 
 def vm_logs(q: QumranStack, name: str) -> str:
