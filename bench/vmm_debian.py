@@ -22,9 +22,11 @@ qemu-storage-daemon over vhost-user-blk), the cloud-init seed a read-only second
 a user NIC with SSH forwarded (QEMU's slirp; passt for qumran-vmm).
 
 Memory, read when the second boot's ssh got in: the VMM's resident set minus the resident
-part of its guest-RAM mapping (as bench/vmm_boot.py), and the helper processes each VM
-has beside it (qumran-vmm: qemu-storage-daemon and passt; QEMU has both inside), their
-shared guest RAM left out the same way. Prints markdown; measures, never asserts.
+part of its guest-RAM mapping (as bench/vmm_boot.py); its anonymous memory (what each
+more VM costs again: the shared text left out), guest RAM left out the same way; and the
+helper processes each VM has beside it (qumran-vmm: qemu-storage-daemon and passt; QEMU
+has both inside), their shared guest RAM left out the same way. Prints markdown;
+measures, never asserts.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def helpers(q: QumranStack, pid: int, port: int) -> dict[int, str]:
 def memory(q: QumranStack, pid: int, port: int) -> dict[str, float]:
     """The VMM's overhead, and its helpers'."""
     mem_kib = MEMORY_MIB * 1024
-    out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib)) / 1024}
+    out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib)) / 1024,
+           "vmm_anon_mib": anonymous_kib(pid, mem_kib) / 1024}  # fmt: skip
     log(f"    VMM resident, KiB: {rss_by_mapping(pid, mem_kib)}")
     helpers_mib = 0.0
     for hpid, name in helpers(q, pid, port).items():
@@ -98,6 +101,21 @@ def memory(q: QumranStack, pid: int, port: int) -> dict[str, float]:
         helpers_mib += own
     out["with_helpers_mib"] = out["vmm_mib"] + helpers_mib
     return out
+
+
+def anonymous_kib(pid: int, mem_kib: int) -> int:
+    """The VMM's anonymous memory, guest RAM left out: its heap, stacks and the pages of
+    its files it wrote to, what each more VM costs again. The binary's and the libraries'
+    text that RSS also counts is shared by every process running them: by each QEMU with
+    the others, by qumran-vmm with qumrand and every other python3.11."""
+    total, size = 0, 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Anonymous:") and not is_guest_ram(size, mem_kib):
+                total += int(line.split()[1])
+    return total
 
 
 def rss_by_mapping(pid: int, mem_kib: int, top: int = 10) -> list[tuple[str, int]]:
@@ -306,6 +324,7 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
             ("command → SSH banner, second boot, s", "second_banner"),
             ("command → first SSH command, second boot, s", "second_ssh"),
             ("VMM overhead (RSS - guest RAM), MiB", "vmm_mib"),
+            ("VMM anonymous memory (guest RAM left out), MiB", "vmm_anon_mib"),
             ("with its helper processes, MiB", "with_helpers_mib")]  # fmt: skip
     hvs = list(results)
     pair = len(hvs) == 2
