@@ -50,7 +50,7 @@ from vslib.banner import wait_for_banner
 from vslib.cleanup import interrupt
 from vslib.create_qumran import QumranCreate
 from vslib.guest import forwarded_port
-from vslib.measure import BenchError, cpu_seconds, now
+from vslib.measure import BenchError, cpu_seconds, now, thread_cpu_seconds
 from vslib.procs import helpers_of, until_success
 from vslib.qumran_stack import QumranStack
 
@@ -138,7 +138,7 @@ def rss_by_mapping(pid: int, mem_kib: int, top: int = 10) -> list[tuple[str, int
 
 def vcpu_threads(pid: int) -> tuple[list[int], list[int]]:
     """``pid``'s threads: its vCPU threads (named "CPU N/KVM", by qumran-vmm as by QEMU)
-    and the others. /proc/TID/stat is each thread's own, as vslib's cpu_seconds reads it."""
+    and the others."""
     vcpus: list[int] = []
     others: list[int] = []
     for task in os.scandir(f"/proc/{pid}/task"):
@@ -158,7 +158,8 @@ def cpu(q: QumranStack, name: str, port: int) -> dict[str, float]:
     host's one CPU, all of it comes out of the same second."""
     pid = vm_pid(q, name)
     vcpus, others = vcpu_threads(pid)
-    out = {"vcpu_s": cpu_seconds(vcpus), "vmm_other_s": cpu_seconds(others)}
+    out = {"vcpu_s": thread_cpu_seconds(pid, vcpus),
+           "vmm_other_s": thread_cpu_seconds(pid, others)}  # fmt: skip
     for hpid, helper in helpers(q, pid, port).items():
         out[f"{helper}_s"] = out.get(f"{helper}_s", 0.0) + cpu_seconds([hpid])
     return out

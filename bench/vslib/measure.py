@@ -83,16 +83,25 @@ def hyperfine(
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes ``pids`` have used so far (gone ones count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
-    return total * TICK
+    """User + system CPU time the processes ``pids`` have used so far, all their threads
+    (gone ones count 0)."""
+    return sum(map(_cpu_ticks, (f"/proc/{pid}/stat" for pid in pids))) * TICK
+
+
+def thread_cpu_seconds(pid: int, tids: list[int]) -> float:
+    """The same for some threads of ``pid``, each its own: /proc/PID/task/TID/stat. (Not
+    /proc/TID/stat: a thread's id opens its process there, and that stat counts every
+    thread.)"""
+    return sum(map(_cpu_ticks, (f"/proc/{pid}/task/{tid}/stat" for tid in tids))) * TICK
+
+
+def _cpu_ticks(stat_path: str) -> int:
+    try:
+        with open(stat_path, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
 
 
 def wait_for_text(path: Path, text: bytes, deadline: float) -> float:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from vslib.banner import HELLO, wait_for_banner
-from vslib.measure import now
+from vslib.measure import now, pids_by_comm
 
 SYN_TIMEOUT = 0.5  # passt's is 10 s
 
@@ -157,13 +157,8 @@ def test_the_probes_leave_a_real_passt_idle() -> None:
 
 
 def pids_of(name: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm") as f:
-                if f.read().strip().split(".")[0] == name:  # passt.avx2 too
-                    found.append(int(entry))
-    return found
+    """Debian's passt runs as passt.avx2 where the CPU has AVX2."""
+    return pids_by_comm(name) + pids_by_comm(f"{name}.avx2")
 
 
 def drain(sock: socket.socket) -> None:

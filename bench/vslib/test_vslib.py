@@ -5,6 +5,7 @@ Run: .venv/bin/pytest bench/vslib  (no libvirt, QEMU or daemon needed)
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -15,7 +16,16 @@ import pytest
 import yaml
 
 from vslib.libvirt_stack import LibvirtStack
-from vslib.measure import BenchError, Timing, now, pids_by_comm, process_started, wait_for_text
+from vslib.measure import (
+    BenchError,
+    Timing,
+    cpu_seconds,
+    now,
+    pids_by_comm,
+    process_started,
+    thread_cpu_seconds,
+    wait_for_text,
+)
 from vslib.qumran_stack import QumranStack
 from vslib.report import BEGIN, END, Results, render, write_section
 
@@ -223,3 +233,32 @@ def test_a_vms_helpers_are_its_children_and_what_names_it() -> None:
         for p in (vmm, named, forward, other):
             p.kill()
             p.wait()
+
+
+def test_thread_cpu_is_each_threads_own_and_process_cpu_all_of_them() -> None:
+    spin_tid: list[int] = []
+    stop = threading.Event()
+
+    def spin() -> None:
+        spin_tid.append(threading.get_native_id())
+        while not stop.is_set():
+            pass
+
+    pid = os.getpid()
+    me = threading.get_native_id()
+    idle_before = thread_cpu_seconds(pid, [me])
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        time.sleep(0.8)  # this thread idles while the other spins
+        spun = thread_cpu_seconds(pid, spin_tid)
+        idle = thread_cpu_seconds(pid, [me]) - idle_before
+        whole = cpu_seconds([pid])
+        by_tid = cpu_seconds(spin_tid)
+    finally:
+        stop.set()
+        worker.join()
+    assert spun >= 0.2  # (it had a CPU part of that time at least)
+    assert idle < 0.2
+    assert whole >= spun + thread_cpu_seconds(pid, [me]) - 0.05  # every thread's
+    assert by_tid >= whole - 0.05  # /proc/TID/stat counts the process, not the thread
