@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from qumran.images.demo import DemoImage, build_demo
 
@@ -87,17 +88,40 @@ def is_guest_ram(size_kib: int, mem_kib: int) -> bool:
     return mem_kib <= size_kib <= mem_kib + 4096
 
 
-def guest_ram_rss(pid: int, mem_kib: int) -> int:
-    """Rss of the mapping that backs guest RAM: the anonymous one sized like the guest."""
-    best = 0
-    size = 0
+class Mapping(NamedTuple):
+    """One mapping of /proc/PID/smaps: its file's base name or its kind ([heap], [stack],
+    [anon]), and its Size, Rss and Anonymous in KiB."""
+
+    name: str
+    size: int
+    rss: int
+    anonymous: int
+
+
+def mappings(pid: int) -> list[Mapping]:
+    """``pid``'s mappings, from one read of its smaps."""
+    found: list[Mapping] = []
+    name, fields = "", {"Size": 0, "Rss": 0, "Anonymous": 0}
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
-            if line.startswith("Size:"):
-                size = int(line.split()[1])
-            elif line.startswith("Rss:") and is_guest_ram(size, mem_kib):
-                best = max(best, int(line.split()[1]))
-    return best
+            head = line.split(None, 5)
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                if name:
+                    found.append(Mapping(name, fields["Size"], fields["Rss"], fields["Anonymous"]))
+                path = head[5].strip() if len(head) == 6 else ""
+                name = os.path.basename(path) if path.startswith("/") else (path or "[anon]")
+                fields = {"Size": 0, "Rss": 0, "Anonymous": 0}
+            elif head and head[0].rstrip(":") in fields:
+                fields[head[0].rstrip(":")] = int(head[1])
+    if name:
+        found.append(Mapping(name, fields["Size"], fields["Rss"], fields["Anonymous"]))
+    return found
+
+
+def guest_ram_rss(pid: int, mem_kib: int, maps: list[Mapping] | None = None) -> int:
+    """Rss of the mapping that backs guest RAM: the one sized like the guest."""
+    maps = mappings(pid) if maps is None else maps
+    return max((m.rss for m in maps if is_guest_ram(m.size, mem_kib)), default=0)
 
 
 def vm_rss(pid: int) -> int:

@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmm_boot import guest_ram_rss, is_guest_ram, vm_rss
+from vmm_boot import Mapping, guest_ram_rss, is_guest_ram, mappings, vm_rss
 from vslib.banner import wait_for_banner
 from vslib.cleanup import interrupt
 from vslib.create_qumran import QumranCreate
@@ -88,51 +88,38 @@ def helpers(q: QumranStack, pid: int, port: int) -> dict[int, str]:
 def memory(q: QumranStack, pid: int, port: int) -> dict[str, float]:
     """The VMM's overhead, and its helpers'."""
     mem_kib = MEMORY_MIB * 1024
-    out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib)) / 1024,
-           "vmm_anon_mib": anonymous_kib(pid, mem_kib) / 1024}  # fmt: skip
-    log(f"    VMM resident, KiB: {rss_by_mapping(pid, mem_kib)}")
+    maps = mappings(pid)
+    own = [m for m in maps if not is_guest_ram(m.size, mem_kib)]
+    out = {"vmm_mib": (vm_rss(pid) - guest_ram_rss(pid, mem_kib, maps)) / 1024,
+           "vmm_anon_mib": anonymous_kib(own) / 1024}  # fmt: skip
+    log(f"    VMM resident, KiB: {rss_by_mapping(own)}")
     helpers_mib = 0.0
     for hpid, name in helpers(q, pid, port).items():
         try:
-            own = (vm_rss(hpid) - guest_ram_rss(hpid, mem_kib)) / 1024
+            helper = (vm_rss(hpid) - guest_ram_rss(hpid, mem_kib)) / 1024
         except OSError:
             continue
-        out[f"{name}_mib"] = out.get(f"{name}_mib", 0.0) + own
-        helpers_mib += own
+        out[f"{name}_mib"] = out.get(f"{name}_mib", 0.0) + helper
+        helpers_mib += helper
     out["with_helpers_mib"] = out["vmm_mib"] + helpers_mib
     return out
 
 
-def anonymous_kib(pid: int, mem_kib: int) -> int:
-    """The VMM's anonymous memory, guest RAM left out: its heap, stacks and the pages of
-    its files it wrote to, what each more VM costs again. The binary's and the libraries'
-    text that RSS also counts is shared by every process running them: by each QEMU with
-    the others, by qumran-vmm with qumrand and every other python3.11."""
-    total, size = 0, 0
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            if line.startswith("Size:"):
-                size = int(line.split()[1])
-            elif line.startswith("Anonymous:") and not is_guest_ram(size, mem_kib):
-                total += int(line.split()[1])
-    return total
+def anonymous_kib(maps: list[Mapping]) -> int:
+    """The anonymous memory of ``maps`` (the VMM's, guest RAM left out): its heap, stacks
+    and the pages of its files it wrote to, what each more VM costs again. The binary's
+    and the libraries' text that RSS also counts is shared by every process running them:
+    by each QEMU with the others, by qumran-vmm with qumrand and every other python3.11."""
+    return sum(m.anonymous for m in maps)
 
 
-def rss_by_mapping(pid: int, mem_kib: int, top: int = 10) -> list[tuple[str, int]]:
-    """Where the VMM's resident set is, guest RAM left out: KiB per mapped file (its base
-    name) or kind of anonymous mapping ([heap], [stack], [anon]), the largest first."""
+def rss_by_mapping(maps: list[Mapping], top: int = 10) -> list[tuple[str, int]]:
+    """Where the VMM's resident set is (``maps``, guest RAM left out): KiB per mapped file
+    (its base name) or kind of anonymous mapping ([heap], [stack], [anon]), the largest
+    first."""
     by: dict[str, int] = {}
-    name, size = "", 0
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split(None, 5)
-            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
-                path = head[5].strip() if len(head) == 6 else ""
-                name = os.path.basename(path) if path.startswith("/") else (path or "[anon]")
-            elif line.startswith("Size:"):
-                size = int(line.split()[1])
-            elif line.startswith("Rss:") and not is_guest_ram(size, mem_kib):
-                by[name] = by.get(name, 0) + int(line.split()[1])
+    for m in maps:
+        by[m.name] = by.get(m.name, 0) + m.rss
     return sorted(by.items(), key=lambda item: -item[1])[:top]
 
 

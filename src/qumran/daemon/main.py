@@ -61,8 +61,6 @@ def make_drivers(kind: str) -> dict[str, Driver]:
     return drivers
 
 
-
-
 def _server_class() -> type:
     import uvicorn
 
