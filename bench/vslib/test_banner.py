@@ -5,7 +5,6 @@ once, holds a connection until the guest answers its SYN or its SYN timeout ends
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import threading
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from vslib.banner import HELLO, wait_for_banner
-from vslib.measure import now, pids_by_comm
+from vslib.measure import cpu_seconds, now, pids_by_comm
 
 SYN_TIMEOUT = 0.5  # passt's is 10 s
 
@@ -126,12 +125,6 @@ def test_check_ends_the_wait(forwarders: list[Forwarder]) -> None:
         wait_for_banner(fwd.port, now() + 10, every=0.1, check=gone, check_every=0.3)
 
 
-def passt_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.skipif(not shutil.which("passt"), reason="no passt (apt install passt)")
 def test_the_probes_leave_a_real_passt_idle() -> None:
     """Against Debian's passt with no guest behind it: the probes of a 3 s wait, each
@@ -147,11 +140,11 @@ def test_the_probes_leave_a_real_passt_idle() -> None:
     try:
         [pid] = set(pids_of("passt")) - before
         threading.Thread(target=drain, args=(link.sock,), daemon=True).start()
-        start = passt_cpu(pid)
+        start = cpu_seconds([pid])
         with pytest.raises(TimeoutError):
             wait_for_banner(port, now() + 3, every=0.5)
         time.sleep(11)  # the last probe's SYN timeout has passed
-        assert passt_cpu(pid) - start < 1.5
+        assert cpu_seconds([pid]) - start < 1.5
     finally:
         link.close()
 
