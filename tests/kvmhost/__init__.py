@@ -3,6 +3,7 @@ root shared read-only, that runs one host command and reports its output and sta
 
     python -m tests.kvmhost run [--timeout S] [--cwd DIR] [--memory MIB] [--share DIR] -- CMD...
     python -m tests.kvmhost build
+    python -m tests.kvmhost tier [--lanes N] FILES... -- PYTEST ARGS   (the kvm tier: tier.py)
 """
 
 from .image import build_image

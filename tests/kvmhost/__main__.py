@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import tier
 from .image import build_image
 from .runner import run_in_kvmhost, stream_to_stdout
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tier"]:  # its own command line: files, then -- and pytest's
+        return tier.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m tests.kvmhost")
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build", help="prepare the cached kernel and initramfs")
@@ -27,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--kvm-trace", help="trace KVM; a nested guest's triple fault saves the trace here"
     )
+    run.add_argument("--idle-timeout", type=float, help="seconds without output: frozen")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     if args.action == "build":
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             on_output=stream_to_stdout,
             kernel_log=args.kernel_log,
             kvm_trace=args.kvm_trace,
+            idle_timeout=args.idle_timeout,
         )
     except KeyboardInterrupt:
         return 130  # the guest is already killed by the runner

@@ -49,6 +49,7 @@ class Job:
     memory_mib: int = 2048
     cpus: int = 2
     timeout: float = 600.0
+    idle_timeout: float | None = None  # no output for this long: taken as frozen (124)
     tty: bool = False  # whether the job's stdout/stderr are a terminal inside
     keep_kernel_log: Path | None = None  # where to copy the test host's kernel log
     kvm_trace: Path | None = None  # where to save the kvm trace up to a nested shutdown
@@ -233,13 +234,22 @@ def _collect(proc: subprocess.Popen[bytes], nonce: str, job: Job) -> tuple[int, 
     assert proc.stdout is not None
     stream = ConsoleStream(nonce, job.on_output)
     deadline = time.monotonic() + job.timeout
+    heard = time.monotonic()  # when the job last said something
     fd = proc.stdout.fileno()
     while stream.status is None:
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0:
             stream.flush()
             stream.note(f"\nkvmhost: timed out after {job.timeout:g} s\n")
             return TIMEOUT_STATUS, bytes(stream.output)
+        if job.idle_timeout is not None and stream.started:
+            quiet = now - heard
+            if quiet >= job.idle_timeout:
+                stream.flush()
+                stream.note(f"\nkvmhost: no output for {quiet:.0f} s: taken as frozen\n")
+                return TIMEOUT_STATUS, bytes(stream.output)
+            left = min(left, job.idle_timeout - quiet)
         ready, _, _ = select.select([fd], [], [], left)
         chunk = os.read(fd, 65536) if ready else b""
         if ready and not chunk:
@@ -247,6 +257,8 @@ def _collect(proc: subprocess.Popen[bytes], nonce: str, job: Job) -> tuple[int, 
             stream.note(f"\nkvmhost: guest stopped without a status:\n{stream.preamble()}\n")
             return BOOT_FAILED_STATUS, bytes(stream.output)
         stream.feed(chunk)
+        if chunk and stream.started:  # the job's start or output: the idle clock restarts
+            heard = time.monotonic()
     return stream.status, bytes(stream.output)
 
 
@@ -337,6 +349,7 @@ def run_in_kvmhost(
     on_output: Callable[[bytes], None] | None = None,
     kernel_log: str | Path | None = None,
     kvm_trace: str | Path | None = None,
+    idle_timeout: float | None = None,
 ) -> tuple[int, str]:
     """Run ``cmd`` inside the KVM test host; return (exit status, combined output).
 
@@ -347,7 +360,8 @@ def run_in_kvmhost(
     receives the output as it arrives. ``kernel_log`` keeps a copy of the test host's kernel
     log (warnings and worse; its end is shown anyway when the host dies or freezes).
     ``kvm_trace``: trace KVM in the test host, and if a nested guest shuts down (a triple
-    fault), save the trace's last events up to it in this file. Status
+    fault), save the trace's last events up to it in this file. ``idle_timeout``: a job
+    silent this long (once started) is taken as a frozen test host, as at the timeout. Status
     124 means the timeout expired, 125 that the
     guest failed before running the command (or the cwd is missing).
     """
@@ -366,6 +380,7 @@ def run_in_kvmhost(
         memory_mib=memory_mib,
         cpus=cpus,
         timeout=timeout,
+        idle_timeout=idle_timeout,
         tty=tty,
         on_output=on_output,
         keep_kernel_log=Path(kernel_log).absolute() if kernel_log is not None else None,
