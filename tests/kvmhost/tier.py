@@ -24,14 +24,14 @@ from pathlib import Path
 from .lane import Entry, Queue, Result
 from .runner import BOOT_FAILED_STATUS, TIMEOUT_STATUS, run_in_kvmhost
 
-# Seconds each file took in a two-CPU test host (CI, 2026-12-06): the queue's order.
-# A file not listed is taken as long, so it starts early.
+# Seconds each file took in a one-CPU lane, beside the other lane (2026-12-06): the
+# queue's order. A file not listed is taken as long, so it starts early.
 COSTS = {
-    "test_virtio_guest.py": 306, "test_debian_native.py": 300, "test_daemon_saves.py": 167,
-    "test_vmm_boot.py": 106, "test_daemon_kvm.py": 105, "test_networks_kvm.py": 83,
-    "test_vhost_user_guest.py": 53, "test_vmm_snapshot.py": 53, "test_daemon_qcow2.py": 47,
-    "test_vmm_tiny.py": 46, "test_daemon_passt.py": 38, "test_vmm_passt.py": 38,
-    "test_vmm_bad_input.py": 7,
+    "test_virtio_guest.py": 273, "test_debian_native.py": 182, "test_daemon_saves.py": 151,
+    "test_daemon_kvm.py": 117, "test_vmm_boot.py": 99, "test_networks_kvm.py": 69,
+    "test_vmm_snapshot.py": 53, "test_daemon_qcow2.py": 53, "test_daemon_passt.py": 53,
+    "test_vhost_user_guest.py": 44, "test_vmm_passt.py": 42, "test_vmm_tiny.py": 28,
+    "test_vmm_bad_input.py": 9,
 }  # fmt: skip
 UNKNOWN_COST = 400
 KERNEL_LOG_TAIL = 40
