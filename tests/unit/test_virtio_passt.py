@@ -19,6 +19,7 @@ import pytest
 from virtio_rings import PlainRam, RingBuilder
 
 from qumran.vmm.devices.errors import DeviceError
+from qumran.vmm.devices.virtio import passt
 from qumran.vmm.devices.virtio.backends import NetSpec, parse_net
 from qumran.vmm.devices.virtio.device import DeviceContext
 from qumran.vmm.devices.virtio.ioloop import IoLoop
@@ -160,6 +161,68 @@ def test_a_length_beyond_any_frame_drops_the_link(guest: Guest) -> None:
     guest.rx.add_chain([], [2000])
     guest.dev.kick(0)
     assert guest.rx.used() == [] and guest.dev.status()["link"] is False
+
+
+def test_frames_the_guest_has_no_room_for_are_read_in_and_held() -> None:
+    """passt drops a frame its socket cannot take at once: the device must read on while
+    the guest's ring is empty, and give every frame later, in order."""
+    guest = Guest(features=F_MRG_RXBUF, size=256)
+    try:
+        guest.peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)  # ~128 KB
+        frames = [bytes([i]) * 60000 for i in range(15)]  # 900 KB: seven socketfuls
+        guest.loop.start()
+        guest.dev.kick(0)  # no buffers yet: the device watches passt's socket
+        guest.peer.sendall(_framed(*frames))  # times out (5 s) if the device stops reading
+        for _ in range(500):  # the last socketful is read in a moment later
+            if guest.dev.status()["rx_held_peak"] == len(_framed(*frames)):
+                break
+            threading.Event().wait(0.01)
+        assert guest.dev.status()["rx_held_peak"] == len(_framed(*frames))
+        assert guest.rx.used() == [] and guest.dev.status()["rx_no_room"]
+        for _ in range(256):
+            guest.rx.add_chain([], [4096])
+        guest.dev.kick(0)
+        used = guest.rx.used()
+        got = b"".join(guest.rx.read(guest.rx.BUFFERS + 4096 * i, n)
+                       for i, (_, n) in enumerate(used))  # fmt: skip
+        size = NET_HDR_LEN + 60000  # each frame behind its header, in 15 buffers
+        received = [got[i : i + size] for i in range(0, len(got), size)]
+        assert [r[10:12] for r in received] == [(15).to_bytes(2, "little")] * 15
+        received = [r[NET_HDR_LEN:] for r in received]
+        assert received == frames
+    finally:
+        guest.close()
+
+
+def test_the_hold_stops_at_its_limit_and_gives_its_memory_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    link = PasstLink(ours, ())
+    first = len(link.buf)
+    monkeypatch.setattr(passt, "HOLD_MAX", 4 * first)
+    data = bytes(range(256)) * (6 * first // 256)
+    sender = threading.Thread(target=peer.sendall, args=(data,), daemon=True)
+    sender.start()
+    got = b""
+    while (n := link.fill()) != -2:
+        if n == -1:
+            threading.Event().wait(0.005)
+    assert len(link.buf) == 4 * first and link.end - link.start > 3 * first  # full: waits
+    got += link.buf[link.start : link.end]
+    link.start = link.end  # the guest took all of it
+    while len(got) < len(data):
+        n = link.fill()
+        assert len(link.buf) == first  # back to its first size once empty
+        if n > 0:
+            got += link.buf[link.start : link.end]
+            link.start = link.end
+        else:
+            threading.Event().wait(0.005)
+    assert got == data
+    sender.join(5)
+    peer.close()
+    link.close()
 
 
 # --- the option ----------------------------------------------------------------------------

@@ -65,6 +65,14 @@ MAX_FRAME = 65535 + 4 + 14  # what a 16-bit IP length allows, a VLAN tag and the
 GUEST_ADDR, GATEWAY, PREFIX = "10.0.2.15", "10.0.2.2", "24"  # QEMU's user-mode addresses
 LOOPBACK_MAC = "52:55:0a:00:02:02"  # passt's own MAC without a default route: slirp's
 READ_SIZE = 1 << 18
+# What passt sent and the guest has no room for yet is held here, up to this much, rather
+# than left in the socket: passt never waits for its socket (a frame it cannot write at
+# once is dropped and comes again only when TCP retransmits it), and its end's send
+# buffer is the kernel's default, about 200 KB, three 64 KiB frames (wmem_max allows no
+# more without privileges). Beyond a TCP receive window, so the guest's own flow control
+# keeps it from filling.
+HOLD_MAX = 16 << 20
+PEER_SNDBUF = 1 << 22  # asked for passt's end; the kernel caps it at net.core.wmem_max
 SETUP_TIMEOUT = 30.0  # passt checks its options and binds its ports in milliseconds
 MAX_FRAME_VIEWS = 64  # more buffers than this in one frame: joined into one first
 # Our socket's send buffer (the kernel doubles it). It must stay above 73 KB, so that the
@@ -179,11 +187,14 @@ class PasstLink:
         self.buf = bytearray(READ_SIZE + MAX_FRAME)
         self.start = self.end = 0  # unconsumed bytes: buf[start:end]
         self.alive = True
+        self.held_peak = 0  # the most bytes held at once
 
     @classmethod
     def start_passt(cls, spec: PasstSpec, name: str = "") -> PasstLink:
         binary = passt_binary()
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        with contextlib.suppress(OSError):  # passt sets none on a socket given with --fd
+            theirs.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, PEER_SNDBUF)
         # passt's end, as a copy the child inherits (ours are all close-on-exec), numbered
         # above the standard descriptors, which the child gets anew.
         passed = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, 3)
@@ -218,13 +229,14 @@ class PasstLink:
         return cls(ours, spec.forwards)
 
     def fill(self) -> int:
-        """Read what passt sent; the bytes read, 0 at end of stream, -1 if none waits."""
-        if self.start and self.start == self.end:
+        """Read what passt sent; the bytes read, 0 at end of stream, -1 if none waits, -2
+        if ``HOLD_MAX`` bytes are held already."""
+        if self.start == self.end:
             self.start = self.end = 0
-        elif len(self.buf) - self.end < READ_SIZE // 2:  # compact: move the partial frame
-            n = self.end - self.start
-            self.buf[:n] = self.buf[self.start : self.end]
-            self.start, self.end = 0, n
+            if len(self.buf) > READ_SIZE + MAX_FRAME:  # the guest caught up: memory back
+                self.buf = bytearray(READ_SIZE + MAX_FRAME)
+        elif len(self.buf) - self.end < READ_SIZE // 2 and not self._make_room():
+            return -2
         view = memoryview(self.buf)[self.end :]
         try:
             n = self.sock.recv_into(view, len(view), _socket.MSG_DONTWAIT)
@@ -238,7 +250,21 @@ class PasstLink:
         if n == 0:
             self.alive = False
         self.end += n
+        self.held_peak = max(self.held_peak, self.end - self.start)
         return n
+
+    def _make_room(self) -> bool:
+        """Room to read behind the bytes held: moved to the front when that frees half the
+        buffer or more, else the buffer doubled, up to ``HOLD_MAX``."""
+        held = self.end - self.start
+        if self.start >= len(self.buf) // 2 or len(self.buf) >= HOLD_MAX:
+            if len(self.buf) - held < READ_SIZE // 2:
+                return False
+            self.buf[:held] = self.buf[self.start : self.end]
+            self.start, self.end = 0, held
+        else:
+            self.buf.extend(bytes(min(len(self.buf), HOLD_MAX - len(self.buf))))
+        return True
 
     def next_frame(self) -> int:
         """The length of the next complete frame in the buffer (at start + 4), or -1."""
@@ -358,8 +384,9 @@ class PasstNet(VirtioDevice):
         self._room = 0
         self._merge = False
         self._watching = False
-        # rx_no_room: the guest had no buffers (reading stopped until it kicks); tx_full:
-        # passt's side of the socket was full, and tx_wait_us the time spent waiting on it.
+        # rx_no_room: a frame waited for the guest's buffers (held meanwhile; rx_held_peak
+        # in the status is the most held at once); tx_full: passt's side of the socket was
+        # full, and tx_wait_us the time spent waiting on it.
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0,
                          "rx_dropped": 0, "rx_reads": 0, "rx_no_room": 0, "tx_sends": 0,
                          "tx_full": 0, "tx_wait_us": 0}  # fmt: skip
@@ -396,39 +423,42 @@ class PasstNet(VirtioDevice):
     # --- receive --------------------------------------------------------------------------
 
     def _receive(self, ctx: DeviceContext) -> None:
+        """Give the guest every whole frame it has room for, and read on while passt sends:
+        what the guest has no room for yet is held (``PasstLink.fill``), not left in
+        passt's small socket, where the next frames would be dropped."""
         link = self.link
         packets = nbytes = 0
         try:
             while True:
                 length = link.next_frame()
-                if length < 0:
-                    if not link.alive:
-                        self._unwatch(ctx)
-                        return
-                    got = link.fill()
-                    self.counters["rx_reads"] += 1
-                    if got < 0:
-                        self._watch(ctx)
-                        return
-                    if got == 0:
-                        log.warning("passt closed the connection; the NIC has no link now")
-                        self._unwatch(ctx)
-                        return
-                    continue
-                if not self._take_room(ctx, NET_HDR_LEN + length):
-                    self.counters["rx_no_room"] += 1
-                    self._unwatch(ctx)  # until the guest kicks RX with new buffers
-                    return
-                begin = link.start + 4
-                if not self._merge and self._chains[0][2] < NET_HDR_LEN + length:
-                    # Larger than a whole buffer: dropped, the buffer kept for the next frame.
-                    self.counters["rx_dropped"] += 1
+                if length >= 0 and self._take_room(ctx, NET_HDR_LEN + length):
+                    begin = link.start + 4
+                    if not self._merge and self._chains[0][2] < NET_HDR_LEN + length:
+                        # Larger than a whole buffer: dropped, the buffer kept for the next.
+                        self.counters["rx_dropped"] += 1
+                    else:
+                        self._deliver(ctx, memoryview(link.buf)[begin : begin + length])
+                        packets += 1
+                        nbytes += length
                     link.start = begin + length
                     continue
-                self._deliver(ctx, memoryview(link.buf)[begin : begin + length])
-                link.start = begin + length
-                packets += 1
-                nbytes += length
+                if not link.alive:
+                    self._unwatch(ctx)
+                    return
+                got = link.fill()
+                self.counters["rx_reads"] += 1
+                if got == 0:
+                    log.warning("passt closed the connection; the NIC has no link now")
+                    self._unwatch(ctx)
+                    return
+                if got < 0:
+                    if length >= 0:  # a frame waits for the guest's buffers
+                        self.counters["rx_no_room"] += 1
+                    if got == -2:  # and the hold is full: passt's socket fills from now
+                        self._unwatch(ctx)  # until the guest kicks RX with new buffers
+                    else:
+                        self._watch(ctx)
+                    return
         finally:
             if packets:
                 self.counters["rx_packets"] += packets
@@ -549,7 +579,7 @@ class PasstNet(VirtioDevice):
     def status(self) -> dict[str, object]:
         return {"type": "net", "backend": "passt", "mac": self.mac.hex(":"),
                 "link": self.link.alive, "forwards": [str(f) for f in self.link.forwards],
-                **self.counters}  # fmt: skip
+                **self.counters, "rx_held_peak": self.link.held_peak}  # fmt: skip
 
 
 def _skip(views: Sequence[memoryview | bytes], n: int) -> list[memoryview | bytes]:
