@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+from vslib.vmm_control import ask
 
 from qumran.images.demo import DemoImage, build_demo
 
@@ -133,12 +133,7 @@ def vm_rss(pid: int) -> int:
 
 def exits_via_control(path: Path) -> int | None:
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(path))
-            s.sendall(b'{"cmd":"stats"}\n')
-            reply = s.makefile().readline()
-        return int(sum(json.loads(reply)["exits"].values()))
+        return int(sum(ask(path, "stats")["exits"].values()))
     except (OSError, ValueError, KeyError):
         return None
 

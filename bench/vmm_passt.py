@@ -17,8 +17,10 @@ loopback), set statically in the guest so that the two runs differ only in the s
   QEMU: ``hostfwd=``).
 
 Both one TCP stream for ``--seconds``; the sender's summary line. Around each, the CPU time
-of the VMM process and (for qumran-vmm) of passt, per GiB moved. Prints a markdown table;
-ratio = qumran-vmm / QEMU. Measures; never asserts.
+of the VMM process and (for qumran-vmm) of passt, per GiB moved; after both, qumran-vmm's
+passt device counters (frames that waited for the guest's buffers, the most held at once,
+waits on passt's full socket) go to stderr. Prints a markdown table; ratio = qumran-vmm /
+QEMU. Measures; never asserts.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import subprocess
 import sys
 import time
 
-from vmm_virtio import QEMU, QUMRAN_VMM, Guest, GuestStuck, cpu_times, find_demo
+from vmm_virtio import CONTROL, QEMU, QUMRAN_VMM, Guest, GuestStuck, cpu_times, find_demo
 from vmm_virtio_net import load_tun
 from vmm_virtio_tools import LIBRARY_PATH, bench_initrd
+from vslib.vmm_control import ask
 
 MEMORY = "256M"
 MAC = "52:54:00:12:34:56"
@@ -63,7 +66,7 @@ class LoneNetns:
 def contenders(kernel: str, initrd: str, cmdline: str) -> dict[str, list[str]]:
     return {
         "qumran-vmm": [QUMRAN_VMM, "--name", "bench", "--kernel", kernel, "--initrd", initrd,
-                       "--cmdline", cmdline, "--memory", MEMORY,
+                       "--cmdline", cmdline, "--memory", MEMORY, "--control", str(CONTROL),
                        "--net", f"passt,mac={MAC},forward={FORWARD}"],
         "QEMU": [QEMU, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", MEMORY,
                  "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
@@ -115,6 +118,8 @@ def measure(argv: list[str], net: LoneNetns, seconds: int, ready: str) -> Result
             gib, mbit = got
             res[f"{label} Mbit/s"] = mbit
             res[f"{label} CPU s/GiB (VMM + passt)"] = (cpu1 - cpu0 + p1 - p0) / gib
+        if "--control" in argv:
+            print(f"passt device: {_counters()}", file=sys.stderr)
     except GuestStuck as exc:
         print(f"run cut short: {exc}", file=sys.stderr)
     finally:
@@ -122,6 +127,17 @@ def measure(argv: list[str], net: LoneNetns, seconds: int, ready: str) -> Result
         server.kill()
         server.wait()
     return res
+
+
+def _counters() -> dict[str, object]:
+    try:
+        devices = ask(CONTROL, "status")["devices"]
+    except (OSError, ValueError, KeyError) as exc:
+        return {"unread": str(exc)}
+    net = next((d for d in devices if d.get("backend") == "passt"), {})
+    keys = ("rx_packets", "rx_no_room", "rx_held_peak", "rx_dropped", "tx_packets", "tx_full",
+            "tx_wait_us")  # fmt: skip
+    return {k: net[k] for k in keys if k in net}
 
 
 def _out(guest: Guest, net: LoneNetns, seconds: int) -> tuple[float, float] | None:

@@ -25,14 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from vmm_boot import QUMRAN_VMM, contenders, find_demo, read_until
-
-
-def _control(path: Path, request: dict[str, object]) -> dict[str, object]:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        s.sendall(json.dumps(request).encode() + b"\n")
-        reply: dict[str, object] = json.loads(s.makefile().readline())
-        return reply
+from vslib.vmm_control import ask
 
 
 class Qmp:
@@ -89,10 +82,10 @@ def run_ours(argv: list[str], ready: str, fill: int, tmp: Path) -> tuple[float, 
     ctl, snap = tmp / "ctl.sock", tmp / "vm.snap"
     proc = _boot(argv, ready, fill)
     start = time.monotonic()
-    reply = _control(ctl, {"cmd": "snapshot", "path": str(snap)})
+    reply = ask(ctl, "snapshot", path=str(snap))
     saved = time.monotonic() - start
     assert reply["ok"], reply
-    _control(ctl, {"cmd": "quit"})
+    ask(ctl, "quit")
     proc.wait()
     size = snap.stat().st_blocks * 512
     restored = _resumed([QUMRAN_VMM, "--restore", str(snap), "--control", str(ctl)])

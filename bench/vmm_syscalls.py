@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from pathlib import Path
 
 from vmm_passt import LoneNetns
 from vmm_virtio import QUMRAN_VMM, Guest, find_demo
+from vslib.vmm_control import ask
 
 ROLES = (("CPU ", "vcpu"), ("virtio-io", "io"), ("virtio-blk-io", "blk"))
 _CALL = re.compile(r"^(?:\d+\s+)?(?:<\.\.\. )?([a-z0-9_]+)(?:\(| resumed>)")
@@ -52,14 +51,6 @@ def snapshot(pid: int, vm_name: str, roles: dict[int, str]) -> None:
         roles.setdefault(int(tid), role_of(comm, vm_name))
 
 
-def control(path: Path, cmd: str) -> dict[str, object]:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-        reply: dict[str, object] = json.loads(s.makefile().readline())
-        return reply
-
-
 def drive(guest: Guest, ready: str, ctl: Path, pid: int, roles: dict[int, str],
           disks: tuple[str, ...] = ("vda",)) -> None:  # fmt: skip
     guest.wait_for(ready, 600)
@@ -72,7 +63,7 @@ def drive(guest: Guest, ready: str, ctl: Path, pid: int, roles: dict[int, str],
               " ip route add default via 10.0.2.2", 60)  # fmt: skip
     guest.run("udhcpc -i eth0 -n -q -f -s /bin/true 2>&1 | tail -2", 120)
     for cmd in ("status", "pause", "resume", "stats"):
-        control(ctl, cmd)
+        ask(ctl, cmd)
     guest.run("head -c 2000000 /dev/zero | nc 10.0.2.2 5001", 300)
     snapshot(pid, "trace", roles)
     since = len(guest.out)

@@ -30,10 +30,8 @@ userspace virtio-net against QEMU's vhost=off. Measures; never asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,10 +39,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from vmm_virtio_net import GUEST_IP, HOST_IP, MAC, TAP, Netns, load_tun
 from vmm_virtio_tools import LIBRARY_PATH, bench_initrd
+from vslib.vmm_control import ask
 
 from qumran.images.demo import DemoImage, build_demo
 
@@ -166,16 +164,9 @@ class DiskProbe:
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
-    def _ask(self, cmd: str) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(CONTROL))
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-            reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
-            return reply
-
     def sample(self) -> dict[str, float] | None:
         try:
-            status, stats = self._ask("status"), self._ask("stats")
+            status, stats = ask(CONTROL, "status"), ask(CONTROL, "stats")
         except OSError:
             return None
         disk = next(d for d in status["devices"] if d["type"] == "disk")

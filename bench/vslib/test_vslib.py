@@ -5,7 +5,9 @@ Run: .venv/bin/pytest bench/vslib  (no libvirt, QEMU or daemon needed)
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vslib import vmm_control
 from vslib.libvirt_stack import LibvirtStack
 from vslib.measure import (
     BenchError,
@@ -262,3 +265,25 @@ def test_thread_cpu_is_each_threads_own_and_process_cpu_all_of_them() -> None:
     assert idle < 0.2
     assert whole >= spun + thread_cpu_seconds(pid, [me]) - 0.05  # every thread's
     assert by_tid >= whole - 0.05  # /proc/TID/stat counts the process, not the thread
+
+
+def test_vmm_control_asks_one_json_line_and_reads_the_reply(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+    server.settimeout(10)
+    got: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as f:
+            got.append(f.readline())
+            f.write(b'{"ok": true, "devices": []}\n')
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    assert vmm_control.ask(path, "snapshot", path="/x") == {"ok": True, "devices": []}
+    thread.join(5)
+    server.close()
+    assert json.loads(got[0]) == {"cmd": "snapshot", "path": "/x"}
