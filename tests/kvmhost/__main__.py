@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     run.add_argument("--cwd", help="working directory inside (default: the current one)")
     run.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
-    run.add_argument("--cpus", type=int, default=2, help="its CPUs (default 2)")
+    run.add_argument("--cpus", type=int, default=1, help="its CPUs (default 1: see README)")
     run.add_argument(
         "--share", action="append", default=[], help="host directory writable inside (repeat)"
     )

@@ -47,7 +47,7 @@ class Job:
     env: dict[str, str]
     shares: Sequence[Path] = ()
     memory_mib: int = 2048
-    cpus: int = 2
+    cpus: int = 1
     timeout: float = 600.0
     idle_timeout: float | None = None  # no output for this long: taken as frozen (124)
     tty: bool = False  # whether the job's stdout/stderr are a terminal inside
@@ -344,7 +344,7 @@ def run_in_kvmhost(
     env: dict[str, str] | None = None,
     shares: Sequence[str | Path] = (),
     memory_mib: int = 2048,
-    cpus: int = 2,
+    cpus: int = 1,
     tty: bool = False,
     on_output: Callable[[bytes], None] | None = None,
     kernel_log: str | Path | None = None,

@@ -48,7 +48,7 @@ def test_exit_status_cwd_and_shares(tmp_path: Path) -> None:
 def test_timeout_kills_the_guest(tmp_path: Path) -> None:
     script = "echo '<3>qumran-probe: about to hang' >/dev/kmsg; echo started; sleep 600"
     log = tmp_path / "kernel.log"
-    status, output = run_in_kvmhost(["sh", "-c", script], timeout=15, kernel_log=log)
+    status, output = run_in_kvmhost(["sh", "-c", script], timeout=15, kernel_log=log, cpus=2)
     assert status == TIMEOUT_STATUS
     assert output.startswith("started\n") and "timed out" in output
     # The kernel's own words stay off the job's output, and are shown when the host hangs.
