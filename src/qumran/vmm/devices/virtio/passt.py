@@ -65,14 +65,16 @@ MAX_FRAME = 65535 + 4 + 14  # what a 16-bit IP length allows, a VLAN tag and the
 GUEST_ADDR, GATEWAY, PREFIX = "10.0.2.15", "10.0.2.2", "24"  # QEMU's user-mode addresses
 LOOPBACK_MAC = "52:55:0a:00:02:02"  # passt's own MAC without a default route: slirp's
 READ_SIZE = 1 << 18
-# What passt sent and the guest has no room for yet is held here, up to this much, rather
-# than left in the socket: passt never waits for its socket (a frame it cannot write at
-# once is dropped and comes again only when TCP retransmits it), and its end's send
-# buffer is the kernel's default, about 200 KB, three 64 KiB frames (wmem_max allows no
-# more without privileges). Beyond a TCP receive window, so the guest's own flow control
-# keeps it from filling.
+# passt never waits for its socket: a frame it cannot write at once is dropped, and comes
+# again only when TCP retransmits it. So what passt sent and the guest has no room for yet
+# is held here, up to this much (beyond a TCP receive window, so the guest's own flow
+# control keeps it from filling), rather than left in the socket.
 HOLD_MAX = 16 << 20
-PEER_SNDBUF = 1 << 22  # asked for passt's end; the kernel caps it at net.core.wmem_max
+# passt sets no send buffer on a socket given with --fd: the kernel's default, about 200 KB,
+# three 64 KiB frames. Asked for on its end before passt starts; the kernel allows
+# net.core.wmem_max at most (doubled). Twice the default took host-to-guest TCP from 94 to
+# 153 Mbit/s in the KVM test host (BENCHMARKS.md).
+PEER_SNDBUF = 1 << 22
 SETUP_TIMEOUT = 30.0  # passt checks its options and binds its ports in milliseconds
 MAX_FRAME_VIEWS = 64  # more buffers than this in one frame: joined into one first
 # Our socket's send buffer (the kernel doubles it). It must stay above 73 KB, so that the
@@ -187,7 +189,7 @@ class PasstLink:
         self.buf = bytearray(READ_SIZE + MAX_FRAME)
         self.start = self.end = 0  # unconsumed bytes: buf[start:end]
         self.alive = True
-        self.held_peak = 0  # the most bytes held at once
+        self.held_peak = 0  # the most bytes read and not yet given to the guest, at once
 
     @classmethod
     def start_passt(cls, spec: PasstSpec, name: str = "") -> PasstLink:
@@ -385,8 +387,8 @@ class PasstNet(VirtioDevice):
         self._merge = False
         self._watching = False
         # rx_no_room: a frame waited for the guest's buffers (held meanwhile; rx_held_peak
-        # in the status is the most held at once); tx_full: passt's side of the socket was
-        # full, and tx_wait_us the time spent waiting on it.
+        # in the status: the most bytes read and not yet given, at once); tx_full: passt's
+        # side of the socket was full, and tx_wait_us the time spent waiting on it.
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0,
                          "rx_dropped": 0, "rx_reads": 0, "rx_no_room": 0, "tx_sends": 0,
                          "tx_full": 0, "tx_wait_us": 0}  # fmt: skip
