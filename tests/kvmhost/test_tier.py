@@ -3,6 +3,7 @@ host booted: the real tier runs from scripts/test)."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import threading
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from . import tier
 from .lane import Queue, run_file
-from .runner import TIMEOUT_STATUS, Job, _collect
+from .runner import BOOT_FAILED_STATUS, TIMEOUT_STATUS, Job, _collect
 from .tier import Printer, by_cost, summary
 
 
@@ -128,3 +130,23 @@ def test_the_idle_limit_counts_from_the_last_output(talks: bool) -> None:
     else:
         assert status == TIMEOUT_STATUS and b"no output for" in output
         assert time.monotonic() - started < 4
+
+
+def test_a_lane_whose_test_hosts_never_start_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test host that dies before taking a file (a broken image, no memory) is tried
+    ``attempts`` times, then the lane stops and its files are reported not run."""
+    boots: list[int] = []
+
+    def dead_host(cmd: list[str], **kwargs: object) -> tuple[int, str]:
+        boots.append(1)
+        return BOOT_FAILED_STATUS, "kvmhost: guest stopped without a status"
+
+    monkeypatch.setattr(tier, "run_in_kvmhost", dead_host)
+    args = argparse.Namespace(artifacts=str(tmp_path), lanes=1, cpus=1, memory=512,
+                              timeout=60.0, idle=30.0, attempts=3, env=[])  # fmt: skip
+    results = tier.Tier(args, ["pytest"]).run(["a.py", "b.py"])
+    assert len(boots) == 3 and results == []
+    text, status = summary(results, ["a.py", "b.py"], 1.0)
+    assert status == 1 and text.count("not run") == 2

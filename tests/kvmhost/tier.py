@@ -73,6 +73,7 @@ class Lane:
         self.queue = queue
         self.tier = tier
         self.hosts = 0
+        self.barren = 0  # test hosts in a row that failed without taking a file
 
     def run(self) -> None:
         while self.queue.pending():
@@ -88,8 +89,14 @@ class Lane:
                 on_output=lambda data: self.tier.printer.feed(self.name, data),
             )  # fmt: skip
             self.tier.printer.flush(self.name)
-            for entry in self.queue.taken(self.name):
+            taken = self.queue.taken(self.name)
+            for entry in taken:
                 self.host_ended(entry, status)
+            self.barren = self.barren + 1 if status != 0 and not taken else 0
+            if self.barren >= self.tier.attempts:  # each one died before taking a file
+                note = f"{self.barren} test hosts in a row ended ({status}) before a file"
+                self.tier.printer.say(self.name, f"kvm tier: {note}; lane stopped\n")
+                return
             if status not in (0, TIMEOUT_STATUS, BOOT_FAILED_STATUS):
                 self.tier.printer.say(self.name, f"kvm tier: the lane itself failed ({status})\n")
                 return
