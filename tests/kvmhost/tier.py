@@ -3,8 +3,8 @@
     python -m tests.kvmhost tier [--lanes N] [--cpus N] [--memory MIB] FILES... -- PYTEST ARGS
 
 Each lane is one test host at a time that takes files from a shared queue (lane.py) until
-none is left, longest first, so the lanes end close together. A test host costs about 50 s
-to start under TCG, so a lane runs many files in one. A test host that freezes (no output
+none is left, longest first, so the lanes end close together. Each test host boots once
+for many files (about 10 s under TCG). A test host that freezes (no output
 for ``idle`` seconds: lane.py speaks at least every 2 minutes) or dies has its file put
 back in the queue, up to ``attempts`` tries in all, and the lane goes on in a new one.
 Lines are prefixed with their lane; each test host's kernel log (warnings and worse) is
