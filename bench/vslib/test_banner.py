@@ -130,7 +130,7 @@ def test_the_probes_leave_a_real_passt_idle() -> None:
     """Against Debian's passt with no guest behind it: the probes of a 3 s wait, each
     ended by passt's 10 s SYN timeout, cost it almost no CPU. (One probe hung up on
     early costs it about 8 CPU-seconds; see vslib/banner.py.)"""
-    from qumran.vmm.devices.virtio.passt import PasstLink, PasstSpec
+    from qumran.vmm.devices.virtio.passt_link import PasstLink, PasstSpec
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

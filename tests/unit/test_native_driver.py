@@ -94,7 +94,7 @@ def test_an_inherited_image_is_read_only_unless_its_fd_allows_writes(tmp_path: P
 def test_user_nics_become_passt_with_their_forwards_in_nic_order(tmp_path: Path) -> None:
     from qumran.drivers.base import NetFds
     from qumran.vmm.devices.virtio.backends import parse_net
-    from qumran.vmm.devices.virtio.passt import PasstForward, PasstSpec
+    from qumran.vmm.devices.virtio.passt_link import PasstForward, PasstSpec
 
     nics = [{"forward": ["tcp:127.0.0.1:2222-:22", "udp::5353-10.0.2.15:53"]},
             {"network": "default", "mac": "52:54:00:00:00:02"},

@@ -19,19 +19,13 @@ import pytest
 from virtio_rings import PlainRam, RingBuilder
 
 from qumran.vmm.devices.errors import DeviceError
-from qumran.vmm.devices.virtio import passt
+from qumran.vmm.devices.virtio import passt_link
 from qumran.vmm.devices.virtio.backends import NetSpec, parse_net
 from qumran.vmm.devices.virtio.device import DeviceContext
 from qumran.vmm.devices.virtio.ioloop import IoLoop
 from qumran.vmm.devices.virtio.net import F_MRG_RXBUF
-from qumran.vmm.devices.virtio.passt import (
-    F_MTU,
-    MTU,
-    PasstForward,
-    PasstLink,
-    PasstNet,
-    PasstSpec,
-)
+from qumran.vmm.devices.virtio.passt import F_MTU, PasstNet
+from qumran.vmm.devices.virtio.passt_link import MTU, PasstForward, PasstLink, PasstSpec
 from qumran.vmm.devices.virtio.tap import NET_HDR_LEN
 
 HDR = bytes(NET_HDR_LEN)
@@ -200,7 +194,7 @@ def test_the_hold_stops_at_its_limit_and_gives_its_memory_back(
     ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     link = PasstLink(ours, ())
     first = len(link.buf)
-    monkeypatch.setattr(passt, "HOLD_MAX", 4 * first)
+    monkeypatch.setattr(passt_link, "HOLD_MAX", 4 * first)
     data = bytes(range(256)) * (6 * first // 256)
     sender = threading.Thread(target=peer.sendall, args=(data,), daemon=True)
     sender.start()
@@ -404,7 +398,7 @@ def test_passt_starts_on_a_host_without_a_default_route(tmp_path: Path) -> None:
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        code = ("import sys; from qumran.vmm.devices.virtio.passt import *;"
+        code = ("import sys; from qumran.vmm.devices.virtio.passt_link import *;"
                 "l = PasstLink.start_passt(PasstSpec(None, (PasstForward('tcp', '127.0.0.1',"
                 " 2222, 22),))); import socket; socket.create_connection(('127.0.0.1', 2222),"
                 " timeout=5).close(); print('forward bound'); l.close()")  # fmt: skip

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from qumran.vmm.devices.virtio.backends import DeviceSpecs, DiskSpec, NetSpec
-    from qumran.vmm.devices.virtio.passt import PasstSpec
+    from qumran.vmm.devices.virtio.passt_link import PasstSpec
 
 log = vmm_log.get_logger("qumran.vmm")
 

@@ -22,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
-    from qumran.vmm.devices.virtio.passt import PasstSpec
+    from qumran.vmm.devices.virtio.passt_link import PasstSpec
 
 
 class DiskSpec(Record):
@@ -117,7 +117,7 @@ class NetSpec(Record):
 def parse_net(text: str) -> NetSpec | PasstSpec:
     """A ``--net`` value: a TAP (:class:`NetSpec`) or passt (``passt[,...]``)."""
     if text == "passt" or text.startswith("passt,"):
-        from qumran.vmm.devices.virtio.passt import PasstSpec
+        from qumran.vmm.devices.virtio.passt_link import PasstSpec
 
         return PasstSpec.parse(text)
     return NetSpec.parse(text)
@@ -198,7 +198,8 @@ def _open_net(backends: Backends, spec: NetSpec | PasstSpec) -> None:
     from qumran.vmm.devices.virtio.tap import Tap
 
     if not isinstance(spec, NetSpec):
-        from qumran.vmm.devices.virtio.passt import PasstLink, PasstNet
+        from qumran.vmm.devices.virtio.passt import PasstNet
+        from qumran.vmm.devices.virtio.passt_link import PasstLink
 
         link = PasstLink.start_passt(spec)
         backends.closers.append(link.close)
