@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .lane import Entry, Queue, Result
-from .runner import BOOT_FAILED_STATUS, TIMEOUT_STATUS, run_in_kvmhost
+from .runner import BOOT_FAILED_STATUS, TIMEOUT_STATUS, run_in_kvmhost, stream_to_stdout
 
 # Seconds each file took in a one-CPU lane, beside the other lane (2026-12-06): the
 # queue's order. A file not listed is taken as long, so it starts early.
@@ -140,7 +140,7 @@ class Tier:
         self.attempts = args.attempts
         self.env = dict(item.split("=", 1) for item in args.env)
         self.tries: dict[str, int] = {}
-        self.printer = Printer(_write_stdout)
+        self.printer = Printer(stream_to_stdout)
 
     def run(self, files: list[str]) -> list[Result]:
         root = self.artifacts / "queue"
@@ -155,11 +155,6 @@ class Tier:
         for thread in threads:
             thread.join()
         return queue.results()
-
-
-def _write_stdout(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
 
 
 def summary(results: list[Result], files: list[str], seconds: float) -> tuple[str, int]:
